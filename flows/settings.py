@@ -1,0 +1,201 @@
+"""One typed settings object, read from ``config.yaml`` in one place.
+
+Every tunable lives in a dataclass below with its default; ``config.yaml`` at
+the repository root mirrors these defaults (a test keeps the two equal). A key
+that is not a field is an error naming the key and the file, so a typo never
+silently falls back to a default.
+
+Lookup order for the file: the ``path`` argument, ``$STARNET_CONFIG``,
+``./config.yaml``; with none of them present the defaults are used.
+Environment overrides: ``STARNET_DATA_DIR`` (``data_dir``) and
+``STARNET_DATABASE_URL`` (``database.url``) — credentials never live in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class SettingsError(ValueError):
+    """A configuration file is unreadable or holds an unknown key or a bad value."""
+
+
+@dataclass
+class InferenceSettings:
+    """Tiled star removal (see ``starnet_core.tiling``)."""
+
+    weights: str | None = None  # None: the model shipped in the package
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    tile_px: int = 256
+    overlap_px: int = 32
+    batch_size: int = 4
+    passes: int = 1
+    upsample: bool = False
+    mixed_precision: bool = True
+
+
+@dataclass
+class StretchSettings:
+    """Auto-stretch with the midtones transfer function (see ``starnet_core.stretch``)."""
+
+    mode: str = "auto"  # auto: stretch linear inputs only | always | never
+    shadows_clip_mad: float = -2.8
+    target_background: float = 0.25
+    linked: bool = True
+
+
+@dataclass
+class ValidationSettings:
+    """Checks on every input frame before anything is computed."""
+
+    nan_policy: str = "error"  # error | zero | median
+    max_nonfinite_fraction: float = 0.01
+
+
+@dataclass
+class MaskSettings:
+    """Star mask from the star layer (see ``starnet_core.masks``)."""
+
+    threshold: float = 0.04
+    dilate_px: int = 2
+    feather_px: float = 2.0
+
+
+@dataclass
+class EnhanceSettings:
+    """Screen-mask-invert nebula enhancement."""
+
+    strength: float = 1.0
+
+
+@dataclass
+class OutputSettings:
+    """Which files each processed frame produces (starless and mask always)."""
+
+    stars: bool = True
+    enhanced: bool = True
+    preview: bool = True
+
+
+@dataclass
+class DatabaseSettings:
+    """Provenance database. ``url`` None: SQLite file ``provenance.db`` in ``data_dir``."""
+
+    url: str | None = None
+    busy_timeout_s: float = 30.0
+
+
+@dataclass
+class Settings:
+    """Everything tunable in starnet."""
+
+    data_dir: str = "starnet-data"
+    incoming_dir: str = "incoming"  # relative paths are under data_dir
+    output_dir: str = "outputs"
+    training_dir: str = "training"
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    stretch: StretchSettings = field(default_factory=StretchSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
+    mask: MaskSettings = field(default_factory=MaskSettings)
+    enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+
+    def resolve(self, rel: str) -> Path:
+        """A path from the settings, relative ones taken under ``data_dir``."""
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else Path(self.data_dir).expanduser() / p
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(Path(self.data_dir).expanduser() / 'provenance.db').resolve()}"
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise SettingsError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)  # type: ignore[arg-type]
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except SettingsError as e:
+                errors.append(str(e))
+        raise SettingsError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise SettingsError(f"{where}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return origin(_coerce(inner, v, where) for v in value)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any or (isinstance(tp, type) and isinstance(value, tp)):
+        if tp is int and isinstance(value, bool):
+            raise SettingsError(f"{where}: expected an integer, got {value!r}")
+        return value
+    raise SettingsError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def default_config_path() -> Path | None:
+    env = os.environ.get("STARNET_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("config.yaml")
+    return local if local.exists() else None
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read settings from ``path`` (or the default lookup) and apply environment overrides."""
+    p = Path(path) if path is not None else default_config_path()
+    raw: dict[str, Any] = {}
+    if p is not None:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise SettingsError(f"{p}: cannot read config file: {e.strerror or e}") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SettingsError(f"{p}: not valid YAML: {e}") from e
+        raw = loaded or {}
+    settings = _build(Settings, raw, str(p) if p else "<defaults>")
+    if os.environ.get("STARNET_DATA_DIR"):
+        settings.data_dir = os.environ["STARNET_DATA_DIR"]
+    if os.environ.get("STARNET_DATABASE_URL"):
+        settings.database.url = os.environ["STARNET_DATABASE_URL"]
+    return settings
+
+
+def settings_to_dict(settings: Settings) -> dict[str, Any]:
+    """Plain dict of the settings (for provenance and for writing config.yaml)."""
+    return dataclasses.asdict(settings)
