@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from flows.settings import SettingsError, load_settings
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("flows.cli_train",)
 
 DESCRIPTION = """\
 starnet removes stars from astro images with a neural network and leaves the

@@ -1,0 +1,177 @@
+"""``starnet train`` / ``starnet plot``: the original StarNet's training modes.
+
+``starnet train`` resumes: from the run's checkpoint when one exists, else from
+the current weights (``inference.weights`` or the packaged model).
+``starnet train --new`` starts a fresh model (asks first, or ``--yes``).
+Pairs come from ``train/original/`` and ``train/starless/`` (identical names)
+and/or the synthetic generator (``--synthetic``). Logs, showcase images and the
+checkpoint go to ``./logs`` (``--logs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("starnet.train")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the model (resumes; --new for a fresh one)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--new", action="store_true", help="start a fresh model instead of resuming")
+    p.add_argument("--yes", action="store_true", help="do not ask before --new discards a checkpoint")
+    p.add_argument("--synthetic", action="store_true", help="train on generated star fields")
+    p.add_argument("--data", default="train", help="folder with original/ and starless/ (default ./train)")
+    p.add_argument("--logs", default="logs", help="logs, showcase images, checkpoint (default ./logs)")
+    p.add_argument("--steps", type=int, help="total steps to reach (default from TrainConfig)")
+    p.add_argument("--batch", type=int, help="batch size")
+    p.add_argument("--crop", type=int, help="crop size in px")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--real-ratio", type=float, help="share of file pairs in a batch when mixing")
+    p.add_argument("--gan-start", type=int, help="step at which adversarial + perceptual terms start")
+    p.add_argument("--pool", type=int, help="synthetic crops held in memory")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--export", help="after training, write the generator weights here")
+    p.add_argument("--version", default="0.0.0-dev", help="version stored in exported weights")
+    p.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("plot", help="draw loss and metric graphs from training logs to PNG")
+    q.add_argument("--logs", default="logs", help="training log folder (default ./logs)")
+    q.add_argument("--out", help="PNG path (default LOGS/training.png)")
+    q.set_defaults(func=cmd_plot)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from starnet_core.train import TrainConfig
+
+    cfg = TrainConfig()
+    for attr, name in (
+        ("steps", "steps"), ("batch", "batch_size"), ("crop", "crop_px"), ("lr", "lr"),
+        ("real_ratio", "real_ratio"), ("gan_start", "gan_start_step"), ("pool", "pool_size"),
+        ("threads", "threads"),
+    ):
+        value = getattr(args, attr)
+        if value is not None:
+            setattr(cfg, name, value)
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from starnet_core.model import load_model
+    from starnet_core.train import export_generator, read_pair_folder, train
+
+    logs = Path(args.logs)
+    ckpt = logs / "checkpoint.safetensors"
+    if args.new and ckpt.exists() and not args.yes:
+        answer = input(f"--new discards the checkpoint {ckpt}. Continue? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return 1
+    cfg = _config(args)
+    pairs = []
+    data = Path(args.data)
+    if (data / "original").is_dir():
+        try:
+            pairs = read_pair_folder(data)
+        except ValueError as e:
+            print(f"starnet train: {e}", file=sys.stderr)
+            return 2
+        print(f"{len(pairs)} training pairs from {data}")
+    if not pairs and not args.synthetic:
+        print(
+            f"starnet train: no pairs in {data}/original + {data}/starless; "
+            "add pairs or pass --synthetic",
+            file=sys.stderr,
+        )
+        return 2
+    if pairs and args.synthetic and args.real_ratio is None:
+        cfg.real_ratio = 0.5
+    init = None
+    if not args.new and not ckpt.exists():
+        init, info = load_model(args.settings.inference.weights)
+        print(f"fine-tuning model {info.version} ({info.sha256[:12]})")
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / "train_log.jsonl"
+
+    def on_log(record: dict[str, float]) -> None:
+        with log_file.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_showcase(step: int, strip: np.ndarray) -> None:
+        from PIL import Image
+
+        img = (np.clip(strip, 0, 1).transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(img).save(logs / f"showcase_{step:07d}.png")
+
+    stop = {"flag": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    if args.new and ckpt.exists():
+        ckpt.unlink()
+    state = train(
+        cfg,
+        logs,
+        file_pairs=pairs,
+        synthetic=args.synthetic,
+        init=init,
+        on_log=on_log,
+        on_showcase=on_showcase,
+        should_stop=lambda: stop["flag"],
+    )
+    print(f"stopped at step {state.step}; checkpoint {ckpt}")
+    if args.export:
+        digest = export_generator(
+            state, Path(args.export), args.version, {"train_steps": str(state.step)}
+        )
+        print(f"weights {args.export} sha256 {digest}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log_file = Path(args.logs) / "train_log.jsonl"
+    if not log_file.exists():
+        print(f"starnet plot: {log_file}: no training log found", file=sys.stderr)
+        return 2
+    records = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+    if not records:
+        print(f"starnet plot: {log_file}: the log is empty", file=sys.stderr)
+        return 2
+    keys = [
+        k for k in ("l_g_pix", "l_g_percep", "l_g_gan", "l_d_real", "l_d_fake",
+                    "residual_star_flux", "bg_l1")
+        if any(k in r for r in records)
+    ]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.2 * len(keys)), sharex=True)
+    for ax, k in zip(np.atleast_1d(axes), keys, strict=True):
+        pts = [(r["step"], r[k]) for r in records if k in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts])
+        ax.set_ylabel(k)
+        ax.grid(alpha=0.3)
+        if k in ("l_g_pix", "bg_l1"):
+            ax.set_yscale("log")
+    np.atleast_1d(axes)[-1].set_xlabel("step")
+    fig.tight_layout()
+    out = Path(args.out) if args.out else Path(args.logs) / "training.png"
+    fig.savefig(out, dpi=90)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,288 @@
+"""The star-removal generator and its patch discriminator.
+
+The generator is a residual encoder-decoder (U-Net family, StarNet lineage):
+it predicts the star layer and returns ``input - stars``. To keep compute per
+pixel small (StarNet v1 spends ~92 kMAC per pixel) it works at half
+resolution after a lossless pixel-unshuffle, uses depthwise-separable residual
+blocks (NAFNet / MobileNet style) and adds skips instead of concatenating.
+
+Arrays: ``(B, 3, H, W)`` float32 stretched images in [0, 1]. ``H`` and ``W``
+must be multiples of ``model.multiple``; :mod:`starnet_core.tiling` pads to it.
+
+Weights are stored as ``safetensors`` with the :class:`ModelConfig` and the
+version in the metadata; loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+WEIGHTS_FORMAT = "starnet-unet/1"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MANIFEST = WEIGHTS_DIR / "manifest.json"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the generator; saved in the weights' metadata."""
+
+    in_channels: int = 3
+    widths: tuple[int, ...] = (16, 32, 64, 128, 160)  # level 0 runs at H/2
+    blocks: tuple[int, ...] = (1, 1, 2, 2, 3)  # residual blocks per encoder level
+    expand: int = 2  # channel expansion inside a block
+    kernel_px: int = 3  # depthwise kernel size
+
+    def __post_init__(self) -> None:
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise ValueError(
+                f"widths {self.widths} and blocks {self.blocks} must be non-empty and equally long"
+            )
+        if self.kernel_px % 2 != 1:
+            raise ValueError(f"kernel_px must be odd, got {self.kernel_px}")
+
+    @property
+    def multiple(self) -> int:
+        """Input sizes must be multiples of this (unshuffle x2, then a /2 per level)."""
+        return 2 ** len(self.widths)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        raw = json.loads(text)
+        return cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        )
+
+
+class LayerNorm2d(nn.Module):
+    """Per-pixel layer norm over channels: independent of tile size and position."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        x = (x - mu) / torch.sqrt(var + self.eps)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+class Block(nn.Module):
+    """x + pw(act(dw(pw(norm(x))))): a depthwise-separable residual block."""
+
+    def __init__(self, channels: int, expand: int, kernel_px: int) -> None:
+        super().__init__()
+        hidden = channels * expand
+        self.norm = LayerNorm2d(channels)
+        self.pw1 = nn.Conv2d(channels, hidden, 1)
+        self.dw = nn.Conv2d(hidden, hidden, kernel_px, padding=kernel_px // 2, groups=hidden)
+        self.pw2 = nn.Conv2d(hidden, channels, 1)
+        # Start each block as the identity (scale 0) so the deep net trains stably;
+        # small rather than zero so every parameter gets a gradient from step one.
+        self.scale = nn.Parameter(torch.full((channels,), 1e-2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pw2(F.gelu(self.dw(self.pw1(self.norm(x)))))
+        return x + y * self.scale[:, None, None]
+
+
+class StarNetUNet(nn.Module):
+    """Residual encoder-decoder: ``starless = x - stars(x)``. (B,3,H,W) -> (B,3,H,W)."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c = self.config
+        self.in_channels = c.in_channels
+        self.multiple = c.multiple
+        w = c.widths
+        self.stem = nn.Conv2d(4 * c.in_channels, w[0], 3, padding=1)
+        self.enc = nn.ModuleList(
+            nn.Sequential(*[Block(w[i], c.expand, c.kernel_px) for _ in range(c.blocks[i])])
+            for i in range(len(w))
+        )
+        self.down = nn.ModuleList(nn.Conv2d(w[i], w[i + 1], 2, stride=2) for i in range(len(w) - 1))
+        self.up = nn.ModuleList(nn.Conv2d(w[i + 1], 4 * w[i], 1) for i in range(len(w) - 1))
+        self.dec = nn.ModuleList(Block(w[i], c.expand, c.kernel_px) for i in range(len(w) - 1))
+        self.head = nn.Conv2d(w[0], 4 * c.in_channels, 1)
+        # A near-zero head starts the net near the identity (no stars removed, background
+        # untouched) instead of at random colour shifts it must first unlearn.
+        nn.init.normal_(self.head.weight, std=1e-3)
+        nn.init.zeros_(self.head.bias)
+
+    def star_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """The predicted star layer (B,3,H,W); may be negative where the net is unsure."""
+        _, _, h, wd = x.shape
+        if h % self.multiple or wd % self.multiple:
+            raise ValueError(
+                f"input size {h}x{wd} must be a multiple of {self.multiple}; pad it first"
+            )
+        y = self.stem(F.pixel_unshuffle(x, 2))
+        skips = []
+        for i, enc in enumerate(self.enc):
+            y = enc(y)
+            if i < len(self.down):
+                skips.append(y)
+                y = self.down[i](y)
+        for i in reversed(range(len(self.up))):
+            y = F.pixel_shuffle(self.up[i](y), 2) + skips[i]
+            y = self.dec[i](y)
+        return F.pixel_shuffle(self.head(y), 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.star_layer(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """Conditional patch discriminator (pix2pix) that also yields feature maps.
+
+    Input: original and candidate starless, (B,3,H,W) each. Output: patch
+    logits and the list of intermediate features, which the generator's
+    perceptual loss compares (Perceptual Adversarial Networks: no pretrained VGG).
+    """
+
+    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128, 192)) -> None:
+        super().__init__()
+        layers = []
+        prev = 2 * in_channels
+        for i, wd in enumerate(widths):
+            stride = 2 if i < len(widths) - 1 else 1
+            layers.append(
+                nn.Sequential(
+                    nn.Conv2d(prev, wd, 4, stride=stride, padding=1 if stride == 2 else "same"),
+                    nn.LeakyReLU(0.2),
+                )
+            )
+            prev = wd
+        self.features = nn.ModuleList(layers)
+        self.head = nn.Conv2d(prev, 1, 3, padding=1)
+
+    def forward(
+        self, original: torch.Tensor, candidate: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        y = torch.cat([original, candidate], 1)
+        feats = []
+        for layer in self.features:
+            y = layer(y)
+            feats.append(y)
+        return self.head(y), feats
+
+
+@dataclass
+class ModelInfo:
+    """What the weights file says about itself."""
+
+    config: ModelConfig
+    version: str
+    sha256: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(
+    model: StarNetUNet, path: str | Path, *, version: str, extra: dict[str, str] | None = None
+) -> str:
+    """Write the generator as safetensors (config + version in metadata); returns sha256."""
+    path = Path(path)
+    meta = {"format": WEIGHTS_FORMAT, "config": model.config.to_json(), "version": version}
+    meta.update(extra or {})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return sha256_of(path)
+
+
+def load_weights(
+    path: str | Path, *, expected_sha256: str | None = None
+) -> tuple[StarNetUNet, ModelInfo]:
+    """Build the generator from a safetensors file (never unpickles).
+
+    Raises ``ValueError`` naming the file when it is not a starnet weights file,
+    its sha256 differs from ``expected_sha256``, or tensors do not fit the config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file not found")
+    digest = sha256_of(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ValueError(
+            f"{path}: sha256 {digest} does not match the expected {expected_sha256}; "
+            "the file is corrupt or not the model it claims to be"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a safetensors file ({e})") from e
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path}: metadata format {meta.get('format')!r}, expected {WEIGHTS_FORMAT!r}")
+    config = ModelConfig.from_json(meta["config"])
+    model = StarNetUNet(config)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: tensors do not match the architecture in its metadata: {e}") from e
+    model.eval()
+    return model, ModelInfo(config, meta.get("version", "unknown"), digest, meta)
+
+
+def macs_per_pixel(model: nn.Module, size_px: int = 256) -> float:
+    """Multiply-accumulates per output pixel, counted with hooks on every conv."""
+    total = 0
+
+    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(mod, nn.Conv2d)
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        total += out.numel() * (mod.in_channels // mod.groups) * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size_px, size_px))
+    finally:
+        for h in handles:
+            h.remove()
+    return total / (size_px * size_px)
+
+
+def packaged_weights() -> tuple[Path, str, str]:
+    """(path, sha256, version) of the model shipped in the package, from its manifest."""
+    if not MANIFEST.exists():
+        raise FileNotFoundError(
+            f"{MANIFEST}: no trained weights are shipped in this build; pass a weights file "
+            "(--weights FILE or inference.weights in config.yaml)"
+        )
+    raw = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    return WEIGHTS_DIR / raw["file"], raw["sha256"], raw["version"]
+
+
+def load_model(weights: str | Path | None = None) -> tuple[StarNetUNet, ModelInfo]:
+    """The generator from ``weights``, or the packaged model (sha256-verified) when None."""
+    if weights is None:
+        path, digest, _ = packaged_weights()
+        return load_weights(path, expected_sha256=digest)
+    return load_weights(weights)

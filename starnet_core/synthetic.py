@@ -1,0 +1,311 @@
+"""Seeded synthetic star fields: (original, starless) pairs that differ only by the stars.
+
+There is no public set of real paired images, so the model learns from these.
+Everything is rendered in linear units on a canvas larger than the crop (so
+stars and halos from outside the crop reach in), then the camera is applied
+(shot and read noise, saturation), then ONE non-linear stretch fitted on the
+original is applied to both images, then both are quantised.
+
+Arrays: returned pairs are ``(3, S, S)`` float32 in [0, 1]; mono scenes have
+three equal channels (the model treats mono as grey RGB).
+
+Diversity is what makes a model trained here work on real images: emission /
+reflection / dust / faint-flux backgrounds, small galaxies and compact knots
+that must stay, Moffat + Gaussian PSFs with wide halos, undersampled to bloated
+stars, elongation, diffraction spikes, power-law brightness from the noise
+floor to saturated cores, star colours, sparse to Milky-Way-dense fields, and
+the stretches users apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from starnet_core.stretch import apply_stretch, fit_auto_stretch, mtf
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a pair was made of (for benchmarks: per-star residual flux, galaxies kept)."""
+
+    star_xy: Array  # (N, 2) float pixel positions in the crop (x, y)
+    star_peak: Array  # (N,) linear peak above background, before saturation
+    galaxy_xy: Array  # (M, 2)
+    fwhm_px: float
+    noise_sigma: float  # linear read+sky noise
+    spikes: bool
+
+
+# Approximate RGB of stars by colour class (hot blue .. cool red), normalised to green.
+_STAR_COLOURS = np.array(
+    [
+        [0.62, 0.75, 1.00],
+        [0.80, 0.87, 1.00],
+        [1.00, 1.00, 1.00],
+        [1.00, 0.95, 0.82],
+        [1.00, 0.85, 0.63],
+        [1.00, 0.72, 0.45],
+        [1.00, 0.60, 0.35],
+    ],
+    dtype=np.float32,
+)
+# Nebula tints: H-alpha red/magenta, OIII teal, reflection blue, dust brown, grey IFN.
+_NEBULA_TINTS = np.array(
+    [
+        [1.00, 0.25, 0.35],
+        [1.00, 0.35, 0.60],
+        [0.30, 0.85, 0.90],
+        [0.45, 0.65, 1.00],
+        [0.85, 0.65, 0.45],
+        [0.80, 0.80, 0.80],
+    ],
+    dtype=np.float32,
+)
+
+
+def _grid(n: int) -> tuple[Array, Array]:
+    f = np.fft.fftfreq(n).astype(np.float32)
+    return f[None, :], f[:, None]
+
+
+def fractal_noise(rng: np.random.Generator, n: int, beta: float) -> Array:
+    """(n, n) zero-mean unit-variance noise with power spectrum 1/f^beta."""
+    fx, fy = _grid(n)
+    k = np.sqrt(fx * fx + fy * fy)
+    k[0, 0] = 1.0
+    amp = k ** (-beta / 2)
+    amp[0, 0] = 0.0
+    phase = rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))
+    field = np.fft.ifft2(amp * phase).real.astype(np.float32)
+    return (field - field.mean()) / (field.std() + 1e-12)
+
+
+def _background(rng: np.random.Generator, n: int, sky: float) -> tuple[Array, Array]:
+    """Linear background (3, n, n) above sky, and compact structures that must stay."""
+    bg = np.zeros((3, n, n), np.float32)
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
+    # smooth gradient (light pollution, vignetting residue)
+    g = rng.uniform(-1, 1, 2) * rng.uniform(0, 0.3) * sky
+    bg += (g[0] * (xx - 0.5) + g[1] * (yy - 0.5))[None] * rng.uniform(0.6, 1.2, (3, 1, 1))
+    kind = rng.choice(["empty", "faint", "nebula", "nebula", "nebula", "dust"])
+    if kind != "empty":
+        for _ in range(int(rng.integers(1, 3))):
+            beta = rng.uniform(2.6, 4.2)
+            f = fractal_noise(rng, n, beta)
+            if rng.random() < 0.4:  # ridged noise: filaments and fronts
+                f = 1.5 - np.abs(f)
+            contrast = rng.uniform(0.5, 2.0)
+            layer = np.exp(contrast * f).astype(np.float32)
+            layer /= np.percentile(layer, 99)
+            amp = sky * (rng.uniform(0.05, 0.5) if kind == "faint" else rng.uniform(0.5, 12.0))
+            tint = _NEBULA_TINTS[rng.integers(len(_NEBULA_TINTS))] * rng.uniform(0.8, 1.2, 3)
+            bg += amp * tint[:, None, None].astype(np.float32) * layer[None]
+        if kind == "dust" or rng.random() < 0.4:  # dark lanes absorb what is behind them
+            d = fractal_noise(rng, n, rng.uniform(2.5, 4.0))
+            depth = rng.uniform(0.4, 0.95)
+            trans = 1 - depth / (1 + np.exp(-(d - rng.uniform(-0.5, 1.0)) * rng.uniform(2, 6)))
+            bg *= trans[None].astype(np.float32)
+    keep = np.zeros((0, 2), np.float32)
+    # small galaxies (Sersic-like, elliptical, extended) and compact knots: must stay
+    n_gal = int(rng.poisson(1.2)) if rng.random() < 0.5 else 0
+    if n_gal:
+        keep = rng.uniform(0, n, (n_gal, 2)).astype(np.float32)
+        for (x0, y0) in keep:
+            re = rng.uniform(2.0, 9.0)
+            q = rng.uniform(0.25, 1.0)
+            th = rng.uniform(0, np.pi)
+            sersic_n = rng.uniform(0.6, 4.0)
+            dx, dy = xx * n - x0, yy * n - y0
+            u = dx * np.cos(th) + dy * np.sin(th)
+            v = (-dx * np.sin(th) + dy * np.cos(th)) / q
+            r = np.sqrt(u * u + v * v + 0.25)
+            bn = 2 * sersic_n - 0.33
+            prof = np.exp(-bn * ((r / re) ** (1 / sersic_n) - 1)).astype(np.float32)
+            prof /= prof.max()
+            col = np.array([1.0, 0.9, 0.75], np.float32) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
+            bg += sky * rng.uniform(0.5, 6.0) * col[:, None, None] * prof[None]
+    return bg, keep
+
+
+def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool) -> Array:
+    """(n, n) PSF centred at (0, 0) with wrap-around, peak 1: Moffat/Gaussian core + halo."""
+    fx = np.fft.fftfreq(n, 1 / n).astype(np.float32)
+    x, y = fx[None, :], fx[:, None]
+    th = rng.uniform(0, np.pi)
+    elong = rng.uniform(0.0, 0.35) if rng.random() < 0.35 else 0.0
+    u = x * np.cos(th) + y * np.sin(th)
+    v = -x * np.sin(th) + y * np.cos(th)
+    r2 = (u / (1 + elong)) ** 2 + v**2
+    if rng.random() < 0.7:
+        b = rng.uniform(1.8, 5.0)
+        alpha2 = (fwhm / (2 * np.sqrt(2 ** (1 / b) - 1))) ** 2
+        core = (1 + r2 / alpha2) ** (-b)
+    else:
+        core = np.exp(-r2 / (2 * (fwhm / 2.3548) ** 2))
+    halo_fwhm = fwhm * rng.uniform(3, 8)
+    halo = (1 + r2 / (halo_fwhm / 2) ** 2) ** (-1.5)
+    psf = core + rng.uniform(0.002, 0.04) * halo
+    if spikes:
+        ang = rng.uniform(0, np.pi / 2)
+        w = rng.uniform(0.5, 0.9)
+        for a in (ang, ang + np.pi / 2):
+            along = x * np.cos(a) + y * np.sin(a)
+            across = -x * np.sin(a) + y * np.cos(a)
+            psf += (
+                rng.uniform(0.003, 0.02)
+                * np.exp(-(across**2) / (2 * w * w))
+                * (1 + np.abs(along) / fwhm) ** -1.3
+            )
+    return (psf / psf.max()).astype(np.float32)
+
+
+def _star_colours(rng: np.random.Generator, count: int) -> Array:
+    idx = np.clip(rng.normal(3.3, 1.5, count), 0, len(_STAR_COLOURS) - 1)
+    lo = np.floor(idx).astype(int)
+    hi = np.minimum(lo + 1, len(_STAR_COLOURS) - 1)
+    t = (idx - lo)[:, None].astype(np.float32)
+    col = _STAR_COLOURS[lo] * (1 - t) + _STAR_COLOURS[hi] * t
+    col = 1 + (col - 1) * rng.uniform(0.5, 2.0)  # colour saturation varies between images
+    col = np.clip(col, 0.05, None)
+    return (col * rng.uniform(0.9, 1.1, (count, 3))).astype(np.float32)
+
+
+def _splat(n: int, xy: Array, weights: Array) -> Array:
+    """Bilinear splat of point fluxes (N, 3) at sub-pixel positions into a (3, n, n) image."""
+    img = np.zeros((3, n * n), np.float32)
+    x0 = np.floor(xy[:, 0]).astype(int)
+    y0 = np.floor(xy[:, 1]).astype(int)
+    fx = (xy[:, 0] - x0).astype(np.float32)
+    fy = (xy[:, 1] - y0).astype(np.float32)
+    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        xi = (x0 + dx) % n
+        yi = (y0 + dy) % n
+        for c in range(3):
+            np.add.at(img[c], yi * n + xi, weights[:, c] * w)
+    return img.reshape(3, n, n)
+
+
+def _stretch_pair(rng: np.random.Generator, orig: Array, clean: Array) -> tuple[Array, Array]:
+    """One stretch, fitted on the original, applied to both (linear [0,1] in, [0,1] out)."""
+    kind = rng.choice(["mtf", "mtf", "mtf", "asinh", "gamma"])
+    if kind == "mtf":
+        p = fit_auto_stretch(
+            orig,
+            shadows_clip_mad=float(rng.uniform(-4.0, -1.5)),
+            target_background=float(rng.uniform(0.08, 0.35)),
+            linked=bool(rng.random() < 0.6),
+        )
+        a, b = apply_stretch(orig, p), apply_stretch(clean, p)
+    else:
+        black = np.percentile(orig, rng.uniform(0.5, 20), axis=(1, 2), keepdims=True)
+        black = np.minimum(black, 0.9)
+        o = np.clip((orig - black) / (1 - black), 0, 1)
+        c = np.clip((clean - black) / (1 - black), 0, 1)
+        if kind == "asinh":
+            beta = rng.uniform(20, 500)
+            a, b = np.arcsinh(beta * o) / np.arcsinh(beta), np.arcsinh(beta * c) / np.arcsinh(beta)
+        else:
+            gam = rng.uniform(0.2, 0.5)
+            a, b = o**gam, c**gam
+    if rng.random() < 0.3:  # a second, mild curve, as after further processing
+        m = float(rng.uniform(0.3, 0.7))
+        a, b = mtf(m, a), mtf(m, b)
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+def make_pair(
+    rng: np.random.Generator, size_px: int = 128, *, dense: bool | None = None
+) -> tuple[Array, Array, Scene]:
+    """One (original, starless, scene) triple; both images (3, size_px, size_px) float32 in [0,1].
+
+    Scenes whose stretch came out degenerate (background crushed to black or
+    blown to white) are drawn again: users do not feed such images.
+    """
+    for _ in range(20):
+        o, c, scene = _render_pair(rng, size_px, dense)
+        med = float(np.median(c))
+        if np.isfinite(o).all() and np.isfinite(c).all() and 0.01 < med < 0.75:
+            return o, c, scene
+    raise RuntimeError("synthetic generator kept producing degenerate scenes")
+
+
+def _render_pair(
+    rng: np.random.Generator, size_px: int, dense: bool | None
+) -> tuple[Array, Array, Scene]:
+    margin = 24
+    n = size_px + 2 * margin
+    sky = float(rng.uniform(0.02, 0.12))
+    bg, gal_xy = _background(rng, n, sky)
+    noise_sigma = sky * float(rng.uniform(0.01, 0.15))
+    fwhm = float(np.exp(rng.uniform(np.log(1.0), np.log(6.5))))
+    spikes = bool(rng.random() < 0.2)
+    # star count per crop: sparse .. Milky-Way dense (scaled with area)
+    if dense is None:
+        dense = bool(rng.random() < 0.25)
+    per_128 = np.exp(rng.uniform(np.log(800), np.log(4000))) if dense else np.exp(
+        rng.uniform(np.log(20), np.log(800))
+    )
+    count = int(per_128 * (n / 128) ** 2)
+    # peak brightness power law: N(>A) ~ A^-alpha, from ~2 sigma up to far past saturation
+    alpha = rng.uniform(0.5, 1.0)
+    a_min = 2.0 * noise_sigma
+    peak = a_min * rng.random(count) ** (-1 / alpha)
+    peak = np.minimum(peak, 40.0).astype(np.float32)
+    xy = rng.uniform(0, n, (count, 2)).astype(np.float32)
+    psf = _psf(rng, n, fwhm, spikes)
+    colours = _star_colours(rng, count)
+    mono = bool(rng.random() < 0.2)
+    impulses = _splat(n, xy, peak[:, None] * colours)
+    stars = np.fft.irfft2(
+        np.fft.rfft2(impulses) * np.fft.rfft2(psf)[None], s=(n, n)
+    ).astype(np.float32)
+    stars = np.maximum(stars, 0)
+    gain = rng.uniform(0.3, 3.0) * noise_sigma**2 / max(sky, 1e-6)  # variance per unit signal
+    base = sky + bg
+    shared = rng.standard_normal((3, n, n)).astype(np.float32) * np.sqrt(
+        noise_sigma**2 + gain * np.maximum(base - sky, 0)
+    )
+    star_noise = rng.standard_normal((3, n, n)).astype(np.float32) * np.sqrt(gain * stars)
+    clean = base + shared
+    orig = clean + stars + star_noise
+    if mono:  # a mono camera: one channel, shown as grey RGB
+        clean = np.repeat(clean.mean(0, keepdims=True), 3, 0)
+        orig = np.repeat(orig.mean(0, keepdims=True), 3, 0)
+    sat = float(rng.uniform(0.5, 1.0)) * max(float(np.percentile(base, 99.5)) * 4, 0.3)
+    sat = min(sat, 1.0)
+    clean = np.clip(clean / sat, 0, 1)
+    orig = np.clip(orig / sat, 0, 1)
+    sl = slice(margin, margin + size_px)
+    o, c = _stretch_pair(rng, orig[:, sl, sl], clean[:, sl, sl])
+    levels = 255.0 if rng.random() < 0.3 else 65535.0
+    o = np.round(o * levels) / levels
+    c = np.round(c * levels) / levels
+    if rng.random() < 0.15:  # whole-image colour balance shift, as after colour calibration
+        gains = rng.uniform(0.8, 1.1, (3, 1, 1)).astype(np.float32)
+        o, c = np.clip(o * gains, 0, 1), np.clip(c * gains, 0, 1)
+    inside = (xy[:, 0] >= margin) & (xy[:, 0] < margin + size_px) & (xy[:, 1] >= margin) & (
+        xy[:, 1] < margin + size_px
+    )
+    scene = Scene(
+        star_xy=xy[inside] - margin,
+        star_peak=peak[inside] / sat,
+        galaxy_xy=(gal_xy - margin).astype(np.float32),
+        fwhm_px=fwhm,
+        noise_sigma=noise_sigma / sat,
+        spikes=spikes,
+    )
+    return o.astype(np.float32), c.astype(np.float32), scene
+
+
+def make_pool(seed: int, count: int, size_px: int = 128) -> tuple[Array, Array]:
+    """``count`` pairs as two (count, 3, S, S) float32 arrays, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    orig = np.empty((count, 3, size_px, size_px), np.float32)
+    clean = np.empty_like(orig)
+    for i in range(count):
+        orig[i], clean[i], _ = make_pair(rng, size_px)
+    return orig, clean

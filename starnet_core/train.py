@@ -1,0 +1,411 @@
+"""Training the generator: L1 + adversarial + discriminator-feature perceptual loss.
+
+One loop, readable top to bottom (nanoGPT style). Data is a pool of pairs
+(synthetic crops and/or crops of real pairs), refreshed a few crops at a time
+so generation never stalls the loop. Everything the run needs to resume —
+generator, discriminator, both Adam states, step, config — is written as
+safetensors + JSON metadata; nothing is pickled.
+
+Loss terms (BasicSR names):
+- ``l_g_pix``: L1 over all pixels plus ``star_weight`` x L1 over star pixels
+  (|original - truth| > ``star_threshold``). Stars are 1-3% of the pixels, so
+  unweighted L1 sits in the "change nothing" minimum (MODEL_NOTES).
+- ``l_g_percep``: L1 between the discriminator's features of (x, G(x)) and
+  (x, y): a perceptual loss with no pretrained VGG (Perceptual Adversarial Nets).
+- ``l_g_gan``, ``l_d_real``, ``l_d_fake``: pix2pix conditional patch GAN (BCE).
+Adversarial and perceptual terms start at ``gan_start_step``: the
+discriminator's features mean nothing before it has been trained a while.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from starnet_core.model import ModelConfig, PatchDiscriminator, StarNetUNet, save_weights
+from starnet_core.synthetic import make_pair
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; saved with each checkpoint."""
+
+    steps: int = 30000  # total optimizer steps to reach (resumed runs continue to it)
+    batch_size: int = 8
+    crop_px: int = 128
+    lr: float = 5e-4
+    lr_min: float = 5e-5  # cosine decay floor
+    warmup_steps: int = 200
+    pool_size: int = 2000  # synthetic crops held in memory
+    refresh_every: int = 50  # steps between pool refreshes
+    refresh_count: int = 16  # crops regenerated per refresh
+    real_ratio: float = 0.0  # fraction of each batch drawn from file pairs (if any)
+    star_weight: float = 20.0
+    star_threshold: float = 0.01
+    w_pix: float = 1.0
+    w_percep: float = 0.1
+    w_gan: float = 0.005
+    gan_start_step: int = 3000
+    augment_scale: float = 0.3  # probability of a random zoom-in (stars look bigger)
+    seed: int = 1234
+    log_every: int = 100
+    checkpoint_every: int = 500
+    threads: int = 0  # torch CPU threads; 0 = torch default
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        raw = json.loads(text)
+        raw["model"] = ModelConfig.from_json(json.dumps(raw["model"]))
+        return cls(**raw)
+
+
+class PairPool:
+    """In-memory pool of synthetic pairs (N,3,S,S), refreshed a few at a time."""
+
+    def __init__(self, size: int, crop_px: int, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.crop_px = crop_px
+        self.orig = np.empty((size, 3, crop_px, crop_px), np.float32)
+        self.clean = np.empty_like(self.orig)
+        t0 = time.perf_counter()
+        for i in range(size):
+            self.orig[i], self.clean[i], _ = make_pair(self.rng, crop_px)
+        log.info("synthetic pool: %d crops in %.1f s", size, time.perf_counter() - t0)
+
+    def refresh(self, count: int) -> None:
+        for i in self.rng.integers(0, len(self.orig), count):
+            self.orig[i], self.clean[i], _ = make_pair(self.rng, self.crop_px)
+
+    def sample(self, n: int) -> Pair:
+        idx = self.rng.integers(0, len(self.orig), n)
+        return self.orig[idx], self.clean[idx]
+
+
+def sample_crops(pairs: list[Pair], n: int, crop_px: int, rng: np.random.Generator) -> Pair:
+    """``n`` random aligned crops from (original, starless) image pairs, (C,H,W) each."""
+    xs, ys = [], []
+    for _ in range(n):
+        o, c = pairs[int(rng.integers(len(pairs)))]
+        if o.shape[0] == 1:
+            o, c = np.repeat(o, 3, 0), np.repeat(c, 3, 0)
+        _, h, w = o.shape
+        if h < crop_px or w < crop_px:
+            pad = ((0, 0), (0, max(0, crop_px - h)), (0, max(0, crop_px - w)))
+            o, c = np.pad(o, pad, mode="reflect"), np.pad(c, pad, mode="reflect")
+            _, h, w = o.shape
+        y0 = int(rng.integers(0, h - crop_px + 1))
+        x0 = int(rng.integers(0, w - crop_px + 1))
+        xs.append(o[:, y0 : y0 + crop_px, x0 : x0 + crop_px])
+        ys.append(c[:, y0 : y0 + crop_px, x0 : x0 + crop_px])
+    return np.stack(xs), np.stack(ys)
+
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".fits", ".fit", ".fts", ".fits.gz")
+
+
+def read_pair_folder(root: Path) -> list[Pair]:
+    """Pairs from ``root/original/X`` and ``root/starless/X`` (identical names), stretched (C,H,W).
+
+    Linear inputs (FITS, float TIFF) are auto-stretched with parameters fitted
+    on the original and applied to both, as the network works on stretched data.
+    Raises ``ValueError`` naming the file for a missing partner or a size mismatch.
+    """
+    from starnet_core.imageio import read_image
+    from starnet_core.stretch import apply_stretch, fit_auto_stretch, normalize_linear
+
+    orig_dir, clean_dir = root / "original", root / "starless"
+    names = sorted(
+        p.name for p in orig_dir.iterdir()
+        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith(".")
+    )
+    pairs: list[Pair] = []
+    for name in names:
+        partner = clean_dir / name
+        if not partner.exists():
+            raise ValueError(f"{orig_dir / name}: no starless partner {partner}")
+        a, b = read_image(orig_dir / name), read_image(partner)
+        if a.data.shape != b.data.shape:
+            raise ValueError(
+                f"{partner}: shape {b.data.shape} differs from its original's {a.data.shape}"
+            )
+        x, y = a.data, b.data
+        if a.is_linear:
+            x, norm = normalize_linear(x)
+            y = np.clip((y - norm.offset) / norm.scale, 0, 1).astype(np.float32)
+            p = fit_auto_stretch(x)
+            x, y = apply_stretch(x, p), apply_stretch(y, p)
+        pairs.append((np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)))
+    return pairs
+
+
+def augment(
+    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, scale_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same random flips, 90° rotation, channel shuffle, colour gain and zoom on both."""
+
+    def r() -> float:
+        return float(torch.rand((), generator=gen))
+
+    k = int(torch.randint(0, 4, (), generator=gen))
+    x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (2, 3))
+    if r() < 0.5:
+        x, y = x.flip(3), y.flip(3)
+    if r() < 0.5:
+        perm = torch.randperm(3, generator=gen)
+        x, y = x[:, perm], y[:, perm]
+    if r() < 0.3:  # colour balance: same gains on both, stay in [0,1]
+        g = 0.85 + 0.3 * torch.rand(1, 3, 1, 1, generator=gen)
+        x, y = (x * g).clamp(0, 1), (y * g).clamp(0, 1)
+    if r() < scale_p:  # zoom in on a sub-window: stars and structures get bigger
+        s = x.shape[-1]
+        c = int(s * (0.5 + 0.4 * r()))
+        oy, ox = int(r() * (s - c)), int(r() * (s - c))
+        x = F.interpolate(x[..., oy : oy + c, ox : ox + c], size=(s, s), mode="bilinear")
+        y = F.interpolate(y[..., oy : oy + c, ox : ox + c], size=(s, s), mode="bilinear")
+    return x.contiguous(), y.contiguous()
+
+
+def star_metrics(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, thr: float) -> dict[str, float]:
+    """Residual star flux fraction and background error: what the loss alone hides."""
+    stars = (x - y).clamp(min=0)
+    mask = stars > thr
+    left = ((out - y) * mask).sum() / stars[mask].sum().clamp(min=1e-6)
+    bg = (x - y).abs() < thr / 4
+    bg_err = ((out - y).abs() * bg).sum() / bg.sum().clamp(min=1)
+    return {"residual_star_flux": float(left), "bg_l1": float(bg_err)}
+
+
+def _adam_to_tensors(opt: torch.optim.Adam, prefix: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"{prefix}.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    return out
+
+
+def _adam_from_tensors(opt: torch.optim.Adam, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            _, i, k = key.split(".", 2)
+            state.setdefault(int(i), {})[k] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+@dataclass
+class TrainState:
+    step: int
+    generator: StarNetUNet
+    discriminator: PatchDiscriminator
+    opt_g: torch.optim.Adam
+    opt_d: torch.optim.Adam
+
+
+def build_state(cfg: TrainConfig, generator: StarNetUNet | None = None) -> TrainState:
+    """A fresh run (``generator`` given: fine-tune it)."""
+    torch.manual_seed(cfg.seed)
+    g = generator if generator is not None else StarNetUNet(cfg.model)
+    d = PatchDiscriminator()
+    return TrainState(
+        0,
+        g,
+        d,
+        torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.9, 0.99)),
+        torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.5, 0.99)),
+    )
+
+
+def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
+    """Everything to resume, as one safetensors file (atomic)."""
+    tensors = {f"g.{k}": v.detach().cpu().contiguous() for k, v in state.generator.state_dict().items()}
+    tensors |= {f"d.{k}": v.detach().cpu().contiguous() for k, v in state.discriminator.state_dict().items()}
+    tensors |= _adam_to_tensors(state.opt_g, "opt_g") | _adam_to_tensors(state.opt_d, "opt_d")
+    meta = {"step": str(state.step), "train_config": cfg.to_json(), "model_config": state.generator.config.to_json()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig) -> TrainState:
+    """Resume from a checkpoint written by :func:`save_checkpoint`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    tensors = load_file(str(path))
+    state = build_state(cfg, StarNetUNet(ModelConfig.from_json(meta["model_config"])))
+    state.generator.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("g.")})
+    state.discriminator.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("d.")})
+    _adam_from_tensors(state.opt_g, tensors, "opt_g")
+    _adam_from_tensors(state.opt_d, tensors, "opt_d")
+    state.step = int(meta["step"])
+    return state
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
+
+
+def batches(
+    cfg: TrainConfig, file_pairs: list[Pair], pool: PairPool | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    rng = np.random.default_rng(cfg.seed + 1)
+    n_real = 0
+    while True:
+        if file_pairs and pool is not None:
+            n_real = int(rng.binomial(cfg.batch_size, cfg.real_ratio))
+        elif file_pairs:
+            n_real = cfg.batch_size
+        parts_x, parts_y = [], []
+        if n_real:
+            a, b = sample_crops(file_pairs, n_real, cfg.crop_px, rng)
+            parts_x.append(a)
+            parts_y.append(b)
+        if cfg.batch_size - n_real and pool is not None:
+            a, b = pool.sample(cfg.batch_size - n_real)
+            parts_x.append(a)
+            parts_y.append(b)
+        yield torch.from_numpy(np.concatenate(parts_x)), torch.from_numpy(np.concatenate(parts_y))
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    file_pairs: list[Pair] | None = None,
+    synthetic: bool = True,
+    init: StarNetUNet | None = None,
+    resume: bool = True,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+    on_showcase: Callable[[int, np.ndarray], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainState:
+    """Train until ``cfg.steps``; checkpoints to ``run_dir/checkpoint.safetensors``.
+
+    ``file_pairs``: (original, starless) ``(C,H,W)`` float32 stretched arrays.
+    ``init``: start from these weights (fine-tuning) when no checkpoint resumes.
+    ``on_log`` gets a record every ``log_every`` steps; ``on_showcase`` a
+    (3, S, 3*S) original|output|truth strip at each checkpoint.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ckpt = run_dir / "checkpoint.safetensors"
+    if resume and ckpt.exists():
+        state = load_checkpoint(ckpt, cfg)
+        log.info("resumed from %s at step %d", ckpt, state.step)
+    else:
+        state = build_state(cfg, init)
+    file_pairs = file_pairs or []
+    if not synthetic and not file_pairs:
+        raise ValueError("nothing to train on: synthetic=False and no file pairs given")
+    pool = PairPool(cfg.pool_size, cfg.crop_px, cfg.seed + state.step) if synthetic else None
+    gen = torch.Generator().manual_seed(cfg.seed + state.step)
+    g, d = state.generator, state.discriminator
+    g.train()
+    d.train()
+    data = batches(cfg, file_pairs, pool)
+    acc: dict[str, float] = {}
+    n_acc = 0
+    t0 = time.perf_counter()
+    while state.step < cfg.steps:
+        if should_stop is not None and should_stop():
+            break
+        x, y = next(data)
+        x, y = augment(x, y, gen, cfg.augment_scale)
+        lr = lr_at(state.step, cfg)
+        for opt in (state.opt_g, state.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        use_gan = state.step >= cfg.gan_start_step and (cfg.w_gan > 0 or cfg.w_percep > 0)
+
+        # --- generator step (D frozen) ---
+        for p in d.parameters():
+            p.requires_grad_(False)
+        out = g(x)
+        err = (out - y).abs()
+        star_px = (x - y).abs() > cfg.star_threshold
+        l_g_pix = err.mean() + cfg.star_weight * (err * star_px).sum() / x.numel()
+        loss = cfg.w_pix * l_g_pix
+        logs = {"l_g_pix": l_g_pix.item()}
+        if use_gan:
+            logit_fake, feat_fake = d(x, out)
+            with torch.no_grad():
+                _, feat_real = d(x, y)
+            l_g_percep = sum(F.l1_loss(a, b) for a, b in zip(feat_fake, feat_real, strict=True))
+            l_g_gan = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
+            loss = loss + cfg.w_percep * l_g_percep + cfg.w_gan * l_g_gan
+            logs |= {"l_g_percep": float(l_g_percep.item()), "l_g_gan": l_g_gan.item()}
+        state.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        state.opt_g.step()
+
+        # --- discriminator step on the detached output ---
+        if use_gan or state.step >= cfg.gan_start_step - 500:  # let D warm up a little first
+            for p in d.parameters():
+                p.requires_grad_(True)
+            logit_real, _ = d(x, y)
+            logit_fake, _ = d(x, out.detach())
+            l_d_real = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+            l_d_fake = F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
+            state.opt_d.zero_grad(set_to_none=True)
+            ((l_d_real + l_d_fake) / 2).backward()
+            state.opt_d.step()
+            logs |= {"l_d_real": float(l_d_real), "l_d_fake": float(l_d_fake)}
+
+        logs |= star_metrics(x, y, out.detach(), cfg.star_threshold)
+        for k, v in logs.items():
+            acc[k] = acc.get(k, 0.0) + v
+        n_acc += 1
+        state.step += 1
+        if pool is not None and state.step % cfg.refresh_every == 0:
+            pool.refresh(cfg.refresh_count)
+        if state.step % cfg.log_every == 0:
+            dt = time.perf_counter() - t0
+            record = {k: v / n_acc for k, v in acc.items()}
+            record |= {"step": state.step, "lr": lr, "s_per_step": dt / n_acc, "time": time.time()}
+            log.info(
+                "step %d  l_g_pix %.4f  residual star flux %.3f  bg_l1 %.4f  %.3f s/step",
+                state.step, record["l_g_pix"], record["residual_star_flux"], record["bg_l1"],
+                record["s_per_step"],
+            )
+            if on_log is not None:
+                on_log(record)
+            acc, n_acc, t0 = {}, 0, time.perf_counter()
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+            save_checkpoint(state, cfg, ckpt)
+            if on_showcase is not None:
+                k = min(4, x.shape[0])
+                strip = torch.cat([x[:k], out.detach()[:k].clamp(0, 1), y[:k]], dim=3)
+                on_showcase(state.step, torch.cat(list(strip), dim=1).numpy())
+    save_checkpoint(state, cfg, ckpt)
+    return state
+
+
+def export_generator(state: TrainState, path: Path, version: str, extra: dict[str, str]) -> str:
+    """Write the generator alone as the shippable weights file; returns its sha256."""
+    state.generator.eval()
+    return save_weights(state.generator, path, version=version, extra=extra)
