@@ -240,7 +240,7 @@ def _render_pair(
     n = size_px + 2 * margin
     sky = float(rng.uniform(0.02, 0.12))
     bg, gal_xy = _background(rng, n, sky)
-    noise_sigma = sky * float(rng.uniform(0.01, 0.15))
+    noise_sigma = sky * float(np.exp(rng.uniform(np.log(0.005), np.log(0.08))))
     fwhm = float(np.exp(rng.uniform(np.log(1.0), np.log(6.5))))
     spikes = bool(rng.random() < 0.2)
     # star count per crop: sparse .. Milky-Way dense (scaled with area)
