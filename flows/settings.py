@@ -94,6 +94,57 @@ class DatabaseSettings:
 
 
 @dataclass
+class PrefectSettings:
+    """How the flows run under Prefect (see ``flows/pipeline.py`` and ``deploy/``)."""
+
+    gpu_limit_name: str = "starnet-gpu"  # global concurrency limit held for each frame's compute
+    gpu_slots: int = 1  # frames computed at once (per limit, i.e. per GPU)
+    retrain_limit_name: str = "starnet-retrain"  # one retrain at a time
+    serve_limit: int = 2  # concurrent runs of ``starnet serve``
+    nightly_cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+    max_attempts: int = 3  # a failed frame is retried (nightly) until this many attempts
+    submit: str = "auto"  # watcher: auto (deployment when PREFECT_API_URL is set) | local | deployment
+    process_deployment: str = "process-frame/starnet-process-frame"
+    thumbnail_px: int = 160  # height of each panel of the run's preview artifact
+    follow_promoted: bool = True  # flows use the promoted model from the DB when it has a file
+
+
+@dataclass
+class WatchSettings:
+    """The folder watcher (``starnet watch``)."""
+
+    stable_s: float = 2.0  # a file counts once its size and mtime stayed put this long
+    poll_s: float = 0.5
+    patterns: list[str] = field(
+        default_factory=lambda: [
+            "*.fits", "*.fit", "*.fts", "*.fits.gz", "*.fz",
+            "*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg",
+        ]
+    )  # fmt: skip
+    retrain_after_pairs: int = 1  # local mode: run retrain after this many new training pairs
+
+
+@dataclass
+class RetrainSettings:
+    """Fine-tuning the promoted model on the registered training pairs (``retrain`` flow)."""
+
+    steps: int = 300
+    batch_size: int = 4
+    crop_px: int = 128
+    lr: float = 1e-4
+    real_ratio: float = 0.75  # share of each batch cut from training pairs (rest synthetic)
+    pool_size: int = 64  # synthetic crops held in memory
+    threads: int = 1  # torch CPU threads (0: torch default)
+    eval_scenes: int = 8  # held-out synthetic scenes
+    eval_size_px: int = 128
+    eval_seed: int = 90210  # never a training seed
+    validation_dir: str | None = None  # folder with original/ and starless/ (never trained on)
+    promote: str = "better"  # better | always | never
+    min_gain_db: float = 0.1  # "better": mean PSNR gain over the promoted model
+
+
+@dataclass
 class Settings:
     """Everything tunable in starnet."""
 
@@ -108,6 +159,9 @@ class Settings:
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    prefect: PrefectSettings = field(default_factory=PrefectSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
 
     def resolve(self, rel: str) -> Path:
         """A path from the settings, relative ones taken under ``data_dir``."""
