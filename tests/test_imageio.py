@@ -1,0 +1,460 @@
+"""Image I/O: round trips for every format, header provenance, atomic writes, validation."""
+
+from __future__ import annotations
+
+import bz2
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from astropy.io import fits
+from astropy.wcs import WCS
+from PIL import Image
+
+from starnet_core import imageio
+from starnet_core.imageio import ImageData, ImageError, output_path, read_image, write_image
+
+H, W = 24, 32
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _ints(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return _rng(seed).integers(0, np.iinfo(dtype).max, size=shape, endpoint=True).astype(dtype)
+
+
+def _float01(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return _rng(seed).uniform(0.0, 1.0, size=shape).astype(np.float32)
+
+
+def _wcs_header() -> fits.Header:
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [83.82, -5.39]
+    w.wcs.crpix = [16.0, 12.0]
+    w.wcs.cdelt = [-0.0003, 0.0003]
+    header = w.to_header()
+    header["OBJECT"] = "Horsehead"
+    header["EXPTIME"] = (300.0, "[s]")
+    return header
+
+
+def _roundtrip(src: Path, tmp_path: Path) -> tuple[ImageData, ImageData]:
+    first = read_image(src)
+    out = output_path(src, "copy", tmp_path / "out")
+    write_image(out, first.data, like=first)
+    return first, read_image(out)
+
+
+# --------------------------------------------------------------------------- TIFF
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+@pytest.mark.parametrize("rgb", [False, True])
+def test_tiff_integer_roundtrip(tmp_path: Path, dtype: str, rgb: bool) -> None:
+    samples = _ints(dtype, (H, W, 3) if rgb else (H, W))
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, samples, photometric="rgb" if rgb else "minisblack")
+    first, again = _roundtrip(src, tmp_path)
+    expected = samples.astype(np.float32) / np.iinfo(dtype).max
+    expected = np.moveaxis(expected, 2, 0) if rgb else expected[None]
+    assert first.data.dtype == np.float32 and first.data.shape == expected.shape
+    np.testing.assert_array_equal(first.data, expected)
+    assert (first.format, first.dtype, first.is_linear) == ("tiff", dtype, False)
+    np.testing.assert_array_equal(again.data, first.data)
+    assert again.dtype == dtype
+
+
+def test_tiff_planar_rgb_and_float(tmp_path: Path) -> None:
+    planar = _ints("uint16", (3, H, W))
+    src = tmp_path / "planar.tiff"
+    tifffile.imwrite(src, planar, photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_image(src).data, planar / np.float32(65535))
+
+    values = _float01((3, H, W)) * 1.2 - 0.1  # floats are kept as they are, even off [0, 1]
+    src = tmp_path / "float.tif"
+    tifffile.imwrite(src, np.moveaxis(values, 0, 2), photometric="rgb")
+    first, again = _roundtrip(src, tmp_path)
+    assert (first.dtype, first.is_linear) == ("float32", True)
+    np.testing.assert_array_equal(first.data, values)
+    np.testing.assert_array_equal(again.data, values)
+
+
+def test_tiff_multipage_and_alpha_notes(tmp_path: Path) -> None:
+    pages = _ints("uint16", (3, H, W))
+    src = tmp_path / "pages.tif"
+    tifffile.imwrite(src, pages, photometric="minisblack")
+    img = read_image(src, page=1)
+    np.testing.assert_array_equal(img.data[0], pages[1] / np.float32(65535))
+    assert "page 1 of 3 used" in img.notes
+    with pytest.raises(ImageError, match=r"page 5 requested but the file has 3 page"):
+        read_image(src, page=5)
+
+    rgba = _ints("uint8", (H, W, 4))
+    src = tmp_path / "alpha.tif"
+    tifffile.imwrite(src, rgba, photometric="rgb", extrasamples=["unassalpha"])
+    img = read_image(src)
+    assert img.data.shape == (3, H, W)
+    np.testing.assert_array_equal(img.data, np.moveaxis(rgba[..., :3], 2, 0) / np.float32(255))
+    assert any("alpha" in n for n in img.notes)
+
+
+def test_tiff_output_clips_rounds_and_carries_provenance(tmp_path: Path) -> None:
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, _ints("uint8", (H, W)), photometric="minisblack")
+    like = read_image(src)
+    data = np.full((1, H, W), 0.5, np.float32)
+    data[0, 0, :3] = [-0.2, 1.3, 0.502]
+    out = tmp_path / "out.tif"
+    write_image(out, data, like=like, header_cards={"model": "v1"}, history=["stretched"])
+    with tifffile.TiffFile(out) as tif:
+        samples = tif.pages[0].asarray()
+        meta = json.loads(tif.pages.first.description)
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+    assert samples.dtype == np.uint8
+    assert samples[0, :4].tolist() == [0, 255, 128, 128]
+    assert meta == {"starnet": {"cards": {"MODEL": "v1"}, "history": ["stretched"]}}
+
+
+# --------------------------------------------------------------------------- PNG / JPEG
+
+
+@pytest.mark.parametrize(
+    ("mode", "samples"),
+    [
+        ("L", _ints("uint8", (H, W))),
+        ("RGB", _ints("uint8", (H, W, 3))),
+        ("I;16", _ints("uint16", (H, W))),
+    ],
+)
+def test_png_roundtrip(tmp_path: Path, mode: str, samples: np.ndarray) -> None:
+    src = tmp_path / "in.png"
+    Image.fromarray(samples).save(src)
+    first, again = _roundtrip(src, tmp_path)
+    expected = samples / np.float32(np.iinfo(samples.dtype).max)
+    expected = np.moveaxis(expected, 2, 0) if samples.ndim == 3 else expected[None]
+    np.testing.assert_array_equal(first.data, expected)
+    assert first.dtype == samples.dtype.name
+    np.testing.assert_array_equal(again.data, first.data)
+
+
+def test_png_alpha_dropped_and_provenance_chunk(tmp_path: Path) -> None:
+    src = tmp_path / "rgba.png"
+    Image.fromarray(_ints("uint8", (H, W, 4))).save(src)
+    img = read_image(src)
+    assert img.data.shape == (3, H, W) and "alpha channel dropped" in img.notes
+    out = tmp_path / "out.png"
+    write_image(out, img.data, like=img, header_cards={"K": 1})
+    with Image.open(out) as im:
+        assert json.loads(im.info["starnet"])["starnet"]["cards"] == {"K": 1}
+
+
+def test_jpeg_roundtrip_within_tolerance(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[0:64, 0:64]
+    smooth = np.stack([xx * 3, yy * 3, (xx + yy) * 2]).astype(np.uint8)
+    src = tmp_path / "in.jpg"
+    Image.fromarray(np.moveaxis(smooth, 0, 2)).save(src, quality=98)
+    first, again = _roundtrip(src, tmp_path)
+    assert (first.format, first.dtype, first.data.shape) == ("jpeg", "uint8", (3, 64, 64))
+    assert np.abs(first.data - smooth / 255.0).mean() < 0.01
+    assert np.abs(again.data - first.data).mean() < 0.01
+
+
+# --------------------------------------------------------------------------- FITS
+
+
+def test_fits_int16_big_endian_keeps_physical_values(tmp_path: Path) -> None:
+    stored = _rng().integers(-2000, 20000, size=(H, W)).astype(">i2")
+    src = tmp_path / "plate.fits"
+    fits.PrimaryHDU(stored, header=_wcs_header()).writeto(src)
+    first, again = _roundtrip(src, tmp_path)
+    assert (first.format, first.dtype, first.is_linear) == ("fits", "int16", True)
+    np.testing.assert_array_equal(first.data[0], stored.astype(np.float32))
+    np.testing.assert_array_equal(again.data, first.data)
+    assert again.dtype == "float32"
+
+
+def test_fits_uint16_via_bzero_and_bscale(tmp_path: Path) -> None:
+    values = _ints("uint16", (H, W))
+    src = tmp_path / "ccd.fits"
+    fits.PrimaryHDU(values).writeto(src)
+    assert fits.getheader(src)["BZERO"] == 32768
+    img = read_image(src)
+    assert img.dtype == "uint16"
+    np.testing.assert_array_equal(img.data[0], values.astype(np.float32))
+
+    hdu = fits.PrimaryHDU(_rng().integers(-100, 100, (H, W)).astype(np.int16))
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 0.5, 1500.0
+    hdu.writeto(tmp_path / "scaled.fits")
+    raw = fits.getdata(tmp_path / "scaled.fits", do_not_scale_image_data=True)
+    img = read_image(tmp_path / "scaled.fits")
+    np.testing.assert_allclose(img.data[0], raw * 0.5 + 1500.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fits_float_roundtrip(tmp_path: Path, dtype: type) -> None:
+    values: np.ndarray = _rng().normal(100.0, 5.0, (H, W)).astype(dtype)
+    src = tmp_path / "f.fits"
+    fits.PrimaryHDU(values).writeto(src)
+    first, again = _roundtrip(src, tmp_path)
+    assert first.dtype == np.dtype(dtype).name
+    np.testing.assert_array_equal(first.data[0], values.astype(np.float32))
+    np.testing.assert_array_equal(again.data, first.data)
+
+
+def test_fits_colour_cube_and_channels_last(tmp_path: Path) -> None:
+    cube = _float01((3, H, W))
+    src = tmp_path / "cube.fits"
+    fits.PrimaryHDU(cube).writeto(src)
+    first, again = _roundtrip(src, tmp_path)
+    np.testing.assert_array_equal(first.data, cube)
+    assert fits.getdata(output_path(src, "copy", tmp_path / "out")).shape == (3, H, W)
+    np.testing.assert_array_equal(again.data, cube)
+
+    src = tmp_path / "last.fits"
+    fits.PrimaryHDU(np.moveaxis(cube, 0, 2)).writeto(src)
+    img = read_image(src)
+    assert img.channels_last and any("channels-last" in n for n in img.notes)
+    np.testing.assert_array_equal(img.data, cube)
+    out = tmp_path / "last_out.fits"
+    write_image(out, img.data, like=img)
+    assert fits.getdata(out).shape == (H, W, 3)
+
+
+def test_fits_compressed_and_extension(tmp_path: Path) -> None:
+    values = _rng().integers(0, 30000, (H, W)).astype(np.int16)
+    gz = tmp_path / "a.fits.gz"
+    fits.PrimaryHDU(values).writeto(gz)
+    bz = tmp_path / "a.fits.bz2"
+    buf = io.BytesIO()
+    fits.PrimaryHDU(values).writeto(buf)
+    bz.write_bytes(bz2.compress(buf.getvalue()))
+    fz = tmp_path / "a.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(values, header=_wcs_header())]).writeto(fz)
+    ext = tmp_path / "ext.fits"
+    table = fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=np.zeros(3))])
+    fits.HDUList([fits.PrimaryHDU(), table, fits.ImageHDU(values, name="SCI")]).writeto(ext)
+    for src in (gz, bz, fz, ext):
+        first, again = _roundtrip(src, tmp_path)
+        np.testing.assert_array_equal(first.data[0], values.astype(np.float32), err_msg=src.name)
+        np.testing.assert_array_equal(again.data, first.data)
+    fz_out = tmp_path / "out" / "a_copy.fits"
+    with fits.open(fz_out) as hdul:
+        assert len(hdul) == 1 and hdul[0].header["CTYPE1"] == "RA---TAN"
+        assert "ZIMAGE" not in hdul[0].header and "XTENSION" not in hdul[0].header
+
+
+def test_fits_header_wcs_cards_and_history(tmp_path: Path) -> None:
+    src = tmp_path / "in.fits"
+    header = _wcs_header()
+    header.add_history("calibrated")
+    hdu = fits.PrimaryHDU(_rng().integers(0, 1000, (H, W)).astype(np.int16), header=header)
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 1.0, 100.0
+    hdu.header["HIERARCH STARNET OLD"] = "stale"
+    hdu.writeto(src)
+    like = read_image(src)
+    out = tmp_path / "out.fits"
+    sha = "0123456789abcdef" * 4
+    cards: dict[str, str | int | float | bool] = {
+        "MODEL_VERSION": "0.3.1",
+        "WEIGHTS_SHA256": sha,
+        "TILE_PX": 256,
+        "LINKED": True,
+    }
+    write_image(out, like.data, like=like, header_cards=cards, history=["starnet: stars removed"])
+    with fits.open(out) as hdul:
+        h = hdul[0].header
+        assert h["BITPIX"] == -32 and "BZERO" not in h and "BSCALE" not in h
+        assert hdul[0].data.dtype.name == "float32"
+        assert WCS(h).wcs.compare(WCS(header).wcs)
+        assert h["OBJECT"] == "Horsehead" and h["EXPTIME"] == 300.0
+        assert h["HIERARCH STARNET WEIGHTS_SHA256"] == sha
+        assert h["HIERARCH STARNET TILE_PX"] == 256 and h["HIERARCH STARNET LINKED"] is True
+        assert "HIERARCH STARNET OLD" not in h
+        assert list(h["HISTORY"]) == ["calibrated", "starnet: stars removed"]
+        np.testing.assert_array_equal(hdul[0].data, like.data[0])
+
+
+def test_fits_blank_becomes_nan_policy(tmp_path: Path) -> None:
+    values = _rng().integers(10, 1000, (H, W)).astype(np.int16)
+    values[3, 4] = -1
+    hdu = fits.PrimaryHDU(values)
+    hdu.header["BLANK"], hdu.header["BZERO"], hdu.header["BSCALE"] = -1, 0.0, 2.0
+    src = tmp_path / "blank.fits"
+    hdu.writeto(src)
+    with pytest.raises(ImageError, match="1 non-finite"):
+        read_image(src)
+    img = read_image(src, nan_policy="zero")
+    assert img.data[0, 3, 4] == 0.0
+
+
+# --------------------------------------------------------------------------- writing rules
+
+
+def test_output_path_names() -> None:
+    assert output_path("d/image.tif", "starless") == Path("d/image_starless.tif")
+    assert output_path("d/M42.fits.gz", "starless") == Path("d/M42_starless.fits")
+    assert output_path("M42.fits.bz2", "mask", "out") == Path("out/M42_mask.fits")
+    assert output_path("M42.fz", "starless") == Path("M42_starless.fits")
+    assert output_path("M42.fits.fz", "starless") == Path("M42_starless.fits")
+    with pytest.raises(ValueError, match="suffix"):
+        output_path("a.tif", "a/b")
+
+
+def _tiff_like(tmp_path: Path) -> ImageData:
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, _ints("uint16", (H, W)), photometric="minisblack")
+    return read_image(src)
+
+
+def test_atomic_write_leaves_no_temp_and_refuses_input(tmp_path: Path) -> None:
+    like = _tiff_like(tmp_path)
+    out = tmp_path / "result.tif"
+    write_image(out, like.data, like=like)
+    write_image(out, like.data * 0.5, like=like)  # replacing an existing output is fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "result.tif"]
+    before = like.source.read_bytes()
+    with pytest.raises(ImageError, match="refusing to overwrite the input") as err:
+        write_image(tmp_path / "." / "in.tif", like.data, like=like)
+    assert err.value.path.name == "in.tif"
+    assert like.source.read_bytes() == before
+
+
+def test_failed_write_leaves_neither_half_file_nor_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    like = _tiff_like(tmp_path)
+    out = tmp_path / "result.tif"
+    write_image(out, like.data, like=like)
+    good = out.read_bytes()
+
+    def crash(fh: io.BufferedWriter, *args: object, **kwargs: object) -> None:
+        fh.write(b"II*\x00 half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(imageio.tifffile, "imwrite", crash)
+    with pytest.raises(ImageError, match="No space left"):
+        write_image(out, like.data * 0.5, like=like)
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "result.tif"]
+
+
+def test_write_rejects_bad_arguments(tmp_path: Path) -> None:
+    like = _tiff_like(tmp_path)
+    with pytest.raises(ValueError, match=r"shape \(2, 24, 32\)"):
+        write_image(tmp_path / "o.tif", np.zeros((2, H, W), np.float32), like=like)
+    with pytest.raises(ImageError, match="compressed output"):
+        write_image(tmp_path / "o.fits.gz", like.data, like=like)
+    with pytest.raises(ValueError, match="header_cards"):
+        write_image(tmp_path / "o.fits", like.data, like=like, header_cards={"bad key!": 1})
+    nan = like.data.copy()
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="1 non-finite"):
+        write_image(tmp_path / "o.tif", nan, like=like)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _fits_file(tmp_path: Path, data: np.ndarray, name: str = "bad.fits") -> Path:
+    path = tmp_path / name
+    fits.PrimaryHDU(data).writeto(path)
+    return path
+
+
+def _assert_bad(path: Path, pattern: str, **kwargs: object) -> ImageError:
+    with pytest.raises(ImageError, match=pattern) as err:
+        read_image(path, **kwargs)  # type: ignore[arg-type]
+    assert str(err.value).startswith(f"{path}: ")
+    assert err.value.path == path
+    return err.value
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    _assert_bad(tmp_path / "missing.fits", "no such file")
+    text = tmp_path / "notes.fits"
+    text.write_text("this is not an image\n")
+    _assert_bad(text, "cannot read as FITS")
+    whole = io.BytesIO()
+    fits.PrimaryHDU(np.ones((100, 120), np.int16)).writeto(whole)
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+    _assert_bad(cut, "truncated FITS")
+    fake_png = tmp_path / "fake.png"
+    fake_png.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    _assert_bad(fake_png, "cannot read as PNG")
+    weird = tmp_path / "data.xyz"
+    weird.write_bytes(b"hello")
+    _assert_bad(weird, "unknown image format")
+
+
+def test_image_error_pickles(tmp_path: Path) -> None:
+    err = _assert_bad(tmp_path / "gone.tif", "no such file")
+    again = pickle.loads(pickle.dumps(err))
+    assert (str(again), again.path, again.reason) == (str(err), err.path, err.reason)
+
+
+def test_no_image_hdu(tmp_path: Path) -> None:
+    table = fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=np.ones(3))])
+    path = tmp_path / "table.fits"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
+    _assert_bad(path, "no image HDU with data")
+
+
+@pytest.mark.parametrize(
+    ("shape", "pattern"),
+    [
+        ((50,), r"1-D data \(shape \(50,\)\)"),
+        ((2, 3, H, W), r"4-D data \(shape \(2, 3, 24, 32\)\)"),
+        ((2, H, W), r"2 planes \(shape \(2, 24, 32\)\)"),
+        ((5, H, W), r"5 planes \(shape \(5, 24, 32\)\)"),
+    ],
+)
+def test_wrong_dimensionality(tmp_path: Path, shape: tuple[int, ...], pattern: str) -> None:
+    data = _rng().uniform(0, 1, shape).astype(np.float32)
+    _assert_bad(_fits_file(tmp_path, data), pattern)
+
+
+def test_degenerate_leading_axes_are_dropped(tmp_path: Path) -> None:
+    data = _float01((1, 1, H, W))
+    img = read_image(_fits_file(tmp_path, data))
+    assert img.data.shape == (1, H, W) and any("length-1" in n for n in img.notes)
+
+
+def test_nonfinite_policies(tmp_path: Path) -> None:
+    data = _float01((H, W)) + 1.0
+    data[0, :3] = np.nan
+    data[1, 0] = np.inf
+    path = _fits_file(tmp_path, data)
+    err = _assert_bad(path, r"4 non-finite value\(s\) \(3 NaN, 1 Inf")
+    assert "validation.nan_policy" in err.reason
+    zero = read_image(path, nan_policy="zero")
+    assert zero.data[0, 0, 0] == 0.0 and zero.data[0, 1, 0] == 0.0
+    assert "4 NaN/Inf value(s) replaced by zero" in zero.notes
+    median = read_image(path, nan_policy="median")
+    assert median.data[0, 0, 0] == pytest.approx(np.nanmedian(data[np.isfinite(data)]))
+    _assert_bad(path, "max_nonfinite_fraction", nan_policy="zero", max_nonfinite_fraction=0.001)
+    with pytest.raises(ValueError, match="nan_policy must be one of"):
+        read_image(path, nan_policy="ignore")
+
+
+def test_empty_constant_and_raw_adu(tmp_path: Path) -> None:
+    _assert_bad(_fits_file(tmp_path, np.zeros((0, W), np.float32), "empty.fits"), "empty image")
+    _assert_bad(
+        _fits_file(tmp_path, np.full((H, W), 7.5, np.float32), "c.fits"), "every pixel value is 7.5"
+    )
+    raw = tmp_path / "raw.tif"
+    tifffile.imwrite(
+        raw, _rng().uniform(0, 4000, (H, W)).astype(np.float32), photometric="minisblack"
+    )
+    _assert_bad(raw, "looks like raw ADU, not normalised")
+    small = tmp_path / "tiny.tif"
+    tifffile.imwrite(small, _ints("uint8", (3, 5)), photometric="minisblack")
+    assert read_image(small).data.shape == (1, 3, 5)
