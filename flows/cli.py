@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from flows.settings import SettingsError, load_settings
 
-COMMAND_MODULES: tuple[str, ...] = ("flows.cli_train",)
+COMMAND_MODULES: tuple[str, ...] = ("flows.cli_train", "flows.cli_db")
 
 DESCRIPTION = """\
 starnet removes stars from astro images with a neural network and leaves the

@@ -1,0 +1,738 @@
+"""The provenance database: which input, model, parameters, code, host and flow run made a file.
+
+Use from a flow (one short session per call; the engine is cached per URL)::
+
+    db = ProvenanceDB.from_settings(settings)       # SQLite in data_dir unless configured
+    frame = db.register_frame(path, header)          # content-addressed, idempotent
+    claim = db.claim_run(frame.sha256, card.version, card.sha256, params, device="cuda:0",
+                         flow_run_id=str(flow_run.id))
+    if not claim.owned:
+        return claim.state                           # done / busy / exhausted
+    try:
+        ...                                          # process; write outputs with
+        rec = claim.record(timings)                  # rec.to_header_cards(), rec.to_history()
+        db.finish_run(claim.run_key, "succeeded", timings, outputs=[("starless", p), ...])
+    except Exception as e:
+        db.finish_run(claim.run_key, "failed", timings, error=f"{type(e).__name__}: {e}")
+        raise
+
+The schema is created and migrated (Alembic, ``flows/migrations``) on first use.
+SQLite runs in WAL mode with a busy timeout, and every writing transaction starts
+with ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing; on
+PostgreSQL the claim relies on the unique ``run_key`` and a row lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from sqlalchemy import exists, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from flows.db_engine import (
+    alembic_config,
+    dispose_engines,
+    get_engine,
+    is_ready,
+    mark_ready,
+    safe_url,
+)
+from flows.db_models import (
+    MODEL_STATUSES,
+    OUTPUT_KINDS,
+    RUN_STATUSES,
+    FrameRow,
+    ModelVersionRow,
+    OutputRow,
+    RunRow,
+    TrainingPairRow,
+    run_query,
+    to_frame,
+    to_model,
+    to_pair,
+    to_run,
+    utcnow,
+)
+from flows.provenance_records import (
+    Claim,
+    ClaimState,
+    Frame,
+    HeaderFacts,
+    History,
+    ModelStatus,
+    ModelVersion,
+    OutputKind,
+    ProvenanceError,
+    ProvenanceRecord,
+    Run,
+    RunStatus,
+    TrainingPair,
+    as_json,
+    canonical_params,
+    check_sha256,
+    is_sha256,
+    make_run_key,
+    param_hash,
+    sha256_file,
+)
+
+if TYPE_CHECKING:
+    from flows.settings import Settings
+
+__all__ = [
+    "Claim",
+    "Frame",
+    "HeaderFacts",
+    "History",
+    "ModelVersion",
+    "ProvenanceDB",
+    "ProvenanceError",
+    "ProvenanceRecord",
+    "Run",
+    "TrainingPair",
+    "alembic_config",
+    "as_json",
+    "default_code_version",
+    "dispose_engines",
+    "make_run_key",
+    "param_hash",
+    "safe_url",
+    "sha256_file",
+]
+
+log = logging.getLogger(__name__)
+
+_PG_MIGRATION_LOCK = 0x57A2_0E7  # pg_advisory_xact_lock key: one migrator at a time
+_ERROR_MAX_CHARS = 20_000
+
+
+def default_code_version() -> str:
+    """``starnet <package version>``; flows may append a git revision."""
+    try:
+        return f"starnet {package_version('starnet')}"
+    except PackageNotFoundError:
+        return "starnet unknown"
+
+
+def _aware(t: datetime | date) -> datetime:
+    if not isinstance(t, datetime):
+        return datetime(t.year, t.month, t.day, tzinfo=UTC)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+class ProvenanceDB:
+    """The provenance database at ``url``; every method is one short transaction."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_s: float = 30.0,
+        stale_after_s: float = 7200.0,
+        auto_migrate: bool = True,
+    ) -> None:
+        """``stale_after_s``: a run still ``running``/``queued`` after this long (without
+        :meth:`start_run` refreshing it) is taken to be dead and may be claimed again."""
+        if stale_after_s <= 0:
+            raise ValueError(f"stale_after_s: expected > 0, got {stale_after_s!r}")
+        self.url = url
+        self.stale_after_s = float(stale_after_s)
+        self.auto_migrate = auto_migrate
+        self.engine = get_engine(url, busy_timeout_s)
+        self._write_engine = self.engine.execution_options(starnet_write=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProvenanceDB:
+        return cls(settings.database_url, busy_timeout_s=settings.database.busy_timeout_s)
+
+    def __repr__(self) -> str:
+        return f"ProvenanceDB({safe_url(self.url)!r})"
+
+    # ---- schema -------------------------------------------------------------------------
+
+    def ensure_schema(self) -> str:
+        """Create or upgrade the schema to the newest migration; returns that revision."""
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = alembic_config()
+        script = ScriptDirectory.from_config(cfg)
+        head = script.get_current_head()
+        with self._write_engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE, one migrator
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current is not None and current not in {r.revision for r in script.walk_revisions()}:
+                raise ProvenanceError(
+                    f"database {safe_url(self.url)}: schema revision {current!r} is newer than "
+                    f"this starnet knows (head {head!r}); upgrade starnet"
+                )
+            if current != head:
+                log.info("migrating %s from %s to %s", safe_url(self.url), current, head)
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        mark_ready(self.url)
+        return str(head)
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def _ready(self) -> None:
+        if not self.auto_migrate or is_ready(self.url):
+            return
+        from alembic.script import ScriptDirectory
+
+        if (
+            self.current_revision()
+            != ScriptDirectory.from_config(alembic_config()).get_current_head()
+        ):
+            self.ensure_schema()
+        mark_ready(self.url)
+
+    @contextmanager
+    def _session(self, write: bool = False) -> Iterator[Session]:
+        self._ready()
+        bind = self._write_engine if write else self.engine
+        with Session(bind, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    def _insert_ignore(
+        self, s: Session, row: type[Any], values: dict[str, Any], keys: list[str]
+    ) -> int | None:
+        """INSERT ... ON CONFLICT (keys) DO NOTHING RETURNING id: the new id, or None."""
+        table = row.__table__
+        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+        return cast(int | None, s.execute(stmt.returning(table.c.id)).scalar_one_or_none())
+
+    # ---- frames -------------------------------------------------------------------------
+
+    def register_frame(
+        self,
+        path: str | Path,
+        header_facts: HeaderFacts | Mapping[str, Any] | None = None,
+        *,
+        sha256: str | None = None,
+    ) -> Frame:
+        """Record an input by content (idempotent); ``path`` becomes its last-seen place.
+
+        ``header_facts``: :class:`HeaderFacts` or a FITS-style header mapping. ``sha256``
+        skips hashing when the caller has it already.
+        """
+        p = Path(path).expanduser().resolve()
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise ProvenanceError(f"path: input file {str(p)!r} does not exist") from None
+        digest = check_sha256("sha256", sha256) if sha256 else sha256_file(p)
+        facts = header_facts
+        if facts is not None and not isinstance(facts, HeaderFacts):
+            facts = HeaderFacts.from_header(facts)
+        now = utcnow()
+        seen = {
+            "path": str(p),
+            "size_bytes": st.st_size,
+            "mtime": datetime.fromtimestamp(st.st_mtime, UTC),
+            "last_seen": now,
+        }
+        with self._session(write=True) as s:
+            values = {"sha256": digest, "first_seen": now, **seen}
+            self._insert_ignore(s, FrameRow, values, ["sha256"])
+            row = s.execute(select(FrameRow).where(FrameRow.sha256 == digest)).scalar_one()
+            for k, v in seen.items():
+                setattr(row, k, v)
+            if facts is not None:
+                for k, v in vars(facts).items():
+                    if v is not None:
+                        setattr(row, k, v)
+            s.flush()
+            return to_frame(row)
+
+    def is_known_input(self, sha256: str) -> bool:
+        digest = check_sha256("sha256", sha256)
+        with self._session() as s:
+            return bool(s.scalar(select(exists().where(FrameRow.sha256 == digest))))
+
+    def get_frame(self, sha256: str) -> Frame | None:
+        digest = check_sha256("sha256", sha256)
+        with self._session() as s:
+            row = s.scalar(select(FrameRow).where(FrameRow.sha256 == digest))
+            return None if row is None else to_frame(row)
+
+    # ---- models -------------------------------------------------------------------------
+
+    def register_model(
+        self,
+        version: str,
+        weights_sha256: str,
+        config: Mapping[str, Any],
+        *,
+        parent: str | None = None,
+        status: ModelStatus | None = None,
+        benchmark: Mapping[str, Any] | None = None,
+        training_pair_ids: Iterable[int] = (),
+    ) -> ModelVersion:
+        """Record a model version (idempotent for the same weights).
+
+        ``status`` None: ``candidate`` when new, unchanged when known; ``promoted``
+        promotes it (retiring the previous one). The same version with other weights
+        is an error.
+        """
+        weights = check_sha256("weights_sha256", weights_sha256)
+        if status is not None and status not in MODEL_STATUSES:
+            raise ValueError(f"status: expected one of {MODEL_STATUSES}, got {status!r}")
+        with self._session(write=True) as s:
+            row = self._model_row(s, version, weights, config)
+            if parent is not None:
+                row.parent = self._require_model(s, parent, "parent")
+            if benchmark is not None:
+                row.benchmark = json.loads(canonical_params(benchmark))
+            pair_ids = sorted(set(training_pair_ids))
+            if pair_ids:
+                pairs = s.scalars(
+                    select(TrainingPairRow).where(TrainingPairRow.id.in_(pair_ids))
+                ).all()
+                missing = sorted(set(pair_ids) - {p.id for p in pairs})
+                if missing:
+                    raise ProvenanceError(
+                        f"training_pair_ids: unknown training pair id(s) {missing}"
+                    )
+                row.training_pairs.extend(p for p in pairs if p not in row.training_pairs)
+            if status == "promoted":
+                self._promote(s, row)
+            elif status is not None:
+                row.status = status
+            s.flush()
+            return to_model(row)
+
+    def _model_row(
+        self, s: Session, version: str, weights: str, config: Mapping[str, Any] | None
+    ) -> ModelVersionRow:
+        if not version or len(version) > 64:
+            raise ValueError(f"version: expected 1..64 characters, got {version!r}")
+        values = {
+            "version": version,
+            "weights_sha256": weights,
+            "config": json.loads(canonical_params(config or {})),
+            "status": "candidate",
+            "created_at": utcnow(),
+        }
+        self._insert_ignore(s, ModelVersionRow, values, ["version"])
+        row = s.execute(
+            select(ModelVersionRow).where(ModelVersionRow.version == version)
+        ).scalar_one()
+        if row.weights_sha256 != weights:
+            raise ProvenanceError(
+                f"model version {version!r} is registered with weights sha256 "
+                f"{row.weights_sha256}, not {weights}: give new weights a new version"
+            )
+        if config and not row.config:
+            row.config = values["config"]
+        return row
+
+    def _require_model(self, s: Session, version: str, what: str = "version") -> ModelVersionRow:
+        row = s.scalar(select(ModelVersionRow).where(ModelVersionRow.version == version))
+        if row is None:
+            known = s.scalars(select(ModelVersionRow.version).order_by(ModelVersionRow.id)).all()
+            raise ProvenanceError(
+                f"{what}: unknown model version {version!r}; known: {list(known)}"
+            )
+        return row
+
+    def get_model(self, version: str) -> ModelVersion | None:
+        with self._session() as s:
+            row = s.scalar(select(ModelVersionRow).where(ModelVersionRow.version == version))
+            return None if row is None else to_model(row)
+
+    def list_models(self) -> list[ModelVersion]:
+        with self._session() as s:
+            rows = s.scalars(select(ModelVersionRow).order_by(ModelVersionRow.created_at)).all()
+            return [to_model(r) for r in rows]
+
+    def promoted_model(self) -> ModelVersion | None:
+        with self._session() as s:
+            row = s.scalar(select(ModelVersionRow).where(ModelVersionRow.status == "promoted"))
+            return None if row is None else to_model(row)
+
+    def promote(self, version: str) -> ModelVersion:
+        """Make ``version`` the promoted model; the previously promoted one is retired."""
+        for attempt in range(3):
+            try:
+                with self._session(write=True) as s:
+                    row = self._require_model(s, version)
+                    self._promote(s, row)
+                    s.flush()
+                    return to_model(row)
+            except IntegrityError:  # a concurrent promote won the one-promoted index
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _promote(self, s: Session, row: ModelVersionRow) -> None:
+        if row.status == "promoted":
+            return
+        current = s.scalars(
+            select(ModelVersionRow).where(ModelVersionRow.status == "promoted").with_for_update()
+        ).all()
+        for old in current:
+            old.status = "retired"
+            log.info("model %s retired", old.version)
+        s.flush()  # retire before promote: the partial unique index allows one promoted
+        row.status = "promoted"
+        row.promoted_at = utcnow()
+        log.info("model %s promoted", row.version)
+
+    # ---- runs ---------------------------------------------------------------------------
+
+    def claim_run(
+        self,
+        frame_sha256: str,
+        model_version: str,
+        weights_sha256: str,
+        params: Mapping[str, Any],
+        *,
+        code_version: str | None = None,
+        host: str | None = None,
+        device: str = "cpu",
+        flow_run_id: str | None = None,
+        status: RunStatus = "running",
+        max_attempts: int | None = None,
+    ) -> Claim:
+        """Claim the run of (frame, weights, params); exactly one caller gets ``owned``.
+
+        The frame must be registered; an unknown model version is registered as a
+        candidate. ``status="queued"`` records a submission (a later ``running`` claim
+        takes it over). A failed run, or one stuck longer than ``stale_after_s``, is
+        claimed again with ``attempts + 1`` unless ``max_attempts`` is reached.
+        """
+        frame_digest = check_sha256("frame_sha256", frame_sha256)
+        weights = check_sha256("weights_sha256", weights_sha256)
+        if status not in ("queued", "running"):
+            raise ValueError(f"status: expected 'queued' or 'running', got {status!r}")
+        canon = canonical_params(params)
+        phash = param_hash(params)
+        key = make_run_key(frame_digest, weights, phash)
+        now = utcnow()
+        owner = {
+            "code_version": code_version or default_code_version(),
+            "host": host or socket.gethostname(),
+            "device": device,
+            "flow_run_id": flow_run_id,
+        }
+        with self._session(write=True) as s:
+            frame_id = s.scalar(select(FrameRow.id).where(FrameRow.sha256 == frame_digest))
+            if frame_id is None:
+                raise ProvenanceError(
+                    f"frame_sha256: no frame with sha256 {frame_digest}; call register_frame first"
+                )
+            model = self._model_row(s, model_version, weights, None)
+            values = {
+                "run_key": key,
+                "frame_id": frame_id,
+                "model_version_id": model.id,
+                "params": json.loads(canon),
+                "param_hash": phash,
+                "status": status,
+                "attempts": 1,
+                "timings": {},
+                "created_at": now,
+                "started_at": now,
+                **owner,
+            }
+            new_id = self._insert_ignore(s, RunRow, values, ["run_key"])
+            row = s.execute(
+                run_query().where(RunRow.run_key == key).with_for_update(of=RunRow)
+            ).scalar_one()
+            state: ClaimState = "owned"
+            if new_id is None:
+                state = self._take_over(row, status, max_attempts, now, owner)
+            s.flush()
+            return Claim(state=state, run=to_run(row))
+
+    def _take_over(
+        self,
+        row: RunRow,
+        status: RunStatus,
+        max_attempts: int | None,
+        now: datetime,
+        owner: dict[str, Any],
+    ) -> ClaimState:
+        stale = row.started_at < now - timedelta(seconds=self.stale_after_s)
+        if row.status == "succeeded":
+            return "done"
+        if row.status == "running" and not stale:
+            return "busy"
+        if row.status == "queued" and not stale and status == "queued":
+            return "busy"
+        if row.status == "failed" and max_attempts is not None and row.attempts >= max_attempts:
+            return "exhausted"
+        if row.status != "queued" or stale:  # a queued run starting is the same attempt
+            row.attempts += 1
+        if row.status == "running":
+            log.warning("run %s stale since %s: claimed again", row.run_key[:12], row.started_at)
+        row.status = status
+        row.started_at = now
+        row.finished_at = None
+        row.duration_s = None
+        row.error = None
+        row.timings = {}
+        for k, v in owner.items():
+            setattr(row, k, v)
+        return "owned"
+
+    def start_run(self, run_key: str, *, flow_run_id: str | None = None) -> Run:
+        """Mark an owned run ``running`` now (after a queue or GPU wait); also the heartbeat
+        that keeps a long run from being taken as stale."""
+        with self._session(write=True) as s:
+            row = self._require_run(s, run_key)
+            if row.status in ("succeeded", "failed"):
+                raise ProvenanceError(f"run_key: run {run_key} is already {row.status}")
+            row.status = "running"
+            row.started_at = utcnow()
+            if flow_run_id is not None:
+                row.flow_run_id = flow_run_id
+            s.flush()
+            return to_run(row)
+
+    def finish_run(
+        self,
+        run_key: str,
+        status: RunStatus,
+        timings: Mapping[str, float] | None = None,
+        error: str | None = None,
+        outputs: Sequence[tuple[OutputKind, str | Path]] = (),
+    ) -> Run:
+        """Record the end of a run: status, per-stage timings (seconds), error text and the
+        outputs (their sha256 and size are computed here; the files must exist)."""
+        if status not in ("succeeded", "failed"):
+            raise ValueError(f"status: expected 'succeeded' or 'failed', got {status!r}")
+        if status == "failed" and not error:
+            raise ValueError("error: a failed run needs its error text")
+        facts = []
+        for kind, path in outputs:
+            if kind not in OUTPUT_KINDS:
+                raise ValueError(f"outputs: kind {kind!r} is not one of {OUTPUT_KINDS}")
+            p = Path(path).expanduser().resolve()
+            if not p.is_file():
+                raise ProvenanceError(f"outputs: {kind} file {str(p)!r} does not exist")
+            facts.append((kind, str(p), sha256_file(p), p.stat().st_size))
+        clean_timings = {str(k): float(v) for k, v in (timings or {}).items()}
+        with self._session(write=True) as s:
+            row = self._require_run(s, run_key, lock=True)
+            if row.status not in ("running", "queued"):
+                log.warning("run %s finished again (was %s)", run_key[:12], row.status)
+            now = utcnow()
+            row.status = status
+            row.timings = clean_timings
+            row.error = error[:_ERROR_MAX_CHARS] if error else None
+            row.finished_at = now
+            row.duration_s = (now - row.started_at).total_seconds()
+            row.outputs.clear()
+            s.flush()  # old outputs go before the new ones take their (run, kind) slots
+            for kind, path, digest, size in facts:
+                row.outputs.append(OutputRow(kind=kind, path=path, sha256=digest, size_bytes=size))
+            s.flush()
+            return to_run(row)
+
+    def _require_run(self, s: Session, run_key: str, lock: bool = False) -> RunRow:
+        q = run_query().where(RunRow.run_key == run_key)
+        row = s.scalar(q.with_for_update(of=RunRow) if lock else q)
+        if row is None:
+            raise ProvenanceError(f"run_key: no run {run_key!r}")
+        return row
+
+    def get_run(self, run_key: str) -> Run | None:
+        with self._session() as s:
+            row = s.scalar(run_query().where(RunRow.run_key == run_key))
+            return None if row is None else to_run(row)
+
+    def list_runs(
+        self,
+        status: RunStatus | None = None,
+        model: str | None = None,
+        since: datetime | date | None = None,
+        limit: int | None = 50,
+        frame_sha256: str | None = None,
+    ) -> list[Run]:
+        """Runs, newest first, filtered by status, model version, start time, frame."""
+        if status is not None and status not in RUN_STATUSES:
+            raise ValueError(f"status: expected one of {RUN_STATUSES}, got {status!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit: expected >= 1, got {limit!r}")
+        q = run_query().order_by(RunRow.started_at.desc(), RunRow.id.desc())
+        if status is not None:
+            q = q.where(RunRow.status == status)
+        if model is not None:
+            q = q.where(RunRow.model_version.has(ModelVersionRow.version == model))
+        if since is not None:
+            q = q.where(RunRow.started_at >= _aware(since))
+        if frame_sha256 is not None:
+            digest = check_sha256("frame_sha256", frame_sha256)
+            q = q.where(RunRow.frame.has(FrameRow.sha256 == digest))
+        with self._session() as s:
+            return [to_run(r) for r in s.scalars(q.limit(limit)).unique()]
+
+    def frames_needing_rerun(
+        self, promoted_version: str | None = None, max_attempts: int = 3
+    ) -> list[Frame]:
+        """Frames the (promoted) model has not processed yet: no run of it succeeded, none is
+        in progress, and it has not failed ``max_attempts`` times — so frames last made by
+        an older model, and failed frames still worth a retry. Oldest first."""
+        with self._session() as s:
+            if promoted_version is None:
+                promoted_version = s.scalar(
+                    select(ModelVersionRow.version).where(ModelVersionRow.status == "promoted")
+                )
+                if promoted_version is None:
+                    log.warning("no promoted model: nothing to rerun")
+                    return []
+            model = self._require_model(s, promoted_version, "promoted_version")
+            cutoff = utcnow() - timedelta(seconds=self.stale_after_s)
+            settled = exists().where(
+                RunRow.frame_id == FrameRow.id,
+                RunRow.model_version_id == model.id,
+                or_(
+                    RunRow.status == "succeeded",
+                    RunRow.status.in_(("running", "queued")) & (RunRow.started_at >= cutoff),
+                    (RunRow.status == "failed") & (RunRow.attempts >= max_attempts),
+                ),
+            )
+            rows = s.scalars(select(FrameRow).where(~settled).order_by(FrameRow.first_seen)).all()
+            return [to_frame(r) for r in rows]
+
+    # ---- lookups ------------------------------------------------------------------------
+
+    def find_by_sha256(self, sha256: str) -> History:
+        """Everything known about the content ``sha256``: as an input, an output or a
+        training image."""
+        return self._history(check_sha256("sha256", sha256), query=sha256)
+
+    def history(self, path_or_sha: str | Path) -> History:
+        """Everything known about a file: by content when the file exists (so it works after
+        a move), else by the path recorded for an input or output, or by a sha256 string."""
+        query = str(path_or_sha)
+        p = Path(query).expanduser()
+        if p.is_file():
+            found = self._history(sha256_file(p), query=query)
+            if found.role != "unknown":
+                return found
+        elif is_sha256(query.lower()):
+            return self._history(query.lower(), query=query)
+        resolved = str(p.resolve())
+        with self._session() as s:
+            digest = s.scalar(select(FrameRow.sha256).where(FrameRow.path == resolved))
+            if digest is None:
+                digest = s.scalar(
+                    select(OutputRow.sha256)
+                    .where(OutputRow.path == resolved)
+                    .order_by(OutputRow.id.desc())
+                )
+        if digest is None:
+            return History(query=query, sha256=None, role="unknown")
+        return self._history(digest, query=query)
+
+    def _history(self, digest: str, query: str) -> History:
+        with self._session() as s:
+            frame = s.scalar(select(FrameRow).where(FrameRow.sha256 == digest))
+            produced_by = None
+            if frame is None:
+                out = s.scalar(
+                    select(OutputRow)
+                    .where(OutputRow.sha256 == digest)
+                    .order_by(OutputRow.id.desc())
+                )
+                if out is not None:
+                    run_row = s.scalar(run_query().where(RunRow.id == out.run_id))
+                    produced_by = None if run_row is None else to_run(run_row)
+                    frame = run_row.frame if run_row is not None else None
+            runs: tuple[Run, ...] = ()
+            if frame is not None:
+                q = run_query().where(RunRow.frame_id == frame.id)
+                rows = s.scalars(q.order_by(RunRow.started_at.desc())).unique()
+                runs = tuple(to_run(r) for r in rows)
+            pairs = s.scalars(
+                select(TrainingPairRow)
+                .options(selectinload(TrainingPairRow.used_by))
+                .where(
+                    or_(
+                        TrainingPairRow.original_sha256 == digest,
+                        TrainingPairRow.starless_sha256 == digest,
+                    )
+                )
+            ).all()
+            role: Literal["input", "output", "training", "unknown"] = (
+                "output" if produced_by
+                else "input" if frame
+                else "training" if pairs
+                else "unknown"
+            )  # fmt: skip
+            return History(
+                query=query,
+                sha256=digest,
+                role=role,
+                frame=None if frame is None else to_frame(frame),
+                produced_by=produced_by,
+                runs=runs,
+                training_pairs=tuple(to_pair(p) for p in pairs),
+            )
+
+    # ---- training pairs -----------------------------------------------------------------
+
+    def add_training_pair(
+        self, original: str | Path, starless: str | Path
+    ) -> tuple[TrainingPair, bool]:
+        """Record a (original, hand-made starless) pair by content; ``is_new`` is False when
+        the same two contents were recorded before (their paths are updated)."""
+        files = {}
+        for name, path in (("original", original), ("starless", starless)):
+            p = Path(path).expanduser().resolve()
+            if not p.is_file():
+                raise ProvenanceError(f"{name}: training file {str(p)!r} does not exist")
+            files[name] = (str(p), sha256_file(p))
+        (o_path, o_sha), (s_path, s_sha) = files["original"], files["starless"]
+        with self._session(write=True) as s:
+            values = {
+                "original_path": o_path,
+                "original_sha256": o_sha,
+                "starless_path": s_path,
+                "starless_sha256": s_sha,
+                "added_at": utcnow(),
+            }
+            keys = ["original_sha256", "starless_sha256"]
+            is_new = self._insert_ignore(s, TrainingPairRow, values, keys) is not None
+            row = s.execute(
+                select(TrainingPairRow)
+                .options(selectinload(TrainingPairRow.used_by))
+                .where(
+                    TrainingPairRow.original_sha256 == o_sha,
+                    TrainingPairRow.starless_sha256 == s_sha,
+                )
+            ).scalar_one()
+            row.original_path, row.starless_path = o_path, s_path
+            s.flush()
+            return to_pair(row), is_new
+
+    def list_training_pairs(self, unused_by: str | None = None) -> list[TrainingPair]:
+        """All training pairs, oldest first; ``unused_by``: only those that model version
+        was not trained on."""
+        q = select(TrainingPairRow).options(selectinload(TrainingPairRow.used_by))
+        if unused_by is not None:
+            q = q.where(~TrainingPairRow.used_by.any(ModelVersionRow.version == unused_by))
+        with self._session() as s:
+            return [to_pair(r) for r in s.scalars(q.order_by(TrainingPairRow.id)).all()]

@@ -1,0 +1,3 @@
+"""Shared pytest fixtures (each room keeps its own in a module imported here)."""
+
+from db_fixtures import db_url, postgres_schema_url, postgres_url, provenance_db  # noqa: F401
