@@ -91,6 +91,7 @@ class DatabaseSettings:
 
     url: str | None = None
     busy_timeout_s: float = 30.0
+    stale_run_s: float = 7200.0  # a run "running" this long without a heartbeat may be re-claimed
 
 
 @dataclass
