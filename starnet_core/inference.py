@@ -1,0 +1,171 @@
+"""Star removal on a whole frame: a trained network applied through :mod:`starnet_core.tiling`.
+
+Arrays are ``(C, H, W) float32`` in ``[0, 1]`` (stretched), ``C`` in ``{1, 3}``.
+The network contract: a ``torch.nn.Module`` mapping ``(B, 3, h, w)`` to
+``(B, 3, h, w)`` starless, with ``h`` and ``w`` multiples of its int attribute
+``multiple`` and ``in_channels == 3``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from starnet_core.tiling import run_tiled, select_device, validate_tile_params
+
+__all__ = ["TileOptions", "remove_stars"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How :func:`remove_stars` runs the network; the config section ``inference`` uses
+    the same names.
+
+    Attributes:
+        tile_px: tile side in pixels of the input frame (rounded up to what the model needs).
+        overlap_px: overlap between tiles and pad around the frame, ``< tile_px / 2``.
+        batch_size: tiles per forward pass.
+        passes: how many times the network runs, each pass on the previous pass's
+            output (StarNet's advice for busy fields: 2 or 3).
+        upsample: upsample each tile 2x (bicubic) before the network and area-average
+            back, so tiny undersampled stars look like the stars it was trained on.
+            Costs 4x compute and 4x device memory per tile.
+        mixed_precision: autocast (bfloat16/float16) on CUDA.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    """
+
+    tile_px: int = 256
+    overlap_px: int = 32
+    batch_size: int = 4
+    passes: int = 1
+    upsample: bool = False
+    mixed_precision: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        validate_tile_params(self.tile_px, self.overlap_px, self.batch_size)
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
+            raise ValueError(f"passes must be an int >= 1, got {self.passes!r}")
+        for name in ("upsample", "mixed_precision"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a str, got {self.device!r}")
+
+
+DEFAULT_TILE_OPTIONS = TileOptions()
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array (C, H, W), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[0] not in (1, 3) or min(image.shape) < 1:
+        raise ValueError(f"image must have shape (C, H, W) with C in {{1, 3}}, got {image.shape}")
+    if image.dtype != np.float32:
+        raise ValueError(f"image must be float32, got {image.dtype}")
+    if not np.isfinite(image).all():
+        raise ValueError(f"image has {np.count_nonzero(~np.isfinite(image))} non-finite values")
+    lo, hi = float(image.min()), float(image.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"image must be stretched to [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+
+
+def _model_multiple(model: torch.nn.Module) -> int:
+    multiple = getattr(model, "multiple", None)
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"model.multiple must be an int >= 1, got {multiple!r}")
+    in_channels = getattr(model, "in_channels", 3)
+    if in_channels != 3:
+        raise ValueError(f"model.in_channels must be 3, got {in_channels!r}")
+    return multiple
+
+
+def _tile_fn(
+    model: torch.nn.Module, mono: bool, upsample: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-tile function: (B, C, t, t) -> (B, C, t, t), C = 1 for mono frames."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        if mono:
+            x = x.expand(-1, 3, -1, -1)
+        if upsample:
+            # bicubic overshoots around stars; the network expects [0, 1]
+            x = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+        y = model(x)
+        if upsample:
+            y = F.avg_pool2d(y, 2)  # area average: exactly back to t x t
+        if mono:
+            y = y.mean(dim=1, keepdim=True)
+        return y
+
+    return fn
+
+
+def remove_stars(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    options: TileOptions = DEFAULT_TILE_OPTIONS,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The starless version of a stretched frame.
+
+    Args:
+        model: the star-removal network (contract in the module docstring). It is put in
+            eval mode and moved to the selected device, in place, once per call.
+        image: ``(C, H, W) float32`` in ``[0, 1]``, ``C`` in ``{1, 3}``, finite.
+            Mono frames are replicated to 3 channels for the network and its 3 output
+            channels averaged back to 1 (per tile, which is the same as after blending
+            because blending is linear).
+        options: tiling, passes, upsampling, precision and device.
+        progress: ``progress(done_tiles, total_tiles)`` after each batch, counted over
+            all passes.
+
+    Returns:
+        ``(C, H, W) float32`` starless, clipped to ``[0, 1]`` (after every pass, since
+        each pass is the next one's input). Not forced below the input.
+    """
+    _check_image(image)
+    multiple = _model_multiple(model)
+    device = select_device(options.device)
+    model.eval()
+    model.to(device)
+    # With upsampling the network sees 2t x 2t tiles: t needs only multiple / gcd(multiple, 2).
+    tile_multiple = multiple // math.gcd(multiple, 2) if options.upsample else multiple
+    fn = _tile_fn(model, mono=image.shape[0] == 1, upsample=options.upsample)
+    log.info(
+        "removing stars: %s frame on %s, tile %d px, overlap %d px, %d pass(es)%s",
+        "x".join(map(str, image.shape)),
+        device,
+        options.tile_px,
+        options.overlap_px,
+        options.passes,
+        ", 2x upsampled" if options.upsample else "",
+    )
+    result = image
+    for k in range(options.passes):
+
+        def pass_progress(done: int, total: int, k: int = k) -> None:
+            if progress is not None:
+                progress(k * total + done, options.passes * total)
+
+        result = run_tiled(
+            fn,
+            result,
+            tile_px=options.tile_px,
+            overlap_px=options.overlap_px,
+            batch_size=options.batch_size,
+            device=device,
+            multiple=tile_multiple,
+            mixed_precision=options.mixed_precision,
+            progress=pass_progress,
+        )
+        np.clip(result, 0.0, 1.0, out=result)
+    return result

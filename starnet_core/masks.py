@@ -1,0 +1,170 @@
+"""Star layers, star masks and the screen-mask-invert nebula enhancement.
+
+All images are ``(C, H, W)`` float arrays in ``[0, 1]`` (stretched); results are
+``(C, H, W) float32`` (masks ``(1, H, W) float32``). ``original`` and
+``starless`` must have the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "MaskOptions",
+    "enhance",
+    "screen",
+    "star_layer",
+    "star_mask",
+    "unscreen_star_layer",
+]
+
+# Smallest 1 - starless used as a divisor in unscreen_star_layer.
+UNSCREEN_EPS = 1e-6
+
+
+def _check_chw(name: str, array: np.ndarray) -> None:
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array (C, H, W), got {type(array).__name__}")
+    if array.ndim != 3 or min(array.shape) < 1:
+        raise ValueError(f"{name} must have shape (C, H, W), got {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name} must be a float array, got {array.dtype}")
+
+
+def _check_pair(original: np.ndarray, starless: np.ndarray) -> None:
+    _check_chw("original", original)
+    _check_chw("starless", starless)
+    if original.shape != starless.shape:
+        raise ValueError(
+            f"original and starless must have the same shape, got {original.shape} and "
+            f"{starless.shape}"
+        )
+
+
+def screen(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """Screen blend ``1 - (1 - a)(1 - b)`` of two arrays in ``[0, 1]``, float32.
+
+    Broadcasts like numpy; the result never darkens either input.
+    """
+    return (1.0 - (1.0 - np.asarray(a, np.float32)) * (1.0 - np.asarray(b, np.float32))).astype(
+        np.float32, copy=False
+    )
+
+
+def star_layer(original: np.ndarray, starless: np.ndarray) -> np.ndarray:
+    """Stars by subtraction: ``max(original - starless, 0)``, ``(C, H, W) float32``.
+
+    Adding it back gives the original wherever the starless image is not brighter.
+    """
+    _check_pair(original, starless)
+    return np.maximum(original.astype(np.float32) - starless.astype(np.float32), 0.0)
+
+
+def unscreen_star_layer(original: np.ndarray, starless: np.ndarray) -> np.ndarray:
+    """Stars for screen blending: ``(original - starless) / (1 - starless)``, in ``[0, 1]``.
+
+    The inverse of screen blending: ``screen(starless, stars) == original`` wherever
+    ``starless <= original``, so stars can be screened back onto an edited starless
+    image, as astrophotographers do. The divisor is at least ``UNSCREEN_EPS`` where
+    the starless image is saturated. ``(C, H, W) float32``; computed in float64.
+    """
+    _check_pair(original, starless)
+    o = original.astype(np.float64)
+    s = starless.astype(np.float64)
+    stars = (o - s) / np.maximum(1.0 - s, UNSCREEN_EPS)
+    return np.clip(stars, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """Star mask from a star layer (the config section ``mask`` uses the same names).
+
+    Attributes:
+        threshold: star-layer level (max over channels) above which a pixel is a star.
+        dilate_px: radius of the disc the binary mask is dilated by (0: none).
+        feather_px: Gaussian sigma of the final feathering, px (0: hard edges).
+    """
+
+    threshold: float = 0.04
+    dilate_px: int = 2
+    feather_px: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threshold, int | float) and 0.0 <= self.threshold < 1.0):
+            raise ValueError(f"threshold must be a number in [0, 1), got {self.threshold!r}")
+        if isinstance(self.dilate_px, bool) or not isinstance(self.dilate_px, int):
+            raise ValueError(f"dilate_px must be an int, got {self.dilate_px!r}")
+        if self.dilate_px < 0:
+            raise ValueError(f"dilate_px must be >= 0, got {self.dilate_px}")
+        if not (isinstance(self.feather_px, int | float) and 0.0 <= self.feather_px < np.inf):
+            raise ValueError(f"feather_px must be a finite number >= 0, got {self.feather_px!r}")
+
+
+DEFAULT_MASK_OPTIONS = MaskOptions()
+
+
+def _disc(radius_px: int) -> np.ndarray:
+    r = np.arange(-radius_px, radius_px + 1)
+    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius_px**2
+
+
+def star_mask(stars: np.ndarray, options: MaskOptions = DEFAULT_MASK_OPTIONS) -> np.ndarray:
+    """Where the stars are: ``(1, H, W) float32`` in ``[0, 1]``, 1 = star.
+
+    ``stars`` is a ``(C, H, W)`` star layer (:func:`star_layer` or
+    :func:`unscreen_star_layer`). Pixels whose maximum over channels exceeds
+    ``threshold`` are stars; the binary mask is dilated by a disc of radius
+    ``dilate_px`` and blurred by a Gaussian of sigma ``feather_px``.
+    """
+    _check_chw("stars", stars)
+    binary = stars.max(axis=0) > options.threshold
+    if options.dilate_px > 0 and binary.any():
+        binary = ndimage.binary_dilation(binary, structure=_disc(options.dilate_px))
+    mask = binary.astype(np.float32)
+    if options.feather_px > 0:
+        mask = ndimage.gaussian_filter(mask, sigma=options.feather_px, mode="nearest")
+    return np.clip(mask, 0.0, 1.0)[None]
+
+
+def enhance(
+    original: np.ndarray, starless: np.ndarray, mask: np.ndarray, strength: float = 1.0
+) -> np.ndarray:
+    """Screen-mask-invert nebula enhancement, ``(C, H, W) float32`` in ``[0, 1]``.
+
+    The starless image is screen-blended onto the original through the inverted
+    star mask, so nebulosity brightens and stars (and their surroundings under
+    the mask) do not::
+
+        boost = clip(strength * starless, 0, 1)
+        out   = original + (1 - mask) * (screen(original, boost) - original)
+              = original + (1 - mask) * boost * (1 - original)
+
+    ``strength = 0`` returns the original; where ``mask == 1`` the original is
+    unchanged; the result never exceeds 1.
+
+    Args:
+        original, starless: ``(C, H, W)`` in ``[0, 1]``, same shape.
+        mask: ``(1, H, W)`` or ``(C, H, W)`` in ``[0, 1]``, 1 = star (:func:`star_mask`).
+        strength: scale of the screened starless layer, finite and ``>= 0``.
+    """
+    _check_pair(original, starless)
+    _check_chw("mask", mask)
+    if mask.shape[0] not in (1, original.shape[0]) or mask.shape[1:] != original.shape[1:]:
+        raise ValueError(
+            f"mask must have shape (1, H, W) or (C, H, W) matching original {original.shape}, "
+            f"got {mask.shape}"
+        )
+    if (
+        isinstance(strength, bool)
+        or not isinstance(strength, int | float)
+        or not (0.0 <= strength < np.inf)
+    ):
+        raise ValueError(f"strength must be a finite number >= 0, got {strength!r}")
+    o = original.astype(np.float32)
+    boost = np.clip(np.float32(strength) * starless.astype(np.float32), 0.0, 1.0)
+    # the expanded form, so strength 0 and mask 1 give the original bit for bit
+    out = o + (1.0 - mask.astype(np.float32)) * boost * (1.0 - o)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)

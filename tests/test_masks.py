@@ -1,0 +1,150 @@
+"""Star layers, star masks and enhancement on a seeded synthetic field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from starnet_core.masks import (
+    MaskOptions,
+    enhance,
+    screen,
+    star_layer,
+    star_mask,
+    unscreen_star_layer,
+)
+
+H, W = 96, 128
+STARS_YX = [(20, 30), (50, 90), (75, 40), (30, 110)]
+
+
+def _field(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(original, starless): a smooth nebula plus noise, and Gaussian stars screened on."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    nebula = 0.1 + 0.3 * np.exp(-((yy - 48) ** 2 + (xx - 64) ** 2) / (2 * 25.0**2))
+    starless = np.stack([nebula, 0.8 * nebula, 0.6 * nebula]).astype(np.float32)
+    starless += rng.normal(0, 0.005, starless.shape).astype(np.float32)
+    starless = np.clip(starless, 0, 1)
+    stars = np.zeros((H, W), np.float32)
+    for (y, x), peak in zip(STARS_YX, [0.9, 0.6, 0.4, 0.7], strict=True):
+        stars += peak * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5**2))
+    original = screen(starless, np.clip(stars, 0, 1)[None])
+    return original, starless
+
+
+def _far_from_stars(distance_px: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:H, 0:W]
+    d = np.min([np.hypot(yy - y, xx - x) for y, x in STARS_YX], axis=0)
+    return d > distance_px
+
+
+def test_star_layer_adds_back_to_original() -> None:
+    original, starless = _field()
+    stars = star_layer(original, starless)
+    assert stars.shape == original.shape and stars.dtype == np.float32
+    assert stars.min() >= 0
+    np.testing.assert_allclose(stars + starless, original, atol=1e-6, rtol=0)
+
+
+def test_star_layer_clips_where_starless_is_brighter() -> None:
+    a = np.full((1, 2, 2), 0.5, np.float32)
+    assert (star_layer(a, a + 0.1) == 0).all()
+
+
+def test_unscreen_is_the_inverse_of_screen() -> None:
+    original, starless = _field()
+    stars = unscreen_star_layer(original, starless)
+    assert stars.dtype == np.float32 and stars.min() >= 0 and stars.max() <= 1
+    np.testing.assert_allclose(screen(starless, stars), original, atol=1e-5, rtol=0)
+
+
+def test_unscreen_is_safe_where_starless_saturates() -> None:
+    original = np.array([[[1.0, 0.99, 0.5]]], np.float32)
+    starless = np.array([[[1.0, 0.99, 0.5]]], np.float32)
+    stars = unscreen_star_layer(original, starless)
+    assert np.isfinite(stars).all()
+    np.testing.assert_allclose(stars, 0.0, atol=1e-6)
+    np.testing.assert_allclose(screen(starless, stars), original, atol=1e-6)
+
+
+def test_screen() -> None:
+    a = np.array([0.0, 0.5, 1.0], np.float32)
+    np.testing.assert_allclose(screen(a, 0.5), np.array([0.5, 0.75, 1.0]))
+    np.testing.assert_allclose(screen(a, a), screen(a, a)[::-1][::-1])
+
+
+def test_star_mask_covers_stars_and_is_zero_far_away() -> None:
+    original, starless = _field()
+    mask = star_mask(star_layer(original, starless))
+    assert mask.shape == (1, H, W) and mask.dtype == np.float32
+    assert mask.min() >= 0 and mask.max() <= 1
+    # the Gaussian feather of a small dilated disc leaves the core a little under 1
+    for y, x in STARS_YX:
+        assert mask[0, y, x] > 0.9
+    assert (
+        star_mask(star_layer(original, starless), MaskOptions(feather_px=0))[0][
+            tuple(np.array(STARS_YX).T)
+        ]
+        == 1
+    ).all()
+    assert mask[0][_far_from_stars(15)].max() < 1e-3
+
+
+def test_star_mask_dilation_grows_and_feather_smooths() -> None:
+    original, starless = _field()
+    stars = star_layer(original, starless)
+    hard = star_mask(stars, MaskOptions(dilate_px=0, feather_px=0))
+    dilated = star_mask(stars, MaskOptions(dilate_px=3, feather_px=0))
+    feathered = star_mask(stars, MaskOptions(dilate_px=3, feather_px=2.0))
+    assert set(np.unique(hard)) <= {0.0, 1.0} and set(np.unique(dilated)) <= {0.0, 1.0}
+    assert (dilated >= hard).all() and dilated.sum() > hard.sum() * 1.5
+    # feathering: intermediate values appear and steps between neighbours shrink
+    assert ((feathered > 0.05) & (feathered < 0.95)).any()
+    assert np.abs(np.diff(feathered, axis=2)).max() < 0.5 * np.abs(np.diff(dilated, axis=2)).max()
+    assert feathered.min() >= 0 and feathered.max() <= 1
+
+
+def test_star_mask_of_empty_layer_is_zero() -> None:
+    assert (star_mask(np.zeros((3, 8, 8), np.float32)) == 0).all()
+
+
+def test_enhance() -> None:
+    original, starless = _field()
+    mask = star_mask(star_layer(original, starless), MaskOptions(feather_px=0))
+    np.testing.assert_array_equal(enhance(original, starless, mask, strength=0.0), original)
+
+    out = enhance(original, starless, mask, strength=1.0)
+    assert out.shape == original.shape and out.dtype == np.float32
+    assert out.max() <= 1.0 and (out >= original).all()
+    under = np.broadcast_to(mask == 1.0, original.shape)
+    assert under.any()
+    np.testing.assert_array_equal(out[under], original[under])
+    # background brightens most where the nebula is
+    far = _far_from_stars(15)
+    gain = (out - original)[0]
+    assert gain[48, 64] > 0.1 and gain[48, 64] > 2 * gain[far].min()
+    assert enhance(original, starless, mask, strength=5.0).max() <= 1.0
+    soft = star_mask(star_layer(original, starless))
+    assert (enhance(original, starless, soft) >= original).all()
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda a: star_layer(a[0], a), "original must have shape"),
+        (lambda a: star_layer(a, a[:, :-1]), "same shape"),
+        (lambda a: unscreen_star_layer(a, a.astype(int)), "starless must be a float"),
+        (lambda a: star_mask(a[0]), "stars must have shape"),
+        (lambda a: enhance(a, a, a[:1, :-1]), "mask must have shape"),
+        (lambda a: enhance(a, a, a[:1], strength=-1.0), "strength"),
+        (lambda a: MaskOptions(dilate_px=1.5), "dilate_px"),  # type: ignore[arg-type]
+        (lambda a: MaskOptions(threshold=-0.1), "threshold"),
+        (lambda a: MaskOptions(feather_px=float("inf")), "feather_px"),
+    ],
+)
+def test_bad_inputs_raise(call: Callable[[np.ndarray], object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call(np.zeros((3, 8, 8), np.float32))

@@ -1,0 +1,330 @@
+"""Tiling: exactness against untiled runs, window normalisation, batching, progress, errors."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from starnet_core.inference import TileOptions, remove_stars
+from starnet_core.tiling import (
+    _axis_plan,
+    _axis_weight,
+    blend_window,
+    run_tiled,
+    seam_score,
+    seam_stats,
+    select_device,
+    tile_starts,
+)
+
+
+class SmallNet(nn.Module):
+    """Three 3x3 convs (receptive-field radius 3 px), zero padding, residual output."""
+
+    in_channels = 3
+
+    def __init__(self, multiple: int = 8, channels: int = 3) -> None:
+        super().__init__()
+        self.multiple = multiple
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 8, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(8, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        assert h % self.multiple == 0 and w % self.multiple == 0, (h, w)
+        return x - 0.1 * self.body(x)
+
+
+def _net(multiple: int = 8, channels: int = 3) -> SmallNet:
+    torch.manual_seed(0)
+    return SmallNet(multiple, channels).eval()
+
+
+def _image(c: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((c, h, w), dtype=np.float32)
+
+
+def _untiled(net: nn.Module, image: np.ndarray, pad_px: int) -> np.ndarray:
+    """The net once on the whole frame, optionally reflect-padded by pad_px."""
+    padded = np.pad(image, ((0, 0), (pad_px, pad_px), (pad_px, pad_px)), mode="reflect")
+    with torch.inference_mode():
+        out = net(torch.from_numpy(padded)[None])[0].numpy()
+    h, w = image.shape[1:]
+    return out[:, pad_px : pad_px + h, pad_px : pad_px + w]
+
+
+class AnySize(nn.Module):
+    """SmallNet without the size assertion, for untiled references of any size."""
+
+    def __init__(self, net: SmallNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - 0.1 * self.net.body(x)
+
+
+# Tile 32, overlap 12: dead margin 12 // 4 = 3 px = the net's receptive-field radius.
+TILE = dict(tile_px=32, overlap_px=12, batch_size=3, multiple=8)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (61, 100), (129, 130), (33, 31)])
+def test_tiled_equals_untiled_reflect_padded_everywhere(shape: tuple[int, int]) -> None:
+    net = _net()
+    image = _image(3, *shape)
+    tiled = run_tiled(net, image, **TILE)  # type: ignore[arg-type]
+    ref = _untiled(AnySize(net), image, pad_px=12)
+    assert tiled.shape == image.shape and tiled.dtype == np.float32
+    np.testing.assert_allclose(tiled, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (129, 130)])
+def test_tiled_equals_plain_untiled_away_from_borders(shape: tuple[int, int]) -> None:
+    # The plain untiled run zero-pads at the frame border; beyond the receptive field
+    # radius (3 px) both agree.
+    net = _net()
+    image = _image(3, *shape, seed=1)
+    tiled = run_tiled(net, image, **TILE)  # type: ignore[arg-type]
+    ref = _untiled(AnySize(net), image, pad_px=0)
+    r = 3
+    np.testing.assert_allclose(tiled[:, r:-r, r:-r], ref[:, r:-r, r:-r], atol=1e-5, rtol=0)
+    assert np.abs(tiled - ref).max() > 1e-4  # and the border does differ: padding matters
+
+
+def test_wide_receptive_field_is_not_exact_but_seams_stay_small() -> None:
+    # Receptive-field radius 3 > dead margin 1 (overlap 6): the blend hides the seams.
+    net = _net()
+    image = _image(3, 70, 70, seed=2)
+    tiled = run_tiled(net, image, tile_px=32, overlap_px=6, batch_size=4, multiple=8)
+    err = np.abs(tiled - _untiled(AnySize(net), image, pad_px=6)).max()
+    assert 1e-6 < err < 0.05
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 50), (1, 40, 1), (3, 5, 7), (3, 97, 203)])
+def test_identity_returns_input(shape: tuple[int, int, int]) -> None:
+    image = _image(*shape, seed=3)
+    out = run_tiled(lambda x: x, image, tile_px=32, overlap_px=12, batch_size=2)
+    assert out.shape == image.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, image, atol=1e-6, rtol=0)
+
+
+def test_image_smaller_than_tile() -> None:
+    net = _net()
+    image = _image(3, 5, 9, seed=4)
+    out = run_tiled(net, image, tile_px=64, overlap_px=8, multiple=8)
+    assert out.shape == (3, 5, 9)
+    assert np.isfinite(out).all()
+
+
+def test_batches_never_exceed_batch_size_and_tiles_are_rounded_to_multiple() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return x
+
+    image = _image(2, 150, 90)
+    out = run_tiled(fn, image, tile_px=30, overlap_px=6, batch_size=3, multiple=8)
+    rows = tile_starts(150 + 2 * 6, 32, 6)
+    cols = tile_starts(90 + 2 * 6, 32, 6)
+    assert all(b <= 3 for b, *_ in seen)
+    assert sum(b for b, *_ in seen) == len(rows) * len(cols)
+    assert {s[1:] for s in seen} == {(2, 32, 32)}
+    np.testing.assert_allclose(out, image, atol=1e-6, rtol=0)
+
+
+def test_numpy_memory_stays_near_one_frame() -> None:
+    # ~1000 tiles whose stack would be 4x the frame; allowed: output buffer + a batch.
+    image = _image(1, 512, 512)
+    tracemalloc.start()
+    try:
+        run_tiled(lambda x: x, image, tile_px=32, overlap_px=15, batch_size=4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * image.nbytes, peak
+
+
+def test_progress_reports_every_batch_with_the_total() -> None:
+    calls: list[tuple[int, int]] = []
+    run_tiled(
+        lambda x: x,
+        _image(1, 100, 70),
+        tile_px=32,
+        overlap_px=8,
+        batch_size=4,
+        progress=lambda d, t: calls.append((d, t)),
+    )
+    total = len(tile_starts(116, 32, 8)) * len(tile_starts(86, 32, 8))
+    assert {t for _, t in calls} == {total}
+    assert [d for d, _ in calls] == sorted(min(total, 4 * (i + 1)) for i in range(len(calls)))
+    assert calls[-1] == (total, total)
+
+
+def test_output_channels_may_differ() -> None:
+    out = run_tiled(
+        lambda x: x.mean(dim=1, keepdim=True), _image(3, 40, 40), tile_px=32, overlap_px=4
+    )
+    assert out.shape == (1, 40, 40)
+
+
+def test_tile_starts_cover_with_flush_end() -> None:
+    assert tile_starts(10, 32, 8) == [0]
+    assert tile_starts(32, 32, 8) == [0]
+    starts = tile_starts(100, 32, 8)
+    assert starts[0] == 0 and starts[-1] == 100 - 32
+    assert all(b - a <= 24 for a, b in zip(starts[:-1], starts[1:], strict=True))
+    assert starts == [0, 24, 48, 68]
+
+
+def test_blend_window_shape_range_and_partition_of_unity() -> None:
+    w = blend_window(64, 16)
+    assert w.shape == (64, 64) and w.dtype == np.float32
+    assert w.min() == 0.0 and w.max() == 1.0
+    np.testing.assert_array_equal(w, w.T)
+    np.testing.assert_array_equal(w, w[::-1, ::-1])
+    assert (w[16:48, 16:48] == 1).all()
+    assert (w[:4] == 0).all()  # dead margin 16 // 4
+    profile = w[32].astype(np.float64)
+    step = 64 - 16
+    np.testing.assert_allclose(profile[step:] + profile[: 64 - step], 1.0, atol=1e-6)
+    assert (blend_window(16, 0) == 1).all()
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="cuda:7"):
+        if torch.cuda.device_count() > 7:
+            pytest.skip("machine has 8 GPUs")
+        select_device("cuda:7")
+    with pytest.raises(ValueError, match="gpu0"):
+        select_device("gpu0")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"tile_px": 0}, "tile_px"),
+        ({"tile_px": 32.0}, "tile_px"),
+        ({"tile_px": True}, "tile_px"),
+        ({"overlap_px": -1}, "overlap_px"),
+        ({"overlap_px": 16}, "overlap_px=16"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"multiple": 0}, "multiple"),
+    ],
+)
+def test_bad_parameters_raise(kwargs: dict[str, object], match: str) -> None:
+    params: dict[str, object] = {"tile_px": 32, "overlap_px": 8, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        run_tiled(lambda x: x, _image(1, 10, 10), **params)  # type: ignore[arg-type]
+
+
+def test_bad_images_and_fn_results_raise() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        run_tiled(lambda x: x, np.zeros((10, 10), np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        run_tiled(lambda x: x, np.zeros((1, 10, 10), np.float64))
+    with pytest.raises(ValueError, match="fn must map"):
+        run_tiled(lambda x: x[..., :-1], _image(1, 10, 10), tile_px=16, overlap_px=2)
+
+
+def test_seam_score() -> None:
+    image = _image(3, 90, 90, seed=5)
+    assert seam_score(lambda x: x, image, tile_px=32, overlap_px=12) < 1e-6
+    net = _net()
+    exact = seam_stats(AnySize(net), image, tile_px=32, overlap_px=12, multiple=8)
+    assert exact.reference == "untiled" and exact.band_max < 1e-5
+
+    def tile_aware(x: torch.Tensor) -> torch.Tensor:  # a fake net that sees its tile edges
+        ramp = torch.linspace(0, 0.2, x.shape[-1])
+        return x + ramp
+
+    stats = seam_stats(tile_aware, image, tile_px=32, overlap_px=8, reference="shifted")
+    assert stats.reference == "shifted"
+    assert stats.band_max > 0.05
+    assert seam_score(tile_aware, image, tile_px=32, overlap_px=8) > 0.05
+
+
+def test_remove_stars_mono_and_rgb() -> None:
+    net = _net()
+    options = TileOptions(tile_px=32, overlap_px=12, batch_size=4, device="cpu")
+    rgb = _image(3, 45, 50, seed=6)
+    out = remove_stars(net, rgb, options)
+    ref = np.clip(_untiled(AnySize(net), rgb, pad_px=12), 0, 1)
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+
+    mono = _image(1, 45, 50, seed=7)
+    out_mono = remove_stars(net, mono, options)
+    ref_mono = _untiled(AnySize(net), np.repeat(mono, 3, axis=0), pad_px=12).mean(axis=0)
+    assert out_mono.shape == (1, 45, 50) and out_mono.dtype == np.float32
+    np.testing.assert_allclose(out_mono[0], np.clip(ref_mono, 0, 1), atol=1e-5, rtol=0)
+
+
+def test_remove_stars_passes_upsample_and_progress() -> None:
+    net = _net(multiple=16)
+    image = _image(3, 40, 37, seed=8)
+    calls: list[tuple[int, int]] = []
+    options = TileOptions(tile_px=32, overlap_px=8, passes=3, device="cpu")
+    out = remove_stars(net, image, options, progress=lambda d, t: calls.append((d, t)))
+    once = remove_stars(net, image, TileOptions(tile_px=32, overlap_px=8, device="cpu"))
+    twice = remove_stars(net, once, TileOptions(tile_px=32, overlap_px=8, device="cpu"))
+    thrice = remove_stars(net, twice, TileOptions(tile_px=32, overlap_px=8, device="cpu"))
+    np.testing.assert_allclose(out, thrice, atol=1e-6, rtol=0)
+    per_pass = len(tile_starts(56, 32, 8)) * len(tile_starts(53, 32, 8))
+    assert calls[-1] == (3 * per_pass, 3 * per_pass)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+    up = remove_stars(
+        net, image, TileOptions(tile_px=24, overlap_px=8, upsample=True, device="cpu")
+    )
+    assert up.shape == image.shape and up.dtype == np.float32
+    assert up.min() >= 0.0 and up.max() <= 1.0
+    # identity-like net (tiny residual): upsample + area-average returns close to the input
+    assert np.abs(up - image).mean() < 0.1
+
+
+def test_remove_stars_validates() -> None:
+    net = _net()
+    with pytest.raises(ValueError, match=r"C in \{1, 3\}"):
+        remove_stars(net, _image(2, 10, 10))
+    with pytest.raises(ValueError, match="float32"):
+        remove_stars(net, np.zeros((3, 10, 10)))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        remove_stars(net, _image(3, 10, 10) * 2)
+    nan = _image(3, 10, 10)
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        remove_stars(net, nan)
+    with pytest.raises(ValueError, match="passes"):
+        TileOptions(passes=0)
+    with pytest.raises(ValueError, match="overlap_px"):
+        TileOptions(tile_px=64, overlap_px=32)
+    bad = _net()
+    bad.multiple = 0
+    with pytest.raises(ValueError, match="model.multiple"):
+        remove_stars(bad, _image(3, 10, 10), TileOptions(device="cpu"))
+
+
+def test_every_frame_pixel_gets_positive_weight() -> None:
+    # The blend divides by the summed window; it must be > 0 for every frame length.
+    for tile in (8, 16, 33):
+        for overlap in range(0, (tile + 1) // 2):
+            for length in range(1, 3 * tile):
+                for shift in (0, (tile - overlap) // 2):
+                    plan = _axis_plan(length, tile, overlap, shift)
+                    assert _axis_weight(plan, tile, overlap, length).min() > 0, (
+                        tile,
+                        overlap,
+                        length,
+                        shift,
+                    )
