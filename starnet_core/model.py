@@ -147,6 +147,15 @@ class StarNetUNet(nn.Module):
         return x - self.star_layer(x)
 
 
+class _SamePadConv(nn.Conv2d):
+    """Stride-1 conv with an even kernel and explicit asymmetric 'same' padding
+    (what ``padding="same"`` does, without its per-call copy warning)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size[0]
+        return super().forward(F.pad(x, ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2)))
+
+
 class PatchDiscriminator(nn.Module):
     """Conditional patch discriminator (pix2pix) that also yields feature maps.
 
@@ -163,7 +172,9 @@ class PatchDiscriminator(nn.Module):
             stride = 2 if i < len(widths) - 1 else 1
             layers.append(
                 nn.Sequential(
-                    nn.Conv2d(prev, wd, 4, stride=stride, padding=1 if stride == 2 else "same"),
+                    nn.Conv2d(prev, wd, 4, stride=2, padding=1)
+                    if stride == 2
+                    else _SamePadConv(prev, wd, 4),
                     nn.LeakyReLU(0.2),
                 )
             )

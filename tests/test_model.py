@@ -1,0 +1,111 @@
+"""Model invariants (timm style): shapes, gradients, weights I/O, compute budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from starnet_core.model import (
+    ModelConfig,
+    PatchDiscriminator,
+    StarNetUNet,
+    load_model,
+    load_weights,
+    macs_per_pixel,
+    save_weights,
+)
+
+TINY = ModelConfig(widths=(8, 16), blocks=(1, 1))
+
+# StarNet v1 spends ~92 kMAC per output pixel; the design asks for at least 20x less.
+STARNET_V1_MAC_PER_PX = 92_000
+
+
+def test_default_compute_is_20x_below_starnet_v1() -> None:
+    mac = macs_per_pixel(StarNetUNet())
+    assert mac * 20 <= STARNET_V1_MAC_PER_PX, mac
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 96), (128, 32)])
+def test_shape_preserved_and_finite(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    m = StarNetUNet(TINY).eval()
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        y = m(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+def test_rejects_size_not_multiple() -> None:
+    m = StarNetUNet(TINY)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        m(torch.rand(1, 3, 30, 32))
+
+
+def test_starts_near_identity() -> None:
+    # the near-zero head makes an untrained net change little: training starts from "no harm"
+    torch.manual_seed(0)
+    m = StarNetUNet().eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (m(x) - x).abs().max() < 0.05
+
+
+def test_every_parameter_gets_a_gradient() -> None:
+    torch.manual_seed(0)
+    m = StarNetUNet(TINY)
+    d = PatchDiscriminator(widths=(8, 16))
+    x = torch.rand(2, 3, 32, 32)
+    out = m(x)
+    logits, feats = d(x, out)
+    (out.mean() + logits.mean() + sum(f.mean() for f in feats)).backward()
+    for name, p in list(m.named_parameters()) + list(d.named_parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_weights_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    m = StarNetUNet(TINY).eval()
+    digest = save_weights(m, tmp_path / "w.safetensors", version="1.2.3")
+    m2, info = load_weights(tmp_path / "w.safetensors", expected_sha256=digest)
+    assert info.version == "1.2.3" and info.config == TINY and info.sha256 == digest
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    assert load_model(tmp_path / "w.safetensors")[1].sha256 == digest
+
+
+def test_weights_sha_mismatch_is_refused(tmp_path: Path) -> None:
+    save_weights(StarNetUNet(TINY), tmp_path / "w.safetensors", version="1")
+    with pytest.raises(ValueError, match="does not match the expected"):
+        load_weights(tmp_path / "w.safetensors", expected_sha256="0" * 64)
+
+
+def test_bad_weight_files_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not found"):
+        load_weights(tmp_path / "missing.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="junk.safetensors: not a safetensors file"):
+        load_weights(junk)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "other"})
+    with pytest.raises(ValueError, match="foreign.safetensors: metadata format"):
+        load_weights(foreign)
+    wrong = tmp_path / "wrong.safetensors"
+    meta = {"format": "starnet-unet/1", "config": json.dumps({"widths": [8, 16], "blocks": [1, 1]})}
+    save_file({"stem.weight": torch.zeros(1)}, str(wrong), metadata=meta)
+    with pytest.raises(ValueError, match="do not match the architecture"):
+        load_weights(wrong)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="equally long"):
+        ModelConfig(widths=(8, 16), blocks=(1,))
+    with pytest.raises(ValueError, match="kernel_px must be odd"):
+        ModelConfig(kernel_px=4)
