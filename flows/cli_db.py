@@ -79,8 +79,11 @@ def _when(t: datetime | None) -> str:
     return "-" if t is None else t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} B"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -112,7 +115,7 @@ def _frame_line(frame: Frame) -> str:
         f"{f.channels}x{f.height_px}x{f.width_px}" if f.height_px else "",
     ]
     extra = ", ".join(x for x in facts if x)
-    return f"{frame.path}  ({_mb(frame.size_bytes)}{'; ' + extra if extra else ''})"
+    return f"{frame.path}  ({_size(frame.size_bytes)}{'; ' + extra if extra else ''})"
 
 
 def _run_details(run: Run, indent: str = "  ") -> list[str]:
@@ -135,7 +138,7 @@ def _run_details(run: Run, indent: str = "  ") -> list[str]:
         lines.append(f"error     {run.error}")
     for o in run.outputs:
         lines.append(
-            f"output    {o.kind:<9} {o.path}  ({_mb(o.size_bytes)}, sha256 {o.sha256[:16]})"
+            f"output    {o.kind:<9} {o.path}  ({_size(o.size_bytes)}, sha256 {o.sha256[:16]})"
         )
     return [indent + line for line in lines]
 
@@ -165,6 +168,8 @@ def format_history(h: History) -> str:
         what = f"sha256 {h.sha256}" if h.sha256 else "no such file or recorded path"
         return f"{h.query}: not in the provenance database ({what})"
     out = [f"{h.query}", f"  sha256 {h.sha256}"]
+    if h.note:
+        out.append(f"  note: {h.note}")
     if h.produced_by is not None:
         kind = next((o.kind for o in h.produced_by.outputs if o.sha256 == h.sha256), "output")
         out.append(f"  is the {kind} output of:")

@@ -24,6 +24,7 @@ PostgreSQL the claim relies on the unique ``run_key`` and a row lock.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -155,7 +156,11 @@ class ProvenanceDB:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProvenanceDB:
-        return cls(settings.database_url, busy_timeout_s=settings.database.busy_timeout_s)
+        return cls(
+            settings.database_url,
+            busy_timeout_s=settings.database.busy_timeout_s,
+            stale_after_s=settings.database.stale_run_s,
+        )
 
     def __repr__(self) -> str:
         return f"ProvenanceDB({safe_url(self.url)!r})"
@@ -333,10 +338,11 @@ class ProvenanceDB:
             "status": "candidate",
             "created_at": utcnow(),
         }
-        self._insert_ignore(s, ModelVersionRow, values, ["version"])
-        row = s.execute(
-            select(ModelVersionRow).where(ModelVersionRow.version == version)
-        ).scalar_one()
+        query = select(ModelVersionRow).where(ModelVersionRow.version == version)
+        row = s.scalar(query)
+        if row is None:
+            self._insert_ignore(s, ModelVersionRow, values, ["version"])
+            row = s.execute(query).scalar_one()
         if row.weights_sha256 != weights:
             raise ProvenanceError(
                 f"model version {version!r} is registered with weights sha256 "
@@ -525,6 +531,9 @@ class ProvenanceDB:
         if status == "failed" and not error:
             raise ValueError("error: a failed run needs its error text")
         facts = []
+        kinds = [kind for kind, _ in outputs]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"outputs: one file per kind, got kinds {kinds}")
         for kind, path in outputs:
             if kind not in OUTPUT_KINDS:
                 raise ValueError(f"outputs: kind {kind!r} is not one of {OUTPUT_KINDS}")
@@ -625,27 +634,35 @@ class ProvenanceDB:
 
     def history(self, path_or_sha: str | Path) -> History:
         """Everything known about a file: by content when the file exists (so it works after
-        a move), else by the path recorded for an input or output, or by a sha256 string."""
+        a move), else by the path recorded for an input or output, or by a sha256 string.
+
+        A file whose content is unknown but whose path is recorded gets the recorded
+        history with a ``note`` that the content differs."""
         query = str(path_or_sha)
         p = Path(query).expanduser()
+        if not p.is_file() and is_sha256(query.lower()):
+            return self._history(query.lower(), query=query)
+        found = None
         if p.is_file():
             found = self._history(sha256_file(p), query=query)
             if found.role != "unknown":
                 return found
-        elif is_sha256(query.lower()):
-            return self._history(query.lower(), query=query)
         resolved = str(p.resolve())
         with self._session() as s:
-            digest = s.scalar(select(FrameRow.sha256).where(FrameRow.path == resolved))
-            if digest is None:
-                digest = s.scalar(
+            recorded = s.scalar(select(FrameRow.sha256).where(FrameRow.path == resolved))
+            if recorded is None:
+                recorded = s.scalar(
                     select(OutputRow.sha256)
                     .where(OutputRow.path == resolved)
                     .order_by(OutputRow.id.desc())
                 )
-        if digest is None:
-            return History(query=query, sha256=None, role="unknown")
-        return self._history(digest, query=query)
+        if recorded is None:
+            return found or History(query=query, sha256=None, role="unknown")
+        h = self._history(recorded, query=query)
+        if found is not None:
+            note = f"the file's content (sha256 {found.sha256}) is not what was recorded here"
+            h = dataclasses.replace(h, note=note)
+        return h
 
     def _history(self, digest: str, query: str) -> History:
         with self._session() as s:

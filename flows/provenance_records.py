@@ -301,6 +301,7 @@ class History:
     produced_by: Run | None = None  # the run that wrote this file, when it is an output
     runs: tuple[Run, ...] = ()  # every run of the input frame, newest first
     training_pairs: tuple[TrainingPair, ...] = ()
+    note: str | None = None  # e.g. the file at a recorded path now holds other content
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,11 @@ def test_failed_and_stale_runs_are_claimed_again(
     assert stolen.owned and stolen.run.attempts == 4 and stolen.run.host == "node2"
     with pytest.raises(ValueError, match="error"):
         db.finish_run(key, "failed")
+    out = _file(tmp_path / "o.fits", seed=6)
+    with pytest.raises(ValueError, match="one file per kind"):
+        db.finish_run(key, "succeeded", outputs=[("mask", out), ("mask", out)])
+    with pytest.raises(ProvenanceError, match="does not exist"):
+        db.finish_run(key, "succeeded", outputs=[("mask", tmp_path / "missing.fits")])
 
 
 def test_queued_then_started(provenance_db: ProvenanceDB, tmp_path: Path) -> None:
@@ -199,8 +204,9 @@ def test_queued_then_started(provenance_db: ProvenanceDB, tmp_path: Path) -> Non
 RACE_WORKER = """
 import json, os, sys, time
 from flows.provenance import ProvenanceDB
-url, go, *frames = sys.argv[1:]
+url, ready, go, *frames = sys.argv[1:]
 db = ProvenanceDB(url)
+open(os.path.join(ready, str(os.getpid())), "w").close()
 while not os.path.exists(go):
     time.sleep(0.002)
 states = []
@@ -218,11 +224,12 @@ def test_two_processes_race_for_the_same_frames(db_url: str, tmp_path: Path) -> 
     """Two OS processes start together on an empty database (no schema yet), register the
     same frames and claim the same runs: every run is owned by exactly one of them."""
     frames = [str(_file(tmp_path / f"f{i}.fits", seed=100 + i, n_bytes=256)) for i in range(12)]
-    go = tmp_path / "go"
+    go, ready = tmp_path / "go", tmp_path / "ready"
+    ready.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", RACE_WORKER, db_url, str(go), *frames],
+            [sys.executable, "-c", RACE_WORKER, db_url, str(ready), str(go), *frames],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -230,7 +237,10 @@ def test_two_processes_race_for_the_same_frames(db_url: str, tmp_path: Path) -> 
         )
         for _ in range(2)
     ]
-    time.sleep(0.5)  # both interpreters up and waiting
+    deadline = time.monotonic() + 60
+    while len(list(ready.iterdir())) < len(procs):  # both interpreters up and waiting
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
     go.touch()
     results = []
     for p in procs:
@@ -325,7 +335,11 @@ def test_history_by_content_path_and_sha(provenance_db: ProvenanceDB, tmp_path: 
     assert by_sha.role == "output"
     as_input = db.history(frame_path)
     assert as_input.role == "input" and [r.run_key for r in as_input.runs] == [key]
-    assert db.history(_file(tmp_path / "stranger.fits", seed=31)).role == "unknown"
+    stranger = db.history(_file(tmp_path / "stranger.fits", seed=31))
+    assert stranger.role == "unknown" and stranger.sha256 is not None
+    _file(frame_path, seed=32)  # overwritten in place
+    changed = db.history(frame_path)
+    assert changed.role == "input" and changed.note and "not what was recorded" in changed.note
     assert db.history(tmp_path / "never.fits").role == "unknown"
 
 
