@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -131,6 +132,22 @@ def _aware(t: datetime | date) -> datetime:
     if not isinstance(t, datetime):
         return datetime(t.year, t.month, t.day, tzinfo=UTC)
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _json_data(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's config or benchmark as JSON data; NaN and infinity (a figure that could
+    not be computed) become None."""
+
+    def finite(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [finite(x) for x in v]
+        return v
+
+    return dict(json.loads(canonical_params(finite(value))))
 
 
 class ProvenanceDB:
@@ -307,7 +324,7 @@ class ProvenanceDB:
             if parent is not None:
                 row.parent = self._require_model(s, parent, "parent")
             if benchmark is not None:
-                row.benchmark = json.loads(canonical_params(benchmark))
+                row.benchmark = _json_data(benchmark)
             pair_ids = sorted(set(training_pair_ids))
             if pair_ids:
                 pairs = s.scalars(
@@ -331,10 +348,11 @@ class ProvenanceDB:
     ) -> ModelVersionRow:
         if not version or len(version) > 64:
             raise ValueError(f"version: expected 1..64 characters, got {version!r}")
+        config_data = _json_data(config or {})
         values = {
             "version": version,
             "weights_sha256": weights,
-            "config": json.loads(canonical_params(config or {})),
+            "config": config_data,
             "status": "candidate",
             "created_at": utcnow(),
         }
@@ -348,8 +366,8 @@ class ProvenanceDB:
                 f"model version {version!r} is registered with weights sha256 "
                 f"{row.weights_sha256}, not {weights}: give new weights a new version"
             )
-        if config and not row.config:
-            row.config = values["config"]
+        if config_data and not row.config:
+            row.config = config_data
         return row
 
     def _require_model(self, s: Session, version: str, what: str = "version") -> ModelVersionRow:

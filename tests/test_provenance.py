@@ -266,7 +266,9 @@ def test_models_promote_and_rerun_selection(provenance_db: ProvenanceDB, tmp_pat
     for p in paths[:3]:
         _process(db, p, "v1", W1, tmp_path / "out")
     db.register_frame(paths[3])  # seen, never processed
-    db.register_model("v2", W2, {"widths": [16, 32]}, parent="v1", benchmark={"psnr_db": 31.0})
+    bench = {"psnr_db": 31.0, "ssim": float("nan")}  # a figure that could not be computed
+    db.register_model("v2", W2, {"widths": [16, 32]}, parent="v1", benchmark=bench)
+    assert db.get_model("v2").benchmark == {"psnr_db": 31.0, "ssim": None}  # type: ignore[union-attr]
     assert db.promoted_model().version == "v1"  # type: ignore[union-attr]
     v2 = db.promote("v2")
     assert v2.status == "promoted" and v2.parent == "v1"
