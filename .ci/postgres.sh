@@ -73,7 +73,23 @@ if [ ! -s "$DATA/PG_VERSION" ]; then
     chown "$OWNER" "$PGDIR/password"
 fi
 
-if ! as_owner "$BINDIR/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
+is_up() { [ -n "$1" ] && "$BINDIR/pg_isready" -q -h 127.0.0.1 -p "$1" -t 2; }
+
+port=$(cat "$PGDIR/port" 2>/dev/null || true)
+if ! is_up "$port"; then
+    pidfile=$DATA/postmaster.pid
+    if [ -f "$pidfile" ]; then
+        pid=$(head -n 1 "$pidfile")
+        state=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
+        if [ "$comm" = postgres ] && [ -n "$state" ] && [ "$state" != Z ]; then
+            log "server (pid $pid) does not answer on port ${port:-?}: stopping it"
+            as_owner "$BINDIR/pg_ctl" -D "$DATA" -m immediate -w -t 30 stop >&2 || true
+        else
+            log "removing the stale $pidfile and socket lock (pid $pid is gone)"
+            rm -f "$pidfile" "$PGDIR"/.s.PGSQL.*
+        fi
+    fi
     port=$PORT_WANTED
     while port_busy "$port"; do port=$((port + 1)); done
     echo "$port" >"$PGDIR/port"
@@ -85,7 +101,6 @@ if ! as_owner "$BINDIR/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
             -c max_connections=100" start >&2
 fi
 
-port=$(cat "$PGDIR/port")
 password=$(cat "$PGDIR/password")
 psql_su() { as_owner "$BINDIR/psql" -h "$PGDIR" -p "$port" -U postgres -d postgres -qAtX "$@"; }
 
