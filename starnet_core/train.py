@@ -358,7 +358,7 @@ def train(
             l_g_percep = sum(F.l1_loss(a, b) for a, b in zip(feat_fake, feat_real, strict=True))
             l_g_gan = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
             loss = loss + cfg.w_percep * l_g_percep + cfg.w_gan * l_g_gan
-            logs |= {"l_g_percep": float(l_g_percep.item()), "l_g_gan": l_g_gan.item()}
+            logs |= {"l_g_percep": float(l_g_percep.detach()), "l_g_gan": l_g_gan.item()}
         state.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         state.opt_g.step()
@@ -374,7 +374,7 @@ def train(
             state.opt_d.zero_grad(set_to_none=True)
             ((l_d_real + l_d_fake) / 2).backward()
             state.opt_d.step()
-            logs |= {"l_d_real": float(l_d_real), "l_d_fake": float(l_d_fake)}
+            logs |= {"l_d_real": l_d_real.item(), "l_d_fake": l_d_fake.item()}
 
         logs |= star_metrics(x, y, out.detach(), cfg.star_threshold)
         for k, v in logs.items():
