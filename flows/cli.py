@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from flows.settings import SettingsError, load_settings
 
-COMMAND_MODULES: tuple[str, ...] = ("flows.cli_train", "flows.cli_db")
+COMMAND_MODULES: tuple[str, ...] = ("flows.cli_transform", "flows.cli_train", "flows.cli_db")
 
 DESCRIPTION = """\
 starnet removes stars from astro images with a neural network and leaves the
@@ -46,10 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # our own notes (alpha dropped, NaN replaced, resumed at step N) at INFO;
+    # third-party chatter (alembic, httpx) only with --verbose
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    for name in ("starnet", "starnet_core", "flows"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

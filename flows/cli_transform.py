@@ -1,0 +1,225 @@
+"""``starnet transform`` and ``starnet test``: the single astrophotographer's commands.
+
+``starnet transform image.tif`` writes ``image_starless.tif`` and
+``image_mask.tif`` next to the input (the original StarNet's names), plus
+``image_stars.tif`` / ``image_enhanced.tif`` with ``--stars`` / ``--enhance``.
+Every run is recorded in the provenance DB unless ``--no-db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TRANSFORM_HELP = """\
+Remove the stars from each INPUT (FITS, TIFF, PNG, JPEG) and write, next to it
+(or in --out):
+  <stem>_starless<ext>   the image without stars
+  <stem>_mask<ext>       where the stars were (1 = star), feathered
+  <stem>_stars<ext>      the star layer              (with --stars)
+  <stem>_enhanced<ext>   nebulosity boosted, stars not (with --enhance)
+Linear data (FITS, float TIFF) is auto-stretched for the network and the
+starless result returned to linear; 8/16-bit images are used as they are.
+Outputs keep the input's format and bit depth. The exit code is non-zero if
+any input failed; the others are still processed.
+
+examples:
+  starnet transform M42.tif
+  starnet transform night1/*.fits --out starless/ --stars --enhance
+  starnet transform busy_field.tif --passes 2 --tile 512
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "transform",
+        help="remove stars from images: X -> X_starless, X_mask",
+        description=TRANSFORM_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
+    p.add_argument("--out", help="output folder (default: next to each input)")
+    _add_engine_options(p)
+    p.add_argument("--stars", action="store_true", help="also write <stem>_stars")
+    p.add_argument("--enhance", action="store_true", help="also write <stem>_enhanced")
+    p.add_argument("--preview", action="store_true", help="also write <stem>_preview.jpg")
+    p.add_argument("--no-db", action="store_true", help="do not record in the provenance DB")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_transform)
+
+    t = sub.add_parser(
+        "test",
+        help="write showcase panels (original | starless | mask) of a few patches to ./test",
+        description="Quick look at what the model does on an image: a few 256 px patches "
+        "(the brightest-star, the busiest and a random one) as side-by-side PNG panels.",
+    )
+    t.add_argument("input", help="image file")
+    t.add_argument("--out", default="test", help="folder for the panels (default ./test)")
+    t.add_argument("--patches", type=int, default=4, help="number of patches (default 4)")
+    t.add_argument("--patch", type=int, default=256, help="patch size in px (default 256)")
+    _add_engine_options(t)
+    t.set_defaults(func=cmd_test)
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and tiling (defaults from config.yaml)")
+    g.add_argument("--weights", help="weights file (.safetensors); default: the packaged model")
+    g.add_argument("--tile", type=int, help="tile size in px")
+    g.add_argument("--overlap", type=int, help="tile overlap in px")
+    g.add_argument("--batch", type=int, help="tiles per batch")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--passes", type=int, help="run the network N times (busy fields: 2)")
+    g.add_argument("--upsample", action="store_true", help="2x upsample for tiny stars")
+
+
+def _apply_overrides(args: argparse.Namespace) -> None:
+    inf = args.settings.inference
+    for attr, name in (
+        ("weights", "weights"),
+        ("tile", "tile_px"),
+        ("overlap", "overlap_px"),
+        ("batch", "batch_size"),
+        ("device", "device"),
+        ("passes", "passes"),
+    ):
+        value = getattr(args, attr, None)
+        if value is not None:
+            setattr(inf, name, value)
+    if getattr(args, "upsample", False):
+        inf.upsample = True
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label = label
+        self.enabled = enabled and sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * done / max(total, 1))
+        bar = "#" * filled + "-" * (width - filled)
+        dt = time.perf_counter() - self.t0
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total} tiles {dt:5.1f}s")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _engine_or_exit(args: argparse.Namespace) -> Any:
+    from flows.frame import load_engine
+
+    try:
+        return load_engine(args.settings)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"starnet: cannot load the model: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_transform(args: argparse.Namespace) -> int:
+    from flows.frame import process_file
+    from flows.provenance import ProvenanceDB
+
+    _apply_overrides(args)
+    s = args.settings
+    s.outputs = dataclasses.replace(
+        s.outputs, stars=args.stars, enhanced=args.enhance, preview=args.preview
+    )
+    engine = _engine_or_exit(args)
+    if engine is None:
+        return 2
+    db = None if args.no_db else ProvenanceDB.from_settings(s)
+    failures = 0
+    for name in args.inputs:
+        bar = ProgressBar(Path(name).name, enabled=not args.quiet)
+        t0 = time.perf_counter()
+        result = process_file(
+            name, s, engine, out_dir=args.out, db=db, skip_done=False, progress=bar
+        )
+        if result.status == "failed":
+            failures += 1
+            print(f"FAILED {result.error}", file=sys.stderr)
+            continue
+        outs = ", ".join(Path(p).name for k, p in result.outputs.items())
+        print(f"{name}: {outs} ({time.perf_counter() - t0:.1f} s)")
+    if failures:
+        print(f"{failures} of {len(args.inputs)} input(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _pick_patches(stretched: np.ndarray, count: int, size_px: int) -> list[tuple[int, int]]:
+    """Top-left corners: around the brightest pixel, the busiest patch, then spread out."""
+    _, h, w = stretched.shape
+    lum = stretched.mean(0)
+    size_px = min(size_px, h, w)
+    corners: list[tuple[int, int]] = []
+
+    def clamp(y: int, x: int) -> tuple[int, int]:
+        return min(max(0, y - size_px // 2), h - size_px), min(
+            max(0, x - size_px // 2), w - size_px
+        )
+
+    y, x = np.unravel_index(int(np.argmax(lum)), lum.shape)
+    corners.append(clamp(int(y), int(x)))
+    rng = np.random.default_rng(0)
+    while len(corners) < count:
+        corners.append(
+            (int(rng.integers(0, h - size_px + 1)), int(rng.integers(0, w - size_px + 1)))
+        )
+    return corners
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from flows.frame import tile_options
+    from starnet_core.imageio import ImageError, read_image
+    from starnet_core.pipeline import process_array
+
+    _apply_overrides(args)
+    engine = _engine_or_exit(args)
+    if engine is None:
+        return 2
+    try:
+        img = read_image(args.input)
+    except ImageError as e:
+        print(f"FAILED {e}", file=sys.stderr)
+        return 1
+    from starnet_core.pipeline import StretchOptions, needs_stretch
+    from starnet_core.stretch import apply_stretch, fit_auto_stretch, normalize_linear
+
+    # stretch the whole frame once, so every patch shows as in the full result
+    data = img.data
+    if needs_stretch(img.is_linear, args.settings.stretch.mode):
+        x01, _ = normalize_linear(data)
+        data = apply_stretch(x01, fit_auto_stretch(x01))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.input).name.split(".")[0]
+    size = min(args.patch, data.shape[1], data.shape[2])
+    for i, (y, x) in enumerate(_pick_patches(data, args.patches, size)):
+        patch = np.ascontiguousarray(data[:, y : y + size, x : x + size])
+        products = process_array(
+            engine.model,
+            patch,
+            is_linear=False,
+            stretch=StretchOptions(mode="never"),
+            tiles=tile_options(args.settings),
+        )
+        panels = [patch, products.starless_stretched, products.mask]
+        rgb = [np.repeat(a, 3, 0) if a.shape[0] == 1 else a for a in panels]
+        strip = np.concatenate(rgb, axis=2).transpose(1, 2, 0)
+        path = out / f"{stem}_patch{i}_{y}_{x}.png"
+        Image.fromarray((np.clip(strip, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+        print(f"wrote {path}")
+    return 0

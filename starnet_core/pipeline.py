@@ -1,0 +1,169 @@
+"""One frame, end to end, on arrays: stretch, remove stars, unstretch, star layer, mask, enhance.
+
+This is the single implementation of the science data flow in DESIGN.md; the
+CLI and the Prefect flow both call :func:`process_array` (through
+``flows.frame``) and only add files and provenance around it.
+
+Units: ``image`` is ``(C, H, W) float32`` as read (:mod:`starnet_core.imageio`):
+linear physical units for linear data, [0, 1] for stretched data. ``starless``
+and ``stars`` come back in the same units as ``image`` (a linear FITS in gives
+a linear starless out). ``mask`` and ``enhanced`` are display products in
+stretched [0, 1] space (the mask threshold and the screen blend only make sense
+there).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from starnet_core.inference import TileOptions, remove_stars
+from starnet_core.masks import MaskOptions, enhance, star_layer, star_mask, unscreen_star_layer
+from starnet_core.stretch import (
+    Normalization,
+    StretchParams,
+    apply_stretch,
+    denormalize_linear,
+    fit_auto_stretch,
+    invert_stretch,
+    normalize_linear,
+    restore_clipped,
+)
+
+log = logging.getLogger(__name__)
+
+STRETCH_MODES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class StretchOptions:
+    """When and how linear data is auto-stretched (config section ``stretch``)."""
+
+    mode: str = "auto"  # auto: linear inputs only | always | never
+    shadows_clip_mad: float = -2.8
+    target_background: float = 0.25
+    linked: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in STRETCH_MODES:
+            raise ValueError(f"stretch mode must be one of {STRETCH_MODES}, got {self.mode!r}")
+
+
+@dataclass
+class FrameProducts:
+    """Everything computed for one frame (arrays ``(C, H, W)`` / ``(1, H, W)`` float32)."""
+
+    starless: np.ndarray  # input units
+    stars: np.ndarray  # input units: original - starless (linear) or unscreen form (stretched)
+    mask: np.ndarray  # (1, H, W) stretched space, 1 = star
+    enhanced: np.ndarray  # stretched space
+    stretched: np.ndarray  # the network's input, for previews
+    starless_stretched: np.ndarray  # the network's output, for previews
+    stretch: StretchParams | None
+    normalization: Normalization | None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def provenance_params(self) -> dict[str, Any]:
+        """The data-dependent parameters (stretch, normalisation) for the provenance record."""
+        return {
+            "stretch_params": self.stretch.to_dict() if self.stretch else None,
+            "normalization": self.normalization.to_dict() if self.normalization else None,
+        }
+
+
+def needs_stretch(is_linear: bool, mode: str) -> bool:
+    """Whether the frame goes through the auto-stretch before the network."""
+    if mode not in STRETCH_MODES:
+        raise ValueError(f"stretch mode must be one of {STRETCH_MODES}, got {mode!r}")
+    return mode == "always" or (mode == "auto" and is_linear)
+
+
+def process_array(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    is_linear: bool,
+    stretch: StretchOptions = StretchOptions(),
+    tiles: TileOptions = TileOptions(),
+    mask: MaskOptions = MaskOptions(),
+    enhance_strength: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> FrameProducts:
+    """Remove the stars from ``image`` and derive the star layer, mask and enhancement."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"image must be (C, H, W) with C in {{1, 3}}, got shape {image.shape}")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    params: StretchParams | None = None
+    norm: Normalization | None = None
+    if needs_stretch(is_linear, stretch.mode):
+        x01, norm = normalize_linear(image)
+        params = fit_auto_stretch(
+            x01,
+            shadows_clip_mad=stretch.shadows_clip_mad,
+            target_background=stretch.target_background,
+            linked=stretch.linked,
+        )
+        stretched = apply_stretch(x01, params)
+    else:
+        x01 = np.clip(image, 0.0, 1.0).astype(np.float32)
+        stretched = x01
+    timings["stretch"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    starless_s = remove_stars(model, stretched, tiles, progress=progress)
+    timings["remove_stars"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if params is not None and norm is not None:
+        lin01 = restore_clipped(x01, invert_stretch(starless_s, params), params)
+        starless = denormalize_linear(lin01, norm)
+        # linear light adds: the star layer is the plain difference, in the input's units
+        stars = star_layer(image, starless)
+    else:
+        starless = starless_s
+        stars = unscreen_star_layer(stretched, starless_s)
+    display_stars = star_layer(stretched, starless_s)
+    star_m = star_mask(display_stars, mask)
+    enhanced = enhance(stretched, starless_s, star_m, enhance_strength)
+    timings["products"] = time.perf_counter() - t
+    figures = {
+        "height_px": float(image.shape[1]),
+        "width_px": float(image.shape[2]),
+        "channels": float(image.shape[0]),
+        "star_layer_mean": float(display_stars.mean()),
+        "star_area_fraction": float((star_m > 0.5).mean()),
+    }
+    return FrameProducts(
+        starless=starless.astype(np.float32),
+        stars=stars,
+        mask=star_m,
+        enhanced=enhanced,
+        stretched=stretched,
+        starless_stretched=starless_s,
+        stretch=params,
+        normalization=norm,
+        timings_s=timings,
+        figures=figures,
+    )
+
+
+def preview_strip(products: FrameProducts, max_px: int = 256) -> np.ndarray:
+    """(3, h, 3w) float32 thumbnail: original | starless | mask, stretched, for a quick look."""
+    s = products.stretched
+    step = max(1, int(np.ceil(max(s.shape[1:]) / max_px)))
+
+    def rgb(a: np.ndarray) -> np.ndarray:
+        a = a[:, ::step, ::step]
+        return np.repeat(a, 3, 0) if a.shape[0] == 1 else a
+
+    return np.concatenate(
+        [rgb(s), rgb(products.starless_stretched), rgb(products.mask)], axis=2
+    ).astype(np.float32)

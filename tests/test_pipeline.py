@@ -1,0 +1,183 @@
+"""The one-frame data flow on arrays and on files, and the transform / test CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from astropy.io import fits
+
+from flows.cli import main
+from starnet_core.imageio import read_image
+from starnet_core.model import ModelConfig, StarNetUNet, save_weights
+from starnet_core.pipeline import StretchOptions, needs_stretch, process_array
+from starnet_core.stretch import apply_stretch, fit_auto_stretch, normalize_linear
+
+TINY = ModelConfig(widths=(8, 16), blocks=(1, 1))
+
+
+class Halve(torch.nn.Module):
+    """A stand-in 'model' with a known answer: starless = x / 2."""
+
+    multiple = 4
+    in_channels = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / 2
+
+
+def star_field(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """Linear frame in ADU-like units: sky + noise + a few Gaussian stars."""
+    rng = np.random.default_rng(seed)
+    c, h, w = shape
+    img = 1000 + rng.normal(0, 10, shape)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for _ in range(12):
+        x0, y0, amp = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(500, 20000)
+        img += amp * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.5**2))
+    return img.astype(np.float32)
+
+
+@pytest.fixture()
+def weights(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.safetensors"
+    save_weights(StarNetUNet(TINY), path, version="0.0.1-test")
+    return path
+
+
+def test_needs_stretch_policy() -> None:
+    assert needs_stretch(True, "auto") and not needs_stretch(False, "auto")
+    assert needs_stretch(False, "always") and not needs_stretch(True, "never")
+    with pytest.raises(ValueError, match="stretch mode"):
+        needs_stretch(True, "sometimes")
+
+
+def test_linear_frame_comes_back_linear() -> None:
+    image = star_field((1, 40, 48))
+    p = process_array(Halve(), image, is_linear=True)
+    assert p.stretch is not None and p.normalization is not None
+    assert p.starless.shape == image.shape and p.starless.dtype == np.float32
+    # the starless frame is in the input's units and can be stretched like the original:
+    x01, norm = normalize_linear(image)
+    s01 = (p.starless - norm.offset) / norm.scale
+    expected = np.clip(apply_stretch(x01, p.stretch) / 2, 0, 1)
+    assert np.allclose(apply_stretch(np.clip(s01, 0, 1), p.stretch), expected, atol=2e-4)
+    # linear light adds: stars + starless == original wherever stars >= 0
+    assert np.allclose(p.starless + p.stars, np.maximum(image, p.starless), rtol=1e-5)
+    assert p.mask.shape == (1, 40, 48) and 0 <= p.mask.min() and p.mask.max() <= 1
+    assert p.enhanced.shape == image.shape
+
+
+def test_stretched_frame_uses_unscreen_star_layer() -> None:
+    image = np.random.default_rng(1).uniform(0.1, 0.9, (3, 20, 24)).astype(np.float32)
+    p = process_array(Halve(), image, is_linear=False)
+    assert p.stretch is None
+    assert np.allclose(p.starless, image / 2, atol=1e-6)
+    screened = 1 - (1 - p.starless) * (1 - p.stars)
+    assert np.allclose(screened, image, atol=1e-5)
+
+
+def test_forced_stretch_on_8bit_data() -> None:
+    image = np.random.default_rng(2).uniform(0.0, 0.2, (1, 16, 16)).astype(np.float32)
+    p = process_array(Halve(), image, is_linear=False, stretch=StretchOptions(mode="always"))
+    assert p.stretch is not None
+
+
+def run_cli(*args: str) -> int:
+    return main(list(args))
+
+
+def test_transform_8bit_tiff(tmp_path: Path, weights: Path) -> None:
+    rgb = (np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)
+    src = tmp_path / "m42.tif"
+    tifffile.imwrite(src, rgb)
+    rc = run_cli("transform", str(src), "--weights", str(weights), "--no-db", "--stars",
+                 "--enhance", "--quiet")
+    assert rc == 0
+    for kind in ("starless", "mask", "stars", "enhanced"):
+        out = tifffile.imread(tmp_path / f"m42_{kind}.tif")
+        assert out.dtype == np.uint8, kind
+    assert tifffile.imread(tmp_path / "m42_starless.tif").shape == (40, 50, 3)
+    assert np.array_equal(tifffile.imread(src), rgb)
+
+
+def test_transform_16bit_tiff_keeps_depth(tmp_path: Path, weights: Path) -> None:
+    mono = (np.random.default_rng(0).random((33, 35)) * 65535).astype(np.uint16)
+    src = tmp_path / "ngc.tiff"
+    tifffile.imwrite(src, mono)
+    assert run_cli("transform", str(src), "--weights", str(weights), "--no-db", "--quiet") == 0
+    out = tifffile.imread(tmp_path / "ngc_starless.tiff")
+    assert out.dtype == np.uint16 and out.shape == (33, 35)
+
+
+def test_transform_linear_fits_cube_with_db(tmp_path: Path, weights: Path, monkeypatch) -> None:
+    monkeypatch.setenv("STARNET_DATA_DIR", str(tmp_path / "data"))
+    cube = star_field((3, 36, 40))
+    hdr = fits.Header()
+    hdr["OBJECT"] = "M42"
+    hdr["CTYPE1"] = "RA---TAN"
+    src = tmp_path / "m42.fits"
+    fits.PrimaryHDU(cube, hdr).writeto(src)
+    out_dir = tmp_path / "out"
+    rc = run_cli("transform", str(src), "--weights", str(weights), "--out", str(out_dir),
+                 "--quiet")
+    assert rc == 0
+    with fits.open(out_dir / "m42_starless.fits") as hdul:
+        h = hdul[0].header
+        assert hdul[0].data.shape == (3, 36, 40) and hdul[0].data.dtype.kind == "f"
+        assert h["OBJECT"] == "M42" and h["CTYPE1"] == "RA---TAN"
+        assert h["HIERARCH STARNET MODEL"] == "0.0.1-test"
+        # linear out: same units as the input (sky ~1000 ADU), not [0, 1]
+        assert 500 < float(np.median(hdul[0].data)) < 1500
+    # the provenance DB knows what made the output
+    assert run_cli("history", str(out_dir / "m42_starless.fits"), "--json") == 0
+
+
+def test_transform_bad_inputs_fail_clearly_and_others_go_on(
+    tmp_path: Path, weights: Path, capsys
+) -> None:
+    good = tmp_path / "good.png"
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((20, 20, 3)) * 255).astype(np.uint8)).save(good)
+    bad = tmp_path / "bad.fits"
+    bad.write_text("this is not a FITS file")
+    nan = tmp_path / "nan.fits"
+    data = star_field((1, 20, 20))
+    data[0, :5, :5] = np.nan
+    fits.PrimaryHDU(data[0]).writeto(nan)
+    rc = run_cli("transform", str(bad), str(good), str(nan), str(tmp_path / "missing.tif"),
+                 "--weights", str(weights), "--no-db", "--quiet")
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"FAILED {bad}:" in err
+    assert "25 NaN" in err or "25 non-finite" in err
+    assert "missing.tif: no such file" in err
+    assert "3 of 4 input(s) failed" in err
+    assert (tmp_path / "good_starless.png").exists()
+    assert not (tmp_path / "bad_starless.fits").exists()
+
+
+def test_transform_without_weights_says_what_to_do(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8) + 30).save(src)
+    rc = run_cli("transform", str(src), "--weights", str(tmp_path / "nope.safetensors"), "--no-db")
+    assert rc == 2
+    assert "nope.safetensors: weights file not found" in capsys.readouterr().err
+
+
+def test_test_mode_writes_panels(tmp_path: Path, weights: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "field.fits"
+    fits.PrimaryHDU(star_field((1, 80, 90))[0]).writeto(src)
+    assert run_cli("test", str(src), "--weights", str(weights), "--patches", "2", "--patch", "64") == 0
+    panels = sorted((tmp_path / "test").glob("field_patch*.png"))
+    assert len(panels) == 2
+    img = read_image(panels[0])
+    assert img.data.shape == (3, 64, 3 * 64)

@@ -1,0 +1,78 @@
+"""One typed settings object: defaults, config.yaml, unknown keys, bad values, env overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.settings import Settings, SettingsError, load_settings, settings_to_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_config_yaml_mirrors_the_defaults() -> None:
+    # config.yaml documents every tunable with its default: the two never drift apart
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert raw == settings_to_dict(Settings())
+
+
+def test_loads_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("inference:\n  tile_px: 512\n  weights: w.safetensors\nmask:\n  feather_px: 3\n")
+    s = load_settings(p)
+    assert s.inference.tile_px == 512 and s.inference.weights == "w.safetensors"
+    assert s.mask.feather_px == 3.0 and isinstance(s.mask.feather_px, float)
+    assert s.inference.overlap_px == 32  # untouched keys keep their defaults
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("inference:\n  tile_size: 512\n")
+    with pytest.raises(SettingsError, match=r"c.yaml.inference: unknown key\(s\) tile_size"):
+        load_settings(p)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("inference:\n  tile_px: big\n", "inference.tile_px: expected int, got 'big'"),
+        ("inference:\n  upsample: 3\n", "inference.upsample: expected bool"),
+        ("inference:\n  batch_size: true\n", "expected an integer, got True"),
+        ("mask: 5\n", "mask: expected a mapping"),
+        ("inference: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_values_are_clear(tmp_path: Path, text: str, match: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(SettingsError, match=match):
+        load_settings(p)
+
+
+def test_missing_file_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="cannot read config file"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STARNET_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("STARNET_DATABASE_URL", "postgresql+psycopg2://u@h/db")
+    s = load_settings(None)
+    assert s.data_dir == str(tmp_path / "d")
+    assert s.database_url == "postgresql+psycopg2://u@h/db"
+    assert s.resolve("incoming") == tmp_path / "d" / "incoming"
+    assert s.resolve("/abs/x") == Path("/abs/x")
+
+
+def test_default_database_is_sqlite_in_data_dir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("STARNET_DATABASE_URL", raising=False)
+    monkeypatch.setenv("STARNET_DATA_DIR", str(tmp_path))
+    assert load_settings(None).database_url == f"sqlite:///{tmp_path.resolve()}/provenance.db"
+
+
+def test_every_section_is_a_dataclass_with_defaults() -> None:
+    for f in dataclasses.fields(Settings):
+        assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
