@@ -4,7 +4,8 @@ The generator is a residual encoder-decoder (U-Net family, StarNet lineage):
 it predicts the star layer and returns ``input - stars``. To keep compute per
 pixel small (StarNet v1 spends ~92 kMAC per pixel) it works at half
 resolution after a lossless pixel-unshuffle, uses depthwise-separable residual
-blocks (NAFNet / MobileNet style) and adds skips instead of concatenating.
+blocks (NAFNet / MobileNet style), adds skips instead of concatenating, and ends
+with one cheap full-resolution 3x3 refinement of the star layer.
 
 Arrays: ``(B, 3, H, W)`` float32 stretched images in [0, 1]. ``H`` and ``W``
 must be multiples of ``model.multiple``; :mod:`starnet_core.tiling` pads to it.
@@ -37,7 +38,7 @@ class ModelConfig:
 
     in_channels: int = 3
     widths: tuple[int, ...] = (16, 32, 64, 128, 160)  # level 0 runs at H/2
-    blocks: tuple[int, ...] = (1, 1, 2, 2, 3)  # residual blocks per encoder level
+    blocks: tuple[int, ...] = (1, 1, 2, 1, 3)  # residual blocks per encoder level
     expand: int = 2  # channel expansion inside a block
     kernel_px: int = 3  # depthwise kernel size
 
@@ -123,6 +124,17 @@ class StarNetUNet(nn.Module):
         # untouched) instead of at random colour shifts it must first unlearn.
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
+        # Full-resolution refinement of the star layer from (input, coarse stars): the
+        # half-resolution trunk cannot by itself keep the four pixel-shuffle phases
+        # consistent (checkerboard on smooth background) nor follow 1 px stars exactly.
+        # Starts as the identity on the coarse stars.
+        c_in = c.in_channels
+        self.refine = nn.Conv2d(2 * c_in, c_in, 3, padding=1)
+        with torch.no_grad():
+            self.refine.weight.zero_()
+            self.refine.bias.zero_()
+            for ch in range(c_in):
+                self.refine.weight[ch, c_in + ch, 1, 1] = 1.0
 
     def star_layer(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted star layer (B,3,H,W); may be negative where the net is unsure."""
@@ -141,7 +153,8 @@ class StarNetUNet(nn.Module):
         for i in reversed(range(len(self.up))):
             y = F.pixel_shuffle(self.up[i](y), 2) + skips[i]
             y = self.dec[i](y)
-        return F.pixel_shuffle(self.head(y), 2)
+        coarse = F.pixel_shuffle(self.head(y), 2)
+        return self.refine(torch.cat([x, coarse], 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.star_layer(x)
