@@ -98,7 +98,8 @@ class DatabaseSettings:
 class PrefectSettings:
     """How the flows run under Prefect (see ``flows/pipeline.py`` and ``deploy/``)."""
 
-    gpu_limit_name: str = "starnet-gpu"  # global concurrency limit held for each frame's compute
+    # global concurrency limit held for each frame's compute; "starnet-gpu-{host}": one per machine
+    gpu_limit_name: str = "starnet-gpu"
     gpu_slots: int = 1  # frames computed at once (per limit, i.e. per GPU)
     retrain_limit_name: str = "starnet-retrain"  # one retrain at a time
     serve_limit: int = 2  # concurrent runs of ``starnet serve``
@@ -107,7 +108,6 @@ class PrefectSettings:
     max_attempts: int = 3  # a failed frame is retried (nightly) until this many attempts
     submit: str = "auto"  # watcher: auto (deployment when PREFECT_API_URL is set) | local | deployment
     process_deployment: str = "process-frame/starnet-process-frame"
-    thumbnail_px: int = 160  # height of each panel of the run's preview artifact
     follow_promoted: bool = True  # flows use the promoted model from the DB when it has a file
 
 
