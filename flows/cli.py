@@ -15,7 +15,12 @@ from collections.abc import Sequence
 
 from flows.settings import SettingsError, load_settings
 
-COMMAND_MODULES: tuple[str, ...] = ("flows.cli_transform", "flows.cli_train", "flows.cli_db")
+COMMAND_MODULES: tuple[str, ...] = (
+    "flows.cli_transform",
+    "flows.cli_train",
+    "flows.cli_db",
+    "flows.cli_pipeline",
+)
 
 DESCRIPTION = """\
 starnet removes stars from astro images with a neural network and leaves the

@@ -1,0 +1,332 @@
+"""``starnet watch | serve | run | demo | nightly | retrain``: the observatory pipeline.
+
+Without ``PREFECT_API_URL`` every command runs its flow in this process on
+Prefect's embedded (ephemeral) API: nothing to set up, runs are kept in
+``$PREFECT_HOME``. With a Prefect server (``deploy/README.md``), ``starnet
+serve`` serves the deployments and ``starnet watch`` submits runs to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any, cast
+
+from flows.provenance_records import TrainingPair
+from flows.settings import Settings
+from flows.watcher import Watcher, emit_pair_event, matches
+
+log = logging.getLogger("starnet.pipeline")
+
+PROCESS_DEPLOYMENT = "starnet-process-frame"
+SUBMIT_MODES = ("auto", "local", "deployment")
+
+
+def register(sub: Any) -> None:
+    w = sub.add_parser(
+        "watch",
+        help="process every frame that lands in incoming/; retrain on new training pairs",
+        description=(
+            "Watch INCOMING (default: incoming_dir) and the training folder. Local mode runs "
+            "the flows in this process; deployment mode (PREFECT_API_URL set, or --submit "
+            "deployment) submits runs to `starnet serve` or workers."
+        ),
+    )
+    w.add_argument("incoming", nargs="?", help="folder to watch (default: incoming_dir)")
+    w.add_argument("--out", help="output folder (default: output_dir)")
+    w.add_argument("--training", help="training folder with original/ and starless/")
+    w.add_argument("--submit", choices=SUBMIT_MODES, help="override prefect.submit")
+    w.set_defaults(func=cmd_watch)
+
+    s = sub.add_parser("serve", help="serve the process-frame, nightly and retrain deployments")
+    s.set_defaults(func=cmd_serve)
+
+    r = sub.add_parser("run", help="process files or folders once through the process flow")
+    r.add_argument("paths", nargs="+", help="frames, or folders (searched for watch.patterns)")
+    r.add_argument("--out", help="output folder (default: output_dir)")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="write a synthetic frame into incoming/ and process it")
+    d.add_argument("--size", type=int, default=512, help="frame side in px (default 512)")
+    d.add_argument("--out", help="output folder (default: output_dir)")
+    d.set_defaults(func=cmd_demo)
+
+    n = sub.add_parser("nightly", help="run the nightly rerun once")
+    n.add_argument("--max-frames", type=int, help="stop after this many frames")
+    n.add_argument("--out", help="output folder (default: output_dir)")
+    n.set_defaults(func=cmd_nightly)
+
+    t = sub.add_parser("retrain", help="run the retrain flow once (all registered pairs)")
+    t.add_argument("--original", help="register this original first (with --starless)")
+    t.add_argument("--starless", help="its hand-made starless version")
+    t.add_argument("--steps", type=int, help="override retrain.steps")
+    t.add_argument("--force", action="store_true", help="retrain even with no new pair")
+    t.set_defaults(func=cmd_retrain)
+
+
+def _print_results(results: list[dict[str, Any]]) -> int:
+    failed = 0
+    for r in results:
+        line = f"{r['status']:9s} {r['path']}"
+        if r.get("error"):
+            line += f"  {r['error']}"
+        for kind, p in r.get("outputs", {}).items():
+            line += f"\n          {kind}: {p}"
+        print(line)
+        failed += r["status"] == "failed"
+    return 1 if failed else 0
+
+
+def _frames_in(paths: list[str], settings: Settings) -> list[str]:
+    found: list[str] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            found += [
+                str(f) for f in sorted(p.rglob("*"))
+                if f.is_file() and matches(f, settings.watch.patterns)
+            ]  # fmt: skip
+        else:
+            found.append(str(p))
+    return found
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import process_folder
+
+    paths = _frames_in(args.paths, args.settings)
+    if not paths:
+        print(f"starnet run: no frames matching {args.settings.watch.patterns} in {args.paths}")
+        return 2
+    return _print_results(process_folder(paths=paths, out_dir=args.out, config=args.config))
+
+
+def write_demo_frame(folder: Path, size_px: int, seed: int = 7) -> Path:
+    """A synthetic star field (3, size, size) float32 FITS in ``folder`` (atomic write)."""
+    import numpy as np
+    from astropy.io import fits
+
+    from starnet_core.synthetic import make_pair
+
+    original, _, scene = make_pair(np.random.default_rng(seed), size_px)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"demo_{seed}_{size_px}px.fits"
+    header = fits.Header({"OBJECT": "starnet demo", "EXPTIME": 1.0})
+    header["HISTORY"] = f"synthetic star field, seed {seed}, {len(scene.star_xy)} stars"
+    part = out.with_name(out.name + ".part")
+    fits.PrimaryHDU(original, header=header).writeto(part, overwrite=True)
+    part.replace(out)
+    return out
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.pipeline import process_frame
+
+    settings = args.settings
+    path = write_demo_frame(settings.resolve(settings.incoming_dir), args.size)
+    print(f"wrote {path}")
+    result = process_frame(path=str(path), out_dir=args.out, config=args.config)
+    return _print_results([result])
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from flows.pipeline import nightly_rerun
+
+    counts = nightly_rerun(config=args.config, out_dir=args.out, max_frames=args.max_frames)
+    print(json.dumps(counts))
+    return 1 if counts.get("failed") else 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from flows.retraining import retrain
+
+    if bool(args.original) != bool(args.starless):
+        print("starnet retrain: --original and --starless go together")
+        return 2
+    result = retrain(
+        original=args.original, starless=args.starless, config=args.config,
+        steps=args.steps, force=args.force,
+    )  # fmt: skip
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+# ---- serve ------------------------------------------------------------------------------------
+
+
+def build_deployments(settings: Settings, config: str | None) -> list[Any]:
+    """The three deployments ``starnet serve`` runs (deploy/prefect.yaml has the same for
+    work pools)."""
+    from prefect.events import DeploymentEventTrigger
+    from prefect.schedules import Cron
+
+    from flows.pipeline import nightly_rerun, process_folder, process_frame
+    from flows.retraining import retrain
+    from flows.watcher import PAIR_EVENT, PAIR_RESOURCE_PREFIX
+
+    params = {"config": str(Path(config).resolve())} if config else {}
+    p = settings.prefect
+    return [
+        process_frame.to_deployment(name=PROCESS_DEPLOYMENT, parameters=params, tags=["starnet"]),
+        process_folder.to_deployment(
+            name="starnet-process-folder", parameters=params, tags=["starnet"]
+        ),
+        nightly_rerun.to_deployment(
+            name="starnet-nightly",
+            schedules=[Cron(p.nightly_cron, timezone=p.timezone)],
+            parameters=params,
+            tags=["starnet"],
+        ),
+        retrain.to_deployment(
+            name="starnet-retrain",
+            parameters=params,
+            concurrency_limit=1,
+            tags=["starnet"],
+            triggers=[
+                DeploymentEventTrigger(
+                    expect={PAIR_EVENT},
+                    match={"prefect.resource.id": f"{PAIR_RESOURCE_PREFIX}*"},
+                    parameters={
+                        "original": "{{ event.payload.original }}",
+                        "starless": "{{ event.payload.starless }}",
+                    },
+                )
+            ],
+        ),
+    ]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from prefect import serve
+
+    from flows.pipeline import ensure_concurrency_limit, gpu_limit
+
+    settings = args.settings
+    p = settings.prefect
+    ensure_concurrency_limit(gpu_limit(settings), p.gpu_slots)
+    ensure_concurrency_limit(p.retrain_limit_name, 1)
+    serve(*build_deployments(settings, args.config), limit=p.serve_limit)
+    return 0
+
+
+# ---- watch ------------------------------------------------------------------------------------
+
+
+def submit_mode(settings: Settings, override: str | None = None) -> str:
+    """``local`` or ``deployment``: ``auto`` is deployment exactly when a Prefect API URL is
+    configured (environment or profile)."""
+    mode = override or settings.prefect.submit
+    if mode not in SUBMIT_MODES:
+        raise ValueError(f"prefect.submit: expected one of {SUBMIT_MODES}, got {mode!r}")
+    if mode == "auto":
+        from prefect.settings import PREFECT_API_URL
+
+        return "deployment" if PREFECT_API_URL.value() else "local"
+    return mode
+
+
+def submit_frames(paths: list[Path], deployment: str, out_dir: str | None) -> list[str]:
+    """One run of ``deployment`` per frame; returns the flow run ids. The idempotency key
+    (path, mtime, size) makes a resubmission of the same file version the same run."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    ids = []
+    for p in paths:
+        st = p.stat()
+        params: dict[str, Any] = {"path": str(p)}
+        if out_dir:
+            params["out_dir"] = out_dir
+        run = cast(
+            FlowRun,
+            run_deployment(
+                deployment,
+                parameters=params,
+                timeout=0,
+                idempotency_key=f"{p}:{st.st_mtime_ns}:{st.st_size}",
+            ),
+        )
+        log.info("%s: submitted flow run %s", p.name, run.id)
+        ids.append(str(run.id))
+    return ids
+
+
+def build_watcher(
+    settings: Settings,
+    *,
+    config: str | None,
+    mode: str,
+    incoming: Path | None = None,
+    training: Path | None = None,
+    out_dir: str | None = None,
+) -> Watcher:
+    """The watcher of ``starnet watch``: ``mode`` ``local`` runs the flows in this process
+    (frames in batches; a retrain after ``watch.retrain_after_pairs`` new pairs, blocking
+    the watcher meanwhile); ``deployment`` submits frame runs and emits the pair event
+    that triggers the retrain deployment."""
+    from flows.provenance import ProvenanceDB
+
+    incoming = incoming or settings.resolve(settings.incoming_dir)
+    training = training or settings.resolve(settings.training_dir)
+    target = out_dir or str(settings.resolve(settings.output_dir))
+    pending_pairs = 0
+
+    def on_frames(paths: list[Path]) -> None:
+        if mode == "deployment":
+            submit_frames(paths, settings.prefect.process_deployment, out_dir)
+            return
+        from flows.pipeline import process_folder, process_frame
+
+        if len(paths) == 1:
+            process_frame(path=str(paths[0]), out_dir=target, config=config)
+        else:
+            process_folder(paths=[str(p) for p in paths], out_dir=target, config=config)
+
+    def on_pair(pair: TrainingPair, is_new: bool) -> None:
+        nonlocal pending_pairs
+        if not is_new:
+            return
+        if mode == "deployment":  # the retrain deployment's trigger takes it from here
+            emit_pair_event(pair)
+            return
+        pending_pairs += 1
+        if pending_pairs >= settings.watch.retrain_after_pairs:
+            from flows.retraining import retrain
+
+            pending_pairs = 0
+            retrain(config=config)
+
+    return Watcher(
+        incoming=incoming,
+        db=ProvenanceDB.from_settings(settings),
+        on_frames=on_frames,
+        on_pair=on_pair,
+        training=training,
+        patterns=tuple(settings.watch.patterns),
+        stable_s=settings.watch.stable_s,
+        poll_s=settings.watch.poll_s,
+        exclude=(Path(target),),
+    )
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    settings: Settings = args.settings
+    mode = submit_mode(settings, args.submit)
+    watcher = build_watcher(
+        settings,
+        config=args.config,
+        mode=mode,
+        incoming=Path(args.incoming) if args.incoming else None,
+        training=Path(args.training) if args.training else None,
+        out_dir=args.out,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"starnet watch: {watcher.incoming} ({mode} mode); Ctrl-C stops")
+    watcher.run(stop)
+    return 0

@@ -1,0 +1,391 @@
+"""Prefect flows for the observatory: process frames, and rerun them nightly.
+
+The work is in :mod:`flows.frame` (claim, compute, finish: the same code as
+``starnet transform``); the tasks here are thin adapters around it and pass
+paths and small records only. Each frame's compute holds one slot of the
+global concurrency limit ``prefect.gpu_limit_name`` (created at start when
+missing), so flow runs on one machine never fight over its GPU. The model is
+loaded once per flow run: batch frames with :func:`process_folder` where the
+per-run start (a served run is a fresh process that imports torch) matters.
+
+Which model: with ``prefect.follow_promoted`` the promoted model of the
+provenance DB (its weights file is recorded by the ``retrain`` flow), else
+``inference.weights``. A DB with no promoted model yet promotes the first
+model it runs, so the nightly rerun has something to compare against.
+
+Every flow takes ``config`` (a config.yaml path; None: the usual lookup) so a
+deployment or a worker on another machine reads the same settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import re
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import MissingContextError
+from prefect.runtime import flow_run
+from sqlalchemy.exc import OperationalError
+
+from flows.frame import (
+    Engine,
+    FrameClaim,
+    FrameOutputs,
+    FrameResult,
+    claim_frame,
+    compute_outputs,
+    finish_frame,
+    load_engine,
+)
+from flows.provenance import ProvenanceDB
+from flows.settings import Settings, load_settings
+from starnet_core.imageio import ImageError
+
+log = logging.getLogger("starnet.pipeline")
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run logger inside a flow or task run (it reaches the UI), else the module's."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
+
+
+# ---- set-up ---------------------------------------------------------------------------------
+
+
+def ensure_concurrency_limit(name: str, slots: int) -> None:
+    """Create the global concurrency limit ``name`` with ``slots`` when it does not exist.
+
+    An existing limit is left as it is (an operator may have changed it in the UI);
+    a differing slot count is logged.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    if slots < 1:
+        raise ValueError(f"slots: expected >= 1 for concurrency limit {name!r}, got {slots!r}")
+    with get_client(sync_client=True) as client:
+        try:
+            current = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=slots)
+                )
+                _logger().info("created global concurrency limit %r with %d slot(s)", name, slots)
+            except ObjectAlreadyExists:  # another flow run created it just now
+                pass
+            return
+    if current.limit != slots:
+        _logger().warning(
+            "global concurrency limit %r has %d slot(s), config says %d; keeping %d",
+            name, current.limit, slots, current.limit,
+        )  # fmt: skip
+
+
+def gpu_limit(settings: Settings) -> str:
+    """The GPU limit's name; ``{host}`` in ``prefect.gpu_limit_name`` becomes this machine's
+    name, so that with workers on several machines each GPU has its own limit."""
+    return settings.prefect.gpu_limit_name.format(host=socket.gethostname().split(".")[0])
+
+
+def weights_path(settings: Settings) -> str:
+    """The weights file ``inference.weights`` names (the packaged one when None)."""
+    if settings.inference.weights:
+        return str(Path(settings.inference.weights).expanduser().resolve())
+    from starnet_core.model import packaged_weights
+
+    return str(packaged_weights()[0])
+
+
+def model_record(engine: Engine, path: str, **extra: Any) -> dict[str, Any]:
+    """The ``config`` a model version is registered with: its file and architecture."""
+    return {"weights_path": path, "architecture": engine.config, **extra}
+
+
+def load_run_engine(settings: Settings, db: ProvenanceDB) -> tuple[Engine, str]:
+    """The model this run uses (see the module docstring) and its weights file."""
+    promoted = db.promoted_model()
+    chosen = settings
+    if settings.prefect.follow_promoted and promoted is not None:
+        path = promoted.config.get("weights_path")
+        if path and Path(path).is_file():
+            chosen = dataclasses.replace(
+                settings, inference=dataclasses.replace(settings.inference, weights=path)
+            )
+        else:
+            _logger().warning(
+                "promoted model %s has no weights file here (%r); using inference.weights",
+                promoted.version, path,
+            )  # fmt: skip
+    path = weights_path(chosen)
+    engine = load_engine(chosen)
+    if (
+        promoted is not None
+        and chosen is not settings
+        and (engine.weights_sha256 != promoted.weights_sha256)
+    ):
+        raise ValueError(
+            f"{path}: sha256 {engine.weights_sha256} is not the promoted model "
+            f"{promoted.version}'s {promoted.weights_sha256}; the file was replaced"
+        )
+    db.register_model(
+        engine.version,
+        engine.weights_sha256,
+        model_record(engine, path),
+        status="promoted" if promoted is None else None,
+    )
+    if promoted is None:
+        _logger().info("no promoted model yet: promoted %s (%s)", engine.version, path)
+    _logger().info("model %s (%s) on %s", engine.version, engine.weights_sha256[:12], engine.device)
+    return engine, path
+
+
+# ---- tasks ----------------------------------------------------------------------------------
+
+
+def _io_error(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry only what a second try can fix: file system and database I/O."""
+    try:
+        state.result()
+    except (OSError, OperationalError):
+        return True
+    except Exception:  # any other failure is final
+        return False
+    return False
+
+
+@task(
+    name="claim", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+    retry_condition_fn=_io_error,
+)  # fmt: skip
+def claim_task(
+    path: str, settings: Settings, db: ProvenanceDB, engine: Engine, max_attempts: int | None
+) -> FrameClaim:
+    """Hash and register the frame, claim its run (process / skip / busy / exhausted)."""
+    run_id = flow_run.id
+    return claim_frame(
+        path, settings, db, engine, flow_run_id=str(run_id) if run_id else None,
+        max_attempts=max_attempts,
+    )  # fmt: skip
+
+
+@task(name="compute", cache_policy=NO_CACHE)
+def compute_task(
+    path: str, settings: Settings, engine: Engine, claim: FrameClaim, out_dir: str
+) -> FrameOutputs:
+    """Read, stretch, remove stars, write the outputs (atomically, provenance in headers)."""
+    return compute_outputs(path, settings, engine, claim, out_dir=out_dir)
+
+
+@task(
+    name="finish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2,
+    retry_condition_fn=_io_error,
+)  # fmt: skip
+def finish_task(
+    db: ProvenanceDB, claim: FrameClaim, outputs: FrameOutputs | None, error: str | None
+) -> None:
+    """Record the run's success (outputs with checksums) or its failure and reason."""
+    finish_frame(db, claim, outputs, error)
+
+
+# ---- one frame ------------------------------------------------------------------------------
+
+
+def run_frame(
+    path: str,
+    settings: Settings,
+    db: ProvenanceDB,
+    engine: Engine,
+    out_dir: str,
+    *,
+    max_attempts: int | None = None,
+) -> FrameResult:
+    """Claim -> compute (holding a GPU slot) -> finish, inside a flow run. A bad input is a
+    failed result naming the file and the reason, never an exception."""
+    try:
+        claim = claim_task(path, settings, db, engine, max_attempts)
+    except ImageError as e:
+        return FrameResult(path, "failed", None, error=str(e))
+    if claim.decision != "process":
+        status = "skipped" if claim.decision == "skip" else claim.decision
+        _logger().info("%s: %s (run %s)", path, status, claim.run_key[:12])
+        return FrameResult(claim.path, status, claim.run_key)
+    try:
+        with concurrency(gpu_limit(settings), occupy=1, strict=True):
+            db.start_run(claim.run_key)  # running from now: the wait for the slot is over
+            outputs = compute_task(path, settings, engine, claim, out_dir)
+    except (ImageError, ValueError) as e:  # bad input: record it, go on with the next frame
+        message = str(e) if isinstance(e, ImageError) else f"{path}: {e}"
+        finish_task(db, claim, None, message)
+        _logger().error("%s", message)
+        create_markdown_artifact(
+            markdown=f"### {Path(path).name}: failed\n\n```\n{message}\n```",
+            key=artifact_key("failed", path, claim.sha256),
+            description=f"{Path(path).name}: failed",
+        )
+        return FrameResult(claim.path, "failed", claim.run_key, error=message)
+    except BaseException as e:  # crash or cancel: the run is failed, then re-raised
+        finish_frame(db, claim, None, f"{path}: interrupted: {type(e).__name__}: {e}")
+        raise
+    finish_task(db, claim, outputs, None)
+    publish_frame_artifacts(claim, outputs)
+    return FrameResult(
+        claim.path, "succeeded", claim.run_key, outputs.outputs, outputs.timings_s,
+        outputs.figures,
+    )  # fmt: skip
+
+
+def artifact_key(prefix: str, path: str, sha256: str) -> str:
+    """``prefix-<file stem>-<sha256[:8]>`` in the characters Prefect allows in keys."""
+    stem = re.sub(r"[^a-z0-9]+", "-", Path(path).name.lower()).strip("-")[:40]
+    return f"{prefix}-{stem}-{sha256[:8]}"
+
+
+def frame_table(claim: FrameClaim, outputs: FrameOutputs) -> list[dict[str, str]]:
+    """The rows of a frame's figures table: figures, timings, file sizes."""
+    rows = [{"figure": "input", "value": claim.path}, {"figure": "sha256", "value": claim.sha256}]
+    rows.append({"figure": "run_key", "value": claim.run_key})
+    rows.append({"figure": "attempt", "value": str(claim.attempt)})
+    for k, v in outputs.figures.items():
+        rows.append({"figure": k, "value": f"{v:.6g}" if isinstance(v, float) else str(v)})
+    for k, v in outputs.timings_s.items():
+        rows.append({"figure": f"time_{k}_s", "value": f"{v:.3f}"})
+    for kind, p in outputs.outputs.items():
+        size = Path(p).stat().st_size
+        rows.append({"figure": f"{kind}_bytes", "value": str(size)})
+    return rows
+
+
+def publish_frame_artifacts(claim: FrameClaim, outputs: FrameOutputs) -> None:
+    """A markdown preview (before | starless | mask) and a table of the frame's figures."""
+    name = Path(claim.path).name
+    lines = [f"### {name}", "", "before | starless | star mask", ""]
+    if outputs.thumbnail_jpeg:
+        data = base64.b64encode(outputs.thumbnail_jpeg).decode("ascii")
+        lines.append(f"![before, starless, mask of {name}](data:image/jpeg;base64,{data})")
+    lines += ["", "| output | path |", "|---|---|"]
+    lines += [f"| {kind} | `{p}` |" for kind, p in outputs.outputs.items()]
+    create_markdown_artifact(
+        markdown="\n".join(lines),
+        key=artifact_key("preview", claim.path, claim.sha256),
+        description=f"{name}: before | starless | mask",
+    )
+    create_table_artifact(
+        table=frame_table(claim, outputs),
+        key=artifact_key("figures", claim.path, claim.sha256),
+        description=f"{name}: figures of run {claim.run_key[:12]}",
+    )
+
+
+# ---- flows ----------------------------------------------------------------------------------
+
+
+def _frames(
+    paths: Sequence[str], settings: Settings, out_dir: str | None, max_attempts: int | None
+) -> list[FrameResult]:
+    ensure_concurrency_limit(gpu_limit(settings), settings.prefect.gpu_slots)
+    db = ProvenanceDB.from_settings(settings)
+    engine, _ = load_run_engine(settings, db)
+    target = out_dir or str(settings.resolve(settings.output_dir))
+    return [run_frame(p, settings, db, engine, target, max_attempts=max_attempts) for p in paths]
+
+
+def _frame_run_name() -> str:
+    return Path(str(flow_run.parameters.get("path", "frame"))).name
+
+
+@flow(name="process-frame", flow_run_name=_frame_run_name, log_prints=False)
+def process_frame(
+    path: str, out_dir: str | None = None, config: str | None = None
+) -> dict[str, Any]:
+    """Remove the stars from one frame; outputs go to ``out_dir`` (default: output_dir)."""
+    settings = load_settings(config)
+    (result,) = _frames([path], settings, out_dir, settings.prefect.max_attempts)
+    return dataclasses.asdict(result)
+
+
+@flow(name="process-folder", log_prints=False)
+def process_folder(
+    paths: list[str], out_dir: str | None = None, config: str | None = None
+) -> list[dict[str, Any]]:
+    """Several frames in one run: the model loads once (a served run is a fresh process)."""
+    settings = load_settings(config)
+    results = _frames(paths, settings, out_dir, settings.prefect.max_attempts)
+    if len(results) > 1:
+        create_table_artifact(table=_summary_rows(results), description="frames of this run")
+    return [dataclasses.asdict(r) for r in results]
+
+
+def _summary_rows(results: Sequence[FrameResult]) -> list[dict[str, str]]:
+    return [
+        {
+            "frame": Path(r.path).name,
+            "status": r.status,
+            "model": str(r.figures.get("model_version", "")),
+            "seconds": f"{sum(r.timings_s.values()):.2f}" if r.timings_s else "",
+            "error": r.error or "",
+        }
+        for r in results
+    ]
+
+
+@flow(name="nightly-rerun", log_prints=False)
+def nightly_rerun(
+    config: str | None = None, out_dir: str | None = None, max_frames: int | None = None
+) -> dict[str, int]:
+    """Reprocess every frame the current model has not made yet (frames an older model made,
+    frames never processed) and retry failed ones below ``prefect.max_attempts``."""
+    logger = get_run_logger()
+    settings = load_settings(config)
+    ensure_concurrency_limit(gpu_limit(settings), settings.prefect.gpu_slots)
+    db = ProvenanceDB.from_settings(settings)
+    engine, _ = load_run_engine(settings, db)
+    max_attempts = settings.prefect.max_attempts
+    frames = db.frames_needing_rerun(engine.version, max_attempts=max_attempts)
+    frames = frames[:max_frames] if max_frames is not None else frames
+    logger.info("%d frame(s) to rerun with model %s", len(frames), engine.version)
+    target = out_dir or str(settings.resolve(settings.output_dir))
+    progress = cast(
+        UUID,
+        create_progress_artifact(
+            0.0, key="nightly-rerun-progress", description=f"frames rerun with {engine.version}"
+        ),
+    )
+    results = []
+    for i, frame in enumerate(frames, 1):
+        results.append(
+            run_frame(frame.path, settings, db, engine, target, max_attempts=max_attempts)
+        )
+        update_progress_artifact(progress, 100.0 * i / len(frames))
+    if not frames:
+        update_progress_artifact(progress, 100.0)
+    counts: dict[str, int] = {"frames": len(results)}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    create_table_artifact(
+        table=_summary_rows(results) or [{"frame": "-", "status": "nothing to rerun"}],
+        key="nightly-rerun-summary",
+        description=f"nightly rerun with {engine.version}: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items()),
+    )
+    return counts

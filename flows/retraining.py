@@ -1,0 +1,290 @@
+"""The ``retrain`` flow: fine-tune the model on the registered training pairs, evaluate,
+register the candidate, promote it when it is better.
+
+Triggered by the event ``starnet.training.pair.added`` (the watcher emits it for
+each complete pair in ``training/original`` + ``training/starless``), or run by
+hand (``starnet retrain``). One retrain at a time: the global concurrency limit
+``prefect.retrain_limit_name`` (1 slot) is held for the whole run, so a burst of
+pairs queues retrains, and a retrain that finds no pair newer than the last
+retrained model returns at once.
+
+Fine-tuning starts from the model the pipeline runs now (the promoted one) and
+mixes crops of the training pairs with synthetic ones (``retrain.real_ratio``)
+so the model does not forget what the pairs do not show. Evaluation compares
+candidate and parent on held-out synthetic scenes (a seed never used for
+training) and, when ``retrain.validation_dir`` is set, on real validation
+pairs. Promotion policy (``retrain.promote``): ``better`` promotes when the
+decisive PSNR (validation pairs when configured, else the synthetic scenes)
+gains at least ``retrain.min_gain_db`` and the synthetic PSNR does not drop by
+more than that; ``always``; ``never`` (register only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from flows.frame import tile_options
+from flows.pipeline import ensure_concurrency_limit, load_run_engine, model_record
+from flows.provenance import ProvenanceDB, TrainingPair
+from flows.settings import RetrainSettings, Settings, load_settings
+
+PROMOTE_POLICIES = ("better", "always", "never")
+
+
+def train_config(r: RetrainSettings, architecture: dict[str, Any]) -> Any:
+    """The :class:`starnet_core.train.TrainConfig` of a fine-tune: short, L1 only.
+
+    The adversarial and perceptual terms stay off: the weights file holds no
+    discriminator, and a fresh one says nothing useful in a few hundred steps
+    (``gan_start_step`` beyond the end also keeps its warm-up steps from running).
+    """
+    from starnet_core.model import ModelConfig
+    from starnet_core.train import TrainConfig
+
+    return TrainConfig(
+        steps=r.steps,
+        batch_size=r.batch_size,
+        crop_px=r.crop_px,
+        lr=r.lr,
+        lr_min=r.lr / 10,
+        warmup_steps=max(1, min(50, r.steps // 10)),
+        pool_size=r.pool_size,
+        real_ratio=r.real_ratio,
+        w_percep=0.0,
+        w_gan=0.0,
+        gan_start_step=r.steps + 10_000,
+        log_every=max(1, r.steps // 20),
+        checkpoint_every=r.steps,
+        threads=r.threads,
+        model=ModelConfig.from_json(json.dumps(architecture)),
+    )
+
+
+def read_pairs(pairs: list[TrainingPair]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The pairs' images, stretched ``(C, H, W)`` float32, read the way ``starnet train``
+    reads a pair folder (a temporary folder of links to the registered files)."""
+    from starnet_core.train import read_pair_folder
+
+    with tempfile.TemporaryDirectory(prefix="starnet-pairs-") as tmp:
+        root = Path(tmp)
+        for side in ("original", "starless"):
+            (root / side).mkdir()
+        for p in pairs:
+            name = f"{p.id:06d}_{Path(p.original_path).name}"
+            (root / "original" / name).symlink_to(p.original_path)
+            (root / "starless" / name).symlink_to(p.starless_path)
+        return read_pair_folder(root)
+
+
+@task(name="fine-tune", cache_policy=NO_CACHE)
+def fine_tune(
+    pairs: list[TrainingPair], parent_weights: str, out_path: str, version: str, r: RetrainSettings
+) -> dict[str, Any]:
+    """Fine-tune ``parent_weights`` on ``pairs``; writes the candidate to ``out_path``."""
+    from starnet_core.model import load_weights
+    from starnet_core.train import export_generator, train
+
+    logger = get_run_logger()
+    model, info = load_weights(parent_weights)
+    cfg = train_config(r, dataclasses.asdict(info.config))
+    file_pairs = read_pairs(pairs)
+    logger.info("fine-tuning %s on %d pair(s), %d steps", info.version, len(file_pairs), cfg.steps)
+    progress = cast(UUID, create_progress_artifact(0.0, description=f"fine-tuning {version}"))
+    last: dict[str, float] = {}
+
+    def on_log(record: dict[str, float]) -> None:
+        last.update(record)
+        update_progress_artifact(progress, 100.0 * record["step"] / cfg.steps)
+
+    run_dir = Path(out_path).with_suffix(".run")
+    state = train(
+        cfg, run_dir, file_pairs=file_pairs, synthetic=cfg.real_ratio < 1.0, init=model,
+        resume=False, on_log=on_log,
+    )  # fmt: skip
+    sha = export_generator(
+        state, Path(out_path), version, {"parent": info.version, "recipe": cfg.to_json()}
+    )
+    shutil.rmtree(run_dir, ignore_errors=True)  # the checkpoint: D and optimiser states
+    return {"weights_sha256": sha, "train": {k: float(v) for k, v in last.items()}}
+
+
+def _scores(
+    model: Any, items: list[tuple[np.ndarray, np.ndarray, Any]], settings: Settings
+) -> dict[str, float]:
+    from starnet_core.inference import remove_stars
+    from starnet_core.metrics import background_mask, psnr, residual_star_flux
+
+    whole, background, left = [], [], []
+    for original, truth, scene in items:
+        out = remove_stars(model, original, tile_options(settings))
+        whole.append(psnr(out, truth))
+        bg = psnr(out, truth, background_mask(original, truth, scene))
+        if math.isfinite(bg):
+            background.append(bg)
+        if scene is not None and len(scene.star_xy):
+            flux = residual_star_flux(
+                original, out, truth, scene.star_xy, max(2.0, 1.5 * scene.fwhm_px)
+            )
+            left.extend(flux[np.isfinite(flux)].tolist())
+    scores = {"psnr_db": float(np.mean(whole)) if whole else float("nan")}
+    scores["background_psnr_db"] = float(np.mean(background)) if background else float("nan")
+    if left:
+        scores["residual_star_flux_median"] = float(np.median(left))
+    return scores
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(weights: dict[str, str], settings: Settings) -> dict[str, dict[str, float]]:
+    """Scores of each named weights file on the held-out synthetic scenes (``synthetic_*``)
+    and the validation pairs (``validation_*``, when configured)."""
+    from starnet_core.model import load_weights
+    from starnet_core.synthetic import make_pair
+    from starnet_core.train import read_pair_folder
+
+    r = settings.retrain
+    rng = np.random.default_rng(r.eval_seed)
+    scenes = [make_pair(rng, r.eval_size_px) for _ in range(r.eval_scenes)]
+    synthetic = [(o, c, s) for o, c, s in scenes]
+    validation: list[tuple[np.ndarray, np.ndarray, Any]] = []
+    if r.validation_dir:
+        validation = [(o, c, None) for o, c in read_pair_folder(settings.resolve(r.validation_dir))]
+    out: dict[str, dict[str, float]] = {}
+    for name, path in weights.items():
+        model, _ = load_weights(path)
+        scores = {f"synthetic_{k}": v for k, v in _scores(model, synthetic, settings).items()}
+        if validation:
+            scores |= {
+                f"validation_{k}": v for k, v in _scores(model, validation, settings).items()
+            }
+        out[name] = scores
+    return out
+
+
+def promotion(
+    r: RetrainSettings, candidate: dict[str, float], parent: dict[str, float]
+) -> tuple[bool, str]:
+    """Whether the candidate is promoted under ``r.promote``, and why."""
+    if r.promote not in PROMOTE_POLICIES:
+        raise ValueError(f"retrain.promote: expected one of {PROMOTE_POLICIES}, got {r.promote!r}")
+    if r.promote != "better":
+        return r.promote == "always", f"policy {r.promote!r}"
+    key = "validation_psnr_db" if "validation_psnr_db" in candidate else "synthetic_psnr_db"
+    gain = candidate[key] - parent[key]
+    synthetic_gain = candidate["synthetic_psnr_db"] - parent["synthetic_psnr_db"]
+    if not gain >= r.min_gain_db:
+        return False, f"{key} gain {gain:+.3f} dB < {r.min_gain_db} dB"
+    if synthetic_gain < -r.min_gain_db:
+        return False, f"synthetic PSNR fell {synthetic_gain:+.3f} dB"
+    return True, f"{key} gain {gain:+.3f} dB"
+
+
+def candidate_version(parent: str, now: datetime) -> str:
+    """``<parent base>+ft.<UTC time>``: new weights always get a new version."""
+    base = parent.split("+ft.")[0][:40]
+    return f"{base}+ft.{now:%Y%m%d.%H%M%S}"
+
+
+def register_folder_pairs(settings: Settings, db: ProvenanceDB) -> int:
+    """Register every complete pair in the training folder (catch-up); returns how many new."""
+    root = settings.resolve(settings.training_dir)
+    originals = root / "original"
+    if not originals.is_dir():
+        return 0
+    new = 0
+    for o in sorted(originals.iterdir()):
+        s = root / "starless" / o.name
+        if o.is_file() and not o.name.startswith(".") and s.is_file():
+            new += db.add_training_pair(o, s)[1]
+    return new
+
+
+@flow(name="retrain", log_prints=False)
+def retrain(
+    original: str | None = None,
+    starless: str | None = None,
+    config: str | None = None,
+    steps: int | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Fine-tune on every registered training pair (``original`` + ``starless``: register
+    that pair first), evaluate against the current model, register, maybe promote."""
+    logger = get_run_logger()
+    settings = load_settings(config)
+    if steps is not None:
+        settings = dataclasses.replace(
+            settings, retrain=dataclasses.replace(settings.retrain, steps=steps)
+        )
+    name = settings.prefect.retrain_limit_name
+    ensure_concurrency_limit(name, 1)
+    with concurrency(name, occupy=1, strict=True):
+        db = ProvenanceDB.from_settings(settings)
+        if original and starless:
+            db.add_training_pair(original, starless)
+        register_folder_pairs(settings, db)
+        pairs = db.list_training_pairs()
+        if not pairs:
+            logger.info("no training pairs registered: nothing to do")
+            return {"status": "no-pairs"}
+        ids = {p.id for p in pairs}
+        trained = [m for m in db.list_models() if m.training_pair_ids]
+        if trained and ids <= set(trained[-1].training_pair_ids) and not force:
+            logger.info("no pair newer than model %s: nothing to do", trained[-1].version)
+            return {"status": "up-to-date", "model": trained[-1].version}
+        engine, parent_path = load_run_engine(settings, db)
+        version = candidate_version(engine.version, datetime.now(UTC))
+        models_dir = settings.resolve("models")
+        models_dir.mkdir(parents=True, exist_ok=True)
+        out_path = models_dir / f"{version}.safetensors"
+        trained_info = fine_tune(pairs, parent_path, str(out_path), version, settings.retrain)
+        scores = evaluate({"candidate": str(out_path), "parent": parent_path}, settings)
+        promote, why = promotion(settings.retrain, scores["candidate"], scores["parent"])
+        benchmark: dict[str, Any] = {"candidate": scores["candidate"], "parent": scores["parent"]}
+        benchmark |= {"train": trained_info["train"], "decision": why}
+        db.register_model(
+            version,
+            trained_info["weights_sha256"],
+            model_record(engine, str(out_path), recipe=dataclasses.asdict(settings.retrain)),
+            parent=engine.version,
+            benchmark=benchmark,
+            training_pair_ids=sorted(ids),
+        )
+        if promote:
+            db.promote(version)
+        logger.info("candidate %s %s (%s)", version, "promoted" if promote else "kept", why)
+        create_table_artifact(
+            table=[
+                {"figure": k, "parent": f"{scores['parent'].get(k, float('nan')):.3f}",
+                 "candidate": f"{v:.3f}"}
+                for k, v in scores["candidate"].items()
+            ] + [{"figure": "decision", "parent": engine.version,
+                  "candidate": f"{version}: {'promoted' if promote else 'candidate'} ({why})"}],
+            key="retrain-evaluation",
+            description=f"{version} vs {engine.version} on {len(pairs)} pair(s)",
+        )  # fmt: skip
+        return {
+            "status": "promoted" if promote else "candidate",
+            "version": version,
+            "parent": engine.version,
+            "weights": str(out_path),
+            "pairs": len(pairs),
+            "scores": scores,
+            "decision": why,
+        }

@@ -1,0 +1,311 @@
+"""The folder watcher: new frames in ``incoming/`` and new pairs in the training folder.
+
+A file counts only once it is complete: its size and mtime stayed the same for
+``watch.stable_s`` and it can be opened. Uploaders that write ``x.fits.part``
+and rename it are seen through ``on_moved`` (the ``.part`` name itself matches
+no pattern). Files that arrived while the watcher was down are found by a scan
+at start (watchdog reports only changes).
+
+Frames are deduplicated by content: a file whose sha256 already has a
+succeeded run in the provenance DB, or that this watcher dispatched already,
+is not dispatched again (the nightly rerun takes care of newer models). The
+flow's own claim is the final guard, so two watchers on one folder are safe.
+
+Training pairs are ``training/original/X`` + ``training/starless/X`` (identical
+names). A complete pair is registered in the DB and announced with the Prefect
+event ``starnet.training.pair.added`` (the retrain deployment's trigger).
+
+What a ready frame or pair sets off is up to the caller (``on_frames``,
+``on_pair``): :func:`flows.cli_pipeline.cmd_watch` runs the flows in-process
+or submits deployment runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from flows.provenance import ProvenanceDB, TrainingPair, sha256_file
+
+log = logging.getLogger("starnet.watch")
+
+PAIR_EVENT = "starnet.training.pair.added"
+PAIR_RESOURCE_PREFIX = "starnet.training.pair."
+
+
+def matches(path: Path, patterns: Iterable[str]) -> bool:
+    """Whether ``path``'s name matches one of the glob ``patterns`` (case-insensitive);
+    hidden names (``.x``, editors' and rsync's temporaries) never match."""
+    name = path.name.lower()
+    return not name.startswith(".") and any(fnmatch.fnmatch(name, p.lower()) for p in patterns)
+
+
+@dataclass
+class _Seen:
+    size: int
+    mtime_ns: int
+    since: float  # monotonic time the (size, mtime) pair was first seen
+
+
+class CompletionTracker:
+    """Decides when a file is complete: same size and mtime for ``stable_s``, readable.
+
+    Not thread-safe: the watcher loop owns it; watchdog threads only post paths.
+    """
+
+    def __init__(self, stable_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if stable_s < 0:
+            raise ValueError(f"stable_s: expected >= 0, got {stable_s!r}")
+        self.stable_s = stable_s
+        self.clock = clock
+        self.pending: dict[Path, _Seen | None] = {}
+
+    def note(self, path: Path) -> None:
+        """``path`` changed (or was found): watch it until it is stable."""
+        self.pending[path] = None
+
+    def ready(self) -> list[Path]:
+        """The pending files that are complete now (they stop being pending)."""
+        now = self.clock()
+        done = []
+        for path, seen in list(self.pending.items()):
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # renamed away or deleted: its new name has its own event
+                del self.pending[path]
+                continue
+            if seen is None or (st.st_size, st.st_mtime_ns) != (seen.size, seen.mtime_ns):
+                self.pending[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+                if self.stable_s > 0:
+                    continue
+                seen = self.pending[path]
+            assert seen is not None
+            if st.st_size == 0 or now - seen.since < self.stable_s or not _readable(path):
+                continue
+            del self.pending[path]
+            done.append(path)
+        return sorted(done)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as e:
+        log.debug("%s: not readable yet (%s)", path, e)
+        return False
+    return True
+
+
+class _Post(FileSystemEventHandler):
+    """Forwards every created/modified/moved file path to the loop's queue."""
+
+    def __init__(self, inbox: queue.SimpleQueue[Path]) -> None:
+        self.inbox = inbox
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):
+            return
+        target = event.dest_path if event.event_type == "moved" else event.src_path
+        if target:
+            self.inbox.put(Path(str(target)))
+
+
+@dataclass
+class Watcher:
+    """Watches ``incoming`` (recursively) and ``training`` (``original/`` + ``starless/``).
+
+    ``on_frames(paths)`` gets each batch of complete, new frames; ``on_pair(pair, is_new)``
+    each complete training pair after it was registered in ``db``. Paths under
+    ``exclude`` (the output folder, when it lies inside ``incoming``) are ignored.
+    """
+
+    incoming: Path
+    db: ProvenanceDB
+    on_frames: Callable[[list[Path]], None]
+    on_pair: Callable[[TrainingPair, bool], None] | None = None
+    training: Path | None = None
+    patterns: tuple[str, ...] = ("*.fits", "*.fit", "*.fts", "*.fits.gz", "*.fz", "*.tif", "*.tiff")
+    stable_s: float = 2.0
+    poll_s: float = 0.5
+    retry_s: float = 30.0  # after a failed dispatch
+    exclude: tuple[Path, ...] = ()
+    clock: Callable[[], float] = time.monotonic
+    dispatched: set[str] = field(default_factory=set)  # sha256 handed on by this watcher
+    inbox: queue.SimpleQueue[Path] = field(default_factory=queue.SimpleQueue)
+
+    def __post_init__(self) -> None:
+        if self.poll_s <= 0:
+            raise ValueError(f"poll_s: expected > 0, got {self.poll_s!r}")
+        self.incoming = self.incoming.expanduser().resolve()
+        if self.training is not None:
+            self.training = self.training.expanduser().resolve()
+        self.exclude = tuple(p.expanduser().resolve() for p in self.exclude)
+        self.tracker = CompletionTracker(self.stable_s, self.clock)
+        self.training_done: set[Path] = set()
+        self.frame_digest: dict[Path, str] = {}  # frames of the batch being dispatched
+        self.retry_at: dict[Path, float] = {}
+
+    # ---- classification --------------------------------------------------------------
+
+    def _pair_side(self, path: Path) -> str | None:
+        """``original`` / ``starless`` for a training image, else None."""
+        if self.training is None or path.parent.parent != self.training:
+            return None
+        side = path.parent.name
+        return side if side in ("original", "starless") else None
+
+    def _wanted(self, path: Path) -> bool:
+        if not matches(path, self.patterns):
+            return False
+        if self._pair_side(path) is not None:
+            return True
+        if any(path.is_relative_to(e) for e in self.exclude):
+            return False
+        return path.is_relative_to(self.incoming)
+
+    # ---- one step --------------------------------------------------------------------
+
+    def scan(self) -> int:
+        """Note every existing file (catch-up after downtime); returns how many."""
+        roots = [self.incoming]
+        if self.training is not None:
+            roots += [self.training / "original", self.training / "starless"]
+        n = 0
+        for root in roots:
+            if not root.is_dir():
+                continue
+            for p in sorted(root.rglob("*")):
+                if p.is_file() and self._wanted(p):
+                    self.tracker.note(p)
+                    n += 1
+        log.info("scan: %d file(s) already in %s", n, ", ".join(str(r) for r in roots))
+        return n
+
+    def step(self) -> list[Path]:
+        """Take the queued events, then hand on what became complete; returns the frames
+        dispatched."""
+        while True:
+            try:
+                p = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            p = p.resolve()
+            if self._wanted(p):
+                self.tracker.note(p)
+        now = self.clock()
+        for p, t in list(self.retry_at.items()):
+            if t <= now:
+                del self.retry_at[p]
+                self.tracker.note(p)
+        frames: list[Path] = []
+        for p in self.tracker.ready():
+            if self._pair_side(p) is not None:
+                self._training_file(p)
+            elif self._new_frame(p):
+                frames.append(p)
+        if frames:
+            log.info("dispatching %d frame(s): %s", len(frames), ", ".join(p.name for p in frames))
+            try:
+                self.on_frames(frames)
+            except Exception:  # API down, flow crashed: try these again later
+                log.exception("dispatch failed; retrying in %.0f s", self.retry_s)
+                for p in frames:
+                    self.dispatched.discard(self.frame_digest.pop(p))
+                    self.retry_at[p] = self.clock() + self.retry_s
+                return []
+            for p in frames:
+                del self.frame_digest[p]
+        return frames
+
+    def _new_frame(self, path: Path) -> bool:
+        try:
+            digest = sha256_file(path)
+        except OSError as e:  # vanished or unreadable between the checks
+            log.warning("%s: cannot hash (%s); skipped until it changes again", path, e)
+            return False
+        if digest in self.dispatched:
+            log.info(
+                "%s: same content as a frame already dispatched (%s); skipped", path, digest[:12]
+            )
+            return False
+        self.dispatched.add(digest)
+        self.frame_digest[path] = digest
+        if self.db.is_known_input(digest) and self.db.list_runs(
+            status="succeeded", frame_sha256=digest, limit=1
+        ):
+            log.info("%s: already processed (sha256 %s); skipped", path, digest[:12])
+            return False
+        return True
+
+    def _training_file(self, path: Path) -> None:
+        assert self.training is not None
+        self.training_done.add(path)
+        side = self._pair_side(path)
+        other = self.training / ("starless" if side == "original" else "original") / path.name
+        if other not in self.training_done:
+            log.info("training: %s waits for its partner %s", path, other)
+            return
+        original, starless = (path, other) if side == "original" else (other, path)
+        pair, is_new = self.db.add_training_pair(original, starless)
+        log.info("training pair %d %s (%s)", pair.id, path.name, "new" if is_new else "known")
+        if self.on_pair is not None:
+            self.on_pair(pair, is_new)
+
+    # ---- the loop --------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch until ``stop`` is set. A failing dispatch is logged and the loop goes on."""
+        observer = Observer()
+        handler = _Post(self.inbox)
+        for folder in self._folders():
+            folder.mkdir(parents=True, exist_ok=True)
+            observer.schedule(handler, str(folder), recursive=True)
+        observer.start()
+        try:
+            self.scan()
+            log.info("watching %s", ", ".join(str(f) for f in self._folders()))
+            while not stop.is_set():
+                try:
+                    self.step()
+                except Exception:  # e.g. the DB is unreachable: the watcher outlives it
+                    log.exception("watch step failed; the watcher goes on")
+                stop.wait(self.poll_s)
+        finally:
+            observer.stop()
+            observer.join(timeout=5)
+
+    def _folders(self) -> list[Path]:
+        folders = [self.incoming]
+        if self.training is not None:
+            folders += [self.training / "original", self.training / "starless"]
+        return folders
+
+
+def emit_pair_event(pair: TrainingPair) -> None:
+    """Announce a new training pair: ``starnet.training.pair.added`` on resource
+    ``starnet.training.pair.<id>`` with both paths in the payload."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event=PAIR_EVENT,
+        resource={
+            "prefect.resource.id": f"{PAIR_RESOURCE_PREFIX}{pair.id}",
+            "prefect.resource.name": Path(pair.original_path).name,
+        },
+        payload={
+            "original": pair.original_path,
+            "starless": pair.starless_path,
+            "pair_id": pair.id,
+        },
+    )
+    log.info("event %s for pair %d", PAIR_EVENT, pair.id)

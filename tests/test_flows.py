@@ -1,0 +1,198 @@
+"""The Prefect flows: task logic through ``.fn()``, then end to end on the test harness."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect_fixtures import PipelineEnv, save_tiny_model, write_fits
+
+from flows.frame import load_engine
+from flows.pipeline import artifact_key, claim_task, load_run_engine
+from flows.provenance import ProvenanceDB
+from flows.retraining import candidate_version, promotion
+from flows.settings import RetrainSettings, load_settings
+
+# ---- task logic, no Prefect engine ---------------------------------------------------------
+
+
+def test_claim_task_logic(pipeline_env: PipelineEnv) -> None:
+    settings = pipeline_env.settings
+    db = ProvenanceDB.from_settings(settings)
+    engine = load_engine(settings)
+    frame = write_fits(pipeline_env.incoming / "a.fits")
+    first = claim_task.fn(str(frame), settings, db, engine, None)
+    second = claim_task.fn(str(frame), settings, db, engine, None)
+    assert (first.decision, second.decision) == ("process", "busy")
+    assert first.run_key == second.run_key and first.sha256 == db.list_runs()[0].frame_sha256
+
+
+def test_run_engine_bootstraps_then_follows_the_promoted_model(pipeline_env: PipelineEnv) -> None:
+    settings = pipeline_env.settings
+    db = ProvenanceDB.from_settings(settings)
+    engine, path = load_run_engine(settings, db)
+    assert (engine.version, path) == ("tiny-a", str(pipeline_env.weights))
+    assert db.promoted_model().version == "tiny-a"  # type: ignore[union-attr]
+    b = pipeline_env.root / "models" / "tiny-b.safetensors"
+    sha = save_tiny_model(b, "tiny-b", seed=1)
+    db.register_model("tiny-b", sha, {"weights_path": str(b)}, status="promoted")
+    engine, path = load_run_engine(settings, db)
+    assert (engine.version, path) == ("tiny-b", str(b))
+    b.write_bytes(b.read_bytes()[:-8] + b"\0" * 8)  # replaced behind the DB's back
+    with pytest.raises(ValueError, match="is not the promoted model tiny-b"):
+        load_run_engine(settings, db)
+
+
+def test_artifact_keys_are_valid() -> None:
+    key = artifact_key("preview", "/data/incoming/M 42_Ha.FITS", "ab" * 32)
+    assert key == "preview-m-42-ha-fits-abababab"
+    assert re.fullmatch(r"[a-z0-9-]+", key)
+
+
+def test_promotion_policy() -> None:
+    r = RetrainSettings(promote="better", min_gain_db=0.5)
+    parent = {"synthetic_psnr_db": 30.0}
+    assert promotion(r, {"synthetic_psnr_db": 31.0}, parent)[0]
+    assert not promotion(r, {"synthetic_psnr_db": 30.2}, parent)[0]
+    val_parent = {"synthetic_psnr_db": 30.0, "validation_psnr_db": 20.0}
+    ok, why = promotion(r, {"synthetic_psnr_db": 30.0, "validation_psnr_db": 21.0}, val_parent)
+    assert ok and "validation" in why
+    forgot = {"synthetic_psnr_db": 28.0, "validation_psnr_db": 21.0}
+    assert not promotion(r, forgot, val_parent)[0]
+    assert not promotion(RetrainSettings(promote="never"), {"synthetic_psnr_db": 99.0}, parent)[0]
+    with pytest.raises(ValueError, match="retrain.promote"):
+        promotion(RetrainSettings(promote="sometimes"), parent, parent)
+
+
+def test_candidate_version_does_not_grow() -> None:
+    from datetime import UTC, datetime
+
+    t = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    v = candidate_version("1.0.0+ft.20240101.000000", t)
+    assert v == "1.0.0+ft.20250102.030405"
+
+
+def test_deployments_carry_schedule_trigger_and_limits(pipeline_env: PipelineEnv) -> None:
+    from flows.cli_pipeline import build_deployments, submit_mode
+
+    deps = {d.name: d for d in build_deployments(pipeline_env.settings, pipeline_env.config)}
+    assert set(deps) == {
+        "starnet-process-frame", "starnet-process-folder", "starnet-nightly", "starnet-retrain"
+    }  # fmt: skip
+    nightly = deps["starnet-nightly"].schedules[0].schedule
+    assert (nightly.cron, nightly.timezone) == ("0 3 * * *", "UTC")
+    trigger = deps["starnet-retrain"].triggers[0]
+    assert trigger.expect == {"starnet.training.pair.added"}
+    assert deps["starnet-process-frame"].parameters == {"config": pipeline_env.config}
+    assert submit_mode(pipeline_env.settings, "local") == "local"
+
+
+# ---- end to end on the harness -------------------------------------------------------------
+
+
+def _config(env: PipelineEnv, **sections: dict[str, Any]) -> str:
+    raw = yaml.safe_load(Path(env.config).read_text(encoding="utf-8"))
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    path = env.root / "config-variant.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return str(path)
+
+
+def _artifacts(flow_run_id: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_process_frame_outputs_db_rows_artifacts_and_skip(pipeline_env: PipelineEnv) -> None:
+    from flows.pipeline import process_frame
+
+    env = pipeline_env
+    frame = write_fits(env.incoming / "M42.fits")
+    state = process_frame(path=str(frame), config=env.config, return_state=True)
+    result = state.result()
+    assert result["status"] == "succeeded", result
+    assert Path(result["outputs"]["starless"]).parent == env.outputs
+    db = ProvenanceDB.from_settings(env.settings)
+    (run,) = db.list_runs()
+    assert run.status == "succeeded" and run.model_version == "tiny-a"
+    assert run.flow_run_id == str(state.state_details.flow_run_id)
+    arts = {a.type: a for a in _artifacts(state.state_details.flow_run_id)}
+    assert set(arts) == {"markdown", "table"}
+    uri = re.search(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", arts["markdown"].data).group(1)
+    assert base64.b64decode(uri)[:2] == b"\xff\xd8" and len(uri) < 40_000
+    figures = {row["figure"] for row in json.loads(arts["table"].data)}
+    assert {"model_version", "star_layer_mean", "time_remove_stars_s", "starless_bytes"} <= figures
+    again = process_frame(path=str(frame), config=env.config)
+    assert again["status"] == "skipped"
+    assert len(db.list_runs()) == 1
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_bad_frame_is_a_failed_run_not_a_crash(pipeline_env: PipelineEnv) -> None:
+    from flows.pipeline import process_folder
+
+    env = pipeline_env
+    bad = env.incoming / "broken.fits"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"SIMPLE  = this is not a FITS file" + b" " * 3000)
+    good = write_fits(env.incoming / "good.fits")
+    results = process_folder(paths=[str(bad), str(good)], config=env.config)
+    assert [r["status"] for r in results] == ["failed", "succeeded"]
+    assert "broken.fits" in results[0]["error"]
+    db = ProvenanceDB.from_settings(env.settings)
+    failed = db.list_runs(status="failed")
+    assert len(failed) == 1 and "broken.fits" in (failed[0].error or "")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_nightly_reruns_retired_models_frames_and_bounds_retries(pipeline_env: PipelineEnv) -> None:
+    from flows.pipeline import nightly_rerun, process_folder
+
+    env = pipeline_env
+    config = _config(env, prefect={"max_attempts": 2})
+    good = write_fits(env.incoming / "old.fits")
+    bad = env.incoming / "bad.fits"
+    bad.write_bytes(b"not an image at all")
+    process_folder(paths=[str(good), str(bad)], config=config)
+    db = ProvenanceDB.from_settings(load_settings(config))
+    b = env.root / "models" / "tiny-b.safetensors"
+    db.register_model("tiny-b", save_tiny_model(b, "tiny-b", seed=1), {"weights_path": str(b)})
+    db.promote("tiny-b")  # tiny-a, which made old.fits, is retired
+    first = nightly_rerun(config=config)
+    assert first == {"frames": 2, "succeeded": 1, "failed": 1}
+    redone = db.list_runs(model="tiny-b", status="succeeded")
+    assert [Path(r.frame_path).name for r in redone] == ["old.fits"]
+    second = nightly_rerun(config=config)
+    assert second == {"frames": 1, "failed": 1}  # bad.fits: attempt 2 of 2
+    assert nightly_rerun(config=config) == {"frames": 0}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_retrain_registers_a_candidate_once_per_new_pair(pipeline_env: PipelineEnv) -> None:
+    from flows.retraining import retrain
+
+    env = pipeline_env
+    config = _config(env, retrain={"promote": "never"})
+    original = write_fits(env.root / "pairs" / "original" / "p.fits", seed=1)
+    starless = write_fits(env.root / "pairs" / "starless" / "p.fits", seed=2)
+    result = retrain(original=str(original), starless=str(starless), config=config, steps=1)
+    assert result["status"] == "candidate" and result["parent"] == "tiny-a"
+    db = ProvenanceDB.from_settings(env.settings)
+    model = db.get_model(result["version"])
+    assert model is not None and model.status == "candidate" and model.parent == "tiny-a"
+    assert model.benchmark and "synthetic_psnr_db" in model.benchmark["candidate"]
+    assert Path(result["weights"]).is_file()
+    assert db.promoted_model().version == "tiny-a"  # type: ignore[union-attr]
+    assert retrain(config=config)["status"] == "up-to-date"
