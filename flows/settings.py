@@ -106,9 +106,10 @@ class PrefectSettings:
     nightly_cron: str = "0 3 * * *"
     timezone: str = "UTC"
     max_attempts: int = 3  # a failed frame is retried (nightly) until this many attempts
-    submit: str = "auto"  # watcher: auto (deployment when PREFECT_API_URL is set) | local | deployment
+    submit: str = "auto"  # watcher: auto (deployment if an API URL is set) | local | deployment
     process_deployment: str = "process-frame/starnet-process-frame"
     follow_promoted: bool = True  # flows use the promoted model from the DB when it has a file
+    thumbnail_px: int = 120  # height of the run's preview artifact: ~7 KB in Prefect's DB per frame
 
 
 @dataclass
