@@ -1,0 +1,1 @@
+"""Benchmarks of the star-removal quality (``python -m benchmarks.quality``)."""

@@ -1,0 +1,209 @@
+"""Quality metrics on hand-built images, and the quality benchmark on a tiny scene and model."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from starnet_core import metrics
+from starnet_core.model import ModelConfig, StarNetUNet, save_weights
+from starnet_core.synthetic import Scene, make_pair
+
+# benchmarks/ is a top-level folder, not an installed package: import it from the checkout
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import quality  # noqa: E402
+from benchmarks.checkpoint import is_checkpoint, load_any, load_generator_from_checkpoint  # noqa: E402
+
+SIZE = 64
+
+
+def _star(x: float, y: float, amp: float, fwhm_px: float = 2.5) -> np.ndarray:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    s = fwhm_px / 2.3548
+    g = amp * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * s * s))
+    return np.repeat(g[None], 3, 0).astype(np.float32)
+
+
+def _pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    truth = (0.2 + rng.normal(0, 0.005, (3, SIZE, SIZE))).astype(np.float32)
+    xy = np.array([[16.0, 16.0], [45.0, 40.0], [30.0, 50.0]], np.float32)
+    stars = _star(16, 16, 0.5) + _star(45, 40, 0.2) + _star(30, 50, 0.001)
+    return truth + stars, truth, xy
+
+
+def test_psnr_values_masks_and_errors() -> None:
+    a = np.zeros((3, 8, 8), np.float32)
+    assert metrics.psnr(a, a) == metrics.PSNR_MAX_DB
+    assert metrics.psnr(a + 0.1, a) == pytest.approx(20.0)
+    mask = np.zeros((8, 8), bool)
+    mask[:2] = True
+    b = a.copy()
+    b[:, 4:] = 0.5
+    assert metrics.psnr(b, a, mask) == metrics.PSNR_MAX_DB
+    assert math.isnan(metrics.psnr(b, a, np.zeros((8, 8), bool)))
+    with pytest.raises(ValueError, match="shape"):
+        metrics.psnr(a, a[:, :4])
+    with pytest.raises(ValueError, match="mask shape"):
+        metrics.psnr(a, a, np.ones((4, 4), bool))
+
+
+def test_aperture_sums_count_pixel_centres() -> None:
+    img = np.ones((10, 10), np.float32)
+    sums, n = metrics.aperture_sums(img, np.array([[5.0, 5.0], [0.0, 0.0]]), 1.0)
+    assert n.tolist() == [5, 3]
+    assert sums.tolist() == [5.0, 3.0]
+    with pytest.raises(ValueError, match="radius_px"):
+        metrics.aperture_sums(img, np.zeros((1, 2)), 0.0)
+    with pytest.raises(ValueError, match="xy"):
+        metrics.aperture_sums(img, np.zeros((3,)), 1.0)
+
+
+def test_residual_star_flux_fractions() -> None:
+    orig, truth, xy = _pair()
+    ones = metrics.residual_star_flux(orig, orig, truth, xy, 4.0)
+    np.testing.assert_allclose(ones[:2], 1.0)
+    assert math.isnan(ones[2])  # too faint to measure
+    zeros = metrics.residual_star_flux(orig, truth, truth, xy, 4.0)
+    np.testing.assert_allclose(zeros[:2], 0.0, atol=1e-6)
+    half = metrics.residual_star_flux(orig, truth + 0.5 * (orig - truth), truth, xy, 4.0)
+    np.testing.assert_allclose(half[:2], 0.5, atol=1e-3)
+    darker = metrics.residual_star_flux(orig, truth - _star(16, 16, 0.3), truth, xy, 4.0)
+    assert darker[0] == 0.0
+    # a uniform glow left over is not a star's flux (the annulus takes it out)
+    glow = metrics.residual_star_flux(orig, truth + 0.05, truth, xy, 4.0)
+    np.testing.assert_allclose(glow[:2], 0.0, atol=1e-3)
+
+
+def test_brightness_bins_and_summary() -> None:
+    bins = metrics.brightness_bins(np.array([0.1, 0.29, 0.3, 2.99, 3.0, 50.0]), 0.01)
+    assert bins.tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="noise_sigma"):
+        metrics.brightness_bins(np.ones(2), 0.0)
+    s = metrics.summarize(np.array([0.0, 1.0, np.nan, 0.5]), np.array([0, 0, 1, 2]))
+    assert s["all"]["n"] == 3 and s["all"]["median"] == 0.5
+    assert s["faint"]["median"] == 0.5 and s["medium"]["n"] == 0 and math.isnan(s["medium"]["p95"])
+
+
+def test_background_mask_keeps_away_from_stars() -> None:
+    orig, truth, xy = _pair()
+    bg = metrics.background_mask(orig, truth, None, far_px=5.0)
+    assert not bg[16, 16] and not bg[16, 24] and bg[5, 60]
+    scene = Scene(xy, np.array([1.0, 1.0, 1.0]), np.zeros((0, 2)), 2.5, 0.01, False)
+    with_scene = metrics.background_mask(orig, truth, scene, far_px=5.0)
+    assert not with_scene[50, 30]  # the faint star's position counts although it changes nothing
+    assert with_scene.sum() < bg.sum()
+
+
+def test_structure_kept_counts_lost_galaxy_flux() -> None:
+    rng = np.random.default_rng(1)
+    truth = (0.2 + rng.normal(0, 0.002, (3, SIZE, SIZE))).astype(np.float32)
+    truth += _star(32, 32, 0.3, fwhm_px=8.0)  # the "galaxy"
+    orig = truth + _star(34, 30, 0.5)  # a star on top of it
+    gxy = np.array([[32.0, 32.0], [200.0, 5.0]])
+    kept = metrics.structure_kept(orig, orig, truth, gxy, 6.0)
+    assert kept[0] == pytest.approx(1.0, abs=0.01) and math.isnan(kept[1])
+    flat = np.full_like(truth, 0.2)
+    assert metrics.structure_kept(orig, flat, truth, gxy, 6.0)[0] < 0.1
+    halved = truth - 0.5 * _star(32, 32, 0.3, fwhm_px=8.0)
+    assert metrics.structure_kept(orig, halved, truth, gxy, 6.0)[0] == pytest.approx(0.5, abs=0.1)
+
+
+def test_detectable_fraction() -> None:
+    orig, truth, xy = _pair()
+    assert metrics.detectable_counts(orig, orig, truth, xy, 4.0) == (2, 2)
+    assert metrics.detectable_fraction(orig, truth, truth, xy, 4.0) == 0.0
+    assert math.isnan(metrics.detectable_fraction(truth, truth, truth, xy, 4.0))
+
+
+def _tiny_model() -> StarNetUNet:
+    torch.manual_seed(0)
+    return StarNetUNet(ModelConfig(widths=(4, 8), blocks=(1, 1))).eval()
+
+
+def _tiny_case(seed: int, name: str) -> quality.Case:
+    o, t, scene = make_pair(np.random.default_rng(seed), SIZE)
+    return quality.Case(name, o, t, scene, seed, quality.scene_properties(o, t, scene))
+
+
+def _write_real_pair(root: Path) -> None:
+    rng = np.random.default_rng(2)
+    clean = (0.2 + rng.normal(0, 0.01, (SIZE, SIZE, 3))).clip(0, 1)
+    orig = clean.copy()
+    orig[30:33, 30:33] = 0.9
+    for sub, arr in (("original", orig), ("starless", clean)):
+        (root / sub).mkdir(parents=True)
+        Image.fromarray((arr * 255).astype(np.uint8)).save(root / sub / "real_0.png")
+
+
+def test_benchmark_end_to_end_on_a_tiny_scene(tmp_path: Path) -> None:
+    _write_real_pair(tmp_path / "pairs")
+    cases = [_tiny_case(9_000_001, "a"), _tiny_case(9_000_002, "b")]
+    results = quality.run_benchmark(
+        _tiny_model(),
+        model_label="tiny random model",
+        real_dir=tmp_path / "pairs",
+        preview_dir=tmp_path / "previews",
+        tile_options=quality.TileOptions(tile_px=32, overlap_px=8, device="cpu"),
+        cases=cases,
+    )
+    syn = results["synthetic"]["overall"]
+    assert set(syn) == {"input", "classical", "model"}
+    assert syn["input"]["residual_star_flux"]["all"]["median"] == pytest.approx(1.0)
+    assert results["real"]["overall"]["classical"]["psnr_db"] > 0
+    assert results["model"]["macs_per_px"] > 0 and results["model"]["seam_score"] >= 0
+    text = quality.render_markdown(results)
+    assert "| classical |" in text and "real_0" in text
+    json.dumps(quality._finite(results), allow_nan=False)
+    assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == [
+        "real-real_0.png",
+        "synthetic-a.png",
+        "synthetic-b.png",
+    ]
+
+
+def test_scene_properties_and_categories() -> None:
+    case = _tiny_case(9_000_003, "c")
+    p = case.properties
+    assert set(p) >= {"stars", "dense", "spikes", "galaxies", "saturated_fraction", "bits"}
+    assert quality.CATEGORY_TESTS["dense"](p) != quality.CATEGORY_TESTS["sparse"](p) or (
+        p["saturated_fraction"] >= 0.005
+    )
+    with pytest.raises(ValueError, match="category"):
+        quality.synthetic_cases([("nebulae", 1)], SIZE)
+
+
+def test_generator_loads_from_a_checkpoint_and_from_weights(tmp_path: Path) -> None:
+    model = _tiny_model()
+    tensors = {f"g.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors["d.head.weight"] = torch.zeros(1)
+    ckpt = tmp_path / "checkpoint.safetensors"
+    save_file(tensors, str(ckpt), metadata={"step": "7", "model_config": model.config.to_json()})
+    assert is_checkpoint(ckpt)
+    loaded, meta = load_generator_from_checkpoint(ckpt)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert meta["step"] == "7"
+    assert "step 7" in load_any(ckpt)[1]
+    weights = tmp_path / "w.safetensors"
+    save_weights(model, weights, version="test")
+    assert not is_checkpoint(weights)
+    assert "version test" in load_any(weights)[1]
+    bad = tmp_path / "bad.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bad))
+    with pytest.raises(ValueError, match="model_config"):
+        load_generator_from_checkpoint(bad)
+    with pytest.raises(ValueError, match="not found"):
+        load_generator_from_checkpoint(tmp_path / "missing.safetensors")
