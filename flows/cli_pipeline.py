@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -26,7 +27,18 @@ PROCESS_DEPLOYMENT = "starnet-process-frame"
 SUBMIT_MODES = ("auto", "local", "deployment")
 
 
+# Defaults for the embedded API when the environment says nothing: a slow or busy machine
+# needs more than Prefect's 20 s to start it with a fresh PREFECT_HOME (measured: 12-70 s on
+# 2 loaded cores), and an offline observatory needs no telemetry errors in every log.
+PREFECT_ENV_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
 def register(sub: Any) -> None:
+    for key, value in PREFECT_ENV_DEFAULTS.items():  # before prefect is imported
+        os.environ.setdefault(key, value)
     w = sub.add_parser(
         "watch",
         help="process every frame that lands in incoming/; retrain on new training pairs",
@@ -96,13 +108,19 @@ def _frames_in(paths: list[str], settings: Settings) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.pipeline import process_folder
+    from flows.pipeline import FramesFailedError, process_folder
 
     paths = _frames_in(args.paths, args.settings)
     if not paths:
         print(f"starnet run: no frames matching {args.settings.watch.patterns} in {args.paths}")
         return 2
-    return _print_results(process_folder(paths=paths, out_dir=args.out, config=args.config))
+    try:  # a returned Failed state raises on a direct call: the flows give back plain data
+        results = cast(
+            list[dict[str, Any]], process_folder(paths=paths, out_dir=args.out, config=args.config)
+        )
+    except FramesFailedError as e:
+        results = e.results
+    return _print_results(results)
 
 
 def write_demo_frame(folder: Path, size_px: int, seed: int = 7) -> Path:
@@ -124,13 +142,17 @@ def write_demo_frame(folder: Path, size_px: int, seed: int = 7) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.pipeline import process_frame
+    from flows.pipeline import FramesFailedError, process_frame
 
     settings = args.settings
     path = write_demo_frame(settings.resolve(settings.incoming_dir), args.size)
     print(f"wrote {path}")
-    result = process_frame(path=str(path), out_dir=args.out, config=args.config)
-    return _print_results([result])
+    try:
+        result = process_frame(path=str(path), out_dir=args.out, config=args.config)
+        results = [cast(dict[str, Any], result)]
+    except FramesFailedError as e:
+        results = e.results
+    return _print_results(results)
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
@@ -279,12 +301,15 @@ def build_watcher(
         if mode == "deployment":
             submit_frames(paths, settings.prefect.process_deployment, out_dir)
             return
-        from flows.pipeline import process_folder, process_frame
+        from flows.pipeline import FramesFailedError, process_folder, process_frame
 
-        if len(paths) == 1:
-            process_frame(path=str(paths[0]), out_dir=target, config=config)
-        else:
-            process_folder(paths=[str(p) for p in paths], out_dir=target, config=config)
+        try:
+            if len(paths) == 1:
+                process_frame(path=str(paths[0]), out_dir=target, config=config)
+            else:
+                process_folder(paths=[str(p) for p in paths], out_dir=target, config=config)
+        except FramesFailedError as e:  # bad inputs: recorded in the DB, nothing to retry
+            log.warning("%s", e)
 
     def on_pair(pair: TrainingPair, is_new: bool) -> None:
         nonlocal pending_pairs

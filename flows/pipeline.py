@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import logging
 import re
 import socket
@@ -41,6 +42,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
+from prefect.states import Failed
 from sqlalchemy.exc import OperationalError
 
 from flows.frame import (
@@ -248,7 +250,7 @@ def run_frame(
         finish_frame(db, claim, None, f"{path}: interrupted: {type(e).__name__}: {e}")
         raise
     finish_task(db, claim, outputs, None)
-    publish_frame_artifacts(claim, outputs)
+    publish_frame_artifacts(claim, outputs, settings.prefect.thumbnail_px)
     return FrameResult(
         claim.path, "succeeded", claim.run_key, outputs.outputs, outputs.timings_s,
         outputs.figures,
@@ -264,6 +266,7 @@ def artifact_key(prefix: str, path: str, sha256: str) -> str:
 def frame_table(claim: FrameClaim, outputs: FrameOutputs) -> list[dict[str, str]]:
     """The rows of a frame's figures table: figures, timings, file sizes."""
     rows = [{"figure": "input", "value": claim.path}, {"figure": "sha256", "value": claim.sha256}]
+    rows.append({"figure": "input_bytes", "value": str(Path(claim.path).stat().st_size)})
     rows.append({"figure": "run_key", "value": claim.run_key})
     rows.append({"figure": "attempt", "value": str(claim.attempt)})
     for k, v in outputs.figures.items():
@@ -276,12 +279,27 @@ def frame_table(claim: FrameClaim, outputs: FrameOutputs) -> list[dict[str, str]
     return rows
 
 
-def publish_frame_artifacts(claim: FrameClaim, outputs: FrameOutputs) -> None:
+def small_jpeg(jpeg: bytes, height_px: int, quality: int = 60) -> bytes:
+    """``jpeg`` scaled down to ``height_px`` (never up): the preview lives in Prefect's
+    database, once per frame, and star fields are noisy (160 px high: ~14 KB; 120: ~7 KB)."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(jpeg))
+    if img.height <= height_px:
+        return jpeg
+    img.thumbnail((img.width, height_px), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality, optimize=True)
+    return out.getvalue()
+
+
+def publish_frame_artifacts(claim: FrameClaim, outputs: FrameOutputs, thumbnail_px: int) -> None:
     """A markdown preview (before | starless | mask) and a table of the frame's figures."""
     name = Path(claim.path).name
     lines = [f"### {name}", "", "before | starless | star mask", ""]
     if outputs.thumbnail_jpeg:
-        data = base64.b64encode(outputs.thumbnail_jpeg).decode("ascii")
+        jpeg = small_jpeg(outputs.thumbnail_jpeg, thumbnail_px)
+        data = base64.b64encode(jpeg).decode("ascii")
         lines.append(f"![before, starless, mask of {name}](data:image/jpeg;base64,{data})")
     lines += ["", "| output | path |", "|---|---|"]
     lines += [f"| {kind} | `{p}` |" for kind, p in outputs.outputs.items()]
@@ -310,6 +328,25 @@ def _frames(
     return [run_frame(p, settings, db, engine, target, max_attempts=max_attempts) for p in paths]
 
 
+class FramesFailedError(RuntimeError):
+    """Frames of a run failed on their input (each recorded in the DB with its reason). The
+    flow run ends Failed with this message, so the UI shows it; ``results`` holds every
+    frame's result (``FrameResult`` as a dict) for callers that want them."""
+
+    def __init__(self, results: list[dict[str, Any]]) -> None:
+        failed = [r for r in results if r["status"] == "failed"]
+        super().__init__(f"{len(failed)} of {len(results)} frame(s) failed: {failed[0]['error']}")
+        self.results = results
+
+
+def _outcome(results: Sequence[FrameResult]) -> list[dict[str, Any]] | State[Any]:
+    data = [dataclasses.asdict(r) for r in results]
+    if any(r.status == "failed" for r in results):
+        error = FramesFailedError(data)
+        return Failed(message=str(error), data=error)
+    return data
+
+
 def _frame_run_name() -> str:
     return Path(str(flow_run.parameters.get("path", "frame"))).name
 
@@ -317,23 +354,25 @@ def _frame_run_name() -> str:
 @flow(name="process-frame", flow_run_name=_frame_run_name, log_prints=False)
 def process_frame(
     path: str, out_dir: str | None = None, config: str | None = None
-) -> dict[str, Any]:
-    """Remove the stars from one frame; outputs go to ``out_dir`` (default: output_dir)."""
+) -> dict[str, Any] | State[Any]:
+    """Remove the stars from one frame; outputs go to ``out_dir`` (default: output_dir).
+    A bad input ends the run Failed (:class:`FramesFailedError`), recorded in the DB."""
     settings = load_settings(config)
-    (result,) = _frames([path], settings, out_dir, settings.prefect.max_attempts)
-    return dataclasses.asdict(result)
+    outcome = _outcome(_frames([path], settings, out_dir, settings.prefect.max_attempts))
+    return outcome[0] if isinstance(outcome, list) else outcome
 
 
 @flow(name="process-folder", log_prints=False)
 def process_folder(
     paths: list[str], out_dir: str | None = None, config: str | None = None
-) -> list[dict[str, Any]]:
-    """Several frames in one run: the model loads once (a served run is a fresh process)."""
+) -> list[dict[str, Any]] | State[Any]:
+    """Several frames in one run: the model loads once (a served run is a fresh process).
+    Any bad input ends the run Failed (:class:`FramesFailedError`) after all frames were tried."""
     settings = load_settings(config)
     results = _frames(paths, settings, out_dir, settings.prefect.max_attempts)
     if len(results) > 1:
         create_table_artifact(table=_summary_rows(results), description="frames of this run")
-    return [dataclasses.asdict(r) for r in results]
+    return _outcome(results)
 
 
 def _summary_rows(results: Sequence[FrameResult]) -> list[dict[str, str]]:

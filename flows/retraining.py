@@ -40,6 +40,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
 
 from flows.frame import tile_options
 from flows.pipeline import ensure_concurrency_limit, load_run_engine, model_record
@@ -216,7 +217,12 @@ def register_folder_pairs(settings: Settings, db: ProvenanceDB) -> int:
     return new
 
 
-@flow(name="retrain", log_prints=False)
+def _retrain_run_name() -> str:
+    original = flow_run.parameters.get("original")
+    return f"retrain-{Path(original).name}" if original else "retrain-all-pairs"
+
+
+@flow(name="retrain", flow_run_name=_retrain_run_name, log_prints=False)
 def retrain(
     original: str | None = None,
     starless: str | None = None,

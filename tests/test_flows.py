@@ -8,12 +8,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from prefect_fixtures import PipelineEnv, save_tiny_model, write_fits
 
 from flows.frame import load_engine
-from flows.pipeline import artifact_key, claim_task, load_run_engine
+from flows.pipeline import artifact_key, claim_task, load_run_engine, small_jpeg
 from flows.provenance import ProvenanceDB
 from flows.retraining import candidate_version, promotion
 from flows.settings import RetrainSettings, load_settings
@@ -52,6 +53,21 @@ def test_artifact_keys_are_valid() -> None:
     key = artifact_key("preview", "/data/incoming/M 42_Ha.FITS", "ab" * 32)
     assert key == "preview-m-42-ha-fits-abababab"
     assert re.fullmatch(r"[a-z0-9-]+", key)
+
+
+def test_preview_thumbnail_is_kept_small() -> None:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 255, (160, 480, 3), dtype=np.uint8)  # star fields are noisy
+    buf = io.BytesIO()
+    Image.fromarray(noisy).save(buf, format="JPEG", quality=70)
+    small = small_jpeg(buf.getvalue(), height_px=120)
+    assert Image.open(io.BytesIO(small)).size == (360, 120)
+    assert len(small) < len(buf.getvalue()) / 1.5
+    assert small_jpeg(small, height_px=120) == small  # never scaled up or re-encoded
 
 
 def test_promotion_policy() -> None:
@@ -141,16 +157,19 @@ def test_process_frame_outputs_db_rows_artifacts_and_skip(pipeline_env: Pipeline
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_bad_frame_is_a_failed_run_not_a_crash(pipeline_env: PipelineEnv) -> None:
-    from flows.pipeline import process_folder
+    from flows.pipeline import FramesFailedError, process_folder
 
     env = pipeline_env
     bad = env.incoming / "broken.fits"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"SIMPLE  = this is not a FITS file" + b" " * 3000)
     good = write_fits(env.incoming / "good.fits")
-    results = process_folder(paths=[str(bad), str(good)], config=env.config)
-    assert [r["status"] for r in results] == ["failed", "succeeded"]
-    assert "broken.fits" in results[0]["error"]
+    state = process_folder(paths=[str(bad), str(good)], config=env.config, return_state=True)
+    assert state.is_failed() and "1 of 2 frame(s) failed" in (state.message or "")
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, FramesFailedError)
+    assert [r["status"] for r in error.results] == ["failed", "succeeded"]
+    assert "broken.fits" in error.results[0]["error"]
     db = ProvenanceDB.from_settings(env.settings)
     failed = db.list_runs(status="failed")
     assert len(failed) == 1 and "broken.fits" in (failed[0].error or "")
@@ -158,14 +177,15 @@ def test_bad_frame_is_a_failed_run_not_a_crash(pipeline_env: PipelineEnv) -> Non
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_nightly_reruns_retired_models_frames_and_bounds_retries(pipeline_env: PipelineEnv) -> None:
-    from flows.pipeline import nightly_rerun, process_folder
+    from flows.pipeline import FramesFailedError, nightly_rerun, process_folder
 
     env = pipeline_env
     config = _config(env, prefect={"max_attempts": 2})
     good = write_fits(env.incoming / "old.fits")
     bad = env.incoming / "bad.fits"
     bad.write_bytes(b"not an image at all")
-    process_folder(paths=[str(good), str(bad)], config=config)
+    with pytest.raises(FramesFailedError, match="1 of 2"):
+        process_folder(paths=[str(good), str(bad)], config=config)
     db = ProvenanceDB.from_settings(load_settings(config))
     b = env.root / "models" / "tiny-b.safetensors"
     db.register_model("tiny-b", save_tiny_model(b, "tiny-b", seed=1), {"weights_path": str(b)})
