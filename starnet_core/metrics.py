@@ -37,6 +37,7 @@ __all__ = [
     "detectable_fraction",
     "psnr",
     "residual_star_flux",
+    "star_fluxes",
     "structure_kept",
     "summarize",
 ]
@@ -182,6 +183,21 @@ def annulus_medians(
     return out
 
 
+def star_fluxes(
+    layer: np.ndarray, xy: np.ndarray, aperture_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aperture photometry on an ``(H, W)`` star layer: ``(flux (N,), aperture pixels (N,))``.
+
+    The sum over a disc of ``aperture_px`` minus the disc's pixel count times
+    the layer's median on an annulus from ``aperture_px + 1`` to
+    ``2 * aperture_px + 2``: a smooth glow (other stars' halos, unresolved
+    stars) is not counted as the star's flux.
+    """
+    radius = _check_radius("aperture_px", aperture_px)
+    total, n = aperture_sums(layer, xy, radius)
+    return total - n * annulus_medians(layer, xy, radius + 1, 2 * radius + 2), n
+
+
 def residual_star_flux(
     original: np.ndarray,
     starless_pred: np.ndarray,
@@ -193,12 +209,10 @@ def residual_star_flux(
 ) -> np.ndarray:
     """``(N,)`` fraction of each star's own flux left in the output; ``nan`` where not measurable.
 
-    Aperture photometry on the star layers ``original - truth`` and
-    ``pred - truth`` (luminance, stretched units): the sum over a disc of
-    ``aperture_px`` around the star, minus the disc's area times the layer's
-    median on an annulus from ``aperture_px + 1`` to ``2 * aperture_px + 2``
-    (so the smooth glow of neighbours' halos and unresolved stars is not
-    counted as this star's flux; that glow shows in the background figures)::
+    Aperture photometry (:func:`star_fluxes`) on the star layers
+    ``original - truth`` and ``pred - truth`` (luminance, stretched units); the
+    glow of neighbours' halos and unresolved stars is not this star's flux (it
+    shows in the background figures)::
 
         fraction = max(0, flux(pred - truth) / flux(original - truth))
 
@@ -212,11 +226,8 @@ def residual_star_flux(
     _check_pair("original", original, "starless_pred", starless_pred)
     radius = _check_radius("aperture_px", aperture_px)
     lt = _lum(truth)
-    fluxes = []
-    for layer in (_lum(original) - lt, _lum(starless_pred) - lt):
-        total, n = aperture_sums(layer, star_xy, radius)
-        fluxes.append(total - n * annulus_medians(layer, star_xy, radius + 1, 2 * radius + 2))
-    own, left = fluxes
+    own, n = star_fluxes(_lum(original) - lt, star_xy, radius)
+    left, _ = star_fluxes(_lum(starless_pred) - lt, star_xy, radius)
     ok = (own >= min_flux) & (n > 0)
     out = np.full(len(own), np.nan)
     out[ok] = np.maximum(left[ok] / own[ok], 0.0)
@@ -339,18 +350,18 @@ def detectable_counts(
 ) -> tuple[int, int]:
     """``(stars detectable in original, of those still detectable in pred)``.
 
-    A star is detectable in an image when the excess over the truth summed in
-    its aperture (luminance) is at least ``snr * noise_sigma * sqrt(pixels)``;
-    ``noise_sigma`` is the per-pixel noise in stretched units, estimated from the
-    truth when None.
+    A star is detectable in an image when its flux over the truth
+    (:func:`star_fluxes` on luminance, so a uniform glow does not count) is at
+    least ``snr * noise_sigma * sqrt(aperture pixels)``; ``noise_sigma`` is the
+    per-pixel noise in stretched units, estimated from the truth when None.
     """
     _check_pair("original", original, "truth", truth)
     _check_pair("original", original, "pred", pred)
     lt = _lum(truth)
     sigma = _pixel_noise(lt) if noise_sigma is None else float(noise_sigma)
     sigma = max(sigma, 1e-6)
-    own, n = aperture_sums(_lum(original) - lt, star_xy, aperture_px)
-    left, _ = aperture_sums(_lum(pred) - lt, star_xy, aperture_px)
+    own, n = star_fluxes(_lum(original) - lt, star_xy, aperture_px)
+    left, _ = star_fluxes(_lum(pred) - lt, star_xy, aperture_px)
     limit = snr * sigma * np.sqrt(np.maximum(n, 1))
     seen = (own >= limit) & (n > 0)
     return int(seen.sum()), int((left[seen] >= limit[seen]).sum())

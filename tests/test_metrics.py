@@ -125,6 +125,8 @@ def test_detectable_fraction() -> None:
     assert metrics.detectable_counts(orig, orig, truth, xy, 4.0) == (2, 2)
     assert metrics.detectable_fraction(orig, truth, truth, xy, 4.0) == 0.0
     assert math.isnan(metrics.detectable_fraction(truth, truth, truth, xy, 4.0))
+    # a uniform glow left over is not a detectable star
+    assert metrics.detectable_fraction(orig, truth + 0.05, truth, xy, 4.0) == 0.0
 
 
 def _tiny_model() -> StarNetUNet:
