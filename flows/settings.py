@@ -144,6 +144,7 @@ class RetrainSettings:
     validation_dir: str | None = None  # folder with original/ and starless/ (never trained on)
     promote: str = "better"  # better | always | never
     min_gain_db: float = 0.1  # "better": mean PSNR gain over the promoted model
+    max_star_flux_rise: float = 0.02  # "better": and residual star flux may not rise more
 
 
 @dataclass

@@ -80,6 +80,10 @@ def test_promotion_policy() -> None:
     assert ok and "validation" in why
     forgot = {"synthetic_psnr_db": 28.0, "validation_psnr_db": 21.0}
     assert not promotion(r, forgot, val_parent)[0]
+    flux = "synthetic_residual_star_flux_median"
+    ok, why = promotion(r, {"synthetic_psnr_db": 31.0, flux: 0.5}, parent | {flux: 0.4})
+    assert not ok and "residual star flux rose" in why
+    assert promotion(r, {"synthetic_psnr_db": 31.0, flux: 0.41}, parent | {flux: 0.4})[0]
     assert not promotion(RetrainSettings(promote="never"), {"synthetic_psnr_db": 99.0}, parent)[0]
     with pytest.raises(ValueError, match="retrain.promote"):
         promotion(RetrainSettings(promote="sometimes"), parent, parent)
