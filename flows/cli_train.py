@@ -157,7 +157,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(f"starnet plot: {log_file}: the log is empty", file=sys.stderr)
         return 2
     keys = [
-        k for k in ("l_g_pix", "l_g_percep", "l_g_gan", "l_d_real", "l_d_fake",
+        k for k in ("l_g_pix", "l_g_low", "l_g_percep", "l_g_gan", "l_d_real", "l_d_fake",
                     "residual_star_flux", "bg_l1")
         if any(k in r for r in records)
     ]

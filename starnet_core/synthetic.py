@@ -141,14 +141,14 @@ def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool) -> Array:
     v = -x * np.sin(th) + y * np.cos(th)
     r2 = (u / (1 + elong)) ** 2 + v**2
     if rng.random() < 0.7:
-        b = rng.uniform(1.8, 5.0)
+        b = rng.uniform(2.5, 5.0)
         alpha2 = (fwhm / (2 * np.sqrt(2 ** (1 / b) - 1))) ** 2
         core = (1 + r2 / alpha2) ** (-b)
     else:
         core = np.exp(-r2 / (2 * (fwhm / 2.3548) ** 2))
     halo_fwhm = fwhm * rng.uniform(2, 6)
-    halo = (1 + r2 / (halo_fwhm / 2) ** 2) ** (-1.5)
-    psf = core + rng.uniform(0.001, 0.02) * halo
+    halo = (1 + r2 / (halo_fwhm / 2) ** 2) ** (-2.0)
+    psf = core + rng.uniform(0.0005, 0.006) * halo
     if spikes:
         ang = rng.uniform(0, np.pi / 2)
         w = rng.uniform(0.5, 0.9)

@@ -10,6 +10,9 @@ Loss terms (BasicSR names):
 - ``l_g_pix``: L1 over all pixels plus ``star_weight`` x L1 over star pixels
   (|original - truth| > ``star_threshold``). Stars are 1-3% of the pixels, so
   unweighted L1 sits in the "change nothing" minimum (MODEL_NOTES).
+- ``l_g_low``: L1 of the 8x8 block means of (output - truth): keeps the
+  background level and colour (the failure MODEL_NOTES measured: a model that
+  shifts the whole background).
 - ``l_g_percep``: L1 between the discriminator's features of (x, G(x)) and
   (x, y): a perceptual loss with no pretrained VGG (Perceptual Adversarial Nets).
 - ``l_g_gan``, ``l_d_real``, ``l_d_fake``: pix2pix conditional patch GAN (BCE).
@@ -56,6 +59,8 @@ class TrainConfig:
     real_ratio: float = 0.0  # fraction of each batch drawn from file pairs (if any)
     star_weight: float = 20.0
     star_threshold: float = 0.01
+    w_lowfreq: float = 10.0  # L1 of the 8x8-block mean error: no global darkening or tint
+    lowfreq_px: int = 8
     w_pix: float = 1.0
     w_percep: float = 0.1
     w_gan: float = 0.005
@@ -349,8 +354,11 @@ def train(
         err = (out - y).abs()
         star_px = (x - y).abs() > cfg.star_threshold
         l_g_pix = err.mean() + cfg.star_weight * (err * star_px).sum() / x.numel()
-        loss = cfg.w_pix * l_g_pix
-        logs = {"l_g_pix": l_g_pix.item()}
+        # A net unsure how much diffuse starlight to take away learns to darken (and tint)
+        # the whole crop; per-pixel L1 barely sees a small offset, the block mean does.
+        l_g_low = F.avg_pool2d(out - y, cfg.lowfreq_px).abs().mean()
+        loss = cfg.w_pix * l_g_pix + cfg.w_lowfreq * l_g_low
+        logs = {"l_g_pix": l_g_pix.item(), "l_g_low": l_g_low.item()}
         if use_gan:
             logit_fake, feat_fake = d(x, out)
             with torch.no_grad():
