@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.report import finite_json, render_markdown
 from starnet_core import metrics
 from starnet_core.classical import classical_remove_stars
 from starnet_core.imageio import read_image
@@ -281,110 +282,6 @@ def write_preview(path: Path, panels: Sequence[np.ndarray], gap_px: int = 4) -> 
     Image.fromarray(np.concatenate(row, axis=1)).save(path, optimize=True)
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def _flux_cell(summary: dict[str, dict[str, float]], key: str) -> str:
-    s = summary[key]
-    return f"{_fmt(s['median'], 2)} / {_fmt(s['p95'], 2)} ({s['n']})"
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-    """The report: overall tables, per-scene PSNR, model cost."""
-    lines = [f"# Star removal quality — {results['model']['label']}", ""]
-    syn = results["synthetic"]
-    lines += [
-        f"## Synthetic held-out scenes ({len(syn['scenes'])} × {syn['size_px']} px, seeds "
-        f"{', '.join(str(s['seed']) for s in syn['scenes'])})",
-        "",
-        "Residual star flux: fraction of each star's flux left, median / p95 (stars); "
-        "bins by linear peak SNR: faint < 30 ≤ medium < 300 ≤ bright. Background PSNR: "
-        f"pixels > {FAR_PX:g} px from anything a star touched, pooled.",
-        "",
-        "| method | PSNR dB | bg PSNR dB | residual all | faint | medium | bright | "
-        "structure kept | still detectable | s/MP (CPU s/MP) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, o in syn["overall"].items():
-        r = o["residual_star_flux"]
-        lines.append(
-            f"| {name} | {_fmt(o['psnr_db'])} | {_fmt(o['background_psnr_db'])} | "
-            f"{_flux_cell(r, 'all')} | {_flux_cell(r, 'faint')} | {_flux_cell(r, 'medium')} | "
-            f"{_flux_cell(r, 'bright')} | {_fmt(o['structure_kept']['mean'], 2)} "
-            f"({o['structure_kept']['n']}) | {_fmt(o['still_detectable'], 2)} | "
-            f"{_fmt(o['s_per_mp'], 2)} ({_fmt(o['cpu_s_per_mp'], 2)}) |"
-        )
-    names = list(syn["overall"])
-    lines += [
-        "",
-        "Per scene (PSNR dB / bg PSNR dB / bright-star residual median):",
-        "",
-        "| scene | seed | stars | fwhm px | " + " | ".join(names) + " |",
-        "|---|---|---|---|" + "---|" * len(names),
-    ]
-    for s in syn["scenes"]:
-        cells = []
-        for n in names:
-            m = s["methods"][n]
-            cells.append(
-                f"{_fmt(m['psnr_db'])} / {_fmt(m['background_psnr_db'])} / "
-                f"{_fmt(m['residual_star_flux']['bright']['median'], 2)}"
-            )
-        p = s["properties"]
-        lines.append(
-            f"| {s['name']} | {s['seed']} | {p['stars']} | {p['fwhm_px']} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    real = results.get("real")
-    if real:
-        lines += [
-            "",
-            f"## Real pairs ({len(real['scenes'])}, PSNR dB against the hand-made starless)",
-            "",
-            "| method | "
-            + " | ".join(s["name"] for s in real["scenes"])
-            + " | mean | bg PSNR dB |",
-            "|---|" + "---|" * (len(real["scenes"]) + 2),
-        ]
-        for n, o in real["overall"].items():
-            cells = [_fmt(s["methods"][n]["psnr_db"]) for s in real["scenes"]]
-            lines.append(
-                f"| {n} | "
-                + " | ".join(cells)
-                + f" | {_fmt(o['psnr_db'])} | {_fmt(o['background_psnr_db'])} |"
-            )
-    m = results["model"]
-    if m.get("macs_per_px") is not None:
-        lines += [
-            "",
-            "## Model cost",
-            "",
-            f"- MAC per pixel: {m['macs_per_px'] / 1000:.2f} k "
-            f"({100 * m['macs_ratio_to_starnet_v1']:.1f}% of StarNet v1's ~92 k)",
-            f"- Seam score (largest change on tile borders when tiles move): "
-            f"{_fmt(m['seam_score'], 4)}",
-        ]
-    lines += ["", f"Device: {results['device']}; torch threads: {results['torch_threads']}.", ""]
-    return "\n".join(lines)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf become None."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def run_benchmark(
     model: torch.nn.Module | None,
     *,
@@ -434,6 +331,7 @@ def run_benchmark(
                 write_preview(preview_dir / f"{group}-{case.name}.png", [*panels, case.truth])
         results[group] = {"scenes": records, "overall": aggregate(records, raws)}
     results["synthetic"]["size_px"] = int(cases[0].original.shape[1])
+    results["synthetic"]["far_px"] = FAR_PX
     model_info: dict[str, Any] = {"label": model_label}
     if model is not None:
         multiple = getattr(model, "multiple", 1)
@@ -509,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(
-        json.dumps(_finite(results), indent=1, allow_nan=False) + "\n", encoding="utf-8"
+        json.dumps(finite_json(results), indent=1, allow_nan=False) + "\n", encoding="utf-8"
     )
     report = render_markdown(results)
     (args.out / f"{stem}.md").write_text(report, encoding="utf-8")

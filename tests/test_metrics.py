@@ -167,7 +167,7 @@ def test_benchmark_end_to_end_on_a_tiny_scene(tmp_path: Path) -> None:
     assert results["model"]["macs_per_px"] > 0 and results["model"]["seam_score"] >= 0
     text = quality.render_markdown(results)
     assert "| classical |" in text and "real_0" in text
-    json.dumps(quality._finite(results), allow_nan=False)
+    json.dumps(quality.finite_json(results), allow_nan=False)
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == [
         "real-real_0.png",
         "synthetic-a.png",
