@@ -84,7 +84,9 @@ def fractal_noise(rng: np.random.Generator, n: int, beta: float) -> Array:
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
-def _background(rng: np.random.Generator, n: int, sky: float) -> tuple[Array, Array]:
+def _background(
+    rng: np.random.Generator, n: int, sky: float, fwhm: float
+) -> tuple[Array, Array]:
     """Linear background (3, n, n) above sky, and compact structures that must stay."""
     bg = np.zeros((3, n, n), np.float32)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
@@ -111,11 +113,12 @@ def _background(rng: np.random.Generator, n: int, sky: float) -> tuple[Array, Ar
             bg *= trans[None].astype(np.float32)
     keep = np.zeros((0, 2), np.float32)
     # small galaxies (Sersic-like, elliptical, extended) and compact knots: must stay
-    n_gal = int(rng.poisson(1.2)) if rng.random() < 0.5 else 0
+    # (at least 1.3x the star FWHM: what is as sharp as a star is a star to anyone)
+    n_gal = int(rng.poisson(1.5)) if rng.random() < 0.6 else 0
     if n_gal:
         keep = rng.uniform(0, n, (n_gal, 2)).astype(np.float32)
         for (x0, y0) in keep:
-            re = rng.uniform(2.0, 9.0)
+            re = max(rng.uniform(2.0, 9.0), 1.3 * fwhm)
             q = rng.uniform(0.25, 1.0)
             th = rng.uniform(0, np.pi)
             sersic_n = rng.uniform(0.6, 4.0)
@@ -128,6 +131,20 @@ def _background(rng: np.random.Generator, n: int, sky: float) -> tuple[Array, Ar
             prof /= prof.max()
             col = np.array([1.0, 0.9, 0.75], np.float32) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
             bg += sky * rng.uniform(0.5, 6.0) * col[:, None, None] * prof[None]
+    if kind != "empty" and rng.random() < 0.5:
+        # compact nebular knots (HII knots, globule rims): wider than the PSF, kept
+        knots = rng.uniform(0, n, (int(rng.integers(1, 8)), 2)).astype(np.float32)
+        for (x0, y0) in knots:
+            sig = max(1.5, rng.uniform(1.6, 3.5) * fwhm / 2.3548)
+            q = rng.uniform(0.4, 1.0)
+            th = rng.uniform(0, np.pi)
+            dx, dy = xx * n - x0, yy * n - y0
+            u = dx * np.cos(th) + dy * np.sin(th)
+            v = (-dx * np.sin(th) + dy * np.cos(th)) / q
+            blob = np.exp(-(u * u + v * v) / (2 * sig * sig)).astype(np.float32)
+            tint = _NEBULA_TINTS[rng.integers(len(_NEBULA_TINTS))]
+            bg += sky * rng.uniform(0.3, 3.0) * tint[:, None, None] * blob[None]
+        keep = np.concatenate([keep, knots])
     return bg, keep
 
 
@@ -156,7 +173,7 @@ def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool) -> Array:
             along = x * np.cos(a) + y * np.sin(a)
             across = -x * np.sin(a) + y * np.cos(a)
             psf += (
-                rng.uniform(0.003, 0.02)
+                rng.uniform(0.005, 0.05)
                 * np.exp(-(across**2) / (2 * w * w))
                 * (1 + np.abs(along) / fwhm) ** -1.3
             )
@@ -239,10 +256,10 @@ def _render_pair(
     margin = 24
     n = size_px + 2 * margin
     sky = float(rng.uniform(0.02, 0.12))
-    bg, gal_xy = _background(rng, n, sky)
-    noise_sigma = sky * float(np.exp(rng.uniform(np.log(0.005), np.log(0.08))))
     fwhm = float(np.exp(rng.uniform(np.log(1.0), np.log(6.5))))
-    spikes = bool(rng.random() < 0.2)
+    bg, gal_xy = _background(rng, n, sky, fwhm)
+    noise_sigma = sky * float(np.exp(rng.uniform(np.log(0.005), np.log(0.08))))
+    spikes = bool(rng.random() < 0.3)
     # star count per crop: sparse .. Milky-Way dense (scaled with area)
     if dense is None:
         dense = bool(rng.random() < 0.25)
