@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+# benchmarks/ is a top-level folder of the checkout (pytest's pythonpath puts it on sys.path)
+from benchmarks import quality
+from benchmarks.checkpoint import is_checkpoint, load_any, load_generator_from_checkpoint
 from starnet_core import metrics
 from starnet_core.model import ModelConfig, StarNetUNet, save_weights
 from starnet_core.synthetic import Scene, make_pair
-
-# benchmarks/ is a top-level folder, not an installed package: import it from the checkout
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import quality  # noqa: E402
-from benchmarks.checkpoint import is_checkpoint, load_any, load_generator_from_checkpoint  # noqa: E402
 
 SIZE = 64
 
