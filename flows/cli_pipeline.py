@@ -95,8 +95,8 @@ def _print_results(results: list[dict[str, Any]]) -> int:
 
 def _frames_in(paths: list[str], settings: Settings) -> list[str]:
     found: list[str] = []
-    for raw in paths:
-        p = Path(raw).expanduser()
+    for raw in paths:  # absolute: the paths go into run parameters and the provenance DB
+        p = Path(raw).expanduser().resolve()
         if p.is_dir():
             found += [
                 str(f) for f in sorted(p.rglob("*"))
