@@ -43,8 +43,10 @@ def main() -> None:
     image = rng.uniform(0.05, 0.3, (3, args.size, args.size)).astype(np.float32)
     mac = macs_per_pixel(model)
     print(f"model {label}: {mac:.0f} MAC/px ({STARNET_V1_MAC_PER_PX / mac:.1f}x below StarNet v1)")
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} threads, device {args.device}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} threads, device {args.device}"
+    )
     print()
     print("| tile px | overlap px | batch | frame | seconds | MP/s |")
     print("|---|---|---|---|---|---|")

@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="settings file (default: $STARNET_CONFIG or ./config.yaml)")
+    parser.add_argument(
+        "--config", help="settings file (default: $STARNET_CONFIG or ./config.yaml)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -31,16 +31,24 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--new", action="store_true", help="start a fresh model instead of resuming")
-    p.add_argument("--yes", action="store_true", help="do not ask before --new discards a checkpoint")
+    p.add_argument(
+        "--yes", action="store_true", help="do not ask before --new discards a checkpoint"
+    )
     p.add_argument("--synthetic", action="store_true", help="train on generated star fields")
-    p.add_argument("--data", default="train", help="folder with original/ and starless/ (default ./train)")
-    p.add_argument("--logs", default="logs", help="logs, showcase images, checkpoint (default ./logs)")
+    p.add_argument(
+        "--data", default="train", help="folder with original/ and starless/ (default ./train)"
+    )
+    p.add_argument(
+        "--logs", default="logs", help="logs, showcase images, checkpoint (default ./logs)"
+    )
     p.add_argument("--steps", type=int, help="total steps to reach (default from TrainConfig)")
     p.add_argument("--batch", type=int, help="batch size")
     p.add_argument("--crop", type=int, help="crop size in px")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--real-ratio", type=float, help="share of file pairs in a batch when mixing")
-    p.add_argument("--gan-start", type=int, help="step at which adversarial + perceptual terms start")
+    p.add_argument(
+        "--gan-start", type=int, help="step at which adversarial + perceptual terms start"
+    )
     p.add_argument("--pool", type=int, help="synthetic crops held in memory")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--export", help="after training, write the generator weights here")
@@ -58,8 +66,13 @@ def _config(args: argparse.Namespace) -> Any:
 
     cfg = TrainConfig()
     for attr, name in (
-        ("steps", "steps"), ("batch", "batch_size"), ("crop", "crop_px"), ("lr", "lr"),
-        ("real_ratio", "real_ratio"), ("gan_start", "gan_start_step"), ("pool", "pool_size"),
+        ("steps", "steps"),
+        ("batch", "batch_size"),
+        ("crop", "crop_px"),
+        ("lr", "lr"),
+        ("real_ratio", "real_ratio"),
+        ("gan_start", "gan_start_step"),
+        ("pool", "pool_size"),
         ("threads", "threads"),
     ):
         value = getattr(args, attr)
@@ -157,8 +170,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(f"starnet plot: {log_file}: the log is empty", file=sys.stderr)
         return 2
     keys = [
-        k for k in ("l_g_pix", "l_g_low", "l_g_percep", "l_g_gan", "l_d_real", "l_d_fake",
-                    "residual_star_flux", "bg_l1")
+        k
+        for k in (
+            "l_g_pix",
+            "l_g_low",
+            "l_g_percep",
+            "l_g_gan",
+            "l_d_real",
+            "l_d_fake",
+            "residual_star_flux",
+            "bg_l1",
+        )
         if any(k in r for r in records)
     ]
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.2 * len(keys)), sharex=True)

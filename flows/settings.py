@@ -23,6 +23,12 @@ from typing import Any
 
 import yaml
 
+from starnet_core.options import MaskOptions, StretchOptions, TileOptions
+
+# The science defaults live once, in starnet_core's option classes; the settings
+# sections below take their defaults from them.
+_TILE, _MASK, _STRETCH = TileOptions(), MaskOptions(), StretchOptions()
+
 
 class SettingsError(ValueError):
     """A configuration file is unreadable or holds an unknown key or a bad value."""
@@ -34,24 +40,22 @@ class InferenceSettings:
 
     weights: str | None = None  # None: the model shipped in the package
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    # The net sees ~200 px of context: 512 px tiles with 64 px overlap keep tiled
-    # output within 0.04 of untiled at tile borders (256/32: 0.13), same overlap cost.
-    tile_px: int = 512
-    overlap_px: int = 64
-    batch_size: int = 4
-    passes: int = 1
-    upsample: bool = False
-    mixed_precision: bool = True
+    tile_px: int = _TILE.tile_px
+    overlap_px: int = _TILE.overlap_px
+    batch_size: int = _TILE.batch_size
+    passes: int = _TILE.passes
+    upsample: bool = _TILE.upsample
+    mixed_precision: bool = _TILE.mixed_precision
 
 
 @dataclass
 class StretchSettings:
     """Auto-stretch with the midtones transfer function (see ``starnet_core.stretch``)."""
 
-    mode: str = "auto"  # auto: stretch linear inputs only | always | never
-    shadows_clip_mad: float = -2.8
-    target_background: float = 0.25
-    linked: bool = True
+    mode: str = _STRETCH.mode  # auto: stretch linear inputs only | always | never
+    shadows_clip_mad: float = _STRETCH.shadows_clip_mad
+    target_background: float = _STRETCH.target_background
+    linked: bool = _STRETCH.linked
 
 
 @dataclass
@@ -66,9 +70,9 @@ class ValidationSettings:
 class MaskSettings:
     """Star mask from the star layer (see ``starnet_core.masks``)."""
 
-    threshold: float = 0.04
-    dilate_px: int = 2
-    feather_px: float = 2.0
+    threshold: float = _MASK.threshold
+    dilate_px: int = _MASK.dilate_px
+    feather_px: float = _MASK.feather_px
 
 
 @dataclass

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from starnet_core.inference import check_stretched_image
+
 __all__ = [
     "StarDetections",
     "background",
@@ -97,17 +99,6 @@ class StarDetections:
     rejected_xy: np.ndarray
     mask: np.ndarray
     noise_sigma: float
-
-
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array (C, H, W), got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[0] not in (1, 3) or min(image.shape) < 1:
-        raise ValueError(f"image must have shape (C, H, W) with C in {{1, 3}}, got {image.shape}")
-    if image.dtype != np.float32:
-        raise ValueError(f"image must be float32, got {image.dtype}")
-    if not np.isfinite(image).all():
-        raise ValueError(f"image has {np.count_nonzero(~np.isfinite(image))} non-finite values")
 
 
 def _check_params(
@@ -371,7 +362,7 @@ def detect_stars(
 
     Parameters as in :func:`classical_remove_stars`.
     """
-    _check_image(image)
+    check_stretched_image(image)
     _check_params(detect_sigma, dilate_px, max_star_px, psf_factor, background_px)
     lum = image.mean(axis=0, dtype=np.float32)
     H, W = lum.shape

@@ -11,60 +11,25 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from starnet_core.tiling import run_tiled, select_device, validate_tile_params
+from starnet_core.options import TileOptions
+from starnet_core.tiling import run_tiled, select_device
 
-__all__ = ["TileOptions", "remove_stars"]
+__all__ = ["TileOptions", "check_stretched_image", "remove_stars"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TileOptions:
-    """How :func:`remove_stars` runs the network; the config section ``inference`` uses
-    the same names.
-
-    Attributes:
-        tile_px: tile side in pixels of the input frame (rounded up to what the model needs).
-        overlap_px: overlap between tiles and pad around the frame, ``< tile_px / 2``.
-        batch_size: tiles per forward pass.
-        passes: how many times the network runs, each pass on the previous pass's
-            output (StarNet's advice for busy fields: 2 or 3).
-        upsample: upsample each tile 2x (bicubic) before the network and area-average
-            back, so tiny undersampled stars look like the stars it was trained on.
-            Costs 4x compute and 4x device memory per tile.
-        mixed_precision: autocast (bfloat16/float16) on CUDA.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-    """
-
-    tile_px: int = 512
-    overlap_px: int = 64
-    batch_size: int = 4
-    passes: int = 1
-    upsample: bool = False
-    mixed_precision: bool = True
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        validate_tile_params(self.tile_px, self.overlap_px, self.batch_size)
-        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
-            raise ValueError(f"passes must be an int >= 1, got {self.passes!r}")
-        for name in ("upsample", "mixed_precision"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if not isinstance(self.device, str):
-            raise ValueError(f"device must be a str, got {self.device!r}")
 
 
 DEFAULT_TILE_OPTIONS = TileOptions()
 
 
-def _check_image(image: np.ndarray) -> None:
+def check_stretched_image(image: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``image`` is a finite ``(C, H, W) float32`` frame in [0, 1],
+    C in {1, 3}: what the network and the classical baseline take."""
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array (C, H, W), got {type(image).__name__}")
     if image.ndim != 3 or image.shape[0] not in (1, 3) or min(image.shape) < 1:
@@ -132,7 +97,7 @@ def remove_stars(
         ``(C, H, W) float32`` starless, clipped to ``[0, 1]`` (after every pass, since
         each pass is the next one's input). Not forced below the input.
     """
-    _check_image(image)
+    check_stretched_image(image)
     multiple = _model_multiple(model)
     device = select_device(options.device)
     model.eval()

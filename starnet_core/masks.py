@@ -7,10 +7,10 @@ All images are ``(C, H, W)`` float arrays in ``[0, 1]`` (stretched); results are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage
+
+from starnet_core.options import MaskOptions
 
 __all__ = [
     "MaskOptions",
@@ -76,31 +76,6 @@ def unscreen_star_layer(original: np.ndarray, starless: np.ndarray) -> np.ndarra
     s = starless.astype(np.float64)
     stars = (o - s) / np.maximum(1.0 - s, UNSCREEN_EPS)
     return np.clip(stars, 0.0, 1.0).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class MaskOptions:
-    """Star mask from a star layer (the config section ``mask`` uses the same names).
-
-    Attributes:
-        threshold: star-layer level (max over channels) above which a pixel is a star.
-        dilate_px: radius of the disc the binary mask is dilated by (0: none).
-        feather_px: Gaussian sigma of the final feathering, px (0: hard edges).
-    """
-
-    threshold: float = 0.04
-    dilate_px: int = 2
-    feather_px: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.threshold, int | float) and 0.0 <= self.threshold < 1.0):
-            raise ValueError(f"threshold must be a number in [0, 1), got {self.threshold!r}")
-        if isinstance(self.dilate_px, bool) or not isinstance(self.dilate_px, int):
-            raise ValueError(f"dilate_px must be an int, got {self.dilate_px!r}")
-        if self.dilate_px < 0:
-            raise ValueError(f"dilate_px must be >= 0, got {self.dilate_px}")
-        if not (isinstance(self.feather_px, int | float) and 0.0 <= self.feather_px < np.inf):
-            raise ValueError(f"feather_px must be a finite number >= 0, got {self.feather_px!r}")
 
 
 DEFAULT_MASK_OPTIONS = MaskOptions()

@@ -61,9 +61,7 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         raw = json.loads(text)
-        return cls(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        )
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
 class LayerNorm2d(nn.Module):
@@ -262,13 +260,17 @@ def load_weights(
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{path}: not a safetensors file ({e})") from e
     if meta.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path}: metadata format {meta.get('format')!r}, expected {WEIGHTS_FORMAT!r}")
+        raise ValueError(
+            f"{path}: metadata format {meta.get('format')!r}, expected {WEIGHTS_FORMAT!r}"
+        )
     config = ModelConfig.from_json(meta["config"])
     model = StarNetUNet(config)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: tensors do not match the architecture in its metadata: {e}") from e
+        raise ValueError(
+            f"{path}: tensors do not match the architecture in its metadata: {e}"
+        ) from e
     model.eval()
     return model, ModelInfo(config, meta.get("version", "unknown"), digest, meta)
 

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from starnet_core.inference import TileOptions, remove_stars
-from starnet_core.masks import MaskOptions, enhance, star_layer, star_mask, unscreen_star_layer
+from starnet_core.inference import remove_stars
+from starnet_core.masks import enhance, star_layer, star_mask, unscreen_star_layer
+from starnet_core.options import STRETCH_MODES, MaskOptions, StretchOptions, TileOptions
 from starnet_core.stretch import (
     Normalization,
     StretchParams,
@@ -38,21 +39,10 @@ from starnet_core.stretch import (
 
 log = logging.getLogger(__name__)
 
-STRETCH_MODES = ("auto", "always", "never")
 
-
-@dataclass(frozen=True)
-class StretchOptions:
-    """When and how linear data is auto-stretched (config section ``stretch``)."""
-
-    mode: str = "auto"  # auto: linear inputs only | always | never
-    shadows_clip_mad: float = -2.8
-    target_background: float = 0.25
-    linked: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mode not in STRETCH_MODES:
-            raise ValueError(f"stretch mode must be one of {STRETCH_MODES}, got {self.mode!r}")
+DEFAULT_STRETCH_OPTIONS = StretchOptions()
+DEFAULT_TILE_OPTIONS = TileOptions()
+DEFAULT_MASK_OPTIONS = MaskOptions()
 
 
 @dataclass
@@ -90,9 +80,9 @@ def process_array(
     image: np.ndarray,
     *,
     is_linear: bool,
-    stretch: StretchOptions = StretchOptions(),
-    tiles: TileOptions = TileOptions(),
-    mask: MaskOptions = MaskOptions(),
+    stretch: StretchOptions = DEFAULT_STRETCH_OPTIONS,
+    tiles: TileOptions = DEFAULT_TILE_OPTIONS,
+    mask: MaskOptions = DEFAULT_MASK_OPTIONS,
     enhance_strength: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameProducts:

@@ -84,9 +84,7 @@ def fractal_noise(rng: np.random.Generator, n: int, beta: float) -> Array:
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
-def _background(
-    rng: np.random.Generator, n: int, sky: float, fwhm: float
-) -> tuple[Array, Array]:
+def _background(rng: np.random.Generator, n: int, sky: float, fwhm: float) -> tuple[Array, Array]:
     """Linear background (3, n, n) above sky, and compact structures that must stay."""
     bg = np.zeros((3, n, n), np.float32)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
@@ -117,7 +115,7 @@ def _background(
     n_gal = int(rng.poisson(1.5)) if rng.random() < 0.6 else 0
     if n_gal:
         keep = rng.uniform(0, n, (n_gal, 2)).astype(np.float32)
-        for (x0, y0) in keep:
+        for x0, y0 in keep:
             re = max(rng.uniform(2.0, 9.0), 1.3 * fwhm)
             q = rng.uniform(0.25, 1.0)
             th = rng.uniform(0, np.pi)
@@ -129,12 +127,14 @@ def _background(
             bn = 2 * sersic_n - 0.33
             prof = np.exp(-bn * ((r / re) ** (1 / sersic_n) - 1)).astype(np.float32)
             prof /= prof.max()
-            col = np.array([1.0, 0.9, 0.75], np.float32) * rng.uniform(0.8, 1.2, 3).astype(np.float32)
+            col = np.array([1.0, 0.9, 0.75], np.float32) * rng.uniform(0.8, 1.2, 3).astype(
+                np.float32
+            )
             bg += sky * rng.uniform(0.5, 6.0) * col[:, None, None] * prof[None]
     if kind != "empty" and rng.random() < 0.5:
         # compact nebular knots (HII knots, globule rims): wider than the PSF, kept
         knots = rng.uniform(0, n, (int(rng.integers(1, 8)), 2)).astype(np.float32)
-        for (x0, y0) in knots:
+        for x0, y0 in knots:
             sig = max(1.5, rng.uniform(1.6, 3.5) * fwhm / 2.3548)
             q = rng.uniform(0.4, 1.0)
             th = rng.uniform(0, np.pi)
@@ -198,7 +198,12 @@ def _splat(n: int, xy: Array, weights: Array) -> Array:
     y0 = np.floor(xy[:, 1]).astype(int)
     fx = (xy[:, 0] - x0).astype(np.float32)
     fy = (xy[:, 1] - y0).astype(np.float32)
-    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+    for dx, dy, w in (
+        (0, 0, (1 - fx) * (1 - fy)),
+        (1, 0, fx * (1 - fy)),
+        (0, 1, (1 - fx) * fy),
+        (1, 1, fx * fy),
+    ):
         xi = (x0 + dx) % n
         yi = (y0 + dy) % n
         for c in range(3):
@@ -263,8 +268,10 @@ def _render_pair(
     # star count per crop: sparse .. Milky-Way dense (scaled with area)
     if dense is None:
         dense = bool(rng.random() < 0.25)
-    per_128 = np.exp(rng.uniform(np.log(800), np.log(4000))) if dense else np.exp(
-        rng.uniform(np.log(20), np.log(800))
+    per_128 = (
+        np.exp(rng.uniform(np.log(800), np.log(4000)))
+        if dense
+        else np.exp(rng.uniform(np.log(20), np.log(800)))
     )
     count = int(per_128 * (n / 128) ** 2)
     # peak brightness power law: N(>A) ~ A^-alpha, from ~2 sigma up to far past saturation
@@ -277,9 +284,9 @@ def _render_pair(
     colours = _star_colours(rng, count)
     mono = bool(rng.random() < 0.2)
     impulses = _splat(n, xy, peak[:, None] * colours)
-    stars = np.fft.irfft2(
-        np.fft.rfft2(impulses) * np.fft.rfft2(psf)[None], s=(n, n)
-    ).astype(np.float32)
+    stars = np.fft.irfft2(np.fft.rfft2(impulses) * np.fft.rfft2(psf)[None], s=(n, n)).astype(
+        np.float32
+    )
     stars = np.maximum(stars, 0)
     gain = rng.uniform(0.3, 3.0) * noise_sigma**2 / max(sky, 1e-6)  # variance per unit signal
     # Unresolved stars below the noise are part of the background in BOTH images: no one
@@ -287,8 +294,11 @@ def _render_pair(
     # teaches it to darken and tint the whole background.
     n_faint = int(count * rng.uniform(0.0, 3.0))
     faint_peak = noise_sigma * rng.uniform(0.1, 1.0, n_faint).astype(np.float32)
-    faint = _splat(n, rng.uniform(0, n, (n_faint, 2)).astype(np.float32),
-                   faint_peak[:, None] * _star_colours(rng, n_faint))
+    faint = _splat(
+        n,
+        rng.uniform(0, n, (n_faint, 2)).astype(np.float32),
+        faint_peak[:, None] * _star_colours(rng, n_faint),
+    )
     faint = np.fft.irfft2(np.fft.rfft2(faint) * np.fft.rfft2(psf)[None], s=(n, n))
     base = sky + bg + np.maximum(faint, 0).astype(np.float32)
     shared = rng.standard_normal((3, n, n)).astype(np.float32) * np.sqrt(
@@ -312,8 +322,11 @@ def _render_pair(
     if rng.random() < 0.15:  # whole-image colour balance shift, as after colour calibration
         gains = rng.uniform(0.8, 1.1, (3, 1, 1)).astype(np.float32)
         o, c = np.clip(o * gains, 0, 1), np.clip(c * gains, 0, 1)
-    inside = (xy[:, 0] >= margin) & (xy[:, 0] < margin + size_px) & (xy[:, 1] >= margin) & (
-        xy[:, 1] < margin + size_px
+    inside = (
+        (xy[:, 0] >= margin)
+        & (xy[:, 0] < margin + size_px)
+        & (xy[:, 1] >= margin)
+        & (xy[:, 1] < margin + size_px)
     )
     scene = Scene(
         star_xy=xy[inside] - margin,

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from starnet_core.options import check_int, validate_tile_params
+
 __all__ = [
     "SeamStats",
     "blend_window",
@@ -60,29 +62,6 @@ Progress = Callable[[int, int], None]
 
 # seam_stats(reference="auto") runs the network untiled up to this many pixels.
 UNTILED_MAX_PX = 1024 * 1024
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def validate_tile_params(tile_px: int, overlap_px: int, batch_size: int) -> None:
-    """Raise ``ValueError`` naming the parameter unless the tiling parameters are usable.
-
-    ``tile_px >= 1``, ``batch_size >= 1``, ``overlap_px >= 0`` ints and
-    ``overlap_px < tile_px / 2`` (so the two ramps of a tile never meet).
-    """
-    _check_int("tile_px", tile_px, 1)
-    _check_int("overlap_px", overlap_px, 0)
-    _check_int("batch_size", batch_size, 1)
-    if 2 * overlap_px >= tile_px:
-        raise ValueError(
-            f"overlap_px must be < tile_px / 2, got overlap_px={overlap_px} with tile_px={tile_px}"
-        )
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -131,9 +110,9 @@ def tile_starts(length_px: int, tile_px: int, overlap_px: int) -> list[int]:
     neighbour by more than ``overlap_px``). If ``length_px <= tile_px`` the
     answer is ``[0]`` and the caller pads up to a tile.
     """
-    _check_int("length_px", length_px, 1)
-    _check_int("tile_px", tile_px, 1)
-    _check_int("overlap_px", overlap_px, 0)
+    check_int("length_px", length_px, 1)
+    check_int("tile_px", tile_px, 1)
+    check_int("overlap_px", overlap_px, 0)
     if overlap_px >= tile_px:
         raise ValueError(f"overlap_px must be < tile_px, got {overlap_px} with tile_px={tile_px}")
     if length_px <= tile_px:
@@ -340,7 +319,7 @@ def run_tiled(
     """
     _check_image(image)
     validate_tile_params(tile_px, overlap_px, batch_size)
-    multiple = _check_int("multiple", multiple, 1)
+    multiple = check_int("multiple", multiple, 1)
     tile = math.ceil(tile_px / multiple) * multiple
     return _tiled(
         fn,
@@ -416,7 +395,7 @@ def seam_stats(
     """
     _check_image(image)
     validate_tile_params(tile_px, overlap_px, batch_size)
-    multiple = _check_int("multiple", multiple, 1)
+    multiple = check_int("multiple", multiple, 1)
     if reference not in ("auto", "untiled", "shifted"):
         raise ValueError(f"reference must be auto, untiled or shifted, got {reference!r}")
     dev = _as_device(device)

@@ -138,7 +138,8 @@ def read_pair_folder(root: Path) -> list[Pair]:
 
     orig_dir, clean_dir = root / "original", root / "starless"
     names = sorted(
-        p.name for p in orig_dir.iterdir()
+        p.name
+        for p in orig_dir.iterdir()
         if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith(".")
     )
     pairs: list[Pair] = []
@@ -188,7 +189,9 @@ def augment(
     return x.contiguous(), y.contiguous()
 
 
-def star_metrics(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, thr: float) -> dict[str, float]:
+def star_metrics(
+    x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, thr: float
+) -> dict[str, float]:
     """Residual star flux fraction and background error: what the loss alone hides."""
     stars = (x - y).clamp(min=0)
     mask = stars > thr
@@ -206,7 +209,9 @@ def _adam_to_tensors(opt: torch.optim.Adam, prefix: str) -> dict[str, torch.Tens
     return out
 
 
-def _adam_from_tensors(opt: torch.optim.Adam, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+def _adam_from_tensors(
+    opt: torch.optim.Adam, tensors: dict[str, torch.Tensor], prefix: str
+) -> None:
     sd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
@@ -242,10 +247,18 @@ def build_state(cfg: TrainConfig, generator: StarNetUNet | None = None) -> Train
 
 def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
     """Everything to resume, as one safetensors file (atomic)."""
-    tensors = {f"g.{k}": v.detach().cpu().contiguous() for k, v in state.generator.state_dict().items()}
-    tensors |= {f"d.{k}": v.detach().cpu().contiguous() for k, v in state.discriminator.state_dict().items()}
+    tensors = {
+        f"g.{k}": v.detach().cpu().contiguous() for k, v in state.generator.state_dict().items()
+    }
+    tensors |= {
+        f"d.{k}": v.detach().cpu().contiguous() for k, v in state.discriminator.state_dict().items()
+    }
     tensors |= _adam_to_tensors(state.opt_g, "opt_g") | _adam_to_tensors(state.opt_d, "opt_d")
-    meta = {"step": str(state.step), "train_config": cfg.to_json(), "model_config": state.generator.config.to_json()}
+    meta = {
+        "step": str(state.step),
+        "train_config": cfg.to_json(),
+        "model_config": state.generator.config.to_json(),
+    }
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)
@@ -260,7 +273,9 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> TrainState:
     tensors = load_file(str(path))
     state = build_state(cfg, StarNetUNet(ModelConfig.from_json(meta["model_config"])))
     state.generator.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("g.")})
-    state.discriminator.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("d.")})
+    state.discriminator.load_state_dict(
+        {k[2:]: v for k, v in tensors.items() if k.startswith("d.")}
+    )
     _adam_from_tensors(state.opt_g, tensors, "opt_g")
     _adam_from_tensors(state.opt_d, tensors, "opt_d")
     state.step = int(meta["step"])
@@ -397,7 +412,10 @@ def train(
             record |= {"step": state.step, "lr": lr, "s_per_step": dt / n_acc, "time": time.time()}
             log.info(
                 "step %d  l_g_pix %.4f  residual star flux %.3f  bg_l1 %.4f  %.3f s/step",
-                state.step, record["l_g_pix"], record["residual_star_flux"], record["bg_l1"],
+                state.step,
+                record["l_g_pix"],
+                record["residual_star_flux"],
+                record["bg_l1"],
                 record["s_per_step"],
             )
             if on_log is not None:

@@ -23,8 +23,18 @@ TINY = ModelConfig(widths=(8, 16), blocks=(1, 1))
 
 def tiny_config(**kw: object) -> TrainConfig:
     base = dict(
-        steps=6, batch_size=2, crop_px=32, pool_size=4, refresh_every=2, refresh_count=1,
-        log_every=2, checkpoint_every=3, gan_start_step=2, warmup_steps=1, model=TINY, threads=1,
+        steps=6,
+        batch_size=2,
+        crop_px=32,
+        pool_size=4,
+        refresh_every=2,
+        refresh_count=1,
+        log_every=2,
+        checkpoint_every=3,
+        gan_start_step=2,
+        warmup_steps=1,
+        model=TINY,
+        threads=1,
     )
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
@@ -34,7 +44,9 @@ def test_tiny_run_logs_and_checkpoints(tmp_path: Path) -> None:
     records: list[dict[str, float]] = []
     strips: list[np.ndarray] = []
     state = train(
-        tiny_config(), tmp_path, on_log=records.append,
+        tiny_config(),
+        tmp_path,
+        on_log=records.append,
         on_showcase=lambda step, strip: strips.append(strip),
     )
     assert state.step == 6

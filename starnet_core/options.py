@@ -1,0 +1,125 @@
+"""Option classes of the science core: plain validated dataclasses, no torch.
+
+They are the defaults of the config sections ``inference``, ``mask`` and
+``stretch`` (``flows.settings`` takes its defaults from here), so importing the
+settings does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "STRETCH_MODES",
+    "MaskOptions",
+    "StretchOptions",
+    "TileOptions",
+    "check_int",
+    "validate_tile_params",
+]
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def validate_tile_params(tile_px: int, overlap_px: int, batch_size: int) -> None:
+    """Raise ``ValueError`` naming the parameter unless the tiling parameters are usable.
+
+    ``tile_px >= 1``, ``batch_size >= 1``, ``overlap_px >= 0`` ints and
+    ``overlap_px < tile_px / 2`` (so the two ramps of a tile never meet).
+    """
+    check_int("tile_px", tile_px, 1)
+    check_int("overlap_px", overlap_px, 0)
+    check_int("batch_size", batch_size, 1)
+    if 2 * overlap_px >= tile_px:
+        raise ValueError(
+            f"overlap_px must be < tile_px / 2, got overlap_px={overlap_px} with tile_px={tile_px}"
+        )
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How :func:`remove_stars` runs the network; the config section ``inference`` uses
+    the same names.
+
+    Attributes:
+        tile_px: tile side in pixels of the input frame (rounded up to what the model needs).
+        overlap_px: overlap between tiles and pad around the frame, ``< tile_px / 2``.
+        batch_size: tiles per forward pass.
+        passes: how many times the network runs, each pass on the previous pass's
+            output (StarNet's advice for busy fields: 2 or 3).
+        upsample: upsample each tile 2x (bicubic) before the network and area-average
+            back, so tiny undersampled stars look like the stars it was trained on.
+            Costs 4x compute and 4x device memory per tile.
+        mixed_precision: autocast (bfloat16/float16) on CUDA.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    """
+
+    # The net sees ~200 px of context: 512 px tiles with 64 px overlap keep tiled
+    # output within 0.04 of untiled at tile borders (256/32: 0.13), same overlap cost.
+    tile_px: int = 512
+    overlap_px: int = 64
+    batch_size: int = 4
+    passes: int = 1
+    upsample: bool = False
+    mixed_precision: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        validate_tile_params(self.tile_px, self.overlap_px, self.batch_size)
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
+            raise ValueError(f"passes must be an int >= 1, got {self.passes!r}")
+        for name in ("upsample", "mixed_precision"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a str, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """Star mask from a star layer (the config section ``mask`` uses the same names).
+
+    Attributes:
+        threshold: star-layer level (max over channels) above which a pixel is a star.
+        dilate_px: radius of the disc the binary mask is dilated by (0: none).
+        feather_px: Gaussian sigma of the final feathering, px (0: hard edges).
+    """
+
+    threshold: float = 0.04
+    dilate_px: int = 2
+    feather_px: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threshold, int | float) and 0.0 <= self.threshold < 1.0):
+            raise ValueError(f"threshold must be a number in [0, 1), got {self.threshold!r}")
+        if isinstance(self.dilate_px, bool) or not isinstance(self.dilate_px, int):
+            raise ValueError(f"dilate_px must be an int, got {self.dilate_px!r}")
+        if self.dilate_px < 0:
+            raise ValueError(f"dilate_px must be >= 0, got {self.dilate_px}")
+        if not (isinstance(self.feather_px, int | float) and 0.0 <= self.feather_px < np.inf):
+            raise ValueError(f"feather_px must be a finite number >= 0, got {self.feather_px!r}")
+
+
+STRETCH_MODES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class StretchOptions:
+    """When and how linear data is auto-stretched (config section ``stretch``)."""
+
+    mode: str = "auto"  # auto: linear inputs only | always | never
+    shadows_clip_mad: float = -2.8
+    target_background: float = 0.25
+    linked: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in STRETCH_MODES:
+            raise ValueError(f"stretch mode must be one of {STRETCH_MODES}, got {self.mode!r}")
