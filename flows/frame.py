@@ -39,7 +39,14 @@ from flows.provenance_records import (
     sha256_file,
 )
 from flows.settings import Settings
-from starnet_core.imageio import ImageData, ImageError, output_path, read_image, write_image
+from starnet_core.imageio import (
+    ImageData,
+    ImageError,
+    output_path,
+    read_fits_header,
+    read_image,
+    write_image,
+)
 from starnet_core.inference import TileOptions
 from starnet_core.masks import MaskOptions
 from starnet_core.model import load_model
@@ -150,14 +157,10 @@ class FrameResult:
 
 
 def _header_facts(path: Path) -> HeaderFacts | None:
-    """Facts for the frames table, or None when the file does not read (the compute stage
-    then fails with the reason)."""
-    try:
-        img = read_image(path, nan_policy="zero", max_nonfinite_fraction=1.0)
-    except ImageError:
-        return None
-    shape = tuple(int(n) for n in img.data.shape)
-    return HeaderFacts.from_header(img.header or {}, (shape[0], shape[1], shape[2]))
+    """Facts for the frames table from a FITS header (pixels are read once, later, by
+    :func:`compute_outputs`); None for other formats."""
+    header = read_fits_header(path)
+    return None if header is None else HeaderFacts.from_header(header)
 
 
 def claim_frame(

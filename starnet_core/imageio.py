@@ -232,6 +232,24 @@ def _read_fits(p: Path, notes: list[str]) -> tuple[np.ndarray, str, fits.Header,
     return data, dtype, header, channels_last
 
 
+def read_fits_header(path: str | os.PathLike[str]) -> fits.Header | None:
+    """The image HDU's header of a FITS file, without decoding its pixels.
+
+    None for non-FITS files and for files that do not read (``read_image`` then
+    gives the reason). For the provenance DB's header facts at claim time.
+    """
+    p = Path(path)
+    try:
+        if _detect_format(p) != "fits":
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(p, memmap=False) as hdul:
+                return _find_image_hdu(p, hdul).header.copy()
+    except (ImageError, *_READ_ERRORS):
+        return None
+
+
 def _find_image_hdu(
     p: Path, hdul: fits.HDUList
 ) -> fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU:

@@ -458,3 +458,21 @@ def test_empty_constant_and_raw_adu(tmp_path: Path) -> None:
     small = tmp_path / "tiny.tif"
     tifffile.imwrite(small, _ints("uint8", (3, 5)), photometric="minisblack")
     assert read_image(small).data.shape == (1, 3, 5)
+
+
+def test_read_fits_header_without_pixels(tmp_path: Path) -> None:
+    from starnet_core.imageio import read_fits_header
+
+    p = tmp_path / "h.fits"
+    hdr = fits.Header()
+    hdr["OBJECT"] = "M42"
+    fits.PrimaryHDU(np.zeros((4, 5), np.float32), hdr).writeto(p)
+    h = read_fits_header(p)
+    assert h is not None and h["OBJECT"] == "M42" and h["NAXIS1"] == 5
+    assert read_fits_header(tmp_path / "missing.fits") is None
+    junk = tmp_path / "junk.fits"
+    junk.write_text("not fits")
+    assert read_fits_header(junk) is None
+    png = tmp_path / "x.png"
+    png.write_bytes(b"")
+    assert read_fits_header(png) is None
