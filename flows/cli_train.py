@@ -53,6 +53,11 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--export", help="after training, write the generator weights here")
     p.add_argument("--version", default="0.0.0-dev", help="version stored in exported weights")
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="after training, make the generator the packaged default model (with --version)",
+    )
     p.set_defaults(func=cmd_train)
 
     q = sub.add_parser("plot", help="draw loss and metric graphs from training logs to PNG")
@@ -147,6 +152,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         should_stop=lambda: stop["flag"],
     )
     print(f"stopped at step {state.step}; checkpoint {ckpt}")
+    if args.ship:
+        from starnet_core.model import ship_weights
+
+        state.generator.eval()
+        path = ship_weights(state.generator, args.version, {"train_steps": str(state.step)})
+        print(f"shipped {path} as the default model {args.version}")
     if args.export:
         digest = export_generator(
             state, Path(args.export), args.version, {"train_steps": str(state.step)}

@@ -306,6 +306,19 @@ def packaged_weights() -> tuple[Path, str, str]:
     return WEIGHTS_DIR / raw["file"], raw["sha256"], raw["version"]
 
 
+def ship_weights(model: StarNetUNet, version: str, extra: dict[str, str] | None = None) -> Path:
+    """Make ``model`` the packaged default: ``weights/starnet-<version>.safetensors`` and
+    the manifest (file, sha256, version) that :func:`load_model` verifies on every load."""
+    path = WEIGHTS_DIR / f"starnet-{version}.safetensors"
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    digest = save_weights(model, path, version=version, extra=extra)
+    manifest = {"file": path.name, "sha256": digest, "version": version}
+    tmp = MANIFEST.with_name(f".{MANIFEST.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(MANIFEST)
+    return path
+
+
 def load_model(weights: str | Path | None = None) -> tuple[StarNetUNet, ModelInfo]:
     """The generator from ``weights``, or the packaged model (sha256-verified) when None."""
     if weights is None:

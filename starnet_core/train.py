@@ -342,7 +342,10 @@ def train(
     file_pairs = file_pairs or []
     if not synthetic and not file_pairs:
         raise ValueError("nothing to train on: synthetic=False and no file pairs given")
-    pool = PairPool(cfg.pool_size, cfg.crop_px, cfg.seed + state.step) if synthetic else None
+    todo = state.step < cfg.steps  # a finished run (e.g. only exporting) needs no data
+    pool = (
+        PairPool(cfg.pool_size, cfg.crop_px, cfg.seed + state.step) if synthetic and todo else None
+    )
     gen = torch.Generator().manual_seed(cfg.seed + state.step)
     g, d = state.generator, state.discriminator
     g.train()

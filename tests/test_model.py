@@ -109,3 +109,19 @@ def test_config_validation() -> None:
         ModelConfig(widths=(8, 16), blocks=(1,))
     with pytest.raises(ValueError, match="kernel_px must be odd"):
         ModelConfig(kernel_px=4)
+
+
+def test_ship_weights_writes_manifest_verified_on_load(tmp_path: Path, monkeypatch) -> None:
+    import starnet_core.model as model_mod
+
+    monkeypatch.setattr(model_mod, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(model_mod, "MANIFEST", tmp_path / "manifest.json")
+    with pytest.raises(FileNotFoundError, match="no trained weights are shipped"):
+        load_model(None)
+    path = model_mod.ship_weights(StarNetUNet(TINY), "9.9.9")
+    assert path.name == "starnet-9.9.9.safetensors"
+    _, info = load_model(None)
+    assert info.version == "9.9.9"
+    path.write_bytes(path.read_bytes()[:-1] + b"x")  # corrupt the shipped file
+    with pytest.raises(ValueError, match="does not match the expected"):
+        load_model(None)
