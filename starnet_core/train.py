@@ -47,7 +47,7 @@ Pair = tuple[np.ndarray, np.ndarray]
 class TrainConfig:
     """Every knob of a training run; saved with each checkpoint."""
 
-    steps: int = 30000  # total optimizer steps to reach (resumed runs continue to it)
+    steps: int = 25000  # total optimizer steps to reach (resumed runs continue to it)
     batch_size: int = 8
     crop_px: int = 128
     lr: float = 5e-4
@@ -64,7 +64,7 @@ class TrainConfig:
     w_pix: float = 1.0
     w_percep: float = 0.1
     w_gan: float = 0.005
-    gan_start_step: int = 3000
+    gan_start_step: int = 16000
     augment_scale: float = 0.3  # probability of a random zoom-in (stars look bigger)
     seed: int = 1234
     log_every: int = 100
