@@ -48,7 +48,9 @@ from starnet_core import metrics
 from starnet_core.classical import classical_remove_stars
 from starnet_core.imageio import read_image
 from starnet_core.inference import TileOptions, remove_stars
+from starnet_core.masks import protect_background
 from starnet_core.model import load_model, macs_per_pixel
+from starnet_core.options import ProtectOptions
 from starnet_core.synthetic import Scene, make_pair
 from starnet_core.tiling import seam_score, select_device
 
@@ -290,13 +292,16 @@ def run_benchmark(
     real_dir: Path | None = DEFAULT_REAL_PAIRS,
     preview_dir: Path | None = None,
     tile_options: TileOptions | None = None,
+    protect: ProtectOptions | None = None,
     cases: list[Case] | None = None,
 ) -> dict[str, Any]:
     """All figures as a JSON-ready dict (``cases`` overrides the synthetic scenes)."""
     options = tile_options or TileOptions()
+    protect = protect or ProtectOptions()
     methods: dict[str, Method] = {"input": lambda x: x, "classical": classical_remove_stars}
     if model is not None:
-        methods["model"] = lambda x: remove_stars(model, x, options)
+        # what users get: the network, then background protection (pipeline default)
+        methods["model"] = lambda x: protect_background(x, remove_stars(model, x, options), protect)
     size = QUICK_SIZE_PX if quick else FULL_SIZE_PX
     if cases is None:
         cases = synthetic_cases(QUICK_PLAN if quick else FULL_PLAN, size)

@@ -50,6 +50,7 @@ from starnet_core.imageio import (
 from starnet_core.inference import TileOptions
 from starnet_core.masks import MaskOptions
 from starnet_core.model import load_model
+from starnet_core.options import ProtectOptions
 from starnet_core.pipeline import FrameProducts, StretchOptions, preview_strip, process_array
 from starnet_core.tiling import select_device
 
@@ -99,6 +100,10 @@ def mask_options(settings: Settings) -> MaskOptions:
     return MaskOptions(**dataclasses.asdict(settings.mask))
 
 
+def protect_options(settings: Settings) -> ProtectOptions:
+    return ProtectOptions(**dataclasses.asdict(settings.protect))
+
+
 def frame_params(settings: Settings) -> dict[str, Any]:
     """Every setting that changes the outputs (the run's identity hashes these).
 
@@ -113,6 +118,7 @@ def frame_params(settings: Settings) -> dict[str, Any]:
         "stretch": dataclasses.asdict(settings.stretch),
         "validation": dataclasses.asdict(settings.validation),
         "mask": dataclasses.asdict(settings.mask),
+        "protect": dataclasses.asdict(settings.protect),
         "enhance": dataclasses.asdict(settings.enhance),
         "outputs": dataclasses.asdict(settings.outputs),
     }
@@ -268,6 +274,7 @@ def compute_outputs(
         stretch=stretch_options(settings),
         tiles=tile_options(settings),
         mask=mask_options(settings),
+        protect=protect_options(settings),
         enhance_strength=settings.enhance.strength,
         progress=progress,
     )

@@ -23,11 +23,12 @@ from typing import Any
 
 import yaml
 
-from starnet_core.options import MaskOptions, StretchOptions, TileOptions
+from starnet_core.options import MaskOptions, ProtectOptions, StretchOptions, TileOptions
 
 # The science defaults live once, in starnet_core's option classes; the settings
 # sections below take their defaults from them.
 _TILE, _MASK, _STRETCH = TileOptions(), MaskOptions(), StretchOptions()
+_PROTECT = ProtectOptions()
 
 
 class SettingsError(ValueError):
@@ -73,6 +74,16 @@ class MaskSettings:
     threshold: float = _MASK.threshold
     dilate_px: int = _MASK.dilate_px
     feather_px: float = _MASK.feather_px
+
+
+@dataclass
+class ProtectSettings:
+    """Background protection: keep the input where the net's star layer finds no star."""
+
+    enabled: bool = _PROTECT.enabled
+    threshold: float = _PROTECT.threshold
+    dilate_px: int = _PROTECT.dilate_px
+    feather_px: float = _PROTECT.feather_px
 
 
 @dataclass
@@ -165,6 +176,7 @@ class Settings:
     stretch: StretchSettings = field(default_factory=StretchSettings)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     mask: MaskSettings = field(default_factory=MaskSettings)
+    protect: ProtectSettings = field(default_factory=ProtectSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from starnet_core.options import MaskOptions
+from starnet_core.options import MaskOptions, ProtectOptions
 
 __all__ = [
     "MaskOptions",
@@ -143,3 +143,21 @@ def enhance(
     # the expanded form, so strength 0 and mask 1 give the original bit for bit
     out = o + (1.0 - mask.astype(np.float32)) * boost * (1.0 - o)
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def protect_background(
+    original: np.ndarray, starless: np.ndarray, options: ProtectOptions
+) -> np.ndarray:
+    """``original - mask * (original - starless)``, ``(C, H, W) float32``: the network's
+    output where its own star layer finds stars, the untouched input elsewhere.
+
+    Both in stretched [0, 1]; ``options.enabled`` False returns ``starless``.
+    """
+    _check_pair(original, starless)
+    if not options.enabled:
+        return starless
+    layer = star_layer(original, starless)
+    # feather outward only: a star's own pixels always take the network's output
+    core = (layer.max(axis=0) > options.threshold)[None]
+    mask = np.maximum(star_mask(layer, options.mask), core)
+    return (original - mask * (original - starless)).astype(np.float32)

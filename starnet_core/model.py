@@ -232,6 +232,7 @@ def save_weights(
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    tmp.chmod(0o644)  # a model file is for every user of the installation to read
     tmp.replace(path)
     return sha256_of(path)
 

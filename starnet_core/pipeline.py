@@ -24,8 +24,20 @@ import numpy as np
 import torch
 
 from starnet_core.inference import remove_stars
-from starnet_core.masks import enhance, star_layer, star_mask, unscreen_star_layer
-from starnet_core.options import STRETCH_MODES, MaskOptions, StretchOptions, TileOptions
+from starnet_core.masks import (
+    enhance,
+    protect_background,
+    star_layer,
+    star_mask,
+    unscreen_star_layer,
+)
+from starnet_core.options import (
+    STRETCH_MODES,
+    MaskOptions,
+    ProtectOptions,
+    StretchOptions,
+    TileOptions,
+)
 from starnet_core.stretch import (
     Normalization,
     StretchParams,
@@ -43,6 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STRETCH_OPTIONS = StretchOptions()
 DEFAULT_TILE_OPTIONS = TileOptions()
 DEFAULT_MASK_OPTIONS = MaskOptions()
+DEFAULT_PROTECT_OPTIONS = ProtectOptions()
 
 
 @dataclass
@@ -83,6 +96,7 @@ def process_array(
     stretch: StretchOptions = DEFAULT_STRETCH_OPTIONS,
     tiles: TileOptions = DEFAULT_TILE_OPTIONS,
     mask: MaskOptions = DEFAULT_MASK_OPTIONS,
+    protect: ProtectOptions = DEFAULT_PROTECT_OPTIONS,
     enhance_strength: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameProducts:
@@ -108,7 +122,9 @@ def process_array(
     timings["stretch"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    starless_s = remove_stars(model, stretched, tiles, progress=progress)
+    starless_s = protect_background(
+        stretched, remove_stars(model, stretched, tiles, progress=progress), protect
+    )
     timings["remove_stars"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -148,3 +148,21 @@ def test_enhance() -> None:
 def test_bad_inputs_raise(call: Callable[[np.ndarray], object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call(np.zeros((3, 8, 8), np.float32))
+
+
+def test_protect_background_keeps_input_away_from_stars() -> None:
+    from starnet_core.masks import protect_background
+    from starnet_core.options import ProtectOptions
+
+    rng = np.random.default_rng(0)
+    original = rng.uniform(0.2, 0.3, (3, 40, 40)).astype(np.float32)
+    original[:, 20, 20] = 0.95  # one star
+    net = original - 0.005  # a net that also darkens the background slightly
+    net[:, 19:22, 19:22] = 0.25  # and removes the star
+    out = protect_background(original, net, ProtectOptions(threshold=0.02, dilate_px=1))
+    assert np.allclose(out[:, :10, :10], original[:, :10, :10])  # background untouched
+    assert abs(float(out[0, 20, 20]) - 0.25) < 0.05  # the star is still removed
+    off = protect_background(original, net, ProtectOptions(enabled=False))
+    assert np.array_equal(off, net)
+    with pytest.raises(ValueError, match="threshold"):
+        ProtectOptions(threshold=2.0)
