@@ -152,7 +152,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         results = [cast(dict[str, Any], result)]
     except FramesFailedError as e:
         results = e.results
-    return _print_results(results)
+    rc = _print_results(results)
+    starless = results[0].get("outputs", {}).get("starless") if results else None
+    print(
+        f"\nprovenance database: {settings.database_url}\n"
+        f"  starnet history {starless or path}    # what made this file\n"
+        "  starnet runs                            # every run, newest first\n"
+        "Prefect UI: this demo used Prefect's temporary API, which stops with it. To watch\n"
+        "runs in the UI: `prefect server start` (then open http://127.0.0.1:4200), and in\n"
+        "another shell `export PREFECT_API_URL=http://127.0.0.1:4200/api` before\n"
+        "`starnet demo` or `starnet watch` (deploy/README.md)."
+    )
+    return rc
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:

@@ -134,8 +134,9 @@ class ProtectOptions:
     ``starless = original - mask * (original - network output)`` with ``mask`` the
     star mask of the network's star layer at these settings. The network's small
     changes far from any star (texture, colour) are undone; stars are untouched.
-    Measured on the held-out benchmark: whole-image PSNR 33.9 -> 34.8 dB, background
-    PSNR up in 7 of 9 scenes that have background, real pairs' background 39.4 -> 41.4.
+    Measured on the held-out benchmark (model 0.1.0): whole-image PSNR 33.9 -> 34.8 dB,
+    background PSNR up in 7 of the 8 scenes that have background (the 8th unchanged),
+    real pairs' background PSNR 39.4 -> 41.2 dB.
     """
 
     enabled: bool = True
