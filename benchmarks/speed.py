@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tiles", default="256,512", help="comma-separated tile sizes")
+    ap.add_argument("--overlap", type=int, default=TileOptions().overlap_px, help="overlap px")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -51,13 +52,14 @@ def main() -> None:
     print("| tile px | overlap px | batch | frame | seconds | MP/s |")
     print("|---|---|---|---|---|---|")
     for tile in (int(t) for t in args.tiles.split(",")):
-        opts = TileOptions(tile_px=tile, overlap_px=32, batch_size=4, device=args.device)
+        opts = TileOptions(tile_px=tile, overlap_px=args.overlap, batch_size=4, device=args.device)
         remove_stars(model, image[:, :tile, :tile], opts)  # warm-up
         t0 = time.perf_counter()
         remove_stars(model, image, opts)
         dt = time.perf_counter() - t0
         mp = args.size * args.size / 1e6
-        print(f"| {tile} | 32 | 4 | {args.size}x{args.size} RGB | {dt:.2f} | {mp / dt:.2f} |")
+        frame = f"{args.size}x{args.size} RGB"
+        print(f"| {tile} | {args.overlap} | 4 | {frame} | {dt:.2f} | {mp / dt:.2f} |")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS {peak_mib:.0f} MiB")
 
