@@ -26,6 +26,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from starnet_core.classical import pixel_noise
+
 __all__ = [
     "BRIGHTNESS_BINS",
     "PSNR_MAX_DB",
@@ -329,15 +331,6 @@ def structure_kept(
     return out
 
 
-def _pixel_noise(lum: np.ndarray) -> float:
-    """Robust per-pixel noise sigma of an (H, W) image (lower half of a 3x3 high-pass)."""
-    hp = (lum - ndimage.uniform_filter(lum, 3)).ravel()
-    med = float(np.median(hp))
-    low = med - hp[hp <= med]
-    # the 3x3 mean holds 1/9 of the centre pixel: its removal scales white noise by sqrt(8/9)
-    return _MAD_TO_SIGMA * float(np.median(low)) * math.sqrt(9 / 8) if low.size else 0.0
-
-
 def detectable_counts(
     original: np.ndarray,
     pred: np.ndarray,
@@ -358,7 +351,7 @@ def detectable_counts(
     _check_pair("original", original, "truth", truth)
     _check_pair("original", original, "pred", pred)
     lt = _lum(truth)
-    sigma = _pixel_noise(lt) if noise_sigma is None else float(noise_sigma)
+    sigma = pixel_noise(lt) if noise_sigma is None else float(noise_sigma)
     sigma = max(sigma, 1e-6)
     own, n = star_fluxes(_lum(original) - lt, star_xy, aperture_px)
     left, _ = star_fluxes(_lum(pred) - lt, star_xy, aperture_px)
