@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ import torch
 from flows.provenance import ProvenanceDB, default_code_version
 from flows.provenance_records import (
     HeaderFacts,
+    OutputKind,
     ProvenanceRecord,
     make_run_key,
     param_hash,
@@ -312,7 +313,7 @@ def finish_frame(
             claim.run_key,
             "succeeded",
             timings=outputs.timings_s,
-            outputs=list(outputs.outputs.items()),
+            outputs=[(cast(OutputKind, k), p) for k, p in outputs.outputs.items()],
         )
     else:
         db.finish_run(claim.run_key, "failed", error=error or "unknown error")

@@ -61,7 +61,14 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         raw = json.loads(text)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        d = cls()  # missing keys take today's defaults
+        return cls(
+            in_channels=int(raw.get("in_channels", d.in_channels)),
+            widths=tuple(int(w) for w in raw.get("widths", d.widths)),
+            blocks=tuple(int(b) for b in raw.get("blocks", d.blocks)),
+            expand=int(raw.get("expand", d.expand)),
+            kernel_px=int(raw.get("kernel_px", d.kernel_px)),
+        )
 
 
 class LayerNorm2d(nn.Module):
@@ -117,11 +124,12 @@ class StarNetUNet(nn.Module):
         self.down = nn.ModuleList(nn.Conv2d(w[i], w[i + 1], 2, stride=2) for i in range(len(w) - 1))
         self.up = nn.ModuleList(nn.Conv2d(w[i + 1], 4 * w[i], 1) for i in range(len(w) - 1))
         self.dec = nn.ModuleList(Block(w[i], c.expand, c.kernel_px) for i in range(len(w) - 1))
-        self.head = nn.Conv2d(w[0], 4 * c.in_channels, 1)
+        self.head = nn.Conv2d(w[0], 4 * c.in_channels, 1, bias=True)
         # A near-zero head starts the net near the identity (no stars removed, background
         # untouched) instead of at random colour shifts it must first unlearn.
-        nn.init.normal_(self.head.weight, std=1e-3)
-        nn.init.zeros_(self.head.bias)
+        with torch.no_grad():
+            self.head.weight.normal_(std=1e-3)
+            self.head.bias.zero_()  # type: ignore[union-attr]  # bias=True above
         # Full-resolution refinement of the star layer from (input, coarse stars): the
         # half-resolution trunk cannot by itself keep the four pixel-shuffle phases
         # consistent (checkerboard on smooth background) nor follow 1 px stars exactly.
@@ -130,7 +138,7 @@ class StarNetUNet(nn.Module):
         self.refine = nn.Conv2d(2 * c_in, c_in, 3, padding=1)
         with torch.no_grad():
             self.refine.weight.zero_()
-            self.refine.bias.zero_()
+            self.refine.bias.zero_()  # type: ignore[union-attr]  # Conv2d default bias=True
             for ch in range(c_in):
                 self.refine.weight[ch, c_in + ch, 1, 1] = 1.0
 

@@ -381,7 +381,9 @@ def train(
             logit_fake, feat_fake = d(x, out)
             with torch.no_grad():
                 _, feat_real = d(x, y)
-            l_g_percep = sum(F.l1_loss(a, b) for a, b in zip(feat_fake, feat_real, strict=True))
+            l_g_percep = torch.stack(
+                [F.l1_loss(a, b) for a, b in zip(feat_fake, feat_real, strict=True)]
+            ).sum()
             l_g_gan = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
             loss = loss + cfg.w_percep * l_g_percep + cfg.w_gan * l_g_gan
             logs |= {"l_g_percep": float(l_g_percep.detach()), "l_g_gan": l_g_gan.item()}
@@ -427,8 +429,10 @@ def train(
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             save_checkpoint(state, cfg, ckpt)
             if on_showcase is not None:
-                k = min(4, x.shape[0])
-                strip = torch.cat([x[:k], out.detach()[:k].clamp(0, 1), y[:k]], dim=3)
+                n_show = min(4, x.shape[0])
+                strip = torch.cat(
+                    [x[:n_show], out.detach()[:n_show].clamp(0, 1), y[:n_show]], dim=3
+                )
                 on_showcase(state.step, torch.cat(list(strip), dim=1).numpy())
     save_checkpoint(state, cfg, ckpt)
     return state

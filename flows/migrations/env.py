@@ -13,7 +13,7 @@ command.revision(alembic_config('sqlite:///dev.db'), 'what changed', autogenerat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from sqlalchemy import create_engine
@@ -24,7 +24,7 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _render_item(type_: str, obj: object, autogen_context: Any) -> str | bool:
+def _render_item(type_: str, obj: object, autogen_context: Any) -> str | Literal[False]:
     # migrations stay frozen: render the plain SQL type, never a class from the models
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
