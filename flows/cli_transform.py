@@ -182,9 +182,9 @@ def _pick_patches(stretched: np.ndarray, count: int, size_px: int) -> list[tuple
 def cmd_test(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from flows.frame import tile_options
+    from flows.frame import stretch_options, tile_options
     from starnet_core.imageio import ImageError, read_image
-    from starnet_core.pipeline import process_array
+    from starnet_core.pipeline import StretchOptions, process_array, stretch_for_network
 
     _apply_overrides(args)
     engine = _engine_or_exit(args)
@@ -195,14 +195,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     except ImageError as e:
         print(f"FAILED {e}", file=sys.stderr)
         return 1
-    from starnet_core.pipeline import StretchOptions, needs_stretch
-    from starnet_core.stretch import apply_stretch, fit_auto_stretch, normalize_linear
 
     # stretch the whole frame once, so every patch shows as in the full result
-    data = img.data
-    if needs_stretch(img.is_linear, args.settings.stretch.mode):
-        x01, _ = normalize_linear(data)
-        data = apply_stretch(x01, fit_auto_stretch(x01))
+    data, _, _, _ = stretch_for_network(img.data, img.is_linear, stretch_options(args.settings))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.input).name.split(".")[0]

@@ -88,6 +88,28 @@ def needs_stretch(is_linear: bool, mode: str) -> bool:
     return mode == "always" or (mode == "auto" and is_linear)
 
 
+def stretch_for_network(
+    image: np.ndarray, is_linear: bool, stretch: StretchOptions = DEFAULT_STRETCH_OPTIONS
+) -> tuple[np.ndarray, np.ndarray, StretchParams | None, Normalization | None]:
+    """What the network sees: ``(stretched, x01, params, normalization)``.
+
+    Linear data (per ``stretch.mode``) is normalised to [0, 1] (``x01``) and
+    auto-stretched; anything else is only clipped to [0, 1] and ``params`` /
+    ``normalization`` are None.
+    """
+    if not needs_stretch(is_linear, stretch.mode):
+        x01 = np.clip(image, 0.0, 1.0).astype(np.float32)
+        return x01, x01, None, None
+    x01, norm = normalize_linear(image)
+    params = fit_auto_stretch(
+        x01,
+        shadows_clip_mad=stretch.shadows_clip_mad,
+        target_background=stretch.target_background,
+        linked=stretch.linked,
+    )
+    return apply_stretch(x01, params), x01, params, norm
+
+
 def process_array(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -105,20 +127,7 @@ def process_array(
         raise ValueError(f"image must be (C, H, W) with C in {{1, 3}}, got shape {image.shape}")
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    params: StretchParams | None = None
-    norm: Normalization | None = None
-    if needs_stretch(is_linear, stretch.mode):
-        x01, norm = normalize_linear(image)
-        params = fit_auto_stretch(
-            x01,
-            shadows_clip_mad=stretch.shadows_clip_mad,
-            target_background=stretch.target_background,
-            linked=stretch.linked,
-        )
-        stretched = apply_stretch(x01, params)
-    else:
-        x01 = np.clip(image, 0.0, 1.0).astype(np.float32)
-        stretched = x01
+    stretched, x01, params, norm = stretch_for_network(image, is_linear, stretch)
     timings["stretch"] = time.perf_counter() - t
 
     t = time.perf_counter()

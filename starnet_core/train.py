@@ -75,12 +75,6 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        raw = json.loads(text)
-        raw["model"] = ModelConfig.from_json(json.dumps(raw["model"]))
-        return cls(**raw)
-
 
 class PairPool:
     """In-memory pool of synthetic pairs (N,3,S,S), refreshed a few at a time."""
