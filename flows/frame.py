@@ -314,9 +314,12 @@ def finish_frame(
             "succeeded",
             timings=outputs.timings_s,
             outputs=[(cast(OutputKind, k), p) for k, p in outputs.outputs.items()],
+            attempt=claim.attempt,
         )
     else:
-        db.finish_run(claim.run_key, "failed", error=error or "unknown error")
+        db.finish_run(
+            claim.run_key, "failed", error=error or "unknown error", attempt=claim.attempt
+        )
 
 
 def process_file(

@@ -541,9 +541,15 @@ class ProvenanceDB:
         timings: Mapping[str, float] | None = None,
         error: str | None = None,
         outputs: Sequence[tuple[OutputKind, str | Path]] = (),
+        attempt: int | None = None,
     ) -> Run:
         """Record the end of a run: status, per-stage timings (seconds), error text and the
-        outputs (their sha256 and size are computed here; the files must exist)."""
+        outputs (their sha256 and size are computed here; the files must exist).
+
+        ``attempt``: the attempt the caller claimed (``Claim.run.attempts``). A worker
+        whose run went stale and was claimed again by another gets a
+        :class:`ProvenanceError` instead of overwriting the new owner's record.
+        """
         if status not in ("succeeded", "failed"):
             raise ValueError(f"status: expected 'succeeded' or 'failed', got {status!r}")
         if status == "failed" and not error:
@@ -562,6 +568,12 @@ class ProvenanceDB:
         clean_timings = {str(k): float(v) for k, v in (timings or {}).items()}
         with self._session(write=True) as s:
             row = self._require_run(s, run_key, lock=True)
+            if attempt is not None and row.attempts != attempt:
+                raise ProvenanceError(
+                    f"run_key: run {run_key[:12]} was claimed again (now attempt "
+                    f"{row.attempts} on {row.host}); this worker's attempt {attempt} "
+                    "is not recorded"
+                )
             if row.status not in ("running", "queued"):
                 log.warning("run %s finished again (was %s)", run_key[:12], row.status)
             now = utcnow()

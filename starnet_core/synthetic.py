@@ -19,9 +19,11 @@ the stretches users apply.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from starnet_core.stretch import apply_stretch, fit_auto_stretch, mtf
 
@@ -63,6 +65,11 @@ _NEBULA_TINTS = np.array(
         [0.85, 0.65, 0.45],
         [0.80, 0.80, 0.80],
     ],
+    dtype=np.float32,
+)
+# Halo tints of bright stars: the blue/cyan and magenta rings of refractors and filters.
+_HALO_TINTS = np.array(
+    [[0.55, 0.75, 1.00], [0.45, 0.90, 1.00], [1.00, 0.55, 0.90], [1.00, 0.85, 0.55]],
     dtype=np.float32,
 )
 
@@ -167,17 +174,38 @@ def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool) -> Array:
     halo = (1 + r2 / (halo_fwhm / 2) ** 2) ** (-2.0)
     psf = core + rng.uniform(0.0005, 0.006) * halo
     if spikes:
-        ang = rng.uniform(0, np.pi / 2)
-        w = rng.uniform(0.5, 0.9)
+        # Diffraction spikes of a Newtonian's spider: thin, and on saturated stars long
+        # enough to cross the frame (real frames show them from 0 to 45 degrees).
+        ang = rng.uniform(0, np.pi / 2) if rng.random() < 0.6 else rng.choice([0.0, np.pi / 4])
+        w = rng.uniform(0.4, 1.0)
+        amp = float(np.exp(rng.uniform(np.log(0.003), np.log(0.1))))
+        decay = rng.uniform(0.9, 1.6)
         for a in (ang, ang + np.pi / 2):
             along = x * np.cos(a) + y * np.sin(a)
             across = -x * np.sin(a) + y * np.cos(a)
             psf += (
-                rng.uniform(0.005, 0.05)
+                amp
+                * rng.uniform(0.7, 1.3)
                 * np.exp(-(across**2) / (2 * w * w))
-                * (1 + np.abs(along) / fwhm) ** -1.3
+                * (1 + np.abs(along) / fwhm) ** -decay
             )
     return (psf / psf.max()).astype(np.float32)
+
+
+def _bright_halos(
+    rng: np.random.Generator, n: int, xy: Array, peak: Array, colours: Array, fwhm: float
+) -> Array:
+    """(3, n, n) extra glow of very bright stars: bloated, often coloured halos (optics,
+    filters, reflections) well beyond the PSF's own halo."""
+    out = np.zeros((3, n, n), np.float32)
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    for (x0, y0), a, col in zip(xy, peak, colours, strict=True):
+        radius = fwhm * rng.uniform(2.0, 8.0)
+        amp = a * float(np.exp(rng.uniform(np.log(3e-4), np.log(6e-3))))
+        tint = col if rng.random() < 0.5 else _HALO_TINTS[rng.integers(len(_HALO_TINTS))]
+        glow = (1 + ((xx - x0) ** 2 + (yy - y0) ** 2) / radius**2) ** -rng.uniform(1.2, 2.5)
+        out += amp * tint[:, None, None] * glow[None]
+    return out
 
 
 def _star_colours(rng: np.random.Generator, count: int) -> Array:
@@ -239,16 +267,33 @@ def _stretch_pair(rng: np.random.Generator, orig: Array, clean: Array) -> tuple[
     return a.astype(np.float32), b.astype(np.float32)
 
 
+def _jpeg(image: Array, quality: int) -> Array:
+    """``image`` (3, H, W) in [0, 1] through an 8-bit JPEG round trip (4:2:0, as cameras and
+    web tools save)."""
+    buf = io.BytesIO()
+    rgb = np.round(np.clip(image, 0, 1).transpose(1, 2, 0) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return (np.asarray(im.convert("RGB"), np.float32) / 255.0).transpose(2, 0, 1).copy()
+
+
 def make_pair(
-    rng: np.random.Generator, size_px: int = 128, *, dense: bool | None = None
+    rng: np.random.Generator,
+    size_px: int = 128,
+    *,
+    dense: bool | None = None,
+    jpeg: bool = True,
 ) -> tuple[Array, Array, Scene]:
     """One (original, starless, scene) triple; both images (3, size_px, size_px) float32 in [0,1].
 
     Scenes whose stretch came out degenerate (background crushed to black or
     blown to white) are drawn again: users do not feed such images.
+    Some 8-bit pairs go through JPEG, each image on its own (``jpeg=False``
+    keeps every pair exactly "original = starless + stars").
     """
     for _ in range(20):
-        o, c, scene = _render_pair(rng, size_px, dense)
+        o, c, scene = _render_pair(rng, size_px, dense, jpeg)
         med = float(np.median(c))
         if np.isfinite(o).all() and np.isfinite(c).all() and 0.01 < med < 0.75:
             return o, c, scene
@@ -256,7 +301,7 @@ def make_pair(
 
 
 def _render_pair(
-    rng: np.random.Generator, size_px: int, dense: bool | None
+    rng: np.random.Generator, size_px: int, dense: bool | None, jpeg: bool
 ) -> tuple[Array, Array, Scene]:
     margin = 24
     n = size_px + 2 * margin
@@ -278,7 +323,11 @@ def _render_pair(
     alpha = rng.uniform(0.5, 1.0)
     a_min = 2.0 * noise_sigma
     peak = a_min * rng.random(count) ** (-1 / alpha)
-    peak = np.minimum(peak, 15.0).astype(np.float32)
+    # and, in most frames, a few very bright stars: saturated, bloated, with long spikes
+    n_bright = int(rng.poisson(0.6 * (n / 128) ** 2)) if rng.random() < 0.7 else 0
+    bright = np.exp(rng.uniform(np.log(2.0), np.log(100.0), n_bright))
+    peak = np.concatenate([np.minimum(peak, 15.0), bright]).astype(np.float32)
+    count += n_bright
     xy = rng.uniform(0, n, (count, 2)).astype(np.float32)
     psf = _psf(rng, n, fwhm, spikes)
     colours = _star_colours(rng, count)
@@ -287,6 +336,9 @@ def _render_pair(
     stars = np.fft.irfft2(np.fft.rfft2(impulses) * np.fft.rfft2(psf)[None], s=(n, n)).astype(
         np.float32
     )
+    if n_bright:  # the injected bright stars (last in the arrays) glow beyond their PSF
+        very = slice(count - n_bright, count)
+        stars += _bright_halos(rng, n, xy[very], peak[very], colours[very], fwhm)
     stars = np.maximum(stars, 0)
     gain = rng.uniform(0.3, 3.0) * noise_sigma**2 / max(sky, 1e-6)  # variance per unit signal
     # Unresolved stars below the noise are part of the background in BOTH images: no one
@@ -319,6 +371,9 @@ def _render_pair(
     levels = 255.0 if rng.random() < 0.3 else 65535.0
     o = np.round(o * levels) / levels
     c = np.round(c * levels) / levels
+    if levels == 255.0 and rng.random() < 0.3 and jpeg:
+        # web-shared 8-bit frames are JPEGs; a hand-made starless is saved separately
+        o, c = _jpeg(o, int(rng.integers(75, 96))), _jpeg(c, int(rng.integers(75, 96)))
     if rng.random() < 0.15:  # whole-image colour balance shift, as after colour calibration
         gains = rng.uniform(0.8, 1.1, (3, 1, 1)).astype(np.float32)
         o, c = np.clip(o * gains, 0, 1), np.clip(c * gains, 0, 1)

@@ -180,6 +180,11 @@ def test_failed_and_stale_runs_are_claimed_again(
     impatient = ProvenanceDB(db.url, stale_after_s=1e-6)
     stolen = impatient.claim_run(frame.sha256, "v1", W1, PARAMS, host="node2")
     assert stolen.owned and stolen.run.attempts == 4 and stolen.run.host == "node2"
+    # the first worker wakes up and finishes: it must not overwrite node2's run
+    with pytest.raises(ProvenanceError, match="claimed again"):
+        db.finish_run(key, "succeeded", {"remove_stars": 1.0}, attempt=third.run.attempts)
+    assert db.get_run(key).status == "running" and db.get_run(key).host == "node2"
+    assert db.finish_run(key, "succeeded", attempt=stolen.run.attempts).status == "succeeded"
     with pytest.raises(ValueError, match="error"):
         db.finish_run(key, "failed")
     out = _file(tmp_path / "o.fits", seed=6)

@@ -27,13 +27,16 @@ def test_pairs_are_valid_images() -> None:
 def test_only_the_stars_differ() -> None:
     # original and starless share background and noise: away from stars they are equal,
     # and stars only add light (up to quantisation)
-    medians = []
+    medians, above = [], []
     for seed in range(8):
-        orig, clean, _ = make_pair(np.random.default_rng(seed), 96, dense=False)
+        orig, clean, _ = make_pair(np.random.default_rng(seed), 96, dense=False, jpeg=False)
         diff = orig - clean
         # stars only add light; their own shot noise can dip a faint wing below the truth
-        assert (diff > -2e-3).mean() > 0.95 and diff.mean() > 0
+        # (a bright star's halo can spread that shot noise over much of a small crop)
+        assert (diff > -2e-3).mean() > 0.85 and diff.mean() > 0
+        above.append(float((diff > -2e-3).mean()))
         medians.append(float(np.median(np.abs(diff))))
+    assert float(np.median(above)) > 0.99
     assert float(np.median(medians)) < 0.005
 
 
@@ -50,3 +53,20 @@ def test_fractal_noise_is_normalised() -> None:
 def test_pool_shapes() -> None:
     orig, clean = make_pool(seed=1, count=3, size_px=32)
     assert orig.shape == clean.shape == (3, 3, 32, 32)
+
+
+def test_some_8bit_pairs_are_jpeg_compressed_each_on_its_own() -> None:
+    # the same seed with and without the JPEG stage: the scene is identical, and where
+    # JPEG ran both images moved off the exact quantised values, independently
+    compressed = 0
+    for seed in range(40):
+        a, b, _ = make_pair(np.random.default_rng(seed), 64, jpeg=True)
+        c, d, _ = make_pair(np.random.default_rng(seed), 64, jpeg=False)
+        if not np.array_equal(a, c):
+            compressed += 1
+            assert np.allclose(a * 255, np.round(a * 255), atol=1e-4)  # still 8-bit
+            assert not np.array_equal(b, d)
+            # artefacts (blocks, chroma smearing of noise), not another image
+            assert abs(float(a.mean() - c.mean())) < 0.01
+            assert float(np.corrcoef(a.ravel(), c.ravel())[0, 1]) > 0.9
+    assert 1 <= compressed <= 20
