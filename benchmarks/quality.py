@@ -312,7 +312,8 @@ def run_benchmark(
         else options.device,
         "torch_threads": torch.get_num_threads(),
         "tile_options": {
-            k: getattr(options, k) for k in ("tile_px", "overlap_px", "batch_size", "passes")
+            k: getattr(options, k)
+            for k in ("tile_px", "overlap_px", "batch_size", "passes", "ensemble")
         },
     }
     groups = {"synthetic": cases}

@@ -76,6 +76,12 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     g.add_argument("--passes", type=int, help="run the network N times (busy fields: 2)")
     g.add_argument("--upsample", action="store_true", help="2x upsample for tiny stars")
+    g.add_argument(
+        "--ensemble",
+        type=int,
+        choices=(1, 2, 4, 8),
+        help="average the network over N flips of each tile (N x slower, a little cleaner)",
+    )
 
 
 def _apply_overrides(args: argparse.Namespace) -> None:
@@ -87,6 +93,7 @@ def _apply_overrides(args: argparse.Namespace) -> None:
         ("batch", "batch_size"),
         ("device", "device"),
         ("passes", "passes"),
+        ("ensemble", "ensemble"),
     ):
         value = getattr(args, attr, None)
         if value is not None:
@@ -182,7 +189,7 @@ def _pick_patches(stretched: np.ndarray, count: int, size_px: int) -> list[tuple
 def cmd_test(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from flows.frame import stretch_options, tile_options
+    from flows.settings import stretch_options, tile_options
     from starnet_core.imageio import ImageError, read_image
     from starnet_core.pipeline import StretchOptions, process_array, stretch_for_network
 

@@ -39,7 +39,13 @@ from flows.provenance_records import (
     param_hash,
     sha256_file,
 )
-from flows.settings import Settings
+from flows.settings import (
+    Settings,
+    mask_options,
+    protect_options,
+    stretch_options,
+    tile_options,
+)
 from starnet_core.imageio import (
     ImageData,
     ImageError,
@@ -48,11 +54,8 @@ from starnet_core.imageio import (
     read_image,
     write_image,
 )
-from starnet_core.inference import TileOptions
-from starnet_core.masks import MaskOptions
 from starnet_core.model import load_model
-from starnet_core.options import ProtectOptions
-from starnet_core.pipeline import FrameProducts, StretchOptions, preview_strip, process_array
+from starnet_core.pipeline import FrameProducts, preview_strip, process_array
 from starnet_core.tiling import select_device
 
 log = logging.getLogger(__name__)
@@ -78,31 +81,6 @@ def load_engine(settings: Settings) -> Engine:
     device = select_device(settings.inference.device)
     model.to(device)
     return Engine(model, info.version, info.sha256, str(device), dataclasses.asdict(info.config))
-
-
-def tile_options(settings: Settings) -> TileOptions:
-    i = settings.inference
-    return TileOptions(
-        tile_px=i.tile_px,
-        overlap_px=i.overlap_px,
-        batch_size=i.batch_size,
-        passes=i.passes,
-        upsample=i.upsample,
-        mixed_precision=i.mixed_precision,
-        device=i.device,
-    )
-
-
-def stretch_options(settings: Settings) -> StretchOptions:
-    return StretchOptions(**dataclasses.asdict(settings.stretch))
-
-
-def mask_options(settings: Settings) -> MaskOptions:
-    return MaskOptions(**dataclasses.asdict(settings.mask))
-
-
-def protect_options(settings: Settings) -> ProtectOptions:
-    return ProtectOptions(**dataclasses.asdict(settings.protect))
 
 
 def frame_params(settings: Settings) -> dict[str, Any]:

@@ -45,10 +45,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
-from flows.frame import tile_options
 from flows.pipeline import ensure_concurrency_limit, load_run_engine, model_record
 from flows.provenance import ProvenanceDB, TrainingPair
-from flows.settings import RetrainSettings, Settings, load_settings
+from flows.settings import RetrainSettings, Settings, load_settings, tile_options
 
 PROMOTE_POLICIES = ("better", "always", "never")
 

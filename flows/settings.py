@@ -17,7 +17,7 @@ import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class InferenceSettings:
     batch_size: int = _TILE.batch_size
     passes: int = _TILE.passes
     upsample: bool = _TILE.upsample
+    ensemble: int = _TILE.ensemble  # 1 | 2 | 4 | 8: average over flips (costs that many x)
     mixed_precision: bool = _TILE.mixed_precision
 
 
@@ -249,6 +250,46 @@ def default_config_path() -> Path | None:
     return local if local.exists() else None
 
 
+def tile_options(settings: Settings) -> TileOptions:
+    i = settings.inference
+    return TileOptions(
+        tile_px=i.tile_px,
+        overlap_px=i.overlap_px,
+        batch_size=i.batch_size,
+        passes=i.passes,
+        upsample=i.upsample,
+        ensemble=i.ensemble,
+        mixed_precision=i.mixed_precision,
+        device=i.device,
+    )
+
+
+def stretch_options(settings: Settings) -> StretchOptions:
+    return StretchOptions(**asdict(settings.stretch))
+
+
+def mask_options(settings: Settings) -> MaskOptions:
+    return MaskOptions(**asdict(settings.mask))
+
+
+def protect_options(settings: Settings) -> ProtectOptions:
+    return ProtectOptions(**asdict(settings.protect))
+
+
+def _check_options(settings: Settings, where: str) -> None:
+    """Build every option group once, so a bad value is reported with the config file."""
+    for section, build in (
+        ("inference", tile_options),
+        ("stretch", stretch_options),
+        ("mask", mask_options),
+        ("protect", protect_options),
+    ):
+        try:
+            build(settings)
+        except ValueError as e:
+            raise SettingsError(f"{where}.{section}: {e}") from e
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read settings from ``path`` (or the default lookup) and apply environment overrides."""
     p = Path(path) if path is not None else default_config_path()
@@ -264,6 +305,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raise SettingsError(f"{p}: not valid YAML: {e}") from e
         raw = loaded or {}
     settings = _build(Settings, raw, str(p) if p else "<defaults>")
+    _check_options(settings, str(p) if p else "<defaults>")
     if os.environ.get("STARNET_DATA_DIR"):
         settings.data_dir = os.environ["STARNET_DATA_DIR"]
     if os.environ.get("STARNET_DATABASE_URL"):

@@ -53,10 +53,38 @@ def _model_multiple(model: torch.nn.Module) -> int:
     return multiple
 
 
+def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The k-th of the 8 flips/transposes of square (B, C, t, t) tiles (0 = identity).
+
+    Bits: 1 flips x, 2 flips y, 4 transposes; the inverse undoes them in reverse order.
+    """
+    ops = [(k & 1, 3), (k & 2, 2)]
+    if not inverse and k & 4:
+        x = x.transpose(2, 3)
+    for on, dim in ops if not inverse else ops[::-1]:
+        if on:
+            x = x.flip(dim)
+    if inverse and k & 4:
+        x = x.transpose(2, 3)
+    return x
+
+
 def _tile_fn(
-    model: torch.nn.Module, mono: bool, upsample: bool
+    model: torch.nn.Module, mono: bool, upsample: bool, ensemble: int = 1
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The per-tile function: (B, C, t, t) -> (B, C, t, t), C = 1 for mono frames."""
+    """The per-tile function: (B, C, t, t) -> (B, C, t, t), C = 1 for mono frames.
+
+    ``ensemble`` > 1 averages the network over that many flips/transposes of the tile
+    (geometric self-ensemble; tiles are square, so transposes keep their shape).
+    """
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        if ensemble == 1:
+            return model(x)
+        acc = model(x)
+        for k in range(1, ensemble):
+            acc = acc + _dihedral(model(_dihedral(x, k)), k, inverse=True)
+        return acc / ensemble
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         if mono:
@@ -64,7 +92,7 @@ def _tile_fn(
         if upsample:
             # bicubic overshoots around stars; the network expects [0, 1]
             x = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
-        y = model(x)
+        y = net(x)
         if upsample:
             y = F.avg_pool2d(y, 2)  # area average: exactly back to t x t
         if mono:
@@ -104,15 +132,18 @@ def remove_stars(
     model.to(device)
     # With upsampling the network sees 2t x 2t tiles: t needs only multiple / gcd(multiple, 2).
     tile_multiple = multiple // math.gcd(multiple, 2) if options.upsample else multiple
-    fn = _tile_fn(model, mono=image.shape[0] == 1, upsample=options.upsample)
+    fn = _tile_fn(
+        model, mono=image.shape[0] == 1, upsample=options.upsample, ensemble=options.ensemble
+    )
     log.info(
-        "removing stars: %s frame on %s, tile %d px, overlap %d px, %d pass(es)%s",
+        "removing stars: %s frame on %s, tile %d px, overlap %d px, %d pass(es)%s%s",
         "x".join(map(str, image.shape)),
         device,
         options.tile_px,
         options.overlap_px,
         options.passes,
         ", 2x upsampled" if options.upsample else "",
+        f", {options.ensemble}x self-ensemble" if options.ensemble > 1 else "",
     )
     result = image
     for k in range(options.passes):

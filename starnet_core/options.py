@@ -45,6 +45,9 @@ def validate_tile_params(tile_px: int, overlap_px: int, batch_size: int) -> None
         )
 
 
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+
+
 @dataclass(frozen=True)
 class TileOptions:
     """How :func:`remove_stars` runs the network; the config section ``inference`` uses
@@ -59,6 +62,9 @@ class TileOptions:
         upsample: upsample each tile 2x (bicubic) before the network and area-average
             back, so tiny undersampled stars look like the stars it was trained on.
             Costs 4x compute and 4x device memory per tile.
+        ensemble: geometric self-ensemble: average the network over this many of the
+            8 flips/transposes of each tile (1, 2, 4 or 8; 1 = off). Costs that many
+            times the compute; measured on model 0.3.0 in BENCHMARKS.md.
         mixed_precision: autocast (bfloat16/float16) on CUDA.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     """
@@ -70,6 +76,7 @@ class TileOptions:
     batch_size: int = 4
     passes: int = 1
     upsample: bool = False
+    ensemble: int = 1
     mixed_precision: bool = True
     device: str = "auto"
 
@@ -77,6 +84,8 @@ class TileOptions:
         validate_tile_params(self.tile_px, self.overlap_px, self.batch_size)
         if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
             raise ValueError(f"passes must be an int >= 1, got {self.passes!r}")
+        if isinstance(self.ensemble, bool) or self.ensemble not in ENSEMBLE_SIZES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {self.ensemble!r}")
         for name in ("upsample", "mixed_precision"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -76,3 +76,21 @@ def test_default_database_is_sqlite_in_data_dir(tmp_path: Path, monkeypatch) -> 
 def test_every_section_is_a_dataclass_with_defaults() -> None:
     for f in dataclasses.fields(Settings):
         assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("inference:\n  passes: 0\n", r"c.yaml.inference: passes must be an int >= 1"),
+        ("inference:\n  ensemble: 3\n", r"c.yaml.inference: ensemble must be one of"),
+        ("inference:\n  overlap_px: 300\n", r"c.yaml.inference: overlap_px must be < tile_px"),
+        ("mask:\n  threshold: 1.5\n", r"c.yaml.mask: threshold must be a number in \[0, 1\)"),
+        ("stretch:\n  mode: sometimes\n", r"c.yaml.stretch: stretch mode must be one of"),
+    ],
+)
+def test_bad_option_values_name_the_config_file(tmp_path: Path, text: str, match: str) -> None:
+    # caught when the file is read, not later when the first frame is processed
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(SettingsError, match=match):
+        load_settings(p)

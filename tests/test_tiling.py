@@ -328,3 +328,35 @@ def test_every_frame_pixel_gets_positive_weight() -> None:
                         length,
                         shift,
                     )
+
+
+@pytest.mark.parametrize("ensemble", [2, 4, 8])
+def test_self_ensemble_averages_the_net_over_flips(ensemble: int) -> None:
+    # each tile's flips/transposes through the net, undone and averaged, equal the same
+    # done to the whole frame untiled (tiling is exact for this net: see TILE)
+    net = _net()
+    image = _image(3, 37, 45, seed=11)
+
+    def flip(a: np.ndarray, k: int, inverse: bool = False) -> np.ndarray:
+        if k & 4 and not inverse:
+            a = a.transpose(0, 2, 1)
+        a = a[:, :, ::-1] if k & 1 else a
+        a = a[:, ::-1, :] if k & 2 else a
+        if k & 4 and inverse:
+            a = a.transpose(0, 2, 1)
+        return np.ascontiguousarray(a)
+
+    ref = np.mean(
+        [
+            flip(_untiled(AnySize(net), flip(image, k), pad_px=TILE["overlap_px"]), k, True)
+            for k in range(ensemble)
+        ],
+        axis=0,
+    )
+    opts = {k: v for k, v in TILE.items() if k != "multiple"}
+    out = remove_stars(net, image, TileOptions(**opts, ensemble=ensemble, device="cpu"))
+    np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=1e-5, rtol=0)
+    single = remove_stars(net, image, TileOptions(**opts, device="cpu"))
+    assert np.abs(out - single).max() > 1e-4  # the net is not flip-invariant: it did average
+    with pytest.raises(ValueError, match="ensemble"):
+        TileOptions(ensemble=3)
