@@ -24,7 +24,8 @@ its seam score, MAC per pixel and the ratio to StarNet v1.
 
 Outputs in ``--out``: ``quality.json``, ``quality.md`` (also printed) and
 ``previews/*.png`` (original | classical | model | truth). ``--quick`` runs
-three 256 px scenes and writes ``quality_quick.*`` instead.
+three 256 px scenes and writes ``quality_quick.*`` instead; ``--ensemble N`` writes
+``quality_ensembleN.*`` (its previews replace the plain run's: add ``--no-previews``).
 """
 
 from __future__ import annotations
@@ -388,6 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-model", action="store_true", help="input and classical only")
     parser.add_argument("--no-previews", action="store_true", help="write no preview images")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        choices=(1, 2, 4, 8),
+        default=1,
+        help="model's geometric self-ensemble (inference.ensemble; default 1 = off)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -407,9 +415,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(e))
     real_dir = None if args.no_real else args.real_pairs
     stem = "quality_quick" if args.quick else "quality"
+    stem += f"_ensemble{args.ensemble}" if args.ensemble > 1 else ""
     preview_dir = None if args.no_previews else args.out / "previews"
+    if args.ensemble > 1:
+        label += f", {args.ensemble}x self-ensemble"
     results = run_benchmark(
-        model, model_label=label, quick=args.quick, real_dir=real_dir, preview_dir=preview_dir
+        model,
+        model_label=label,
+        quick=args.quick,
+        real_dir=real_dir,
+        preview_dir=preview_dir,
+        tile_options=TileOptions(ensemble=args.ensemble),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(
