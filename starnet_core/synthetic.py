@@ -119,7 +119,8 @@ def _background(rng: np.random.Generator, n: int, sky: float, fwhm: float) -> tu
     keep = np.zeros((0, 2), np.float32)
     # small galaxies (Sersic-like, elliptical, extended) and compact knots: must stay
     # (at least 1.3x the star FWHM: what is as sharp as a star is a star to anyone)
-    n_gal = int(rng.poisson(1.5)) if rng.random() < 0.6 else 0
+    # as common as bright stars with halos, so round soft glows are not all stars to the net
+    n_gal = int(rng.poisson(2.0 * (n / 176) ** 2)) if rng.random() < 0.7 else 0
     if n_gal:
         keep = rng.uniform(0, n, (n_gal, 2)).astype(np.float32)
         for x0, y0 in keep:
@@ -134,10 +135,15 @@ def _background(rng: np.random.Generator, n: int, sky: float, fwhm: float) -> tu
             bn = 2 * sersic_n - 0.33
             prof = np.exp(-bn * ((r / re) ** (1 / sersic_n) - 1)).astype(np.float32)
             prof /= prof.max()
+            if rng.random() < 0.3:  # a bright nucleus (bulge, AGN), still wider than a star
+                s_nuc = 1.3 * fwhm / 2.3548 * rng.uniform(1.0, 1.5)
+                nuc = np.exp(-(dx * dx + dy * dy) / (2 * s_nuc * s_nuc)).astype(np.float32)
+                prof = prof + rng.uniform(0.5, 2.0) * nuc
+                prof /= prof.max()
             col = np.array([1.0, 0.9, 0.75], np.float32) * rng.uniform(0.8, 1.2, 3).astype(
                 np.float32
             )
-            bg += sky * rng.uniform(0.5, 6.0) * col[:, None, None] * prof[None]
+            bg += sky * rng.uniform(0.5, 10.0) * col[:, None, None] * prof[None]
     if kind != "empty" and rng.random() < 0.5:
         # compact nebular knots (HII knots, globule rims): wider than the PSF, kept
         knots = rng.uniform(0, n, (int(rng.integers(1, 8)), 2)).astype(np.float32)

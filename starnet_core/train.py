@@ -60,6 +60,10 @@ class TrainConfig:
     star_weight: float = 20.0
     star_threshold: float = 0.01
     w_lowfreq: float = 10.0  # L1 of the 8x8-block mean error: no global darkening or tint
+    # extra L1 where the output is darker than the truth away from stars: with only the
+    # star weight, taking away any round glow "in case it is a halo" is cheap, and small
+    # galaxies and knots go with the halos
+    w_over: float = 5.0
     lowfreq_px: int = 8
     w_pix: float = 1.0
     w_percep: float = 0.1
@@ -369,8 +373,9 @@ def train(
         # A net unsure how much diffuse starlight to take away learns to darken (and tint)
         # the whole crop; per-pixel L1 barely sees a small offset, the block mean does.
         l_g_low = F.avg_pool2d(out - y, cfg.lowfreq_px).abs().mean()
-        loss = cfg.w_pix * l_g_pix + cfg.w_lowfreq * l_g_low
-        logs = {"l_g_pix": l_g_pix.item(), "l_g_low": l_g_low.item()}
+        l_g_over = (F.relu(y - out) * ~star_px).mean()
+        loss = cfg.w_pix * l_g_pix + cfg.w_lowfreq * l_g_low + cfg.w_over * l_g_over
+        logs = {"l_g_pix": l_g_pix.item(), "l_g_low": l_g_low.item(), "l_g_over": l_g_over.item()}
         if use_gan:
             logit_fake, feat_fake = d(x, out)
             with torch.no_grad():
