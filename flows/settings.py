@@ -75,6 +75,7 @@ class MaskSettings:
     threshold: float = _MASK.threshold
     dilate_px: int = _MASK.dilate_px
     feather_px: float = _MASK.feather_px
+    noise_sigmas: float = _MASK.noise_sigmas  # threshold >= median + N robust sigmas of the layer
 
 
 @dataclass

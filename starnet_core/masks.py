@@ -15,6 +15,7 @@ from starnet_core.options import MaskOptions, ProtectOptions
 __all__ = [
     "MaskOptions",
     "enhance",
+    "mask_threshold",
     "screen",
     "star_layer",
     "star_mask",
@@ -86,16 +87,33 @@ def _disc(radius_px: int) -> np.ndarray:
     return (r[:, None] ** 2 + r[None, :] ** 2) <= radius_px**2
 
 
+def mask_threshold(level: np.ndarray, options: MaskOptions = DEFAULT_MASK_OPTIONS) -> float:
+    """The star-layer level above which a pixel is a star, for an ``(H, W)`` layer level.
+
+    ``max(threshold, median + noise_sigmas * 1.4826 * MAD)``; the statistics use at
+    most ~1 M pixels (a regular subsample) so huge frames stay cheap.
+    """
+    if options.noise_sigmas <= 0:
+        return float(options.threshold)
+    step = max(1, int(np.sqrt(level.size / 1_000_000)))
+    sample = level[::step, ::step]
+    med = float(np.median(sample))
+    mad = float(np.median(np.abs(sample - med)))
+    return max(float(options.threshold), med + options.noise_sigmas * 1.4826 * mad)
+
+
 def star_mask(stars: np.ndarray, options: MaskOptions = DEFAULT_MASK_OPTIONS) -> np.ndarray:
     """Where the stars are: ``(1, H, W) float32`` in ``[0, 1]``, 1 = star.
 
     ``stars`` is a ``(C, H, W)`` star layer (:func:`star_layer` or
     :func:`unscreen_star_layer`). Pixels whose maximum over channels exceeds
-    ``threshold`` are stars; the binary mask is dilated by a disc of radius
-    ``dilate_px`` and blurred by a Gaussian of sigma ``feather_px``.
+    ``threshold`` (raised to the layer's median + ``noise_sigmas`` robust sigmas
+    where the layer is noisy all over) are stars; the binary mask is dilated by a
+    disc of radius ``dilate_px`` and blurred by a Gaussian of sigma ``feather_px``.
     """
     _check_chw("stars", stars)
-    binary = stars.max(axis=0) > options.threshold
+    level = stars.max(axis=0)
+    binary = level > mask_threshold(level, options)
     if options.dilate_px > 0 and binary.any():
         binary = ndimage.binary_dilation(binary, structure=_disc(options.dilate_px))
     mask = binary.astype(np.float32)

@@ -101,11 +101,15 @@ class MaskOptions:
         threshold: star-layer level (max over channels) above which a pixel is a star.
         dilate_px: radius of the disc the binary mask is dilated by (0: none).
         feather_px: Gaussian sigma of the final feathering, px (0: hard edges).
+        noise_sigmas: the threshold is at least the layer's median plus this many robust
+            standard deviations (MAD) of it, so a grainy frame whose grain the network
+            smoothed away is not masked all over (0: the fixed threshold only).
     """
 
     threshold: float = 0.04
     dilate_px: int = 2
     feather_px: float = 2.0
+    noise_sigmas: float = 3.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.threshold, int | float) and 0.0 <= self.threshold < 1.0):
@@ -116,6 +120,10 @@ class MaskOptions:
             raise ValueError(f"dilate_px must be >= 0, got {self.dilate_px}")
         if not (isinstance(self.feather_px, int | float) and 0.0 <= self.feather_px < np.inf):
             raise ValueError(f"feather_px must be a finite number >= 0, got {self.feather_px!r}")
+        if not (isinstance(self.noise_sigmas, int | float) and 0.0 <= self.noise_sigmas < np.inf):
+            raise ValueError(
+                f"noise_sigmas must be a finite number >= 0, got {self.noise_sigmas!r}"
+            )
 
 
 STRETCH_MODES = ("auto", "always", "never")
@@ -160,4 +168,5 @@ class ProtectOptions:
 
     @property
     def mask(self) -> MaskOptions:
-        return MaskOptions(self.threshold, self.dilate_px, self.feather_px)
+        # the fixed threshold only: protection was measured (and is tested) that way
+        return MaskOptions(self.threshold, self.dilate_px, self.feather_px, noise_sigmas=0.0)

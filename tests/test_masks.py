@@ -10,6 +10,7 @@ import pytest
 from starnet_core.masks import (
     MaskOptions,
     enhance,
+    mask_threshold,
     screen,
     star_layer,
     star_mask,
@@ -166,3 +167,25 @@ def test_protect_background_keeps_input_away_from_stars() -> None:
     assert np.array_equal(off, net)
     with pytest.raises(ValueError, match="threshold"):
         ProtectOptions(threshold=2.0)
+
+
+def test_mask_threshold_rises_on_a_grainy_layer() -> None:
+    # a network that smoothed a grainy plate leaves grain all over the star layer: the
+    # mask must still show the stars, not the grain
+    rng = np.random.default_rng(3)
+    grain = np.abs(rng.normal(0, 0.03, (1, 128, 128))).astype(np.float32)
+    layer = grain.copy()
+    yy, xx = np.mgrid[0:128, 0:128]
+    centres = [(20, 30), (64, 64), (100, 90)]
+    for cy, cx in centres:
+        layer[0] += 0.6 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0).astype(np.float32)
+    fixed = star_mask(layer, MaskOptions(noise_sigmas=0.0))[0] > 0.5
+    relative = star_mask(layer, MaskOptions())[0] > 0.5
+    assert fixed.mean() > 0.4  # 0.04 is below the grain: most of the frame
+    assert relative.mean() < 0.05
+    assert all(relative[cy, cx] for cy, cx in centres)
+    # on a clean layer the fixed threshold rules, as before
+    clean = layer - grain
+    assert mask_threshold(clean.max(axis=0)) == MaskOptions().threshold
+    with pytest.raises(ValueError, match="noise_sigmas"):
+        MaskOptions(noise_sigmas=-1)
