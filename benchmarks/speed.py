@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tiles", default="256,512", help="comma-separated tile sizes")
     ap.add_argument("--overlap", type=int, default=TileOptions().overlap_px, help="overlap px")
+    ap.add_argument(
+        "--ensemble", type=int, default=1, choices=(1, 2, 4, 8), help="self-ensemble size"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -49,10 +52,17 @@ def main() -> None:
         f"{args.threads} threads, device {args.device}"
     )
     print()
+    print(f"self-ensemble {args.ensemble}")
     print("| tile px | overlap px | batch | frame | seconds | MP/s |")
     print("|---|---|---|---|---|---|")
     for tile in (int(t) for t in args.tiles.split(",")):
-        opts = TileOptions(tile_px=tile, overlap_px=args.overlap, batch_size=4, device=args.device)
+        opts = TileOptions(
+            tile_px=tile,
+            overlap_px=args.overlap,
+            batch_size=4,
+            device=args.device,
+            ensemble=args.ensemble,
+        )
         remove_stars(model, image[:, :tile, :tile], opts)  # warm-up
         t0 = time.perf_counter()
         remove_stars(model, image, opts)
