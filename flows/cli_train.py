@@ -49,6 +49,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--gan-start", type=int, help="step at which adversarial + perceptual terms start"
     )
+    p.add_argument(
+        "--w-over", type=float, help="weight of the over-removal term (galaxies, nebula kept)"
+    )
     p.add_argument("--pool", type=int, help="synthetic crops held in memory")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--export", help="after training, write the generator weights here")
@@ -78,6 +81,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("real_ratio", "real_ratio"),
         ("gan_start", "gan_start_step"),
         ("pool", "pool_size"),
+        ("w_over", "w_over"),
         ("threads", "threads"),
     ):
         value = getattr(args, attr)
