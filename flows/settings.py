@@ -252,17 +252,9 @@ def default_config_path() -> Path | None:
 
 
 def tile_options(settings: Settings) -> TileOptions:
-    i = settings.inference
-    return TileOptions(
-        tile_px=i.tile_px,
-        overlap_px=i.overlap_px,
-        batch_size=i.batch_size,
-        passes=i.passes,
-        upsample=i.upsample,
-        ensemble=i.ensemble,
-        mixed_precision=i.mixed_precision,
-        device=i.device,
-    )
+    fields = asdict(settings.inference)
+    del fields["weights"]  # which model, not how to run it
+    return TileOptions(**fields)
 
 
 def stretch_options(settings: Settings) -> StretchOptions:
@@ -305,8 +297,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
         except yaml.YAMLError as e:
             raise SettingsError(f"{p}: not valid YAML: {e}") from e
         raw = loaded or {}
-    settings = _build(Settings, raw, str(p) if p else "<defaults>")
-    _check_options(settings, str(p) if p else "<defaults>")
+    where = str(p) if p else "<defaults>"
+    settings = _build(Settings, raw, where)
+    _check_options(settings, where)
     if os.environ.get("STARNET_DATA_DIR"):
         settings.data_dir = os.environ["STARNET_DATA_DIR"]
     if os.environ.get("STARNET_DATABASE_URL"):

@@ -56,15 +56,16 @@ def _model_multiple(model: torch.nn.Module) -> int:
 def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
     """The k-th of the 8 flips/transposes of square (B, C, t, t) tiles (0 = identity).
 
-    Bits: 1 flips x, 2 flips y, 4 transposes; the inverse undoes them in reverse order.
+    Bits: 1 flips x, 2 flips y, 4 transposes (first; the inverse transposes last, the
+    flips commute).
     """
-    ops = [(k & 1, 3), (k & 2, 2)]
-    if not inverse and k & 4:
+    if k & 4 and not inverse:
         x = x.transpose(2, 3)
-    for on, dim in ops if not inverse else ops[::-1]:
-        if on:
-            x = x.flip(dim)
-    if inverse and k & 4:
+    if k & 1:
+        x = x.flip(3)
+    if k & 2:
+        x = x.flip(2)
+    if k & 4 and inverse:
         x = x.transpose(2, 3)
     return x
 
@@ -79,12 +80,10 @@ def _tile_fn(
     """
 
     def net(x: torch.Tensor) -> torch.Tensor:
-        if ensemble == 1:
-            return model(x)
         acc = model(x)
         for k in range(1, ensemble):
             acc = acc + _dihedral(model(_dihedral(x, k)), k, inverse=True)
-        return acc / ensemble
+        return acc if ensemble == 1 else acc / ensemble
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         if mono:
