@@ -45,6 +45,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch", type=int, help="batch size")
     p.add_argument("--crop", type=int, help="crop size in px")
     p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--lr-min", type=float, help="learning rate at the end of the cosine decay")
     p.add_argument("--real-ratio", type=float, help="share of file pairs in a batch when mixing")
     p.add_argument(
         "--gan-start", type=int, help="step at which adversarial + perceptual terms start"
@@ -52,8 +53,28 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--w-over", type=float, help="weight of the over-removal term (galaxies, nebula kept)"
     )
+    p.add_argument(
+        "--over-threshold",
+        type=float,
+        help="the over-removal term applies where |original - starless| is at most this",
+    )
+    p.add_argument("--w-gan", type=float, help="weight of the adversarial term (0: none)")
+    p.add_argument(
+        "--w-percep", type=float, help="weight of the discriminator-feature perceptual term"
+    )
     p.add_argument("--pool", type=int, help="synthetic crops held in memory")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes generating synthetic crops (default 0: in the training loop)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        help="wall-clock budget: stop after this long, the learning rate decays over it",
+    )
     p.add_argument("--export", help="after training, write the generator weights here")
     p.add_argument("--version", default="0.0.0-dev", help="version stored in exported weights")
     p.add_argument(
@@ -78,15 +99,25 @@ def _config(args: argparse.Namespace) -> Any:
         ("batch", "batch_size"),
         ("crop", "crop_px"),
         ("lr", "lr"),
+        ("lr_min", "lr_min"),
         ("real_ratio", "real_ratio"),
         ("gan_start", "gan_start_step"),
         ("pool", "pool_size"),
         ("w_over", "w_over"),
+        ("over_threshold", "over_threshold"),
+        ("w_gan", "w_gan"),
+        ("w_percep", "w_percep"),
         ("threads", "threads"),
+        ("device", "device"),
+        ("workers", "workers"),
     ):
         value = getattr(args, attr)
         if value is not None:
             setattr(cfg, name, value)
+    if args.minutes is not None:
+        cfg.time_limit_s = 60.0 * args.minutes
+        if args.steps is None:  # the budget alone ends the run
+            cfg.steps = 2**62
     return cfg
 
 
@@ -102,6 +133,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("nothing done")
             return 1
     cfg = _config(args)
+    from starnet_core.tiling import select_device
+
+    try:
+        select_device(cfg.device)
+        if cfg.workers < 0:
+            raise ValueError(f"--workers must be 0 or more, got {cfg.workers}")
+        if args.minutes is not None and args.minutes <= 0:
+            raise ValueError(f"--minutes must be positive, got {args.minutes}")
+    except ValueError as e:
+        print(f"starnet train: {e}", file=sys.stderr)
+        return 2
     pairs = []
     data = Path(args.data)
     if (data / "original").is_dir():

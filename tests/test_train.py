@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,13 @@ import pytest
 import torch
 
 from starnet_core.model import ModelConfig
+from starnet_core.synthetic import make_pool
 from starnet_core.train import (
+    PairPool,
     TrainConfig,
     augment,
     load_checkpoint,
+    lr_at,
     read_pair_folder,
     sample_crops,
     train,
@@ -122,3 +126,55 @@ def test_read_pair_folder(tmp_path: Path) -> None:
     Image.fromarray(img[:10]).save(tmp_path / "starless" / "b.png")
     with pytest.raises(ValueError, match="differs from its original"):
         read_pair_folder(tmp_path)
+
+
+def test_worker_pool_fills_and_refreshes_from_other_processes() -> None:
+    pool = PairPool(size=20, crop_px=32, seed=7, workers=2)
+    try:
+        assert np.isfinite(pool.orig).all() and np.isfinite(pool.clean).all()
+        # filled from make_pool(seed + k * stride): exactly the in-process generator's crops
+        first, _ = make_pool(7, PairPool.CHUNK, 32)
+        np.testing.assert_array_equal(pool.orig[: PairPool.CHUNK], first)
+        # every crop is a pair: starless never brighter than the original by more than noise
+        assert (pool.orig - pool.clean).mean() > 0
+        before = pool.orig.copy()
+        replaced = 0
+        deadline = time.monotonic() + 60
+        while replaced == 0 and time.monotonic() < deadline:
+            replaced = pool.refresh(count=3)
+            time.sleep(0.05)
+        assert replaced >= PairPool.CHUNK, "finished worker tasks must be swapped in"
+        assert not np.array_equal(before, pool.orig)
+    finally:
+        pool.close()
+
+
+def test_time_budget_stops_and_decays_the_learning_rate(tmp_path: Path) -> None:
+    records: list[dict[str, float]] = []
+    cfg = tiny_config(steps=10**9, time_limit_s=1.5, log_every=1, warmup_steps=0)
+    state = train(cfg, tmp_path, on_log=records.append)
+    assert 1 <= state.step < 10**9
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors", cfg).step == state.step
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] > lrs[-1], "the cosine decay follows the elapsed share of the budget"
+    assert lr_at(10, cfg, elapsed_s=0.0) == pytest.approx(cfg.lr)
+    assert lr_at(10, cfg, elapsed_s=1.5) == pytest.approx(cfg.lr_min)
+
+
+def test_unknown_device_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a device name"):
+        train(tiny_config(device="gpu0"), tmp_path)
+
+
+def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    logs = str(tmp_path / "logs")
+    assert main(["train", "--synthetic", "--logs", logs, "--workers", "-1"]) == 2
+    assert "--workers must be 0 or more" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--minutes", "0"]) == 2
+    assert "--minutes must be positive" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", "--synthetic", "--logs", logs, "--device", "cuda"]) == 2
+        assert "cuda" in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists(), "a refused run writes nothing"
