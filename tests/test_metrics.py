@@ -203,3 +203,11 @@ def test_generator_loads_from_a_checkpoint_and_from_weights(tmp_path: Path) -> N
         load_generator_from_checkpoint(bad)
     with pytest.raises(ValueError, match="not found"):
         load_generator_from_checkpoint(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA answer")
+def test_device_check_says_when_there_is_no_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import device_check
+
+    assert device_check.main(["--scenes", "1", "--size", "64"]) == 1
+    assert "CUDA is not available" in capsys.readouterr().err
