@@ -199,36 +199,19 @@ def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool) -> Array:
 
 
 def _bright_halos(
-    rng: np.random.Generator,
-    n: int,
-    xy: Array,
-    peak: Array,
-    colours: Array,
-    fwhm: float,
-    noise_sigma: float,
-) -> tuple[Array, Array]:
-    """Extra glow of very bright stars: bloated, often coloured halos (optics, filters,
-    reflections) well beyond the PSF's own halo, as (seen, unseen) (3, n, n) layers.
-
-    Many real bright stars have no such halo (real_1 of the validation pairs): a
-    net that learned "every bright star carries a glow" takes light away around
-    them that no hand-made starless removes. So 40% get none, and a halo whose
-    centre is below 2 noise sigmas is "unseen": it belongs to the background of
-    both images, like the unresolved stars, because nobody removes what cannot be seen.
-    """
-    seen = np.zeros((3, n, n), np.float32)
-    unseen = np.zeros_like(seen)
+    rng: np.random.Generator, n: int, xy: Array, peak: Array, colours: Array, fwhm: float
+) -> Array:
+    """(3, n, n) extra glow of very bright stars: bloated, often coloured halos (optics,
+    filters, reflections) well beyond the PSF's own halo."""
+    out = np.zeros((3, n, n), np.float32)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
     for (x0, y0), a, col in zip(xy, peak, colours, strict=True):
-        if rng.random() < 0.4:
-            continue
         radius = fwhm * rng.uniform(2.0, 8.0)
         amp = a * float(np.exp(rng.uniform(np.log(3e-4), np.log(6e-3))))
         tint = col if rng.random() < 0.5 else _HALO_TINTS[rng.integers(len(_HALO_TINTS))]
         glow = (1 + ((xx - x0) ** 2 + (yy - y0) ** 2) / radius**2) ** -rng.uniform(1.2, 2.5)
-        layer = seen if amp * float(tint.max()) >= 2 * noise_sigma else unseen
-        layer += amp * tint[:, None, None] * glow[None]
-    return seen, unseen
+        out += amp * tint[:, None, None] * glow[None]
+    return out
 
 
 def _star_colours(rng: np.random.Generator, count: int) -> Array:
@@ -359,13 +342,9 @@ def _render_pair(
     stars = np.fft.irfft2(np.fft.rfft2(impulses) * np.fft.rfft2(psf)[None], s=(n, n)).astype(
         np.float32
     )
-    unseen_halos: Array | float = 0.0
     if n_bright:  # the injected bright stars (last in the arrays) glow beyond their PSF
         very = slice(count - n_bright, count)
-        seen, unseen_halos = _bright_halos(
-            rng, n, xy[very], peak[very], colours[very], fwhm, noise_sigma
-        )
-        stars += seen
+        stars += _bright_halos(rng, n, xy[very], peak[very], colours[very], fwhm)
     stars = np.maximum(stars, 0)
     gain = rng.uniform(0.3, 3.0) * noise_sigma**2 / max(sky, 1e-6)  # variance per unit signal
     # Unresolved stars below the noise are part of the background in BOTH images: no one
@@ -379,7 +358,7 @@ def _render_pair(
         faint_peak[:, None] * _star_colours(rng, n_faint),
     )
     faint = np.fft.irfft2(np.fft.rfft2(faint) * np.fft.rfft2(psf)[None], s=(n, n))
-    base = sky + bg + np.maximum(faint, 0).astype(np.float32) + unseen_halos
+    base = sky + bg + np.maximum(faint, 0).astype(np.float32)
     shared = rng.standard_normal((3, n, n)).astype(np.float32) * np.sqrt(
         noise_sigma**2 + gain * np.maximum(base - sky, 0)
     )

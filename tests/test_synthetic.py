@@ -70,29 +70,3 @@ def test_some_8bit_pairs_are_jpeg_compressed_each_on_its_own() -> None:
             assert abs(float(a.mean() - c.mean())) < 0.01
             assert float(np.corrcoef(a.ravel(), c.ravel())[0, 1]) > 0.9
     assert 1 <= compressed <= 20
-
-
-def test_bright_star_halos_are_seen_unseen_or_absent() -> None:
-    from starnet_core.synthetic import _bright_halos
-
-    rng = np.random.default_rng(5)
-    xy = np.full((200, 2), 16.0, np.float32)
-    peak = np.full(200, 50.0, np.float32)
-    colours = np.ones((200, 3), np.float32)
-    # one call per star: which layer did its halo go to?
-    kinds = []
-    for i in range(200):
-        seen, unseen = _bright_halos(
-            rng, 32, xy[i : i + 1], peak[i : i + 1], colours[i : i + 1], 2.0, 0.05
-        )
-        kinds.append("seen" if seen.max() > 0 else "unseen" if unseen.max() > 0 else "none")
-        assert not (seen.max() > 0 and unseen.max() > 0)
-        if unseen.max() > 0:
-            assert unseen.max() < 2 * 0.05 + 1e-6, "only halos below 2 sigma are unseen"
-    assert 0.25 < kinds.count("none") / 200 < 0.55, "many bright stars carry no extra halo"
-    assert kinds.count("seen") > 0 and kinds.count("unseen") > 0
-    # with no noise every halo is seen; with overwhelming noise none is
-    seen, unseen = _bright_halos(rng, 32, xy, peak, colours, 2.0, 1e-9)
-    assert unseen.max() == 0 and seen.max() > 0
-    seen, unseen = _bright_halos(rng, 32, xy, peak, colours, 2.0, 1e9)
-    assert seen.max() == 0 and unseen.max() > 0
