@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model: torch.nn.Module | None = None
     label = "no model"
     if not args.no_model:
-        from benchmarks.checkpoint import load_any
+        from starnet_core.checkpoint import load_any
 
         try:
             if args.weights is None:

@@ -12,15 +12,19 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from flows.settings import SettingsError, load_settings
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "flows.cli_transform",
-    "flows.cli_train",
-    "flows.cli_db",
-    "flows.cli_pipeline",
-)
+# module -> the sub-commands it registers (kept true by a test): a module whose
+# third-party packages are missing (a bare GPU box for training has torch but no
+# SQLAlchemy or Prefect) still lists its commands, which then say what is missing
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "flows.cli_transform": ("transform", "test"),
+    "flows.cli_train": ("train", "plot", "soup"),
+    "flows.cli_db": ("db", "history", "runs", "model"),
+    "flows.cli_pipeline": ("watch", "serve", "run", "demo", "nightly", "retrain"),
+}
 
 DESCRIPTION = """\
 starnet removes stars from astro images with a neural network and leaves the
@@ -45,14 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name, commands in COMMAND_MODULES.items():
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or e.name.split(".")[0] in ("flows", "starnet_core"):
+                raise  # our own code is broken: not a missing optional package
+            for command in commands:
+                _register_unavailable(sub, command, e.name)
+            continue
+        module.register(sub)
     return parser
+
+
+def _register_unavailable(sub: Any, command: str, package: str) -> None:
+    p = sub.add_parser(command, help=f"(unavailable here: needs {package})", add_help=False)
+
+    def unavailable(args: argparse.Namespace) -> int:
+        print(
+            f"starnet {command}: needs the Python package {package!r}, which is not "
+            "installed here (pip install -e . installs every dependency)",
+            file=sys.stderr,
+        )
+        return 2
+
+    p.set_defaults(func=unavailable, unavailable=True)  # takes any arguments
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # our own notes (alpha dropped, NaN replaced, resumed at step N) at INFO;
     # third-party chatter (alembic, httpx) only with --verbose
     logging.basicConfig(

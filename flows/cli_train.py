@@ -89,6 +89,21 @@ def register(sub: Any) -> None:
     q.add_argument("--out", help="PNG path (default LOGS/training.png)")
     q.set_defaults(func=cmd_plot)
 
+    a = sub.add_parser(
+        "soup",
+        help="average the weights of models fine-tuned from one ancestor (a model soup)",
+        description="Write the parameter-wise weighted mean of two or more generators "
+        "(exported weights files or training checkpoints) as a weights file, or ship it as "
+        "the packaged default model.",
+    )
+    a.add_argument("models", nargs="+", help="weights files or training checkpoints")
+    a.add_argument("--mix", type=float, nargs="+", help="one share per model (default equal)")
+    dest = a.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help="write the averaged weights here")
+    dest.add_argument("--ship", action="store_true", help="make it the packaged default model")
+    a.add_argument("--version", default="0.0.0-dev", help="version stored in the weights")
+    a.set_defaults(func=cmd_soup)
+
 
 def _config(args: argparse.Namespace) -> Any:
     from starnet_core.train import TrainConfig
@@ -253,4 +268,32 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.logs) / "training.png"
     fig.savefig(out, dpi=90)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_soup(args: argparse.Namespace) -> int:
+    from starnet_core.checkpoint import load_any
+    from starnet_core.model import average_generators, save_weights, ship_weights
+
+    if len(args.models) < 2:
+        print("starnet soup: give at least two models to average", file=sys.stderr)
+        return 2
+    if args.out and Path(args.out).resolve() in {Path(m).resolve() for m in args.models}:
+        print(f"starnet soup: {args.out}: would overwrite one of its inputs", file=sys.stderr)
+        return 2
+    try:
+        loaded = [load_any(m) for m in args.models]
+        soup = average_generators([m for m, _ in loaded], args.mix)
+    except ValueError as e:
+        print(f"starnet soup: {e}", file=sys.stderr)
+        return 2
+    shares = args.mix or [1.0 / len(loaded)] * len(loaded)
+    recipe = "; ".join(f"{w:g} x {label}" for w, (_, label) in zip(shares, loaded, strict=True))
+    extra = {"soup": recipe}
+    if args.ship:
+        path = ship_weights(soup, args.version, extra)
+        print(f"shipped {path} as the default model {args.version} ({recipe})")
+    else:
+        digest = save_weights(soup, Path(args.out), version=args.version, extra=extra)
+        print(f"weights {args.out} sha256 {digest} ({recipe})")
     return 0

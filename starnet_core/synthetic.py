@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from starnet_core.stretch import apply_stretch, fit_auto_stretch, mtf
 
@@ -214,6 +215,16 @@ def _bright_halos(
     return out
 
 
+def _star_glow(stars: Array, fwhm: float, cap: float) -> Array:
+    """(3, n, n) part of the star layer a star removal leaves: a grey opening wider than a
+    star (so every peak is cut to its surroundings' level), smoothed, limited to ``cap``
+    (linear) and never above the star light itself."""
+    size = 2 * int(np.ceil(2.0 * fwhm)) + 1
+    floor = ndimage.grey_opening(stars, size=(1, size, size))
+    floor = ndimage.gaussian_filter(floor, sigma=(0, size / 4, size / 4))
+    return np.minimum(np.minimum(floor, cap), stars).astype(np.float32)
+
+
 def _star_colours(rng: np.random.Generator, count: int) -> Array:
     idx = np.clip(rng.normal(3.3, 1.5, count), 0, len(_STAR_COLOURS) - 1)
     lo = np.floor(idx).astype(int)
@@ -299,8 +310,7 @@ def make_pair(
     keeps every pair exactly "original = starless + stars").
     """
     for _ in range(20):
-        o, c, scene = _render_pair(rng, size_px, dense, jpeg)
-        med = float(np.median(c))
+        o, c, scene, med = _render_pair(rng, size_px, dense, jpeg)
         if np.isfinite(o).all() and np.isfinite(c).all() and 0.01 < med < 0.75:
             return o, c, scene
     raise RuntimeError("synthetic generator kept producing degenerate scenes")
@@ -308,7 +318,9 @@ def make_pair(
 
 def _render_pair(
     rng: np.random.Generator, size_px: int, dense: bool | None, jpeg: bool
-) -> tuple[Array, Array, Scene]:
+) -> tuple[Array, Array, Scene, float]:
+    """One pair, its scene and the starless median before JPEG and colour balance (what
+    :func:`make_pair` judges, so ``jpeg`` never changes which scenes are kept)."""
     margin = 24
     n = size_px + 2 * margin
     sky = float(rng.uniform(0.02, 0.12))
@@ -346,6 +358,13 @@ def _render_pair(
         very = slice(count - n_bright, count)
         stars += _bright_halos(rng, n, xy[very], peak[very], colours[very], fwhm)
     stars = np.maximum(stars, 0)
+    # What a hand-made starless keeps stays in BOTH images: star light that is smooth on
+    # the scale of a star (the glow of an unresolved crowd between its resolved stars, the
+    # faint outer glow of a bright star's halo), up to a faint level. Retouchers fill each
+    # star from its surroundings, so that glow survives; a truth without it teaches the net
+    # to dig dark holes around bright stars and in Milky Way fields.
+    glow = _star_glow(stars, fwhm, 3.0 * noise_sigma)  # no draw: the scenes stay as they were
+    stars -= glow
     gain = rng.uniform(0.3, 3.0) * noise_sigma**2 / max(sky, 1e-6)  # variance per unit signal
     # Unresolved stars below the noise are part of the background in BOTH images: no one
     # (and no hand-made starless) removes what cannot be seen, and asking the net to do so
@@ -358,7 +377,7 @@ def _render_pair(
         faint_peak[:, None] * _star_colours(rng, n_faint),
     )
     faint = np.fft.irfft2(np.fft.rfft2(faint) * np.fft.rfft2(psf)[None], s=(n, n))
-    base = sky + bg + np.maximum(faint, 0).astype(np.float32)
+    base = sky + bg + glow + np.maximum(faint, 0).astype(np.float32)
     shared = rng.standard_normal((3, n, n)).astype(np.float32) * np.sqrt(
         noise_sigma**2 + gain * np.maximum(base - sky, 0)
     )
@@ -377,9 +396,13 @@ def _render_pair(
     levels = 255.0 if rng.random() < 0.3 else 65535.0
     o = np.round(o * levels) / levels
     c = np.round(c * levels) / levels
-    if levels == 255.0 and rng.random() < 0.3 and jpeg:
+    med = float(np.median(c))
+    if levels == 255.0 and rng.random() < 0.3:
         # web-shared 8-bit frames are JPEGs; a hand-made starless is saved separately
-        o, c = _jpeg(o, int(rng.integers(75, 96))), _jpeg(c, int(rng.integers(75, 96)))
+        # (the qualities are drawn either way, so jpeg=False gives the same scenes)
+        q_o, q_c = int(rng.integers(75, 96)), int(rng.integers(75, 96))
+        if jpeg:
+            o, c = _jpeg(o, q_o), _jpeg(c, q_c)
     if rng.random() < 0.15:  # whole-image colour balance shift, as after colour calibration
         gains = rng.uniform(0.8, 1.1, (3, 1, 1)).astype(np.float32)
         o, c = np.clip(o * gains, 0, 1), np.clip(c * gains, 0, 1)
@@ -397,7 +420,7 @@ def _render_pair(
         noise_sigma=noise_sigma / sat,
         spikes=spikes,
     )
-    return o.astype(np.float32), c.astype(np.float32), scene
+    return o.astype(np.float32), c.astype(np.float32), scene, med
 
 
 def make_pool(seed: int, count: int, size_px: int = 128) -> tuple[Array, Array]:

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 # benchmarks/ is a top-level folder of the checkout (pytest's pythonpath puts it on sys.path)
 from benchmarks import quality
-from benchmarks.checkpoint import is_checkpoint, load_any, load_generator_from_checkpoint
 from starnet_core import metrics
+from starnet_core.checkpoint import is_checkpoint, load_any, load_generator_from_checkpoint
 from starnet_core.model import ModelConfig, StarNetUNet, save_weights
 from starnet_core.synthetic import Scene, make_pair
 

@@ -13,6 +13,7 @@ from starnet_core.model import (
     ModelConfig,
     PatchDiscriminator,
     StarNetUNet,
+    average_generators,
     load_model,
     load_weights,
     macs_per_pixel,
@@ -125,3 +126,67 @@ def test_ship_weights_writes_manifest_verified_on_load(tmp_path: Path, monkeypat
     path.write_bytes(path.read_bytes()[:-1] + b"x")  # corrupt the shipped file
     with pytest.raises(ValueError, match="does not match the expected"):
         load_model(None)
+
+
+def _randomised(seed: int, config: ModelConfig = TINY) -> StarNetUNet:
+    torch.manual_seed(seed)
+    m = StarNetUNet(config)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p))
+    return m
+
+
+def test_average_generators_is_the_weighted_mean_of_the_parameters() -> None:
+    a, b = _randomised(1), _randomised(2)
+    mean = average_generators([a, b])
+    quarter = average_generators([a, b], [0.75, 0.25])
+    for k, v in mean.state_dict().items():
+        va, vb = a.state_dict()[k], b.state_dict()[k]
+        assert torch.allclose(v, (va + vb) / 2, atol=1e-6), k
+        assert torch.allclose(quarter.state_dict()[k], 0.75 * va + 0.25 * vb, atol=1e-6), k
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():  # all of a with share 1: the same network
+        assert torch.equal(average_generators([a, b], [1.0, 0.0])(x), a.eval()(x))
+    assert not mean.training
+
+
+def test_average_generators_refuses_what_cannot_be_averaged() -> None:
+    a = _randomised(1)
+    with pytest.raises(ValueError, match="another architecture"):
+        average_generators([a, _randomised(2, ModelConfig(widths=(8, 24), blocks=(1, 1)))])
+    with pytest.raises(ValueError, match="sum to 1"):
+        average_generators([a, a], [0.7, 0.7])
+    with pytest.raises(ValueError, match="sum to 1"):
+        average_generators([a, a], [1.5, -0.5])
+    with pytest.raises(ValueError, match="2 shares for 3 models"):
+        average_generators([a, a, a], [0.5, 0.5])
+    with pytest.raises(ValueError, match="at least two"):
+        average_generators([a])
+
+
+def test_cli_soup_writes_the_average_and_refuses_bad_input(tmp_path: Path, capsys) -> None:
+    from flows.cli import main
+
+    a, b = _randomised(1), _randomised(2)
+    save_weights(a, tmp_path / "a.safetensors", version="1.0.0")
+    save_weights(b, tmp_path / "b.safetensors", version="1.1.0")
+    out = tmp_path / "soup.safetensors"
+    args = ["soup", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
+    assert main([*args, "--out", str(out), "--version", "1.2.0"]) == 0
+    soup, info = load_weights(out)
+    assert info.version == "1.2.0" and "0.5 x weights a.safetensors" in info.metadata["soup"]
+    for k, v in soup.state_dict().items():
+        assert torch.allclose(v, (a.state_dict()[k] + b.state_dict()[k]) / 2, atol=1e-6)
+    capsys.readouterr()
+    (tmp_path / "bad.safetensors").write_bytes(b"not a model")
+    assert (
+        main(["soup", str(out), str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "x")])
+        == 2
+    )
+    assert "bad.safetensors" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "a.safetensors")]) == 2
+    assert "would overwrite one of its inputs" in capsys.readouterr().err
+    assert main([*args, "--mix", "0.9", "0.9", "--out", str(tmp_path / "y")]) == 2
+    assert "sum to 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from starnet_core.synthetic import fractal_noise, make_pair, make_pool
+from starnet_core.synthetic import _star_glow, fractal_noise, make_pair, make_pool
 
 
 def test_seeded_and_reproducible() -> None:
@@ -38,6 +38,23 @@ def test_only_the_stars_differ() -> None:
         medians.append(float(np.median(np.abs(diff))))
     assert float(np.median(above)) > 0.99
     assert float(np.median(medians)) < 0.005
+
+
+def test_the_truth_keeps_the_glow_a_retoucher_keeps() -> None:
+    # a bright star on the smooth glow of an unresolved crowd: the star goes, the glow
+    # stays (up to the cap), and nothing kept is ever more than the star light itself
+    n, fwhm = 96, 3.0
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    crowd = 0.02 * np.exp(-((xx - 30) ** 2 + (yy - 60) ** 2) / (2 * 25.0**2))
+    star = 5.0 * np.exp(-((xx - 70) ** 2 + (yy - 30) ** 2) / (2 * (fwhm / 2.3548) ** 2))
+    stars = np.repeat((crowd + star)[None], 3, 0).astype(np.float32)
+    glow = _star_glow(stars, fwhm, cap=0.05)
+    assert glow.shape == stars.shape and glow.dtype == np.float32
+    assert (glow >= 0).all() and (glow <= stars + 1e-7).all() and glow.max() <= 0.05
+    assert np.allclose(glow[:, 60, 30], crowd[60, 30], rtol=0.1)  # the crowd's glow stays
+    assert glow[:, 30, 70].max() < 0.01 * star[30, 70]  # the star does not
+    # the cap limits what stays of a halo too bright to be a retoucher's leftover
+    assert _star_glow(stars * 100, fwhm, cap=0.05).max() <= 0.05
 
 
 def test_dense_fields_have_many_stars() -> None:

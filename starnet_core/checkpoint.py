@@ -1,4 +1,4 @@
-"""Load the generator out of a training checkpoint, to benchmark a run before it exports weights.
+"""Load the generator from a training checkpoint: to benchmark or average runs before export.
 
 A checkpoint (``starnet_core.train.save_checkpoint``) is one safetensors file
 holding the generator (``g.*``), discriminator (``d.*``) and optimizer state,

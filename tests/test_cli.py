@@ -1,0 +1,58 @@
+"""The `starnet` command line: every sub-command registered, and a box without the
+pipeline's packages (a bare GPU machine for training) still trains."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import pytest
+
+import flows.cli as cli
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(sub.choices)
+
+
+def test_command_map_matches_what_each_module_registers() -> None:
+    for name, commands in cli.COMMAND_MODULES.items():
+        parser = argparse.ArgumentParser()
+        importlib.import_module(name).register(parser.add_subparsers())
+        assert _commands(parser) == set(commands), name
+    assert _commands(cli.build_parser()) == {c for cs in cli.COMMAND_MODULES.values() for c in cs}
+
+
+def test_missing_packages_leave_training_working(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # as on a GPU box with torch but no SQLAlchemy, Prefect or watchdog
+    for mod in list(sys.modules):
+        if mod.split(".")[0] in ("sqlalchemy", "prefect", "watchdog") or mod in (
+            "flows.cli_db",
+            "flows.cli_pipeline",
+            "flows.provenance",
+            "flows.db_models",
+            "flows.watcher",
+        ):
+            monkeypatch.delitem(sys.modules, mod)
+    for pkg in ("sqlalchemy", "prefect", "watchdog"):
+        monkeypatch.setitem(sys.modules, pkg, None)  # import raises ModuleNotFoundError
+    parser = cli.build_parser()
+    assert {"train", "soup", "db", "watch"} <= _commands(parser)
+    assert cli.main(["db", "upgrade"]) == 2
+    err = capsys.readouterr().err
+    assert "starnet db: needs the Python package" in err and "not installed" in err
+    assert cli.main(["watch", "--once"]) == 2
+    assert "starnet watch: needs" in capsys.readouterr().err
+    # training's own option checks run: the command is really there
+    assert cli.main(["train", "--synthetic", "--workers", "-1"]) == 2
+    assert "--workers must be 0 or more" in capsys.readouterr().err
+
+
+def test_a_broken_module_of_ours_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "COMMAND_MODULES", {"flows.cli_nonexistent": ("nothing",)})
+    with pytest.raises(ModuleNotFoundError):
+        cli.build_parser()
