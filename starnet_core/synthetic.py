@@ -4,7 +4,10 @@ There is no public set of real paired images, so the model learns from these.
 Everything is rendered in linear units on a canvas larger than the crop (so
 stars and halos from outside the crop reach in), then the camera is applied
 (shot and read noise, saturation), then ONE non-linear stretch fitted on the
-original is applied to both images, then both are quantised.
+original is applied to both images, then both are quantised. The starless
+truth keeps what a retoucher's starless keeps: unresolved stars below the
+noise, and star light that is smooth on a star's scale up to a faint level
+(:func:`_star_glow`).
 
 Arrays: returned pairs are ``(3, S, S)`` float32 in [0, 1]; mono scenes have
 three equal channels (the model treats mono as grey RGB).
