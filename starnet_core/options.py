@@ -64,7 +64,7 @@ class TileOptions:
             Costs 4x compute and 4x device memory per tile.
         ensemble: geometric self-ensemble: average the network over this many of the
             8 flips/transposes of each tile (1, 2, 4 or 8; 1 = off). Costs that many
-            times the compute; measured on model 0.3.0 in BENCHMARKS.md.
+            times the compute; measured on model 0.4.0 in BENCHMARKS.md.
         mixed_precision: autocast (bfloat16/float16) on CUDA.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     """
