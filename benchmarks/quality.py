@@ -25,7 +25,8 @@ its seam score, MAC per pixel and the ratio to StarNet v1.
 Outputs in ``--out``: ``quality.json``, ``quality.md`` (also printed) and
 ``previews/*.png`` (original | classical | model | truth). ``--quick`` runs
 three 256 px scenes and writes ``quality_quick.*`` instead; ``--ensemble N`` writes
-``quality_ensembleN.*`` (its previews replace the plain run's: add ``--no-previews``).
+``quality_ensembleN.*`` and ``--passes N`` ``quality_passesN.*`` (their previews replace
+the plain run's: add ``--no-previews``).
 """
 
 from __future__ import annotations
@@ -396,7 +397,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="model's geometric self-ensemble (inference.ensemble; default 1 = off)",
     )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="network passes, each on the previous output (inference.passes; default 1)",
+    )
     args = parser.parse_args(argv)
+    if args.passes < 1:
+        parser.error(f"--passes must be 1 or more, got {args.passes}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -416,16 +425,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     real_dir = None if args.no_real else args.real_pairs
     stem = "quality_quick" if args.quick else "quality"
     stem += f"_ensemble{args.ensemble}" if args.ensemble > 1 else ""
+    stem += f"_passes{args.passes}" if args.passes > 1 else ""
     preview_dir = None if args.no_previews else args.out / "previews"
     if args.ensemble > 1:
         label += f", {args.ensemble}x self-ensemble"
+    if args.passes > 1:
+        label += f", {args.passes} passes"
     results = run_benchmark(
         model,
         model_label=label,
         quick=args.quick,
         real_dir=real_dir,
         preview_dir=preview_dir,
-        tile_options=TileOptions(ensemble=args.ensemble),
+        tile_options=TileOptions(ensemble=args.ensemble, passes=args.passes),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(

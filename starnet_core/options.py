@@ -58,7 +58,9 @@ class TileOptions:
         overlap_px: overlap between tiles and pad around the frame, ``< tile_px / 2``.
         batch_size: tiles per forward pass.
         passes: how many times the network runs, each pass on the previous pass's
-            output (StarNet's advice for busy fields: 2 or 3).
+            output (StarNet's advice for busy fields: 2 or 3). Measured on model 0.4.0:
+            2 passes help dense fields (+1.3-1.6 dB) but cost the real pairs' background
+            4.4 dB (BENCHMARKS.md).
         upsample: upsample each tile 2x (bicubic) before the network and area-average
             back, so tiny undersampled stars look like the stars it was trained on.
             Costs 4x compute and 4x device memory per tile.

@@ -211,3 +211,10 @@ def test_device_check_says_when_there_is_no_cuda(capsys: pytest.CaptureFixture[s
 
     assert device_check.main(["--scenes", "1", "--size", "64"]) == 1
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_quality_refuses_zero_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        quality.main(["--passes", "0", "--no-model"])
+    assert e.value.code == 2
+    assert "--passes must be 1 or more" in capsys.readouterr().err
