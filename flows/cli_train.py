@@ -283,6 +283,9 @@ def cmd_soup(args: argparse.Namespace) -> int:
         return 2
     try:
         loaded = [load_any(m) for m in args.models]
+        for path, (model, _) in zip(args.models[1:], loaded[1:], strict=True):
+            if model.config != loaded[0][0].config:
+                raise ValueError(f"{path}: another architecture than {args.models[0]}")
         soup = average_generators([m for m, _ in loaded], args.mix)
     except ValueError as e:
         print(f"starnet soup: {e}", file=sys.stderr)

@@ -187,6 +187,13 @@ def test_cli_soup_writes_the_average_and_refuses_bad_input(tmp_path: Path, capsy
     assert "bad.safetensors" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "a.safetensors")]) == 2
     assert "would overwrite one of its inputs" in capsys.readouterr().err
+    save_weights(
+        _randomised(3, ModelConfig(widths=(8, 24), blocks=(1, 1))),
+        tmp_path / "w.st",
+        version="2.0.0",
+    )
+    assert main(["soup", str(out), str(tmp_path / "w.st"), "--out", str(tmp_path / "z")]) == 2
+    assert "w.st: another architecture than" in capsys.readouterr().err
     assert main([*args, "--mix", "0.9", "0.9", "--out", str(tmp_path / "y")]) == 2
     assert "sum to 1" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert not any((tmp_path / n).exists() for n in ("x", "y", "z"))
