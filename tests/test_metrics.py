@@ -218,3 +218,46 @@ def test_quality_refuses_zero_passes(capsys: pytest.CaptureFixture[str]) -> None
         quality.main(["--passes", "0", "--no-model"])
     assert e.value.code == 2
     assert "--passes must be 1 or more" in capsys.readouterr().err
+
+
+def _grainy_field(seed: int = 3) -> tuple[np.ndarray, np.ndarray, int]:
+    """(original, starless, stars) in [0, 1]: 24 stars on clumpy (correlated) grain."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    grain = ndimage.gaussian_filter(rng.standard_normal((160, 160)), 1.5)
+    bg = 0.2 + 0.015 * grain / grain.std()
+    yy, xx = np.mgrid[0:160, 0:160]
+    stars = np.zeros_like(bg)
+    for x, y in rng.uniform(12, 148, (24, 2)):
+        stars += 0.6 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5**2))
+    starless = np.repeat(bg[None], 3, 0).astype(np.float32)
+    return np.clip(starless + stars[None], 0, 1).astype(np.float32), starless, 24
+
+
+def test_real_frames_counts_stars_not_grain() -> None:
+    from benchmarks.real_frames import stars_left
+
+    original, starless, n_stars = _grainy_field()
+    seen, ((gone, flux_gone), (kept, flux_kept)) = stars_left(original, [starless, original])
+    # the clumpy grain is not taken for stars: the pixel noise times sqrt(pixels) would be
+    assert n_stars - 4 <= seen <= n_stars
+    assert gone == 0 and flux_gone < 0.05
+    assert kept == seen and flux_kept == pytest.approx(1.0)
+
+
+def test_real_frames_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import real_frames
+
+    original, starless, _ = _grainy_field()
+    for name, img in (("o.png", original), ("s.png", starless)):
+        Image.fromarray((img.transpose(1, 2, 0) * 255).round().astype(np.uint8)).save(
+            tmp_path / name
+        )
+    assert real_frames.main([str(tmp_path / "o.png"), str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| o.png |" in out and "| 0 | 0.00 |" in out
+    noise = np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "small.png")
+    assert real_frames.main([str(tmp_path / "o.png"), str(tmp_path / "small.png")]) == 2
+    assert "small.png: shape" in capsys.readouterr().err
