@@ -31,7 +31,7 @@ from starnet_core.classical import detect_stars
 from starnet_core.imageio import ImageError, read_image
 from starnet_core.metrics import star_fluxes
 from starnet_core.pipeline import stretch_for_network
-from starnet_core.stretch import apply_stretch
+from starnet_core.stretch import apply_normalization, apply_stretch
 
 
 def aperture_noise(
@@ -82,8 +82,7 @@ def as_seen(original: np.ndarray, is_linear: bool, *others: np.ndarray) -> list[
         if norm is None or params is None:
             out.append(np.clip(other, 0.0, 1.0).astype(np.float32))
         else:
-            x01 = np.clip((other - norm.offset) / norm.scale, 0.0, 1.0).astype(np.float32)
-            out.append(apply_stretch(x01, params))
+            out.append(apply_stretch(apply_normalization(other, norm), params))
     return out
 
 

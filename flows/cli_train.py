@@ -275,18 +275,12 @@ def cmd_soup(args: argparse.Namespace) -> int:
     from starnet_core.checkpoint import load_any
     from starnet_core.model import average_generators, save_weights, ship_weights
 
-    if len(args.models) < 2:
-        print("starnet soup: give at least two models to average", file=sys.stderr)
-        return 2
     if args.out and Path(args.out).resolve() in {Path(m).resolve() for m in args.models}:
         print(f"starnet soup: {args.out}: would overwrite one of its inputs", file=sys.stderr)
         return 2
     try:
         loaded = [load_any(m) for m in args.models]
-        for path, (model, _) in zip(args.models[1:], loaded[1:], strict=True):
-            if model.config != loaded[0][0].config:
-                raise ValueError(f"{path}: another architecture than {args.models[0]}")
-        soup = average_generators([m for m, _ in loaded], args.mix)
+        soup = average_generators([m for m, _ in loaded], args.mix, names=args.models)
     except ValueError as e:
         print(f"starnet soup: {e}", file=sys.stderr)
         return 2

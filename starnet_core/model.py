@@ -285,13 +285,18 @@ def load_weights(
     return model, ModelInfo(config, meta.get("version", "unknown"), digest, meta)
 
 
-def average_generators(models: list[StarNetUNet], mix: list[float] | None = None) -> StarNetUNet:
+def average_generators(
+    models: list[StarNetUNet],
+    mix: list[float] | None = None,
+    names: list[str] | None = None,
+) -> StarNetUNet:
     """A new generator whose parameters are the ``mix``-weighted mean of ``models``' (a
     "model soup", Wortsman et al. 2022): for runs fine-tuned from one ancestor, the mean
     lands between their trade-offs at no inference cost.
 
     ``mix`` defaults to equal shares; it must hold one finite share >= 0 per model,
-    summing to 1. Raises ``ValueError`` when the models differ in architecture.
+    summing to 1. Raises ``ValueError`` when the models differ in architecture, naming
+    the model by ``names`` (e.g. their files; default "model 1", "model 2", ...).
     """
     if len(models) < 2:
         raise ValueError(f"averaging needs at least two models, got {len(models)}")
@@ -300,10 +305,13 @@ def average_generators(models: list[StarNetUNet], mix: list[float] | None = None
         raise ValueError(f"{len(shares)} shares for {len(models)} models")
     if not all(math.isfinite(w) and w >= 0 for w in shares) or abs(sum(shares) - 1) > 1e-6:
         raise ValueError(f"shares must be finite, >= 0 and sum to 1, got {shares}")
+    names = names or [f"model {i}" for i in range(1, len(models) + 1)]
     config = models[0].config
-    for i, m in enumerate(models[1:], start=2):
+    for name, m in zip(names[1:], models[1:], strict=True):
         if m.config != config:
-            raise ValueError(f"model {i} has another architecture: {m.config} != {config}")
+            raise ValueError(
+                f"{name}: another architecture than {names[0]} ({m.config} != {config})"
+            )
     states = [m.state_dict() for m in models]
     mean = {
         k: sum(w * st[k].double() for w, st in zip(shares, states, strict=True)).to(v.dtype)

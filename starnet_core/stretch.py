@@ -347,9 +347,15 @@ def normalize_linear(x: np.ndarray) -> tuple[np.ndarray, Normalization]:
     if hi == lo:
         raise ValueError(f"x: constant image (every value {lo:g}), cannot normalise")
     n = Normalization(offset=lo, scale=hi - lo)
-    out = _affine(arr, -n.offset, 1.0 / n.scale, 0.0)
+    return apply_normalization(arr, n), n
+
+
+def apply_normalization(x: np.ndarray, n: Normalization) -> np.ndarray:
+    """``x`` through the map of :func:`normalize_linear` (fitted on another frame, e.g. the
+    original of a starless image), clipped to [0, 1]: ``(C, H, W)`` float32."""
+    out = _affine(_check_chw(x, "x"), -n.offset, 1.0 / n.scale, 0.0)
     np.clip(out, 0.0, 1.0, out=out)
-    return out, n
+    return out
 
 
 def denormalize_linear(x01: np.ndarray, n: Normalization) -> np.ndarray:
