@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -61,6 +62,11 @@ def register(sub: Any) -> None:
     p.add_argument("--w-gan", type=float, help="weight of the adversarial term (0: none)")
     p.add_argument(
         "--w-percep", type=float, help="weight of the discriminator-feature perceptual term"
+    )
+    p.add_argument(
+        "--glow-cap",
+        type=float,
+        help="smooth star glow the synthetic truth keeps, in noise sigmas (default 3)",
     )
     p.add_argument("--pool", type=int, help="synthetic crops held in memory")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -118,6 +124,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("real_ratio", "real_ratio"),
         ("gan_start", "gan_start_step"),
         ("pool", "pool_size"),
+        ("glow_cap", "glow_cap_sigma"),
         ("w_over", "w_over"),
         ("over_threshold", "over_threshold"),
         ("w_gan", "w_gan"),
@@ -156,6 +163,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--workers must be 0 or more, got {cfg.workers}")
         if args.minutes is not None and args.minutes <= 0:
             raise ValueError(f"--minutes must be positive, got {args.minutes}")
+        if not (math.isfinite(cfg.glow_cap_sigma) and cfg.glow_cap_sigma >= 0):
+            raise ValueError(f"--glow-cap must be 0 or more noise sigmas, got {args.glow_cap}")
     except ValueError as e:
         print(f"starnet train: {e}", file=sys.stderr)
         return 2

@@ -33,6 +33,10 @@ from starnet_core.stretch import apply_stretch, fit_auto_stretch, mtf
 
 Array = np.ndarray
 
+# Smooth star glow the starless truth keeps, at most this many noise sigmas (see
+# :func:`_star_glow`); training runs may choose another (``TrainConfig.glow_cap_sigma``).
+DEFAULT_GLOW_CAP = 3.0
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -304,6 +308,7 @@ def make_pair(
     *,
     dense: bool | None = None,
     jpeg: bool = True,
+    glow_cap: float = DEFAULT_GLOW_CAP,
 ) -> tuple[Array, Array, Scene]:
     """One (original, starless, scene) triple; both images (3, size_px, size_px) float32 in [0,1].
 
@@ -311,16 +316,21 @@ def make_pair(
     blown to white) are drawn again: users do not feed such images.
     Some 8-bit pairs go through JPEG, each image on its own (``jpeg=False``
     keeps every pair exactly "original = starless + stars").
+    ``glow_cap`` (in noise sigmas) is how much smooth star glow the starless
+    truth keeps (:func:`_star_glow`); it draws nothing, so the scenes of a seed
+    are the same for every cap and only their truth differs.
     """
+    if not (np.isfinite(glow_cap) and glow_cap >= 0):
+        raise ValueError(f"glow_cap must be a finite number >= 0 noise sigmas, got {glow_cap!r}")
     for _ in range(20):
-        o, c, scene, med = _render_pair(rng, size_px, dense, jpeg)
+        o, c, scene, med = _render_pair(rng, size_px, dense, jpeg, glow_cap)
         if np.isfinite(o).all() and np.isfinite(c).all() and 0.01 < med < 0.75:
             return o, c, scene
     raise RuntimeError("synthetic generator kept producing degenerate scenes")
 
 
 def _render_pair(
-    rng: np.random.Generator, size_px: int, dense: bool | None, jpeg: bool
+    rng: np.random.Generator, size_px: int, dense: bool | None, jpeg: bool, glow_cap: float
 ) -> tuple[Array, Array, Scene, float]:
     """One pair, its scene and the starless median before JPEG and colour balance (what
     :func:`make_pair` judges, so ``jpeg`` never changes which scenes are kept)."""
@@ -366,7 +376,7 @@ def _render_pair(
     # faint outer glow of a bright star's halo), up to a faint level. Retouchers fill each
     # star from its surroundings, so that glow survives; a truth without it teaches the net
     # to dig dark holes around bright stars and in Milky Way fields.
-    glow = _star_glow(stars, fwhm, 3.0 * noise_sigma)  # no draw: the scenes stay as they were
+    glow = _star_glow(stars, fwhm, glow_cap * noise_sigma)  # no draw: scenes stay as they were
     stars -= glow
     gain = rng.uniform(0.3, 3.0) * noise_sigma**2 / max(sky, 1e-6)  # variance per unit signal
     # Unresolved stars below the noise are part of the background in BOTH images: no one
@@ -426,11 +436,13 @@ def _render_pair(
     return o.astype(np.float32), c.astype(np.float32), scene, med
 
 
-def make_pool(seed: int, count: int, size_px: int = 128) -> tuple[Array, Array]:
+def make_pool(
+    seed: int, count: int, size_px: int = 128, glow_cap: float = DEFAULT_GLOW_CAP
+) -> tuple[Array, Array]:
     """``count`` pairs as two (count, 3, S, S) float32 arrays, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
     orig = np.empty((count, 3, size_px, size_px), np.float32)
     clean = np.empty_like(orig)
     for i in range(count):
-        orig[i], clean[i], _ = make_pair(rng, size_px)
+        orig[i], clean[i], _ = make_pair(rng, size_px, glow_cap=glow_cap)
     return orig, clean

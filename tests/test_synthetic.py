@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from starnet_core.synthetic import _star_glow, fractal_noise, make_pair, make_pool
 
@@ -55,6 +56,22 @@ def test_the_truth_keeps_the_glow_a_retoucher_keeps() -> None:
     assert glow[:, 30, 70].max() < 0.01 * star[30, 70]  # the star does not
     # the cap limits what stays of a halo too bright to be a retoucher's leftover
     assert _star_glow(stars * 100, fwhm, cap=0.05).max() <= 0.05
+
+
+def test_the_glow_cap_changes_only_the_truth() -> None:
+    # same seed, other caps: the same scene (stars, noise draws, stretch), and the truth
+    # keeps more of the crowd's glow the higher the cap; no cap keeps none of it
+    seed = 5
+    low, none, high = (
+        make_pair(np.random.default_rng(seed), 96, dense=True, jpeg=False, glow_cap=cap)
+        for cap in (1.5, 0.0, 3.0)
+    )
+    np.testing.assert_array_equal(low[2].star_xy, high[2].star_xy)
+    # the original changes only through the shot noise of what moved between the layers
+    assert float(np.abs(low[0] - high[0]).mean()) < 0.01
+    assert float(none[1].mean()) < float(low[1].mean()) < float(high[1].mean())
+    with pytest.raises(ValueError, match="glow_cap"):
+        make_pair(np.random.default_rng(seed), 32, glow_cap=-1.0)
 
 
 def test_dense_fields_have_many_stars() -> None:

@@ -149,6 +149,15 @@ def test_worker_pool_fills_and_refreshes_from_other_processes() -> None:
         pool.close()
 
 
+def test_pool_workers_use_the_runs_glow_cap() -> None:
+    pool = PairPool(size=PairPool.CHUNK, crop_px=32, seed=7, workers=1, glow_cap=0.0)
+    try:
+        _, clean = make_pool(7, PairPool.CHUNK, 32, glow_cap=0.0)
+        np.testing.assert_array_equal(pool.clean, clean)
+    finally:
+        pool.close()
+
+
 def test_time_budget_stops_and_decays_the_learning_rate(tmp_path: Path) -> None:
     records: list[dict[str, float]] = []
     cfg = tiny_config(steps=10**9, time_limit_s=1.5, log_every=1, warmup_steps=0)
@@ -174,6 +183,8 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--workers must be 0 or more" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--minutes", "0"]) == 2
     assert "--minutes must be positive" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--glow-cap", "-1"]) == 2
+    assert "--glow-cap must be 0 or more" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["train", "--synthetic", "--logs", logs, "--device", "cuda"]) == 2
         assert "cuda" in capsys.readouterr().err
