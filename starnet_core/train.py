@@ -438,9 +438,7 @@ def train(
         raise ValueError("nothing to train on: synthetic=False and no file pairs given")
     todo = state.step < cfg.steps  # a finished run (e.g. only exporting) needs no data
     pool = (
-        PairPool(
-            cfg.pool_size, cfg.crop_px, cfg.seed + state.step, cfg.workers, cfg.glow_cap_sigma
-        )
+        PairPool(cfg.pool_size, cfg.crop_px, cfg.seed + state.step, cfg.workers, cfg.glow_cap_sigma)
         if synthetic and todo
         else None
     )
