@@ -53,7 +53,7 @@ from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import protect_background
 from starnet_core.model import load_model, macs_per_pixel
 from starnet_core.options import ProtectOptions
-from starnet_core.synthetic import Scene, make_pair
+from starnet_core.synthetic import DEFAULT_GLOW_CAP, Scene, make_pair
 from starnet_core.tiling import seam_score, select_device
 
 log = logging.getLogger("benchmarks.quality")
@@ -129,9 +129,17 @@ CATEGORY_TESTS: dict[str, Callable[[dict[str, Any]], bool]] = {
 
 
 def synthetic_cases(
-    plan: Sequence[tuple[str, int]], size_px: int, *, max_tries: int = 300
+    plan: Sequence[tuple[str, int]],
+    size_px: int,
+    *,
+    max_tries: int = 300,
+    glow_cap: float = DEFAULT_GLOW_CAP,
 ) -> list[Case]:
-    """Held-out scenes: per category, the first 16-bit seeds whose scene has the property."""
+    """Held-out scenes: per category, the first 16-bit seeds whose scene has the property.
+
+    The seeds are chosen under the default glow cap, so every ``glow_cap`` (how much
+    smooth star glow the truth keeps) measures the same scenes with another truth.
+    """
     cases = []
     for category, count in plan:
         if category not in CATEGORY_TESTS:
@@ -146,6 +154,9 @@ def synthetic_cases(
             if props["bits"] != 16 or not CATEGORY_TESTS[category](props):
                 continue
             found += 1
+            if glow_cap != DEFAULT_GLOW_CAP:
+                o, t, scene = make_pair(np.random.default_rng(seed), size_px, glow_cap=glow_cap)
+                props = scene_properties(o, t, scene)
             cases.append(Case(f"{category}-{found}", o, t, scene, seed, props))
             if found == count:
                 break
@@ -296,6 +307,7 @@ def run_benchmark(
     tile_options: TileOptions | None = None,
     protect: ProtectOptions | None = None,
     cases: list[Case] | None = None,
+    glow_cap: float = DEFAULT_GLOW_CAP,
 ) -> dict[str, Any]:
     """All figures as a JSON-ready dict (``cases`` overrides the synthetic scenes)."""
     options = tile_options or TileOptions()
@@ -306,7 +318,7 @@ def run_benchmark(
         methods["model"] = lambda x: protect_background(x, remove_stars(model, x, options), protect)
     size = QUICK_SIZE_PX if quick else FULL_SIZE_PX
     if cases is None:
-        cases = synthetic_cases(QUICK_PLAN if quick else FULL_PLAN, size)
+        cases = synthetic_cases(QUICK_PLAN if quick else FULL_PLAN, size, glow_cap=glow_cap)
         log.info("synthetic scenes: %s", ", ".join(f"{c.name}={c.seed}" for c in cases))
     results: dict[str, Any] = {
         "device": "cpu"
@@ -315,8 +327,9 @@ def run_benchmark(
         "torch_threads": torch.get_num_threads(),
         "tile_options": {
             k: getattr(options, k)
-            for k in ("tile_px", "overlap_px", "batch_size", "passes", "ensemble")
+            for k in ("tile_px", "overlap_px", "batch_size", "passes", "ensemble", "upsample")
         },
+        "glow_cap_sigma": glow_cap,
     }
     groups = {"synthetic": cases}
     if real_dir is not None:
@@ -403,9 +416,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="network passes, each on the previous output (inference.passes; default 1)",
     )
+    parser.add_argument(
+        "--upsample",
+        action="store_true",
+        help="2x upsample each tile before the network (inference.upsample)",
+    )
+    parser.add_argument(
+        "--glow-cap",
+        type=float,
+        default=DEFAULT_GLOW_CAP,
+        help="smooth star glow the synthetic truth keeps, in noise sigmas (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.passes < 1:
         parser.error(f"--passes must be 1 or more, got {args.passes}")
+    if not (math.isfinite(args.glow_cap) and args.glow_cap >= 0):
+        parser.error(f"--glow-cap must be 0 or more noise sigmas, got {args.glow_cap}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -426,18 +452,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem = "quality_quick" if args.quick else "quality"
     stem += f"_ensemble{args.ensemble}" if args.ensemble > 1 else ""
     stem += f"_passes{args.passes}" if args.passes > 1 else ""
+    stem += "_upsample" if args.upsample else ""
+    stem += f"_glow{args.glow_cap:g}" if args.glow_cap != DEFAULT_GLOW_CAP else ""
     preview_dir = None if args.no_previews else args.out / "previews"
     if args.ensemble > 1:
         label += f", {args.ensemble}x self-ensemble"
     if args.passes > 1:
         label += f", {args.passes} passes"
+    if args.upsample:
+        label += ", 2x upsampled"
     results = run_benchmark(
         model,
         model_label=label,
         quick=args.quick,
         real_dir=real_dir,
         preview_dir=preview_dir,
-        tile_options=TileOptions(ensemble=args.ensemble, passes=args.passes),
+        tile_options=TileOptions(
+            ensemble=args.ensemble, passes=args.passes, upsample=args.upsample
+        ),
+        glow_cap=args.glow_cap,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(

@@ -180,6 +180,15 @@ def test_scene_properties_and_categories() -> None:
         quality.synthetic_cases([("nebulae", 1)], SIZE)
 
 
+def test_a_glow_cap_measures_the_same_scenes_with_another_truth() -> None:
+    plan = [("dense", 1)]
+    default = quality.synthetic_cases(plan, SIZE)[0]
+    flat = quality.synthetic_cases(plan, SIZE, glow_cap=0.0)[0]
+    assert flat.seed == default.seed
+    np.testing.assert_array_equal(flat.scene.star_xy, default.scene.star_xy)
+    assert float(flat.truth.mean()) < float(default.truth.mean())  # no glow kept
+
+
 def test_generator_loads_from_a_checkpoint_and_from_weights(tmp_path: Path) -> None:
     model = _tiny_model()
     tensors = {f"g.{k}": v.contiguous() for k, v in model.state_dict().items()}
@@ -218,6 +227,10 @@ def test_quality_refuses_zero_passes(capsys: pytest.CaptureFixture[str]) -> None
         quality.main(["--passes", "0", "--no-model"])
     assert e.value.code == 2
     assert "--passes must be 1 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        quality.main(["--glow-cap", "-1", "--no-model"])
+    assert e.value.code == 2
+    assert "--glow-cap must be 0 or more" in capsys.readouterr().err
 
 
 def _grainy_field(seed: int = 3) -> tuple[np.ndarray, np.ndarray, int]:
