@@ -274,3 +274,19 @@ def test_real_frames_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     Image.fromarray(noise).save(tmp_path / "small.png")
     assert real_frames.main([str(tmp_path / "o.png"), str(tmp_path / "small.png")]) == 2
     assert "small.png: shape" in capsys.readouterr().err
+
+
+def test_upsample_gain_rules() -> None:
+    from benchmarks import upsample_gain as ug
+
+    rows = ug.scene_gains(_tiny_model(), [9_000_001, 9_000_002], 64)
+    assert len(rows) == 2 and all(math.isfinite(r.psnr_db) for r in rows)
+    made = [
+        ug.SceneGain(1, 1.2, 1.0, 20.0, 26.0),  # tiny stars: upsampling helps
+        ug.SceneGain(2, 5.0, 3.5, 30.0, 28.0),  # bloated stars: it hurts
+    ]
+    means = ug.rule_means(made)
+    assert means["never"] == 25.0 and means["always"] == 27.0
+    assert means["best per scene"] == 28.0 == means["width < 2 px"]
+    with pytest.raises(ValueError, match="no scenes"):
+        ug.rule_means([])
