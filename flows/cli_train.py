@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--glow-cap",
         type=float,
-        help="smooth star glow the synthetic truth keeps, in noise sigmas (default 3)",
+        help="smooth star glow the synthetic truth keeps, in noise sigmas (default 1.5)",
     )
     p.add_argument("--pool", type=int, help="synthetic crops held in memory")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
