@@ -155,7 +155,13 @@ def synthetic_cases(
                 continue
             found += 1
             if glow_cap != DEFAULT_GLOW_CAP:
+                stars = scene.star_xy
                 o, t, scene = make_pair(np.random.default_rng(seed), size_px, glow_cap=glow_cap)
+                if not np.array_equal(scene.star_xy, stars):
+                    raise RuntimeError(
+                        f"seed {seed}: another scene under glow cap {glow_cap:g} (its stretch "
+                        "check redrew it); use another cap or the default"
+                    )
                 props = scene_properties(o, t, scene)
             cases.append(Case(f"{category}-{found}", o, t, scene, seed, props))
             if found == count:

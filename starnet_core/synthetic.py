@@ -319,8 +319,10 @@ def make_pair(
     Some 8-bit pairs go through JPEG, each image on its own (``jpeg=False``
     keeps every pair exactly "original = starless + stars").
     ``glow_cap`` (in noise sigmas) is how much smooth star glow the starless
-    truth keeps (:func:`_star_glow`); it draws nothing, so the scenes of a seed
-    are the same for every cap and only their truth differs.
+    truth keeps (:func:`_star_glow`); it draws nothing, so a seed gives the same
+    scene for every cap and only its truth differs (unless the degenerate-stretch
+    check above keeps a scene under one cap and redraws it under another: rare,
+    the starless median must leave (0.01, 0.75)).
     """
     if not (np.isfinite(glow_cap) and glow_cap >= 0):
         raise ValueError(f"glow_cap must be a finite number >= 0 noise sigmas, got {glow_cap!r}")
