@@ -58,15 +58,15 @@ class TileOptions:
         overlap_px: overlap between tiles and pad around the frame, ``< tile_px / 2``.
         batch_size: tiles per forward pass.
         passes: how many times the network runs, each pass on the previous pass's
-            output (StarNet's advice for busy fields: 2 or 3). Measured on model 0.4.0:
-            2 passes help dense fields (+1.3-1.6 dB) but cost the real pairs' background
-            4.4 dB (BENCHMARKS.md).
+            output (StarNet's advice for busy fields: 2 or 3). Measured on model 0.5.0:
+            2 passes help dense fields (+1.4-1.5 dB) but cost the real pairs' background
+            5.6 dB (BENCHMARKS.md).
         upsample: upsample each tile 2x (bicubic) before the network and area-average
             back, so tiny undersampled stars look like the stars it was trained on.
             Costs 4x compute and 4x device memory per tile.
         ensemble: geometric self-ensemble: average the network over this many of the
             8 flips/transposes of each tile (1, 2, 4 or 8; 1 = off). Costs that many
-            times the compute; measured on model 0.4.0 in BENCHMARKS.md.
+            times the compute; measured on model 0.5.0 in BENCHMARKS.md.
         mixed_precision: autocast (bfloat16/float16) on CUDA.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     """
