@@ -25,8 +25,9 @@ its seam score, MAC per pixel and the ratio to StarNet v1.
 Outputs in ``--out``: ``quality.json``, ``quality.md`` (also printed) and
 ``previews/*.png`` (original | classical | model | truth). ``--quick`` runs
 three 256 px scenes and writes ``quality_quick.*`` instead; ``--ensemble N`` writes
-``quality_ensembleN.*`` and ``--passes N`` ``quality_passesN.*`` (their previews replace
-the plain run's: add ``--no-previews``).
+``quality_ensembleN.*``, ``--passes N`` ``quality_passesN.*``, ``--upsample``
+``quality_upsample.*`` and ``--glow-cap S`` (another truth for the same scenes)
+``quality_glowS.*`` (their previews replace the plain run's: add ``--no-previews``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import protect_background
 from starnet_core.model import load_model, macs_per_pixel
 from starnet_core.options import ProtectOptions
-from starnet_core.synthetic import DEFAULT_GLOW_CAP, Scene, make_pair
+from starnet_core.synthetic import DEFAULT_GLOW_CAP, Scene, check_glow_cap, make_pair
 from starnet_core.tiling import seam_score, select_device
 
 log = logging.getLogger("benchmarks.quality")
@@ -436,8 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.passes < 1:
         parser.error(f"--passes must be 1 or more, got {args.passes}")
-    if not (math.isfinite(args.glow_cap) and args.glow_cap >= 0):
-        parser.error(f"--glow-cap must be 0 or more noise sigmas, got {args.glow_cap}")
+    try:
+        check_glow_cap(args.glow_cap, "--glow-cap")
+    except ValueError as e:
+        parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import signal
 import sys
 from pathlib import Path
@@ -155,6 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("nothing done")
             return 1
     cfg = _config(args)
+    from starnet_core.synthetic import check_glow_cap
     from starnet_core.tiling import select_device
 
     try:
@@ -163,8 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--workers must be 0 or more, got {cfg.workers}")
         if args.minutes is not None and args.minutes <= 0:
             raise ValueError(f"--minutes must be positive, got {args.minutes}")
-        if not (math.isfinite(cfg.glow_cap_sigma) and cfg.glow_cap_sigma >= 0):
-            raise ValueError(f"--glow-cap must be 0 or more noise sigmas, got {args.glow_cap}")
+        check_glow_cap(cfg.glow_cap_sigma, "--glow-cap")
     except ValueError as e:
         print(f"starnet train: {e}", file=sys.stderr)
         return 2

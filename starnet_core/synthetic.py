@@ -40,6 +40,14 @@ Array = np.ndarray
 DEFAULT_GLOW_CAP = 1.5
 
 
+def check_glow_cap(value: float, name: str = "glow_cap") -> float:
+    """``value`` as a float if it is a usable glow cap (finite, >= 0 noise sigmas), else
+    ``ValueError`` naming it as ``name`` (the option a user typed, e.g. ``--glow-cap``)."""
+    if not (isinstance(value, int | float | np.floating) and np.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be 0 or more noise sigmas (finite), got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Scene:
     """What a pair was made of (for benchmarks: per-star residual flux, galaxies kept)."""
@@ -324,8 +332,7 @@ def make_pair(
     check above keeps a scene under one cap and redraws it under another: rare,
     the starless median must leave (0.01, 0.75)).
     """
-    if not (np.isfinite(glow_cap) and glow_cap >= 0):
-        raise ValueError(f"glow_cap must be a finite number >= 0 noise sigmas, got {glow_cap!r}")
+    check_glow_cap(glow_cap)
     for _ in range(20):
         o, c, scene, med = _render_pair(rng, size_px, dense, jpeg, glow_cap)
         if np.isfinite(o).all() and np.isfinite(c).all() and 0.01 < med < 0.75:
