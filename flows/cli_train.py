@@ -11,6 +11,7 @@ checkpoint go to ``./logs`` (``--logs``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -67,6 +68,37 @@ def register(sub: Any) -> None:
         type=float,
         help="smooth star glow the synthetic truth keeps, in noise sigmas (default 1.5)",
     )
+    mix = p.add_argument_group(
+        "synthetic mix",
+        "how often generated crops draw their harder cases (defaults: the generator's own "
+        "mix, the one the quality benchmark's held-out scenes use)",
+    )
+    mix.add_argument("--dense-share", type=float, help="share of Milky-Way-dense crops (0.25)")
+    mix.add_argument("--spike-share", type=float, help="share of crops with spiked stars (0.3)")
+    mix.add_argument(
+        "--spike-amp",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="spike strength over the star's peak, log-uniform (0.003 0.1)",
+    )
+    mix.add_argument(
+        "--spike-decay",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="fall-off exponent along a spike; lower: long arms on faint stars too (0.9 1.6)",
+    )
+    mix.add_argument(
+        "--chromatic-spikes",
+        type=float,
+        help="share of spiked crops whose arms break into colour segments (0)",
+    )
+    mix.add_argument(
+        "--nucleus-share",
+        type=float,
+        help="share of small galaxies with a bright, nearly star-sharp nucleus (0.3)",
+    )
     p.add_argument("--pool", type=int, help="synthetic crops held in memory")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
@@ -110,6 +142,17 @@ def register(sub: Any) -> None:
     a.set_defaults(func=cmd_soup)
 
 
+# Mix field -> the option that sets it (errors name what the user typed).
+_MIX_OPTIONS = {
+    "dense_share": "--dense-share",
+    "spike_share": "--spike-share",
+    "spike_amp": "--spike-amp",
+    "spike_decay": "--spike-decay",
+    "chromatic_spike_share": "--chromatic-spikes",
+    "nucleus_share": "--nucleus-share",
+}
+
+
 def _config(args: argparse.Namespace) -> Any:
     from starnet_core.train import TrainConfig
 
@@ -135,6 +178,17 @@ def _config(args: argparse.Namespace) -> Any:
         value = getattr(args, attr)
         if value is not None:
             setattr(cfg, name, value)
+    given = {
+        name: getattr(args, option[2:].replace("-", "_")) for name, option in _MIX_OPTIONS.items()
+    }
+    shifts = {name: value for name, value in given.items() if value is not None}
+    if shifts:
+        try:
+            cfg.mix = dataclasses.replace(cfg.mix, **shifts)
+        except ValueError as e:  # name the option the user typed, not the field
+            field = str(e).split(" ", 1)[0]
+            option = _MIX_OPTIONS.get(field, field)
+            raise ValueError(f"{option}: {e}") from None
     if args.minutes is not None:
         cfg.time_limit_s = 60.0 * args.minutes
         if args.steps is None:  # the budget alone ends the run
@@ -153,11 +207,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing done")
             return 1
-    cfg = _config(args)
     from starnet_core.synthetic import check_glow_cap
     from starnet_core.tiling import select_device
 
     try:
+        cfg = _config(args)
         select_device(cfg.device)
         if cfg.workers < 0:
             raise ValueError(f"--workers must be 0 or more, got {cfg.workers}")

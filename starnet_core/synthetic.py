@@ -49,6 +49,47 @@ def check_glow_cap(value: float, name: str = "glow_cap") -> float:
 
 
 @dataclass(frozen=True)
+class Mix:
+    """How often the generator draws its harder cases, and how hard: what a training run
+    may shift towards a weakness (``starnet train --spike-share ...``).
+
+    The defaults are the generator's own mix: the held-out benchmark scenes are
+    drawn with them, and a default mix draws exactly the scenes it always drew.
+    A share changes only a threshold and a range only where its draw lands, so
+    both consume the same random numbers; chromatic spikes draw extra numbers,
+    and only when their share is above 0.
+    """
+
+    dense_share: float = 0.25  # Milky-Way-dense crops (800-4000 stars per 128 px)
+    spike_share: float = 0.3  # scenes whose stars carry diffraction spikes
+    spike_amp: tuple[float, float] = (0.003, 0.1)  # spike strength / star peak, log-uniform
+    # spike fall-off exponent along the arm: low = long arms even on faint stars
+    spike_decay: tuple[float, float] = (0.9, 1.6)
+    # spiked scenes whose spikes are chromatic: each colour diffracts at its own scale, so
+    # arms break into coloured segments (refractor-free reflectors, as in real_1's frame)
+    chromatic_spike_share: float = 0.0
+    nucleus_share: float = 0.3  # small galaxies with a bright, nearly star-sharp nucleus
+
+    def __post_init__(self) -> None:
+        for name in ("dense_share", "spike_share", "chromatic_spike_share", "nucleus_share"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
+        for name in ("spike_amp", "spike_decay"):
+            value = getattr(self, name)
+            try:
+                lo, hi = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be two numbers (low high), got {value!r}") from None
+            if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 < lo <= hi):
+                raise ValueError(f"{name} must be 0 < low <= high, got {value!r}")
+            object.__setattr__(self, name, (lo, hi))
+
+
+DEFAULT_MIX = Mix()
+
+
+@dataclass(frozen=True)
 class Scene:
     """What a pair was made of (for benchmarks: per-star residual flux, galaxies kept)."""
 
@@ -109,7 +150,9 @@ def fractal_noise(rng: np.random.Generator, n: int, beta: float) -> Array:
     return (field - field.mean()) / (field.std() + 1e-12)
 
 
-def _background(rng: np.random.Generator, n: int, sky: float, fwhm: float) -> tuple[Array, Array]:
+def _background(
+    rng: np.random.Generator, n: int, sky: float, fwhm: float, nucleus_share: float
+) -> tuple[Array, Array]:
     """Linear background (3, n, n) above sky, and compact structures that must stay."""
     bg = np.zeros((3, n, n), np.float32)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
@@ -153,7 +196,9 @@ def _background(rng: np.random.Generator, n: int, sky: float, fwhm: float) -> tu
             bn = 2 * sersic_n - 0.33
             prof = np.exp(-bn * ((r / re) ** (1 / sersic_n) - 1)).astype(np.float32)
             prof /= prof.max()
-            if rng.random() < 0.3:  # a bright nucleus (bulge, AGN), still wider than a star
+            if (
+                rng.random() < nucleus_share
+            ):  # a bright nucleus (bulge, AGN), still wider than a star
                 s_nuc = 1.3 * fwhm / 2.3548 * rng.uniform(1.0, 1.5)
                 nuc = np.exp(-(dx * dx + dy * dy) / (2 * s_nuc * s_nuc)).astype(np.float32)
                 prof = prof + rng.uniform(0.5, 2.0) * nuc
@@ -179,8 +224,9 @@ def _background(rng: np.random.Generator, n: int, sky: float, fwhm: float) -> tu
     return bg, keep
 
 
-def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool) -> Array:
-    """(n, n) PSF centred at (0, 0) with wrap-around, peak 1: Moffat/Gaussian core + halo."""
+def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool, mix: Mix) -> Array:
+    """(n, n) PSF centred at (0, 0) with wrap-around, peak 1: Moffat/Gaussian core + halo;
+    (3, n, n), one per colour, when its spikes are chromatic."""
     fx = np.fft.fftfreq(n, 1 / n).astype(np.float32)
     x, y = fx[None, :], fx[:, None]
     th = rng.uniform(0, np.pi)
@@ -202,17 +248,36 @@ def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool) -> Array:
         # enough to cross the frame (real frames show them from 0 to 45 degrees).
         ang = rng.uniform(0, np.pi / 2) if rng.random() < 0.6 else rng.choice([0.0, np.pi / 4])
         w = rng.uniform(0.4, 1.0)
-        amp = float(np.exp(rng.uniform(np.log(0.003), np.log(0.1))))
-        decay = rng.uniform(0.9, 1.6)
+        amp = float(np.exp(rng.uniform(*np.log(mix.spike_amp))))
+        decay = rng.uniform(*mix.spike_decay)
+        arms = []
         for a in (ang, ang + np.pi / 2):
             along = x * np.cos(a) + y * np.sin(a)
             across = -x * np.sin(a) + y * np.cos(a)
-            psf += (
-                amp
-                * rng.uniform(0.7, 1.3)
-                * np.exp(-(across**2) / (2 * w * w))
-                * (1 + np.abs(along) / fwhm) ** -decay
-            )
+            arms.append((amp * rng.uniform(0.7, 1.3), along, across))
+        if mix.chromatic_spike_share > 0 and rng.random() < mix.chromatic_spike_share:
+            # a thin vane's diffraction scales with wavelength: each colour's arm is
+            # stretched by its own factor and fringed with its own period, so the arm
+            # breaks into red, green and blue segments
+            period = rng.uniform(2.5, 10.0)
+            phase = rng.uniform(0, 2 * np.pi)
+            rgb = []
+            for lam in (1.2, 1.0, 0.82):
+                arm_sum = np.zeros_like(psf)
+                for a_amp, along, across in arms:
+                    d = np.abs(along) / lam
+                    fringe = 0.5 + 0.5 * np.cos(2 * np.pi * d / period + phase)
+                    arm_sum += (
+                        a_amp
+                        * np.exp(-(across**2) / (2 * w * w))
+                        * (1 + d / fwhm) ** -decay
+                        * (0.25 + 1.5 * fringe)
+                    )
+                rgb.append(psf + arm_sum)
+            out = np.stack(rgb)
+            return (out / out[1].max()).astype(np.float32)
+        for a_amp, along, across in arms:
+            psf += a_amp * np.exp(-(across**2) / (2 * w * w)) * (1 + np.abs(along) / fwhm) ** -decay
     return (psf / psf.max()).astype(np.float32)
 
 
@@ -319,6 +384,7 @@ def make_pair(
     dense: bool | None = None,
     jpeg: bool = True,
     glow_cap: float = DEFAULT_GLOW_CAP,
+    mix: Mix = DEFAULT_MIX,
 ) -> tuple[Array, Array, Scene]:
     """One (original, starless, scene) triple; both images (3, size_px, size_px) float32 in [0,1].
 
@@ -330,18 +396,24 @@ def make_pair(
     truth keeps (:func:`_star_glow`); it draws nothing, so a seed gives the same
     scene for every cap and only its truth differs (unless the degenerate-stretch
     check above keeps a scene under one cap and redraws it under another: rare,
-    the starless median must leave (0.01, 0.75)).
+    the starless median must leave (0.01, 0.75)). ``mix`` shifts how often the
+    harder cases come (:class:`Mix`); its default draws the scenes it always drew.
     """
     check_glow_cap(glow_cap)
     for _ in range(20):
-        o, c, scene, med = _render_pair(rng, size_px, dense, jpeg, glow_cap)
+        o, c, scene, med = _render_pair(rng, size_px, dense, jpeg, glow_cap, mix)
         if np.isfinite(o).all() and np.isfinite(c).all() and 0.01 < med < 0.75:
             return o, c, scene
     raise RuntimeError("synthetic generator kept producing degenerate scenes")
 
 
 def _render_pair(
-    rng: np.random.Generator, size_px: int, dense: bool | None, jpeg: bool, glow_cap: float
+    rng: np.random.Generator,
+    size_px: int,
+    dense: bool | None,
+    jpeg: bool,
+    glow_cap: float,
+    mix: Mix,
 ) -> tuple[Array, Array, Scene, float]:
     """One pair, its scene and the starless median before JPEG and colour balance (what
     :func:`make_pair` judges, so ``jpeg`` never changes which scenes are kept)."""
@@ -349,12 +421,12 @@ def _render_pair(
     n = size_px + 2 * margin
     sky = float(rng.uniform(0.02, 0.12))
     fwhm = float(np.exp(rng.uniform(np.log(1.0), np.log(6.5))))
-    bg, gal_xy = _background(rng, n, sky, fwhm)
+    bg, gal_xy = _background(rng, n, sky, fwhm, mix.nucleus_share)
     noise_sigma = sky * float(np.exp(rng.uniform(np.log(0.005), np.log(0.08))))
-    spikes = bool(rng.random() < 0.3)
+    spikes = bool(rng.random() < mix.spike_share)
     # star count per crop: sparse .. Milky-Way dense (scaled with area)
     if dense is None:
-        dense = bool(rng.random() < 0.25)
+        dense = bool(rng.random() < mix.dense_share)
     per_128 = (
         np.exp(rng.uniform(np.log(800), np.log(4000)))
         if dense
@@ -371,13 +443,14 @@ def _render_pair(
     peak = np.concatenate([np.minimum(peak, 15.0), bright]).astype(np.float32)
     count += n_bright
     xy = rng.uniform(0, n, (count, 2)).astype(np.float32)
-    psf = _psf(rng, n, fwhm, spikes)
+    psf = _psf(rng, n, fwhm, spikes, mix)
+    psf_f = np.fft.rfft2(psf)
+    if psf_f.ndim == 2:
+        psf_f = psf_f[None]
     colours = _star_colours(rng, count)
     mono = bool(rng.random() < 0.2)
     impulses = _splat(n, xy, peak[:, None] * colours)
-    stars = np.fft.irfft2(np.fft.rfft2(impulses) * np.fft.rfft2(psf)[None], s=(n, n)).astype(
-        np.float32
-    )
+    stars = np.fft.irfft2(np.fft.rfft2(impulses) * psf_f, s=(n, n)).astype(np.float32)
     if n_bright:  # the injected bright stars (last in the arrays) glow beyond their PSF
         very = slice(count - n_bright, count)
         stars += _bright_halos(rng, n, xy[very], peak[very], colours[very], fwhm)
@@ -400,7 +473,7 @@ def _render_pair(
         rng.uniform(0, n, (n_faint, 2)).astype(np.float32),
         faint_peak[:, None] * _star_colours(rng, n_faint),
     )
-    faint = np.fft.irfft2(np.fft.rfft2(faint) * np.fft.rfft2(psf)[None], s=(n, n))
+    faint = np.fft.irfft2(np.fft.rfft2(faint) * psf_f, s=(n, n))
     base = sky + bg + glow + np.maximum(faint, 0).astype(np.float32)
     shared = rng.standard_normal((3, n, n)).astype(np.float32) * np.sqrt(
         noise_sigma**2 + gain * np.maximum(base - sky, 0)
@@ -448,12 +521,16 @@ def _render_pair(
 
 
 def make_pool(
-    seed: int, count: int, size_px: int = 128, glow_cap: float = DEFAULT_GLOW_CAP
+    seed: int,
+    count: int,
+    size_px: int = 128,
+    glow_cap: float = DEFAULT_GLOW_CAP,
+    mix: Mix = DEFAULT_MIX,
 ) -> tuple[Array, Array]:
     """``count`` pairs as two (count, 3, S, S) float32 arrays, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
     orig = np.empty((count, 3, size_px, size_px), np.float32)
     clean = np.empty_like(orig)
     for i in range(count):
-        orig[i], clean[i], _ = make_pair(rng, size_px, glow_cap=glow_cap)
+        orig[i], clean[i], _ = make_pair(rng, size_px, glow_cap=glow_cap, mix=mix)
     return orig, clean

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from starnet_core.model import ModelConfig, PatchDiscriminator, StarNetUNet, save_weights
-from starnet_core.synthetic import DEFAULT_GLOW_CAP, make_pair, make_pool
+from starnet_core.synthetic import DEFAULT_GLOW_CAP, Mix, make_pair, make_pool
 from starnet_core.tiling import select_device
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ class TrainConfig:
     gan_start_step: int = 16000
     # smooth star glow the synthetic truth keeps, in noise sigmas (retouchers differ)
     glow_cap_sigma: float = DEFAULT_GLOW_CAP
+    # how often the synthetic crops draw their harder cases (dense fields, spikes, galaxy
+    # nuclei); the default is the generator's own mix, the one the benchmark measures
+    mix: Mix = field(default_factory=Mix)
     augment_scale: float = 0.3  # probability of a random zoom-in (stars look bigger)
     seed: int = 1234
     log_every: int = 100
@@ -115,10 +118,12 @@ class PairPool:
         seed: int,
         workers: int = 0,
         glow_cap: float = DEFAULT_GLOW_CAP,
+        mix: Mix | None = None,
     ) -> None:
         self.rng = np.random.default_rng(seed)
         self.crop_px = crop_px
         self.glow_cap = glow_cap
+        self.mix = mix or Mix()
         self.orig = np.empty((size, 3, crop_px, crop_px), np.float32)
         self.clean = np.empty_like(self.orig)
         self._seed = seed
@@ -139,7 +144,9 @@ class PairPool:
             self._pending = [self._submit(self.CHUNK) for _ in range(2 * workers)]
         else:
             for i in range(size):
-                self.orig[i], self.clean[i], _ = make_pair(self.rng, crop_px, glow_cap=glow_cap)
+                self.orig[i], self.clean[i], _ = make_pair(
+                    self.rng, crop_px, glow_cap=glow_cap, mix=self.mix
+                )
         log.info(
             "synthetic pool: %d crops in %.1f s (%d workers)",
             size,
@@ -150,7 +157,7 @@ class PairPool:
     def _submit(self, count: int) -> Future[tuple[np.ndarray, np.ndarray]]:
         assert self._executor is not None
         seed = self._seed + 1_000_003 * self._task
-        fut = self._executor.submit(make_pool, seed, count, self.crop_px, self.glow_cap)
+        fut = self._executor.submit(make_pool, seed, count, self.crop_px, self.glow_cap, self.mix)
         self._task += 1
         return fut
 
@@ -163,7 +170,7 @@ class PairPool:
         if self._executor is None:
             for i in self.rng.integers(0, len(self.orig), count):
                 self.orig[i], self.clean[i], _ = make_pair(
-                    self.rng, self.crop_px, glow_cap=self.glow_cap
+                    self.rng, self.crop_px, glow_cap=self.glow_cap, mix=self.mix
                 )
             return count
         done = [f for f in self._pending if f.done()]
@@ -438,7 +445,14 @@ def train(
         raise ValueError("nothing to train on: synthetic=False and no file pairs given")
     todo = state.step < cfg.steps  # a finished run (e.g. only exporting) needs no data
     pool = (
-        PairPool(cfg.pool_size, cfg.crop_px, cfg.seed + state.step, cfg.workers, cfg.glow_cap_sigma)
+        PairPool(
+            cfg.pool_size,
+            cfg.crop_px,
+            cfg.seed + state.step,
+            cfg.workers,
+            cfg.glow_cap_sigma,
+            cfg.mix,
+        )
         if synthetic and todo
         else None
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from starnet_core.synthetic import _star_glow, fractal_noise, make_pair, make_pool
+from starnet_core.synthetic import Mix, _psf, _star_glow, fractal_noise, make_pair, make_pool
 
 
 def test_seeded_and_reproducible() -> None:
@@ -72,6 +72,50 @@ def test_the_glow_cap_changes_only_the_truth() -> None:
     assert float(none[1].mean()) < float(low[1].mean()) < float(high[1].mean())
     with pytest.raises(ValueError, match="glow_cap"):
         make_pair(np.random.default_rng(seed), 32, glow_cap=-1.0)
+
+
+def test_the_mix_shifts_how_often_cases_come_and_its_default_draws_the_same_scenes() -> None:
+    # the default mix is the generator's own: passing it changes nothing
+    for seed in range(4):
+        a = make_pair(np.random.default_rng(seed), 48)
+        b = make_pair(np.random.default_rng(seed), 48, mix=Mix())
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    # a share moves only its threshold: every scene has spikes at 1, none at 0, and the
+    # same seed draws the same star positions either way (spikes draw after the stars'
+    # count is known, chromatic arms are off, so nothing else moves)
+    spiked = [make_pair(np.random.default_rng(s), 48, mix=Mix(spike_share=1.0)) for s in range(6)]
+    plain = [make_pair(np.random.default_rng(s), 48, mix=Mix(spike_share=0.0)) for s in range(6)]
+    assert all(p[2].spikes for p in spiked) and not any(p[2].spikes for p in plain)
+    dense = [make_pair(np.random.default_rng(s), 64, mix=Mix(dense_share=1.0)) for s in range(3)]
+    sparse = [make_pair(np.random.default_rng(s), 64, mix=Mix(dense_share=0.0)) for s in range(3)]
+    assert min(len(d[2].star_xy) for d in dense) > max(len(s[2].star_xy) for s in sparse)
+
+
+def test_chromatic_spikes_break_into_colours() -> None:
+    n = 64
+    mix = Mix(spike_amp=(0.2, 0.2), spike_decay=(0.6, 0.6), chromatic_spike_share=1.0)
+    psf = _psf(np.random.default_rng(2), n, 2.0, True, mix)
+    assert psf.shape == (3, n, n) and psf.dtype == np.float32
+    assert psf[1].max() == pytest.approx(1.0)  # the core stays white
+    core = np.fft.fftshift(psf, axes=(1, 2))[:, n // 2 - 1 : n // 2 + 2, n // 2 - 1 : n // 2 + 2]
+    assert np.allclose(core[0], core[1], rtol=0.1) and np.allclose(core[2], core[1], rtol=0.1)
+    # along the arms the colours part: somewhere red leads, somewhere blue does
+    arm = psf[:, psf[1] > 0.01]
+    ratio = arm[0] / arm[2]
+    assert ratio.max() > 1.5 and ratio.min() < 1 / 1.5
+    plain = _psf(np.random.default_rng(2), n, 2.0, True, Mix())
+    assert plain.shape == (n, n)  # grey spikes: one PSF for all colours
+
+
+def test_a_bad_mix_is_refused_with_its_field_named() -> None:
+    with pytest.raises(ValueError, match="spike_share must be a share"):
+        Mix(spike_share=1.5)
+    with pytest.raises(ValueError, match="spike_amp must be 0 < low <= high"):
+        Mix(spike_amp=(0.3, 0.1))
+    with pytest.raises(ValueError, match="spike_decay must be two numbers"):
+        Mix(spike_decay=(1.0,))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="nucleus_share"):
+        Mix(nucleus_share=float("nan"))
 
 
 def test_dense_fields_have_many_stars() -> None:

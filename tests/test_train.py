@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from starnet_core.model import ModelConfig
-from starnet_core.synthetic import make_pool
+from starnet_core.synthetic import Mix, make_pool
 from starnet_core.train import (
     PairPool,
     TrainConfig,
@@ -158,6 +158,17 @@ def test_pool_workers_use_the_runs_glow_cap() -> None:
         pool.close()
 
 
+def test_pool_workers_use_the_runs_mix() -> None:
+    mix = Mix(spike_share=1.0, chromatic_spike_share=1.0, dense_share=0.0)
+    pool = PairPool(size=PairPool.CHUNK, crop_px=32, seed=7, workers=1, mix=mix)
+    try:
+        orig, _ = make_pool(7, PairPool.CHUNK, 32, mix=mix)
+        np.testing.assert_array_equal(pool.orig, orig)
+        assert not np.array_equal(pool.orig, make_pool(7, PairPool.CHUNK, 32)[0])
+    finally:
+        pool.close()
+
+
 def test_time_budget_stops_and_decays_the_learning_rate(tmp_path: Path) -> None:
     records: list[dict[str, float]] = []
     cfg = tiny_config(steps=10**9, time_limit_s=1.5, log_every=1, warmup_steps=0)
@@ -185,7 +196,31 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--minutes must be positive" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--glow-cap", "-1"]) == 2
     assert "--glow-cap must be 0 or more" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--spike-amp", "0.3", "0.1"]) == 2
+    assert "--spike-amp: spike_amp must be 0 < low <= high" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--chromatic-spikes", "2"]) == 2
+    assert "--chromatic-spikes: chromatic_spike_share must be a share" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["train", "--synthetic", "--logs", logs, "--device", "cuda"]) == 2
         assert "cuda" in capsys.readouterr().err
     assert not (tmp_path / "logs").exists(), "a refused run writes nothing"
+
+
+def test_cli_mix_options_reach_the_training_config() -> None:
+    from flows.cli import build_parser
+    from flows.cli_train import _config
+
+    args = build_parser().parse_args(
+        ["train", "--synthetic", "--spike-share", "0.5", "--spike-amp", "0.003", "0.3"]
+        + ["--chromatic-spikes", "0.5", "--nucleus-share", "0.6", "--dense-share", "0.3"]
+    )
+    cfg = _config(args)
+    assert cfg.mix == Mix(
+        dense_share=0.3,
+        spike_share=0.5,
+        spike_amp=(0.003, 0.3),
+        chromatic_spike_share=0.5,
+        nucleus_share=0.6,
+    )
+    assert '"chromatic_spike_share": 0.5' in cfg.to_json()  # recorded in the checkpoint
+    assert _config(build_parser().parse_args(["train", "--synthetic"])).mix == Mix()
