@@ -95,6 +95,11 @@ def register(sub: Any) -> None:
         help="share of spiked crops whose arms break into colour segments (0)",
     )
     mix.add_argument(
+        "--chromatic-psf",
+        type=float,
+        help="share of crops whose star cores and halos differ in width by colour (0)",
+    )
+    mix.add_argument(
         "--nucleus-share",
         type=float,
         help="share of small galaxies with a bright, nearly star-sharp nucleus (0.3)",
@@ -150,6 +155,7 @@ _MIX_OPTIONS = {
     "spike_decay": "--spike-decay",
     "chromatic_spike_share": "--chromatic-spikes",
     "nucleus_share": "--nucleus-share",
+    "chromatic_psf_share": "--chromatic-psf",
 }
 
 

@@ -56,8 +56,8 @@ class Mix:
     The defaults are the generator's own mix: the held-out benchmark scenes are
     drawn with them, and a default mix draws exactly the scenes it always drew.
     A share changes only a threshold and a range only where its draw lands, so
-    both consume the same random numbers; chromatic spikes draw extra numbers,
-    and only when their share is above 0.
+    both consume the same random numbers; chromatic spikes and chromatic PSFs
+    draw extra numbers, and only when their share is above 0.
     """
 
     dense_share: float = 0.25  # Milky-Way-dense crops (800-4000 stars per 128 px)
@@ -69,9 +69,18 @@ class Mix:
     # arms break into coloured segments (refractor-free reflectors, as in real_1's frame)
     chromatic_spike_share: float = 0.0
     nucleus_share: float = 0.3  # small galaxies with a bright, nearly star-sharp nucleus
+    # scenes whose stars' cores and halos differ in width and strength by colour, so a
+    # star's wings are not the colour of its core (coloured rings of real optics)
+    chromatic_psf_share: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("dense_share", "spike_share", "chromatic_spike_share", "nucleus_share"):
+        for name in (
+            "dense_share",
+            "spike_share",
+            "chromatic_spike_share",
+            "nucleus_share",
+            "chromatic_psf_share",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
@@ -226,7 +235,7 @@ def _background(
 
 def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool, mix: Mix) -> Array:
     """(n, n) PSF centred at (0, 0) with wrap-around, peak 1: Moffat/Gaussian core + halo;
-    (3, n, n), one per colour, when its spikes are chromatic."""
+    (3, n, n), one per colour (green's peak 1), when its spikes or its core are chromatic."""
     fx = np.fft.fftfreq(n, 1 / n).astype(np.float32)
     x, y = fx[None, :], fx[:, None]
     th = rng.uniform(0, np.pi)
@@ -234,15 +243,22 @@ def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool, mix: Mix) 
     u = x * np.cos(th) + y * np.sin(th)
     v = -x * np.sin(th) + y * np.cos(th)
     r2 = (u / (1 + elong)) ** 2 + v**2
-    if rng.random() < 0.7:
-        b = rng.uniform(2.5, 5.0)
-        alpha2 = (fwhm / (2 * np.sqrt(2 ** (1 / b) - 1))) ** 2
-        core = (1 + r2 / alpha2) ** (-b)
-    else:
-        core = np.exp(-r2 / (2 * (fwhm / 2.3548) ** 2))
-    halo_fwhm = fwhm * rng.uniform(2, 6)
-    halo = (1 + r2 / (halo_fwhm / 2) ** 2) ** (-2.0)
-    psf = core + rng.uniform(0.0005, 0.006) * halo
+    moffat_b = rng.uniform(2.5, 5.0) if rng.random() < 0.7 else None
+    halo_scale = rng.uniform(2, 6)
+    halo_amp = rng.uniform(0.0005, 0.006)
+
+    def profile(width: float = 1.0, halo_gain: float = 1.0) -> Array:
+        f = fwhm * width
+        if moffat_b is not None:
+            alpha2 = (f / (2 * np.sqrt(2 ** (1 / moffat_b) - 1))) ** 2
+            core = (1 + r2 / alpha2) ** (-moffat_b)
+        else:
+            core = np.exp(-r2 / (2 * (f / 2.3548) ** 2))
+        halo = (1 + r2 / (f * halo_scale / 2) ** 2) ** (-2.0)
+        return core + halo_amp * halo_gain * halo
+
+    arms: list[tuple[float, Array, Array]] = []
+    chromatic_arms = False
     if spikes:
         # Diffraction spikes of a Newtonian's spider: thin, and on saturated stars long
         # enough to cross the frame (real frames show them from 0 to 45 degrees).
@@ -250,35 +266,46 @@ def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool, mix: Mix) 
         w = rng.uniform(0.4, 1.0)
         amp = float(np.exp(rng.uniform(*np.log(mix.spike_amp))))
         decay = rng.uniform(*mix.spike_decay)
-        arms = []
         for a in (ang, ang + np.pi / 2):
             along = x * np.cos(a) + y * np.sin(a)
             across = -x * np.sin(a) + y * np.cos(a)
             arms.append((amp * rng.uniform(0.7, 1.3), along, across))
-        if mix.chromatic_spike_share > 0 and rng.random() < mix.chromatic_spike_share:
-            # a thin vane's diffraction scales with wavelength: each colour's arm is
-            # stretched by its own factor and fringed with its own period, so the arm
-            # breaks into red, green and blue segments
-            period = rng.uniform(2.5, 10.0)
-            phase = rng.uniform(0, 2 * np.pi)
-            rgb = []
-            for lam in (1.2, 1.0, 0.82):
-                arm_sum = np.zeros_like(psf)
-                for a_amp, along, across in arms:
-                    d = np.abs(along) / lam
-                    fringe = 0.5 + 0.5 * np.cos(2 * np.pi * d / period + phase)
-                    arm_sum += (
-                        a_amp
-                        * np.exp(-(across**2) / (2 * w * w))
-                        * (1 + d / fwhm) ** -decay
-                        * (0.25 + 1.5 * fringe)
-                    )
-                rgb.append(psf + arm_sum)
-            out = np.stack(rgb)
-            return (out / out[1].max()).astype(np.float32)
+        if mix.chromatic_spike_share > 0:
+            chromatic_arms = bool(rng.random() < mix.chromatic_spike_share)
+    chromatic_core = mix.chromatic_psf_share > 0 and bool(rng.random() < mix.chromatic_psf_share)
+    if not (chromatic_arms or chromatic_core):  # one grey PSF (the default mix's draws)
+        psf = profile()
         for a_amp, along, across in arms:
             psf += a_amp * np.exp(-(across**2) / (2 * w * w)) * (1 + np.abs(along) / fwhm) ** -decay
-    return (psf / psf.max()).astype(np.float32)
+        return (psf / psf.max()).astype(np.float32)
+    widths, halo_gains = np.ones(3), np.ones(3)
+    if chromatic_core:
+        # seeing, focus and optics differ by colour: red and blue cores wider or narrower
+        # than green, halos tinted, so a star's wings are not the colour of its core
+        widths[[0, 2]] = np.exp(rng.uniform(np.log(0.8), np.log(1.3), 2))
+        halo_gains = np.exp(rng.uniform(np.log(0.4), np.log(2.5), 3))
+    if chromatic_arms:
+        # a thin vane's diffraction scales with wavelength: each colour's arm is
+        # stretched by its own factor and fringed with its own period, so the arm
+        # breaks into red, green and blue segments
+        period = rng.uniform(2.5, 10.0)
+        phase = rng.uniform(0, 2 * np.pi)
+    rgb = []
+    for c, lam in enumerate((1.2, 1.0, 0.82)):
+        chan = profile(float(widths[c]), float(halo_gains[c]))
+        for a_amp, along, across in arms:
+            d = np.abs(along) / lam if chromatic_arms else np.abs(along)
+            fringe = (
+                0.25 + 1.5 * (0.5 + 0.5 * np.cos(2 * np.pi * d / period + phase))
+                if chromatic_arms
+                else 1.0
+            )
+            chan = chan + (
+                a_amp * np.exp(-(across**2) / (2 * w * w)) * (1 + d / fwhm) ** -decay * fringe
+            )
+        rgb.append(chan)
+    out = np.stack(rgb)
+    return (out / out[1].max()).astype(np.float32)
 
 
 def _bright_halos(

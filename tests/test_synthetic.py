@@ -107,6 +107,18 @@ def test_chromatic_spikes_break_into_colours() -> None:
     assert plain.shape == (n, n)  # grey spikes: one PSF for all colours
 
 
+def test_chromatic_cores_give_wings_another_colour_than_the_core() -> None:
+    n = 64
+    for seed in range(4):
+        psf = _psf(np.random.default_rng(seed), n, 3.0, False, Mix(chromatic_psf_share=1.0))
+        assert psf.shape == (3, n, n) and psf[1].max() == pytest.approx(1.0)
+        r = np.hypot(*np.meshgrid(np.fft.fftfreq(n, 1 / n), np.fft.fftfreq(n, 1 / n)))
+        core, wing = psf[:, r < 1], psf[:, (r > 4) & (r < 8)]
+        core_colour = core.mean(1) / core.mean(1)[1]
+        wing_colour = wing.mean(1) / wing.mean(1)[1]
+        assert np.abs(wing_colour - core_colour).max() > 0.1
+
+
 def test_a_bad_mix_is_refused_with_its_field_named() -> None:
     with pytest.raises(ValueError, match="spike_share must be a share"):
         Mix(spike_share=1.5)
@@ -114,6 +126,8 @@ def test_a_bad_mix_is_refused_with_its_field_named() -> None:
         Mix(spike_amp=(0.3, 0.1))
     with pytest.raises(ValueError, match="spike_decay must be two numbers"):
         Mix(spike_decay=(1.0,))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="chromatic_psf_share must be a share"):
+        Mix(chromatic_psf_share=-0.1)
     with pytest.raises(ValueError, match="nucleus_share"):
         Mix(nucleus_share=float("nan"))
 

@@ -213,6 +213,7 @@ def test_cli_mix_options_reach_the_training_config() -> None:
     args = build_parser().parse_args(
         ["train", "--synthetic", "--spike-share", "0.5", "--spike-amp", "0.003", "0.3"]
         + ["--chromatic-spikes", "0.5", "--nucleus-share", "0.6", "--dense-share", "0.3"]
+        + ["--chromatic-psf", "0.4"]
     )
     cfg = _config(args)
     assert cfg.mix == Mix(
@@ -221,6 +222,7 @@ def test_cli_mix_options_reach_the_training_config() -> None:
         spike_amp=(0.003, 0.3),
         chromatic_spike_share=0.5,
         nucleus_share=0.6,
+        chromatic_psf_share=0.4,
     )
     assert '"chromatic_spike_share": 0.5' in cfg.to_json()  # recorded in the checkpoint
     assert _config(build_parser().parse_args(["train", "--synthetic"])).mix == Mix()
