@@ -27,7 +27,9 @@ Outputs in ``--out``: ``quality.json``, ``quality.md`` (also printed) and
 three 256 px scenes and writes ``quality_quick.*`` instead; ``--ensemble N`` writes
 ``quality_ensembleN.*``, ``--passes N`` ``quality_passesN.*``, ``--upsample``
 ``quality_upsample.*`` and ``--glow-cap S`` (another truth for the same scenes)
-``quality_glowS.*`` (their previews replace the plain run's: add ``--no-previews``).
+``quality_glowS.*``, ``--scene-mix hard`` (other held-out scenes, drawn with the
+generator's "hard" mix) ``quality_mixhard.*`` (their previews replace the plain
+run's: add ``--no-previews``).
 """
 
 from __future__ import annotations
@@ -54,7 +56,15 @@ from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import protect_background
 from starnet_core.model import load_model, macs_per_pixel
 from starnet_core.options import ProtectOptions
-from starnet_core.synthetic import DEFAULT_GLOW_CAP, Scene, check_glow_cap, make_pair
+from starnet_core.synthetic import (
+    DEFAULT_GLOW_CAP,
+    DEFAULT_MIX,
+    MIXES,
+    Mix,
+    Scene,
+    check_glow_cap,
+    make_pair,
+)
 from starnet_core.tiling import seam_score, select_device
 
 log = logging.getLogger("benchmarks.quality")
@@ -135,11 +145,14 @@ def synthetic_cases(
     *,
     max_tries: int = 300,
     glow_cap: float = DEFAULT_GLOW_CAP,
+    mix: Mix = DEFAULT_MIX,
 ) -> list[Case]:
     """Held-out scenes: per category, the first 16-bit seeds whose scene has the property.
 
     The seeds are chosen under the default glow cap, so every ``glow_cap`` (how much
     smooth star glow the truth keeps) measures the same scenes with another truth.
+    Another ``mix`` (:data:`starnet_core.synthetic.MIXES`) draws other scenes from the
+    same held-out seed ranges: the harder cases a training mix leaned on.
     """
     cases = []
     for category, count in plan:
@@ -150,14 +163,16 @@ def synthetic_cases(
         found = 0
         first = SEED_BASE + list(CATEGORY_TESTS).index(category) * SEED_STRIDE
         for seed in range(first, first + max_tries):
-            o, t, scene = make_pair(np.random.default_rng(seed), size_px)
+            o, t, scene = make_pair(np.random.default_rng(seed), size_px, mix=mix)
             props = scene_properties(o, t, scene)
             if props["bits"] != 16 or not CATEGORY_TESTS[category](props):
                 continue
             found += 1
             if glow_cap != DEFAULT_GLOW_CAP:
                 stars = scene.star_xy
-                o, t, scene = make_pair(np.random.default_rng(seed), size_px, glow_cap=glow_cap)
+                o, t, scene = make_pair(
+                    np.random.default_rng(seed), size_px, glow_cap=glow_cap, mix=mix
+                )
                 if not np.array_equal(scene.star_xy, stars):
                     raise RuntimeError(
                         f"seed {seed}: another scene under glow cap {glow_cap:g} (its stretch "
@@ -315,8 +330,10 @@ def run_benchmark(
     protect: ProtectOptions | None = None,
     cases: list[Case] | None = None,
     glow_cap: float = DEFAULT_GLOW_CAP,
+    scene_mix: str = "default",
 ) -> dict[str, Any]:
-    """All figures as a JSON-ready dict (``cases`` overrides the synthetic scenes)."""
+    """All figures as a JSON-ready dict (``cases`` overrides the synthetic scenes;
+    ``scene_mix`` names the generator mix they are drawn with, :data:`MIXES`)."""
     options = tile_options or TileOptions()
     protect = protect or ProtectOptions()
     methods: dict[str, Method] = {"input": lambda x: x, "classical": classical_remove_stars}
@@ -325,7 +342,9 @@ def run_benchmark(
         methods["model"] = lambda x: protect_background(x, remove_stars(model, x, options), protect)
     size = QUICK_SIZE_PX if quick else FULL_SIZE_PX
     if cases is None:
-        cases = synthetic_cases(QUICK_PLAN if quick else FULL_PLAN, size, glow_cap=glow_cap)
+        cases = synthetic_cases(
+            QUICK_PLAN if quick else FULL_PLAN, size, glow_cap=glow_cap, mix=MIXES[scene_mix]
+        )
         log.info("synthetic scenes: %s", ", ".join(f"{c.name}={c.seed}" for c in cases))
     results: dict[str, Any] = {
         "device": "cpu"
@@ -337,6 +356,7 @@ def run_benchmark(
             for k in ("tile_px", "overlap_px", "batch_size", "passes", "ensemble", "upsample")
         },
         "glow_cap_sigma": glow_cap,
+        "scene_mix": scene_mix,
     }
     groups = {"synthetic": cases}
     if real_dir is not None:
@@ -434,6 +454,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_GLOW_CAP,
         help="smooth star glow the synthetic truth keeps, in noise sigmas (default %(default)s)",
     )
+    parser.add_argument(
+        "--scene-mix",
+        choices=sorted(MIXES),
+        default="default",
+        help="generator mix the synthetic scenes are drawn with (default %(default)s: "
+        "the held-out set every model is compared on)",
+    )
     args = parser.parse_args(argv)
     if args.passes < 1:
         parser.error(f"--passes must be 1 or more, got {args.passes}")
@@ -463,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem += f"_passes{args.passes}" if args.passes > 1 else ""
     stem += "_upsample" if args.upsample else ""
     stem += f"_glow{args.glow_cap:g}" if args.glow_cap != DEFAULT_GLOW_CAP else ""
+    stem += f"_mix{args.scene_mix}" if args.scene_mix != "default" else ""
     preview_dir = None if args.no_previews else args.out / "previews"
     if args.ensemble > 1:
         label += f", {args.ensemble}x self-ensemble"
@@ -480,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ensemble=args.ensemble, passes=args.passes, upsample=args.upsample
         ),
         glow_cap=args.glow_cap,
+        scene_mix=args.scene_mix,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(

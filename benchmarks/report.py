@@ -33,7 +33,13 @@ def render_markdown(results: dict[str, Any]) -> str:
         "Residual star flux: fraction of each star's flux left, median / p95 (stars); "
         "bins by linear peak SNR: faint < 30 ≤ medium < 300 ≤ bright. Background PSNR: "
         f"pixels > {syn['far_px']:g} px from anything a star touched, pooled. The truth "
-        f"keeps smooth star glow up to {results.get('glow_cap_sigma', 3.0):g} noise sigmas.",
+        f"keeps smooth star glow up to {results.get('glow_cap_sigma', 3.0):g} noise sigmas."
+        + (
+            f" Scenes drawn with the generator's {results['scene_mix']!r} mix "
+            "(starnet_core.synthetic.MIXES), not the default held-out set."
+            if results.get("scene_mix", "default") != "default"
+            else ""
+        ),
         "",
         "| method | PSNR dB | bg PSNR dB | residual all | faint | medium | bright | "
         "structure kept | still detectable | s/MP (CPU s/MP) |",

@@ -73,6 +73,12 @@ def register(sub: Any) -> None:
         "how often generated crops draw their harder cases (defaults: the generator's own "
         "mix, the one the quality benchmark's held-out scenes use)",
     )
+    mix.add_argument(
+        "--scene-mix",
+        default="default",
+        help="named mix to start from: default or hard (synthetic.MIXES); the options "
+        "below change single fields of it",
+    )
     mix.add_argument("--dense-share", type=float, help="share of Milky-Way-dense crops (0.25)")
     mix.add_argument("--spike-share", type=float, help="share of crops with spiked stars (0.3)")
     mix.add_argument(
@@ -160,6 +166,7 @@ _MIX_OPTIONS = {
 
 
 def _config(args: argparse.Namespace) -> Any:
+    from starnet_core.synthetic import MIXES
     from starnet_core.train import TrainConfig
 
     cfg = TrainConfig()
@@ -188,6 +195,9 @@ def _config(args: argparse.Namespace) -> Any:
         name: getattr(args, option[2:].replace("-", "_")) for name, option in _MIX_OPTIONS.items()
     }
     shifts = {name: value for name, value in given.items() if value is not None}
+    if args.scene_mix not in MIXES:
+        raise ValueError(f"--scene-mix must be one of {', '.join(MIXES)}, got {args.scene_mix!r}")
+    cfg.mix = MIXES[args.scene_mix]
     if shifts:
         try:
             cfg.mix = dataclasses.replace(cfg.mix, **shifts)

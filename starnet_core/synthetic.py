@@ -96,6 +96,23 @@ class Mix:
 
 
 DEFAULT_MIX = Mix()
+# Named mixes (``starnet train --scene-mix NAME``, ``benchmarks.quality --scene-mix NAME``).
+# "hard" leans on what model 0.5.0 got wrong: long, chromatic spikes on faint stars (the
+# crosses it left on real_1), star wings of another colour than the core (real_0's cyan
+# rings), nucleated galaxies as sharp as the stars beside them (the background figure),
+# and a few more dense fields.
+MIXES: dict[str, Mix] = {
+    "default": DEFAULT_MIX,
+    "hard": Mix(
+        dense_share=0.3,
+        spike_share=0.5,
+        spike_amp=(0.003, 0.3),
+        spike_decay=(0.5, 1.6),
+        chromatic_spike_share=0.5,
+        nucleus_share=0.6,
+        chromatic_psf_share=0.4,
+    ),
+}
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,20 @@ def test_a_glow_cap_measures_the_same_scenes_with_another_truth() -> None:
     assert float(flat.truth.mean()) < float(default.truth.mean())  # no glow kept
 
 
+def test_another_scene_mix_draws_other_scenes_from_the_held_out_seeds() -> None:
+    from starnet_core.synthetic import MIXES
+
+    plan = [("spikes", 2)]
+    default = quality.synthetic_cases(plan, SIZE)
+    hard = quality.synthetic_cases(plan, SIZE, mix=MIXES["hard"])
+    first = quality.SEED_BASE + list(quality.CATEGORY_TESTS).index("spikes") * quality.SEED_STRIDE
+    assert all(first <= c.seed < first + quality.SEED_STRIDE for c in hard)
+    assert all(c.properties["spikes"] for c in hard)
+    # spikes are more common in the hard mix, so its first spiked seeds come sooner
+    assert hard[-1].seed <= default[-1].seed
+    assert not np.array_equal(hard[0].original, default[0].original)
+
+
 def test_generator_loads_from_a_checkpoint_and_from_weights(tmp_path: Path) -> None:
     model = _tiny_model()
     tensors = {f"g.{k}": v.contiguous() for k, v in model.state_dict().items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from starnet_core.model import ModelConfig
-from starnet_core.synthetic import Mix, make_pool
+from starnet_core.synthetic import MIXES, Mix, make_pool
 from starnet_core.train import (
     PairPool,
     TrainConfig,
@@ -200,6 +201,8 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--spike-amp: spike_amp must be 0 < low <= high" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--chromatic-spikes", "2"]) == 2
     assert "--chromatic-spikes: chromatic_spike_share must be a share" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--scene-mix", "easy"]) == 2
+    assert "--scene-mix must be one of default, hard" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["train", "--synthetic", "--logs", logs, "--device", "cuda"]) == 2
         assert "cuda" in capsys.readouterr().err
@@ -226,3 +229,9 @@ def test_cli_mix_options_reach_the_training_config() -> None:
     )
     assert '"chromatic_spike_share": 0.5' in cfg.to_json()  # recorded in the checkpoint
     assert _config(build_parser().parse_args(["train", "--synthetic"])).mix == Mix()
+    hard = _config(build_parser().parse_args(["train", "--scene-mix", "hard"])).mix
+    assert hard == MIXES["hard"]
+    tweaked = ["train", "--scene-mix", "hard", "--spike-share", "0.2"]
+    assert _config(build_parser().parse_args(tweaked)).mix == dataclasses.replace(
+        MIXES["hard"], spike_share=0.2
+    )
