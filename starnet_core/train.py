@@ -457,11 +457,12 @@ def train(
         else None
     )
     try:
-        _loop(cfg, state, device, ckpt, file_pairs, pool, on_log, on_showcase, should_stop)
+        saved = _loop(cfg, state, device, ckpt, file_pairs, pool, on_log, on_showcase, should_stop)
     finally:
         if pool is not None:
             pool.close()
-    save_checkpoint(state, cfg, ckpt)
+    if saved != state.step:  # the loop's last checkpoint is not this step's
+        save_checkpoint(state, cfg, ckpt)
     return state
 
 
@@ -486,8 +487,11 @@ def _loop(
     on_log: Callable[[dict[str, float]], None] | None,
     on_showcase: Callable[[int, np.ndarray], None] | None,
     should_stop: Callable[[], bool] | None,
-) -> None:
+) -> int:
+    """Train until ``cfg.steps``, the time budget or ``should_stop``; returns the step of
+    the last checkpoint it wrote (-1: none)."""
     gen = torch.Generator().manual_seed(cfg.seed + state.step)
+    saved = -1
     g, d = state.generator, state.discriminator
     g.train()
     d.train()
@@ -585,12 +589,14 @@ def _loop(
             acc, n_acc, fresh, t0 = {}, 0, 0, time.perf_counter()
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             save_checkpoint(state, cfg, ckpt)
+            saved = state.step
             if on_showcase is not None:
                 n_show = min(4, x.shape[0])
                 strip = torch.cat(
                     [x[:n_show], out.detach()[:n_show].clamp(0, 1), y[:n_show]], dim=3
                 )
                 on_showcase(state.step, torch.cat(list(strip), dim=1).cpu().numpy())
+    return saved
 
 
 def export_generator(state: TrainState, path: Path, version: str, extra: dict[str, str]) -> str:

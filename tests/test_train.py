@@ -63,6 +63,23 @@ def test_tiny_run_logs_and_checkpoints(tmp_path: Path) -> None:
     assert strips and strips[0].shape == (3, 2 * 32, 3 * 32)
 
 
+def test_each_checkpoint_is_written_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import starnet_core.train as train_module
+
+    steps: list[int] = []
+    real_save = train_module.save_checkpoint
+
+    def counting_save(state: train_module.TrainState, cfg: TrainConfig, path: Path) -> None:
+        steps.append(state.step)
+        real_save(state, cfg, path)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", counting_save)
+    train(tiny_config(steps=6, checkpoint_every=3), tmp_path)
+    assert steps == [3, 6], "the last step's checkpoint is written once"
+    train(tiny_config(steps=8, checkpoint_every=3), tmp_path)  # ends between checkpoints
+    assert steps == [3, 6, 8]
+
+
 def test_resume_continues_from_checkpoint(tmp_path: Path) -> None:
     train(tiny_config(steps=3), tmp_path)
     before = load_checkpoint(tmp_path / "checkpoint.safetensors", tiny_config())
