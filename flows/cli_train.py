@@ -106,6 +106,11 @@ def register(sub: Any) -> None:
         help="share of crops whose star cores and halos differ in width by colour (0)",
     )
     mix.add_argument(
+        "--bayer-share",
+        type=float,
+        help="share of colour crops mosaicked and demosaiced as by a one-shot-colour camera (0)",
+    )
+    mix.add_argument(
         "--nucleus-share",
         type=float,
         help="share of small galaxies with a bright, nearly star-sharp nucleus (0.3)",
@@ -162,6 +167,7 @@ _MIX_OPTIONS = {
     "chromatic_spike_share": "--chromatic-spikes",
     "nucleus_share": "--nucleus-share",
     "chromatic_psf_share": "--chromatic-psf",
+    "bayer_share": "--bayer-share",
 }
 
 

@@ -56,8 +56,8 @@ class Mix:
     The defaults are the generator's own mix: the held-out benchmark scenes are
     drawn with them, and a default mix draws exactly the scenes it always drew.
     A share changes only a threshold and a range only where its draw lands, so
-    both consume the same random numbers; chromatic spikes and chromatic PSFs
-    draw extra numbers, and only when their share is above 0.
+    both consume the same random numbers; chromatic spikes, chromatic PSFs and
+    Bayer scenes draw extra numbers, and only when their share is above 0.
     """
 
     dense_share: float = 0.25  # Milky-Way-dense crops (800-4000 stars per 128 px)
@@ -72,6 +72,9 @@ class Mix:
     # scenes whose stars' cores and halos differ in width and strength by colour, so a
     # star's wings are not the colour of its core (coloured rings of real optics)
     chromatic_psf_share: float = 0.0
+    # colour scenes shot with a one-shot-colour (Bayer) camera and demosaiced: the
+    # per-pixel colour zipper on sharp stars and spikes (real_1's spikes carry it)
+    bayer_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -80,6 +83,7 @@ class Mix:
             "chromatic_spike_share",
             "nucleus_share",
             "chromatic_psf_share",
+            "bayer_share",
         ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
@@ -99,7 +103,8 @@ DEFAULT_MIX = Mix()
 # Named mixes (``starnet train --scene-mix NAME``, ``benchmarks.quality --scene-mix NAME``).
 # "hard" leans on what model 0.5.0 got wrong: long, chromatic spikes on faint stars (the
 # crosses it left on real_1), star wings of another colour than the core (real_0's cyan
-# rings), nucleated galaxies as sharp as the stars beside them (the background figure),
+# rings), the colour zipper a Bayer camera's demosaicing leaves on sharp stars and spikes
+# (real_1), nucleated galaxies as sharp as the stars beside them (the background figure),
 # and a few more dense fields.
 MIXES: dict[str, Mix] = {
     "default": DEFAULT_MIX,
@@ -111,6 +116,7 @@ MIXES: dict[str, Mix] = {
         chromatic_spike_share=0.5,
         nucleus_share=0.6,
         chromatic_psf_share=0.4,
+        bayer_share=0.4,
     ),
 }
 
@@ -382,6 +388,26 @@ def _splat(n: int, xy: Array, weights: Array) -> Array:
     return img.reshape(3, n, n)
 
 
+_DEMOSAIC_RB = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32) / 4
+_DEMOSAIC_G = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], np.float32) / 4
+
+
+def _bayer(image: Array, offset: tuple[int, int]) -> Array:
+    """(3, n, n) linear image through an RGGB colour-filter mosaic (shifted by ``offset``
+    rows, columns) and bilinear demosaicing, as a one-shot-colour camera's frames are."""
+    _, h, w = image.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    ry, rx = (yy + offset[0]) % 2, (xx + offset[1]) % 2
+    sites = np.stack([(ry == 0) & (rx == 0), (ry + rx) == 1, (ry == 1) & (rx == 1)])
+    raw = np.where(sites, image, 0).astype(np.float32)
+    return np.stack(
+        [
+            ndimage.convolve(raw[c], _DEMOSAIC_G if c == 1 else _DEMOSAIC_RB, mode="mirror")
+            for c in range(3)
+        ]
+    ).astype(np.float32)
+
+
 def _stretch_pair(rng: np.random.Generator, orig: Array, clean: Array) -> tuple[Array, Array]:
     """One stretch, fitted on the original, applied to both (linear [0,1] in, [0,1] out)."""
     kind = rng.choice(["mtf", "mtf", "mtf", "asinh", "gamma"])
@@ -532,6 +558,11 @@ def _render_pair(
     sat = min(sat, 1.0)
     clean = np.clip(clean / sat, 0, 1)
     orig = np.clip(orig / sat, 0, 1)
+    if not mono and mix.bayer_share > 0 and rng.random() < mix.bayer_share:
+        # a one-shot-colour camera: one colour per photosite, clipped there, then
+        # demosaiced; sharp stars and thin spikes get the per-pixel colour zipper
+        offset = (int(rng.integers(0, 2)), int(rng.integers(0, 2)))
+        orig, clean = _bayer(orig, offset), _bayer(clean, offset)
     sl = slice(margin, margin + size_px)
     o, c = _stretch_pair(rng, orig[:, sl, sl], clean[:, sl, sl])
     levels = 255.0 if rng.random() < 0.3 else 65535.0

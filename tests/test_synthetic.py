@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from starnet_core.synthetic import Mix, _psf, _star_glow, fractal_noise, make_pair, make_pool
+from starnet_core.synthetic import (
+    Mix,
+    _bayer,
+    _psf,
+    _star_glow,
+    fractal_noise,
+    make_pair,
+    make_pool,
+)
 
 
 def test_seeded_and_reproducible() -> None:
@@ -117,6 +125,20 @@ def test_chromatic_cores_give_wings_another_colour_than_the_core() -> None:
         core_colour = core.mean(1) / core.mean(1)[1]
         wing_colour = wing.mean(1) / wing.mean(1)[1]
         assert np.abs(wing_colour - core_colour).max() > 0.1
+
+
+def test_bayer_demosaicing_keeps_flat_colour_and_puts_a_zipper_on_sharp_stars() -> None:
+    flat = np.ones((3, 16, 16), np.float32) * np.array([0.2, 0.5, 0.3], np.float32)[:, None, None]
+    np.testing.assert_allclose(_bayer(flat, (0, 0))[:, 2:-2, 2:-2], flat[:, 2:-2, 2:-2], 1e-6)
+    star = np.zeros((3, 16, 16), np.float32)
+    star[:, 8, 8] = 1.0  # a white one-pixel star
+    out = _bayer(star, (0, 0))
+    assert out.dtype == np.float32 and out.min() >= 0
+    assert np.ptp(out[:, 7:10, 7:10], axis=0).max() > 0.2  # no longer white
+    assert not np.array_equal(out, _bayer(star, (1, 0)))  # the pattern's phase matters
+    # a Bayer mix changes only colour scenes, and its default of 0 draws nothing
+    o, c, _ = make_pair(np.random.default_rng(3), 48, mix=Mix(bayer_share=1.0))
+    assert o.shape == c.shape == (3, 48, 48)
 
 
 def test_a_bad_mix_is_refused_with_its_field_named() -> None:

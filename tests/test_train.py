@@ -233,7 +233,7 @@ def test_cli_mix_options_reach_the_training_config() -> None:
     args = build_parser().parse_args(
         ["train", "--synthetic", "--spike-share", "0.5", "--spike-amp", "0.003", "0.3"]
         + ["--chromatic-spikes", "0.5", "--nucleus-share", "0.6", "--dense-share", "0.3"]
-        + ["--chromatic-psf", "0.4"]
+        + ["--chromatic-psf", "0.4", "--bayer-share", "0.2"]
     )
     cfg = _config(args)
     assert cfg.mix == Mix(
@@ -243,6 +243,7 @@ def test_cli_mix_options_reach_the_training_config() -> None:
         chromatic_spike_share=0.5,
         nucleus_share=0.6,
         chromatic_psf_share=0.4,
+        bayer_share=0.2,
     )
     assert '"chromatic_spike_share": 0.5' in cfg.to_json()  # recorded in the checkpoint
     assert _config(build_parser().parse_args(["train", "--synthetic"])).mix == Mix()
