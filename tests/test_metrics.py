@@ -161,6 +161,8 @@ def test_benchmark_end_to_end_on_a_tiny_scene(tmp_path: Path) -> None:
     assert results["model"]["macs_per_px"] > 0 and results["model"]["seam_score"] >= 0
     text = quality.render_markdown(results)
     assert "| classical |" in text and "real_0" in text
+    assert results["scene_mix"] == "default" and "mix" not in text
+    assert "generator's 'hard' mix" in quality.render_markdown(results | {"scene_mix": "hard"})
     json.dumps(quality.finite_json(results), allow_nan=False)
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == [
         "real-real_0.png",
