@@ -54,10 +54,13 @@ class Mix:
     may shift towards a weakness (``starnet train --spike-share ...``).
 
     The defaults are the generator's own mix: the held-out benchmark scenes are
-    drawn with them, and a default mix draws exactly the scenes it always drew.
-    A share changes only a threshold and a range only where its draw lands, so
-    both consume the same random numbers; chromatic spikes, chromatic PSFs and
-    Bayer scenes draw extra numbers, and only when their share is above 0.
+    drawn with them, and a default mix draws exactly the scenes it always drew
+    (chromatic spikes, chromatic PSFs and Bayer scenes draw their numbers only
+    when their share is above 0). Any other mix draws other scenes from a seed:
+    a share moves a threshold, and what the case it lets in draws (a spike's
+    parameters, a nucleus) shifts every later draw.
+    Chromatic PSFs widen or narrow red and blue cores (0.8-1.3x), so they also
+    shift each star's overall colour a little.
     """
 
     dense_share: float = 0.25  # Milky-Way-dense crops (800-4000 stars per 128 px)
@@ -86,7 +89,9 @@ class Mix:
             "bayer_share",
         ):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float | np.floating) and 0.0 <= value <= 1.0
+            ):
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
         for name in ("spike_amp", "spike_decay"):
             value = getattr(self, name)

@@ -88,9 +88,7 @@ def test_the_mix_shifts_how_often_cases_come_and_its_default_draws_the_same_scen
         a = make_pair(np.random.default_rng(seed), 48)
         b = make_pair(np.random.default_rng(seed), 48, mix=Mix())
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-    # a share moves only its threshold: every scene has spikes at 1, none at 0, and the
-    # same seed draws the same star positions either way (spikes draw after the stars'
-    # count is known, chromatic arms are off, so nothing else moves)
+    # a share moves its threshold: every scene has spikes at 1, none at 0
     spiked = [make_pair(np.random.default_rng(s), 48, mix=Mix(spike_share=1.0)) for s in range(6)]
     plain = [make_pair(np.random.default_rng(s), 48, mix=Mix(spike_share=0.0)) for s in range(6)]
     assert all(p[2].spikes for p in spiked) and not any(p[2].spikes for p in plain)
@@ -136,9 +134,16 @@ def test_bayer_demosaicing_keeps_flat_colour_and_puts_a_zipper_on_sharp_stars() 
     assert out.dtype == np.float32 and out.min() >= 0
     assert np.ptp(out[:, 7:10, 7:10], axis=0).max() > 0.2  # no longer white
     assert not np.array_equal(out, _bayer(star, (1, 0)))  # the pattern's phase matters
-    # a Bayer mix changes only colour scenes, and its default of 0 draws nothing
-    o, c, _ = make_pair(np.random.default_rng(3), 48, mix=Mix(bayer_share=1.0))
-    assert o.shape == c.shape == (3, 48, 48)
+    # a Bayer mix changes colour scenes only: mono cameras have no colour filter
+    mono = changed = 0
+    for seed in range(40):
+        plain = make_pair(np.random.default_rng(seed), 32, jpeg=False)
+        bayer = make_pair(np.random.default_rng(seed), 32, jpeg=False, mix=Mix(bayer_share=1.0))
+        if np.array_equal(plain[0][0], plain[0][1]) and np.array_equal(plain[0][1], plain[0][2]):
+            mono += 1
+            assert np.array_equal(bayer[0], plain[0]) and np.array_equal(bayer[1], plain[1])
+        changed += not np.array_equal(bayer[0], plain[0])
+    assert mono and changed, "the seeds must cover both kinds"
 
 
 def test_a_bad_mix_is_refused_with_its_field_named() -> None:
@@ -150,6 +155,9 @@ def test_a_bad_mix_is_refused_with_its_field_named() -> None:
         Mix(spike_decay=(1.0,))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="chromatic_psf_share must be a share"):
         Mix(chromatic_psf_share=-0.1)
+    with pytest.raises(ValueError, match="bayer_share must be a share"):
+        Mix(bayer_share=True)
+    assert Mix(bayer_share=np.float32(0.5)).bayer_share == 0.5
     with pytest.raises(ValueError, match="nucleus_share"):
         Mix(nucleus_share=float("nan"))
 

@@ -76,8 +76,15 @@ def test_each_checkpoint_is_written_once(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(train_module, "save_checkpoint", counting_save)
     train(tiny_config(steps=6, checkpoint_every=3), tmp_path)
     assert steps == [3, 6], "the last step's checkpoint is written once"
-    train(tiny_config(steps=8, checkpoint_every=3), tmp_path)  # ends between checkpoints
-    assert steps == [3, 6, 8]
+    calls = {"n": 0}
+
+    def stop_after_one() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    # stopped between checkpoints (step 7): the loop wrote none, so train() writes it
+    train(tiny_config(steps=100, checkpoint_every=3), tmp_path, should_stop=stop_after_one)
+    assert steps == [3, 6, 7]
 
 
 def test_resume_continues_from_checkpoint(tmp_path: Path) -> None:
