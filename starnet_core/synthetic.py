@@ -601,13 +601,14 @@ def _render_pair(
 
 
 def make_pool(
-    seed: int,
+    seed: int | list[int],
     count: int,
     size_px: int = 128,
     glow_cap: float = DEFAULT_GLOW_CAP,
     mix: Mix = DEFAULT_MIX,
 ) -> tuple[Array, Array]:
-    """``count`` pairs as two (count, 3, S, S) float32 arrays, reproducible from ``seed``."""
+    """``count`` pairs as two (count, 3, S, S) float32 arrays, reproducible from ``seed``
+    (an int, or a list of ints as ``np.random.default_rng`` takes them)."""
     rng = np.random.default_rng(seed)
     orig = np.empty((count, 3, size_px, size_px), np.float32)
     clean = np.empty_like(orig)

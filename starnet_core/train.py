@@ -104,12 +104,20 @@ class PairPool:
     pool is filled in parallel, and ``refresh`` then swaps in whatever the
     workers finished since the last call, never waiting for them (a GPU eats
     crops faster than one core makes them). Task k's crops are
-    ``make_pool(seed + 1_000_003 k)``, reproducible; when they enter the pool
-    depends on the workers' timing, so a run with workers is not bit-identical
-    from one run to the next.
+    ``make_pool(PairPool.task_seed(seed, k))``, reproducible; when they enter the
+    pool depends on the workers' timing, so a run with workers is not
+    bit-identical from one run to the next.
     """
 
     CHUNK = 16  # crops per worker task
+
+    @staticmethod
+    def task_seed(seed: int, task: int) -> list[int]:
+        """The generator seed of worker task ``task``: two words of entropy, so it never
+        draws the stream of a single-int seed (the quality benchmark's held-out seeds,
+        9,000,001 up; the in-process pool's 1234 + step). ``task + 1``: numpy reads a
+        trailing 0 word as absent, and ``[seed, 0]`` would be ``seed`` itself."""
+        return [int(seed), task + 1]
 
     def __init__(
         self,
@@ -156,7 +164,7 @@ class PairPool:
 
     def _submit(self, count: int) -> Future[tuple[np.ndarray, np.ndarray]]:
         assert self._executor is not None
-        seed = self._seed + 1_000_003 * self._task
+        seed = self.task_seed(self._seed, self._task)
         fut = self._executor.submit(make_pool, seed, count, self.crop_px, self.glow_cap, self.mix)
         self._task += 1
         return fut

@@ -157,8 +157,8 @@ def test_worker_pool_fills_and_refreshes_from_other_processes() -> None:
     pool = PairPool(size=20, crop_px=32, seed=7, workers=2)
     try:
         assert np.isfinite(pool.orig).all() and np.isfinite(pool.clean).all()
-        # filled from make_pool(seed + k * stride): exactly the in-process generator's crops
-        first, _ = make_pool(7, PairPool.CHUNK, 32)
+        # filled from make_pool(task_seed(seed, k)): exactly the generator's crops
+        first, _ = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32)
         np.testing.assert_array_equal(pool.orig[: PairPool.CHUNK], first)
         # every crop is a pair: starless never brighter than the original by more than noise
         assert (pool.orig - pool.clean).mean() > 0
@@ -174,10 +174,20 @@ def test_worker_pool_fills_and_refreshes_from_other_processes() -> None:
         pool.close()
 
 
+def test_worker_seeds_never_draw_a_single_int_seeds_scenes() -> None:
+    # held-out benchmark scenes come from single-int seeds (9,000,001 up); a worker task
+    # must not draw the same stream whatever the run's start step
+    held_out = make_pool(9_100_004, 1, 32)[0]
+    for seed in (9_100_004, 1234 + 98_743):
+        for task in range(12):
+            assert not np.array_equal(make_pool(PairPool.task_seed(seed, task), 1, 32)[0], held_out)
+    assert PairPool.task_seed(5, 0) != PairPool.task_seed(5, 1) != PairPool.task_seed(6, 0)
+
+
 def test_pool_workers_use_the_runs_glow_cap() -> None:
     pool = PairPool(size=PairPool.CHUNK, crop_px=32, seed=7, workers=1, glow_cap=0.0)
     try:
-        _, clean = make_pool(7, PairPool.CHUNK, 32, glow_cap=0.0)
+        _, clean = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32, glow_cap=0.0)
         np.testing.assert_array_equal(pool.clean, clean)
     finally:
         pool.close()
@@ -187,9 +197,9 @@ def test_pool_workers_use_the_runs_mix() -> None:
     mix = Mix(spike_share=1.0, chromatic_spike_share=1.0, dense_share=0.0)
     pool = PairPool(size=PairPool.CHUNK, crop_px=32, seed=7, workers=1, mix=mix)
     try:
-        orig, _ = make_pool(7, PairPool.CHUNK, 32, mix=mix)
+        orig, _ = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32, mix=mix)
         np.testing.assert_array_equal(pool.orig, orig)
-        assert not np.array_equal(pool.orig, make_pool(7, PairPool.CHUNK, 32)[0])
+        assert not np.array_equal(pool.orig, make_pool(PairPool.task_seed(7, 0), 16, 32)[0])
     finally:
         pool.close()
 
