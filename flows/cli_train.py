@@ -24,6 +24,43 @@ import numpy as np
 log = logging.getLogger("starnet.train")
 
 
+# Mix field -> (the option that sets it, takes LOW HIGH, help). Errors name the option.
+_MIX_OPTIONS: dict[str, tuple[str, bool, str]] = {
+    "dense_share": ("--dense-share", False, "share of Milky-Way-dense crops (0.25)"),
+    "spike_share": ("--spike-share", False, "share of crops with spiked stars (0.3)"),
+    "spike_amp": (
+        "--spike-amp",
+        True,
+        "spike strength over the star's peak, log-uniform (0.003 0.1)",
+    ),
+    "spike_decay": (
+        "--spike-decay",
+        True,
+        "fall-off exponent along a spike; lower: long arms on faint stars too (0.9 1.6)",
+    ),
+    "chromatic_spike_share": (
+        "--chromatic-spikes",
+        False,
+        "share of spiked crops whose arms break into colour segments (0)",
+    ),
+    "chromatic_psf_share": (
+        "--chromatic-psf",
+        False,
+        "share of crops whose star cores and halos differ in width by colour (0)",
+    ),
+    "bayer_share": (
+        "--bayer-share",
+        False,
+        "share of colour crops mosaicked and demosaiced as by a one-shot-colour camera (0)",
+    ),
+    "nucleus_share": (
+        "--nucleus-share",
+        False,
+        "share of small galaxies with a bright, nearly star-sharp nucleus (0.3)",
+    ),
+}
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "train",
@@ -79,42 +116,13 @@ def register(sub: Any) -> None:
         help="named mix to start from: default or hard (synthetic.MIXES); the options "
         "below change single fields of it",
     )
-    mix.add_argument("--dense-share", type=float, help="share of Milky-Way-dense crops (0.25)")
-    mix.add_argument("--spike-share", type=float, help="share of crops with spiked stars (0.3)")
-    mix.add_argument(
-        "--spike-amp",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        help="spike strength over the star's peak, log-uniform (0.003 0.1)",
-    )
-    mix.add_argument(
-        "--spike-decay",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        help="fall-off exponent along a spike; lower: long arms on faint stars too (0.9 1.6)",
-    )
-    mix.add_argument(
-        "--chromatic-spikes",
-        type=float,
-        help="share of spiked crops whose arms break into colour segments (0)",
-    )
-    mix.add_argument(
-        "--chromatic-psf",
-        type=float,
-        help="share of crops whose star cores and halos differ in width by colour (0)",
-    )
-    mix.add_argument(
-        "--bayer-share",
-        type=float,
-        help="share of colour crops mosaicked and demosaiced as by a one-shot-colour camera (0)",
-    )
-    mix.add_argument(
-        "--nucleus-share",
-        type=float,
-        help="share of small galaxies with a bright, nearly star-sharp nucleus (0.3)",
-    )
+    for field, (option, is_range, text) in _MIX_OPTIONS.items():
+        if is_range:
+            mix.add_argument(
+                option, dest=field, type=float, nargs=2, metavar=("LOW", "HIGH"), help=text
+            )
+        else:
+            mix.add_argument(option, dest=field, type=float, metavar="SHARE", help=text)
     p.add_argument("--pool", type=int, help="synthetic crops held in memory")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default cpu)")
@@ -158,19 +166,6 @@ def register(sub: Any) -> None:
     a.set_defaults(func=cmd_soup)
 
 
-# Mix field -> the option that sets it (errors name what the user typed).
-_MIX_OPTIONS = {
-    "dense_share": "--dense-share",
-    "spike_share": "--spike-share",
-    "spike_amp": "--spike-amp",
-    "spike_decay": "--spike-decay",
-    "chromatic_spike_share": "--chromatic-spikes",
-    "nucleus_share": "--nucleus-share",
-    "chromatic_psf_share": "--chromatic-psf",
-    "bayer_share": "--bayer-share",
-}
-
-
 def _config(args: argparse.Namespace) -> Any:
     from starnet_core.synthetic import MIXES
     from starnet_core.train import TrainConfig
@@ -197,10 +192,7 @@ def _config(args: argparse.Namespace) -> Any:
         value = getattr(args, attr)
         if value is not None:
             setattr(cfg, name, value)
-    given = {
-        name: getattr(args, option[2:].replace("-", "_")) for name, option in _MIX_OPTIONS.items()
-    }
-    shifts = {name: value for name, value in given.items() if value is not None}
+    shifts = {f: getattr(args, f) for f in _MIX_OPTIONS if getattr(args, f) is not None}
     if args.scene_mix not in MIXES:
         raise ValueError(f"--scene-mix must be one of {', '.join(MIXES)}, got {args.scene_mix!r}")
     cfg.mix = MIXES[args.scene_mix]
@@ -209,7 +201,7 @@ def _config(args: argparse.Namespace) -> Any:
             cfg.mix = dataclasses.replace(cfg.mix, **shifts)
         except ValueError as e:  # name the option the user typed, not the field
             field = str(e).split(" ", 1)[0]
-            option = _MIX_OPTIONS.get(field, field)
+            option = _MIX_OPTIONS[field][0] if field in _MIX_OPTIONS else field
             raise ValueError(f"{option}: {e}") from None
     if args.minutes is not None:
         cfg.time_limit_s = 60.0 * args.minutes

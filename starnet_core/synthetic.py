@@ -23,7 +23,7 @@ the stretches users apply.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from PIL import Image
@@ -80,20 +80,14 @@ class Mix:
     bayer_share: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in (
-            "dense_share",
-            "spike_share",
-            "chromatic_spike_share",
-            "nucleus_share",
-            "chromatic_psf_share",
-            "bayer_share",
-        ):
+        ranges = ("spike_amp", "spike_decay")
+        for name in (f.name for f in fields(self) if f.name not in ranges):
             value = getattr(self, name)
             if isinstance(value, bool) or not (
                 isinstance(value, int | float | np.floating) and 0.0 <= value <= 1.0
             ):
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
-        for name in ("spike_amp", "spike_decay"):
+        for name in ranges:
             value = getattr(self, name)
             try:
                 lo, hi = (float(v) for v in value)
@@ -233,9 +227,8 @@ def _background(
             bn = 2 * sersic_n - 0.33
             prof = np.exp(-bn * ((r / re) ** (1 / sersic_n) - 1)).astype(np.float32)
             prof /= prof.max()
-            if (
-                rng.random() < nucleus_share
-            ):  # a bright nucleus (bulge, AGN), still wider than a star
+            # a bright nucleus (bulge, AGN), still wider than a star
+            if rng.random() < nucleus_share:
                 s_nuc = 1.3 * fwhm / 2.3548 * rng.uniform(1.0, 1.5)
                 nuc = np.exp(-(dx * dx + dy * dy) / (2 * s_nuc * s_nuc)).astype(np.float32)
                 prof = prof + rng.uniform(0.5, 2.0) * nuc
@@ -287,6 +280,16 @@ def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool, mix: Mix) 
 
     arms: list[tuple[float, Array, Array]] = []
     chromatic_arms = False
+
+    def arm(a_amp: float, along: Array, across: Array, lam: float | None = None) -> Array:
+        """One spike arm; with ``lam`` (chromatic arms) stretched by that colour's
+        wavelength factor and fringed."""
+        d = np.abs(along) if lam is None else np.abs(along) / lam
+        term = a_amp * np.exp(-(across**2) / (2 * w * w)) * (1 + d / fwhm) ** -decay
+        if lam is not None:
+            term = term * (0.25 + 1.5 * (0.5 + 0.5 * np.cos(2 * np.pi * d / period + phase)))
+        return term
+
     if spikes:
         # Diffraction spikes of a Newtonian's spider: thin, and on saturated stars long
         # enough to cross the frame (real frames show them from 0 to 45 degrees).
@@ -304,7 +307,7 @@ def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool, mix: Mix) 
     if not (chromatic_arms or chromatic_core):  # one grey PSF (the default mix's draws)
         psf = profile()
         for a_amp, along, across in arms:
-            psf += a_amp * np.exp(-(across**2) / (2 * w * w)) * (1 + np.abs(along) / fwhm) ** -decay
+            psf += arm(a_amp, along, across)
         return (psf / psf.max()).astype(np.float32)
     widths, halo_gains = np.ones(3), np.ones(3)
     if chromatic_core:
@@ -322,15 +325,7 @@ def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool, mix: Mix) 
     for c, lam in enumerate((1.2, 1.0, 0.82)):
         chan = profile(float(widths[c]), float(halo_gains[c]))
         for a_amp, along, across in arms:
-            d = np.abs(along) / lam if chromatic_arms else np.abs(along)
-            fringe = (
-                0.25 + 1.5 * (0.5 + 0.5 * np.cos(2 * np.pi * d / period + phase))
-                if chromatic_arms
-                else 1.0
-            )
-            chan = chan + (
-                a_amp * np.exp(-(across**2) / (2 * w * w)) * (1 + d / fwhm) ** -decay * fringe
-            )
+            chan = chan + arm(a_amp, along, across, lam if chromatic_arms else None)
         rgb.append(chan)
     out = np.stack(rgb)
     return (out / out[1].max()).astype(np.float32)
