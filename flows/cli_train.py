@@ -24,39 +24,46 @@ import numpy as np
 log = logging.getLogger("starnet.train")
 
 
-# Mix field -> (the option that sets it, takes LOW HIGH, help). Errors name the option.
-_MIX_OPTIONS: dict[str, tuple[str, bool, str]] = {
-    "dense_share": ("--dense-share", False, "share of Milky-Way-dense crops (0.25)"),
-    "spike_share": ("--spike-share", False, "share of crops with spiked stars (0.3)"),
+# Mix field -> (the option that sets it, its kind: SHARE, RANGE (LOW HIGH) or RATE, help).
+# Errors name the option.
+_MIX_OPTIONS: dict[str, tuple[str, str, str]] = {
+    "dense_share": ("--dense-share", "SHARE", "share of Milky-Way-dense crops (0.25)"),
+    "spike_share": ("--spike-share", "SHARE", "share of crops with spiked stars (0.3)"),
     "spike_amp": (
         "--spike-amp",
-        True,
+        "RANGE",
         "spike strength over the star's peak, log-uniform (0.003 0.1)",
     ),
     "spike_decay": (
         "--spike-decay",
-        True,
+        "RANGE",
         "fall-off exponent along a spike; lower: long arms on faint stars too (0.9 1.6)",
     ),
     "chromatic_spike_share": (
         "--chromatic-spikes",
-        False,
+        "SHARE",
         "share of spiked crops whose arms break into colour segments (0)",
     ),
     "chromatic_psf_share": (
         "--chromatic-psf",
-        False,
+        "SHARE",
         "share of crops whose star cores and halos differ in width by colour (0)",
     ),
     "bayer_share": (
         "--bayer-share",
-        False,
+        "SHARE",
         "share of colour crops mosaicked and demosaiced as by a one-shot-colour camera (0)",
     ),
     "nucleus_share": (
         "--nucleus-share",
-        False,
+        "SHARE",
         "share of small galaxies with a bright, nearly star-sharp nucleus (0.3)",
+    ),
+    "galaxy_share": ("--galaxy-share", "SHARE", "share of crops with small galaxies (0.7)"),
+    "galaxy_rate": (
+        "--galaxy-rate",
+        "RATE",
+        "small galaxies per crop, x the default count of 2 per 176 px square (1)",
     ),
 }
 
@@ -116,13 +123,13 @@ def register(sub: Any) -> None:
         help="named mix to start from: default or hard (synthetic.MIXES); the options "
         "below change single fields of it",
     )
-    for field, (option, is_range, text) in _MIX_OPTIONS.items():
-        if is_range:
+    for field, (option, kind, text) in _MIX_OPTIONS.items():
+        if kind == "RANGE":
             mix.add_argument(
                 option, dest=field, type=float, nargs=2, metavar=("LOW", "HIGH"), help=text
             )
         else:
-            mix.add_argument(option, dest=field, type=float, metavar="SHARE", help=text)
+            mix.add_argument(option, dest=field, type=float, metavar=kind, help=text)
     p.add_argument("--pool", type=int, help="synthetic crops held in memory")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default cpu)")

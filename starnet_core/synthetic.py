@@ -48,6 +48,9 @@ def check_glow_cap(value: float, name: str = "glow_cap") -> float:
     return float(value)
 
 
+MAX_RATE = 20.0  # the most a rate field of Mix multiplies its default count by
+
+
 @dataclass(frozen=True)
 class Mix:
     """How often the generator draws its harder cases, and how hard: what a training run
@@ -78,10 +81,16 @@ class Mix:
     # colour scenes shot with a one-shot-colour (Bayer) camera and demosaiced: the
     # per-pixel colour zipper on sharp stars and spikes (real_1's spikes carry it)
     bayer_share: float = 0.0
+    # crops with small galaxies, and how many they hold (x the default mean of 2 per
+    # 176 px square): compact galaxies beside stars of their size are what the background
+    # figure loses most (held-out sparse-2)
+    galaxy_share: float = 0.7
+    galaxy_rate: float = 1.0
 
     def __post_init__(self) -> None:
         ranges = ("spike_amp", "spike_decay")
-        for name in (f.name for f in fields(self) if f.name not in ranges):
+        rates = ("galaxy_rate",)
+        for name in (f.name for f in fields(self) if f.name not in ranges + rates):
             value = getattr(self, name)
             if isinstance(value, bool) or not (
                 isinstance(value, int | float | np.floating) and 0.0 <= value <= 1.0
@@ -96,6 +105,13 @@ class Mix:
             if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 < lo <= hi):
                 raise ValueError(f"{name} must be 0 < low <= high, got {value!r}")
             object.__setattr__(self, name, (lo, hi))
+        for name in rates:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float | np.floating) and 0.0 < value <= MAX_RATE
+            ):
+                raise ValueError(f"{name} must be a rate in (0, {MAX_RATE:g}], got {value!r}")
+            object.__setattr__(self, name, float(value))
 
 
 DEFAULT_MIX = Mix()
@@ -182,7 +198,7 @@ def fractal_noise(rng: np.random.Generator, n: int, beta: float) -> Array:
 
 
 def _background(
-    rng: np.random.Generator, n: int, sky: float, fwhm: float, nucleus_share: float
+    rng: np.random.Generator, n: int, sky: float, fwhm: float, mix: Mix
 ) -> tuple[Array, Array]:
     """Linear background (3, n, n) above sky, and compact structures that must stay."""
     bg = np.zeros((3, n, n), np.float32)
@@ -212,7 +228,11 @@ def _background(
     # small galaxies (Sersic-like, elliptical, extended) and compact knots: must stay
     # (at least 1.3x the star FWHM: what is as sharp as a star is a star to anyone)
     # as common as bright stars with halos, so round soft glows are not all stars to the net
-    n_gal = int(rng.poisson(2.0 * (n / 176) ** 2)) if rng.random() < 0.7 else 0
+    n_gal = (
+        int(rng.poisson(2.0 * mix.galaxy_rate * (n / 176) ** 2))
+        if rng.random() < mix.galaxy_share
+        else 0
+    )
     if n_gal:
         keep = rng.uniform(0, n, (n_gal, 2)).astype(np.float32)
         for x0, y0 in keep:
@@ -228,7 +248,7 @@ def _background(
             prof = np.exp(-bn * ((r / re) ** (1 / sersic_n) - 1)).astype(np.float32)
             prof /= prof.max()
             # a bright nucleus (bulge, AGN), still wider than a star
-            if rng.random() < nucleus_share:
+            if rng.random() < mix.nucleus_share:
                 s_nuc = 1.3 * fwhm / 2.3548 * rng.uniform(1.0, 1.5)
                 nuc = np.exp(-(dx * dx + dy * dy) / (2 * s_nuc * s_nuc)).astype(np.float32)
                 prof = prof + rng.uniform(0.5, 2.0) * nuc
@@ -491,7 +511,7 @@ def _render_pair(
     n = size_px + 2 * margin
     sky = float(rng.uniform(0.02, 0.12))
     fwhm = float(np.exp(rng.uniform(np.log(1.0), np.log(6.5))))
-    bg, gal_xy = _background(rng, n, sky, fwhm, mix.nucleus_share)
+    bg, gal_xy = _background(rng, n, sky, fwhm, mix)
     noise_sigma = sky * float(np.exp(rng.uniform(np.log(0.005), np.log(0.08))))
     spikes = bool(rng.random() < mix.spike_share)
     # star count per crop: sparse .. Milky-Way dense (scaled with area)

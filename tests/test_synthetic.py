@@ -97,6 +97,25 @@ def test_the_mix_shifts_how_often_cases_come_and_its_default_draws_the_same_scen
     assert min(len(d[2].star_xy) for d in dense) > max(len(s[2].star_xy) for s in sparse)
 
 
+def test_the_galaxy_knobs_set_how_many_small_galaxies_a_crop_holds() -> None:
+    def galaxies(mix: Mix) -> list[int]:
+        # knots come along with the galaxies in galaxy_xy; count both, over several seeds
+        return [
+            len(make_pair(np.random.default_rng(s), 64, mix=mix)[2].galaxy_xy) for s in range(8)
+        ]
+
+    none = galaxies(Mix(galaxy_share=0.0))
+    some = galaxies(Mix(galaxy_share=1.0))
+    many = galaxies(Mix(galaxy_share=1.0, galaxy_rate=8.0))
+    assert sum(many) > 3 * sum(some) > 0
+    assert sum(none) < sum(some)
+    # the default rate and share are the generator's own: the same scenes
+    for seed in range(3):
+        a = make_pair(np.random.default_rng(seed), 48)
+        b = make_pair(np.random.default_rng(seed), 48, mix=Mix(galaxy_share=0.7, galaxy_rate=1))
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
 def test_chromatic_spikes_break_into_colours() -> None:
     n = 64
     mix = Mix(spike_amp=(0.2, 0.2), spike_decay=(0.6, 0.6), chromatic_spike_share=1.0)
@@ -160,6 +179,11 @@ def test_a_bad_mix_is_refused_with_its_field_named() -> None:
     assert Mix(bayer_share=np.float32(0.5)).bayer_share == 0.5
     with pytest.raises(ValueError, match="nucleus_share"):
         Mix(nucleus_share=float("nan"))
+    with pytest.raises(ValueError, match=r"galaxy_rate must be a rate in \(0, 20\]"):
+        Mix(galaxy_rate=0)
+    with pytest.raises(ValueError, match="galaxy_rate"):
+        Mix(galaxy_rate=float("inf"))
+    assert Mix(galaxy_rate=np.float64(2)).galaxy_rate == 2.0
 
 
 def test_dense_fields_have_many_stars() -> None:

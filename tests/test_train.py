@@ -233,6 +233,8 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--glow-cap must be 0 or more" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--spike-amp", "0.3", "0.1"]) == 2
     assert "--spike-amp: spike_amp must be 0 < low <= high" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--galaxy-rate", "0"]) == 2
+    assert "--galaxy-rate: galaxy_rate must be a rate in (0, 20]" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--chromatic-spikes", "2"]) == 2
     assert "--chromatic-spikes: chromatic_spike_share must be a share" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--scene-mix", "easy"]) == 2
@@ -251,6 +253,7 @@ def test_cli_mix_options_reach_the_training_config() -> None:
         ["train", "--synthetic", "--spike-share", "0.5", "--spike-amp", "0.003", "0.3"]
         + ["--chromatic-spikes", "0.5", "--nucleus-share", "0.6", "--dense-share", "0.3"]
         + ["--chromatic-psf", "0.4", "--bayer-share", "0.2"]
+        + ["--galaxy-share", "1", "--galaxy-rate", "4"]
     )
     cfg = _config(args)
     assert cfg.mix == Mix(
@@ -261,6 +264,8 @@ def test_cli_mix_options_reach_the_training_config() -> None:
         nucleus_share=0.6,
         chromatic_psf_share=0.4,
         bayer_share=0.2,
+        galaxy_share=1.0,
+        galaxy_rate=4.0,
     )
     assert '"chromatic_spike_share": 0.5' in cfg.to_json()  # recorded in the checkpoint
     assert _config(build_parser().parse_args(["train", "--synthetic"])).mix == Mix()
