@@ -57,7 +57,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     names = list(syn["overall"])
     lines += [
         "",
-        "Per scene (PSNR dB / bg PSNR dB / bright-star residual median):",
+        "Per scene (PSNR dB / bg PSNR dB / bright-star residual median / galaxies and knots "
+        "kept, mean):",
         "",
         "| scene | seed | stars | fwhm px | " + " | ".join(names) + " |",
         "|---|---|---|---|" + "---|" * len(names),
@@ -66,9 +67,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         cells = []
         for n in names:
             m = s["methods"][n]
+            kept = m.get("structure_kept") or []
             cells.append(
                 f"{_fmt(m['psnr_db'])} / {_fmt(m['background_psnr_db'])} / "
-                f"{_fmt(m['residual_star_flux']['bright']['median'], 2)}"
+                f"{_fmt(m['residual_star_flux']['bright']['median'], 2)} / "
+                f"{_fmt(float(np.mean(kept)) if kept else float('nan'), 2)}"
             )
         p = s["properties"]
         lines.append(

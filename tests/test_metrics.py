@@ -161,6 +161,9 @@ def test_benchmark_end_to_end_on_a_tiny_scene(tmp_path: Path) -> None:
     assert results["model"]["macs_per_px"] > 0 and results["model"]["seam_score"] >= 0
     text = quality.render_markdown(results)
     assert "| classical |" in text and "real_0" in text
+    # per scene: PSNR / bg PSNR / bright residual / galaxies kept, for every method
+    row = next(line for line in text.splitlines() if line.startswith("| a |"))
+    assert [cell.count(" / ") for cell in row.split("|")[5:8]] == [3, 3, 3]
     assert results["scene_mix"] == "default" and "mix" not in text
     assert "generator's 'hard' mix" in quality.render_markdown(results | {"scene_mix": "hard"})
     json.dumps(quality.finite_json(results), allow_nan=False)
