@@ -1,0 +1,40 @@
+"""benchmarks.star_widths: bright stars' half-maximum radius against faint ones'."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.star_widths import star_widths, width_ratio
+
+
+def _star(img: np.ndarray, x: float, y: float, peak: float, sigma: float) -> None:
+    yy, xx = np.mgrid[0 : img.shape[1], 0 : img.shape[2]]
+    img += peak * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))[None]
+
+
+def test_a_wide_bright_star_against_sharp_faint_ones() -> None:
+    clean = np.full((3, 96, 96), 0.1, np.float32)
+    orig = clean.copy()
+    _star(orig, 20, 20, 0.3, 1.0)
+    _star(orig, 70, 20, 0.3, 1.0)
+    _star(orig, 50, 65, 0.88, 3.0)  # bright: the original peaks at 0.98
+    # a blend (two peaks in one region) is no single star and is left out
+    _star(orig, 15, 80, 0.3, 1.0)
+    _star(orig, 19, 80, 0.3, 1.0)
+    peaks, radii = star_widths(orig, clean)
+    assert len(peaks) == 3
+    n_bright, n_faint, ratio = width_ratio(peaks, radii)
+    assert (n_bright, n_faint) == (1, 2)
+    assert ratio == pytest.approx(3.0, rel=0.15)  # the Gaussians' sigma ratio
+
+
+def test_no_bright_star_gives_nan_and_bad_input_is_refused() -> None:
+    clean = np.full((3, 48, 48), 0.1, np.float32)
+    orig = clean.copy()
+    _star(orig, 24, 24, 0.3, 1.0)
+    assert np.isnan(width_ratio(*star_widths(orig, clean))[2])
+    with pytest.raises(ValueError, match="one shape"):
+        star_widths(orig, clean[:, :40])
+    with pytest.raises(ValueError, match="threshold"):
+        star_widths(orig, clean, threshold=0)
