@@ -60,8 +60,9 @@ class Mix:
     drawn with them, and a default mix draws exactly the scenes it always drew
     (chromatic spikes, chromatic PSFs and Bayer scenes draw their numbers only
     when their share is above 0). Any other mix draws other scenes from a seed:
-    a share moves a threshold, and what the case it lets in draws (a spike's
-    parameters, a nucleus) shifts every later draw.
+    a share moves a threshold (a rate, the mean of a count), and what the case
+    it lets in draws (a spike's parameters, a nucleus, a galaxy) shifts every
+    later draw.
     Chromatic PSFs widen or narrow red and blue cores (0.8-1.3x), so they also
     shift each star's overall colour a little.
     """
