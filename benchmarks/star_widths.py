@@ -4,17 +4,22 @@
 
 A network trained on the generator learns what a bright star looks like
 against the faint stars beside it; a small galaxy is "wider than a star". If
-real bright stars are wider against their field than the generator's, a net
-taught to keep galaxies keeps them too (run G in BENCHMARKS.md).
+real frames' bright stars are wider against their faint stars than the
+generator's, a net taught to keep galaxies keeps them too (run G in
+BENCHMARKS.md).
 
-On each pair's star layer (original - starless, luminance, clipped at 0), the
-connected regions above ``--threshold`` with a single peak are the stars (blends
-are left out). Per star: its peak in the original and its half-maximum radius,
-``sqrt(area at >= half its peak / pi)`` on the star layer. Per frame, the
-median radius of bright stars (original peak >= 0.9: saturated or nearly)
-over the median radius of faint ones (< 0.6). Prints a markdown table for the
-real pairs (``DIR/original``, ``DIR/starless``, PNG) and for the quality
-benchmark's held-out scenes (default mix).
+On each pair's star layer (original - starless, per channel clipped at 0,
+then averaged over the channels), the connected regions above
+``--threshold`` with a single peak are the stars: blends are left out, and a
+clipped (flat-topped) core counts as one peak. A star also needs a top of at
+least twice the threshold, so its half maximum lies inside its region. Per
+star: its peak in the original and its equivalent radius ``sqrt(flux / (pi *
+top))`` on the star layer (flux and top over its region; sqrt(2) sigma for a
+Gaussian, continuous below one pixel, and wider for a clipped core). Per
+frame: the median radius of bright stars (original peak >= 0.9: saturated or
+nearly) and of faint ones (< 0.6), and their ratio. Prints a markdown table
+for the real pairs (``DIR/original``, ``DIR/starless``, PNG) and for the
+quality benchmark's held-out scenes (default mix).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def star_widths(
     original: np.ndarray, starless: np.ndarray, threshold: float = 0.03
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(peaks, radii)``: each single-peaked star's peak in the original and its
-    half-maximum radius on the star layer, for stretched ``(C, H, W)`` images."""
+    equivalent radius on the star layer, for stretched ``(C, H, W)`` images."""
     if original.shape != starless.shape or original.ndim != 3:
         raise ValueError(
             f"original and starless must be (C, H, W) of one shape, got "
@@ -51,30 +56,41 @@ def star_widths(
         )
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0, got {threshold!r}")
+    peaks: list[float] = []
+    radii: list[float] = []
+    if original.size == 0:
+        return np.asarray(peaks), np.asarray(radii)
     layer = np.clip(original - starless, 0, None).mean(0)
     lum = original.mean(0)
     labels, _ = ndimage.label(layer > threshold)
-    peaks, radii = [], []
     for i, box in enumerate(ndimage.find_objects(labels)):
         inside = labels[box] == i + 1
         star = np.where(inside, layer[box], 0.0)
         top = float(star.max())
-        maxima = (star == ndimage.maximum_filter(star, 3)) & (star > 0.3 * top)
-        if np.count_nonzero(maxima) != 1:
+        if top < 2 * threshold:
+            continue  # its half maximum would lie below the region's edge
+        # peaks on the original, where a clipped core is one flat plateau
+        bright = np.where(inside, lum[box], 0.0)
+        maxima = (bright == ndimage.maximum_filter(bright, 3)) & (star > 0.3 * top)
+        if ndimage.label(maxima, structure=np.ones((3, 3)))[1] != 1:
             continue  # a blend of stars, or a star on a star's halo
-        peaks.append(float(np.where(inside, lum[box], 0.0).max()))
-        radii.append(float(np.sqrt(np.count_nonzero(star >= 0.5 * top) / np.pi)))
+        peaks.append(float(bright.max()))
+        radii.append(float(np.sqrt(star.sum() / (np.pi * top))))
     return np.asarray(peaks, np.float64), np.asarray(radii, np.float64)
 
 
-def width_ratio(peaks: np.ndarray, radii: np.ndarray) -> tuple[int, int, float]:
-    """``(bright stars, faint stars, median bright radius / median faint radius)``;
-    ``nan`` where either group is empty."""
+def width_ratio(peaks: np.ndarray, radii: np.ndarray) -> tuple[int, int, float, float]:
+    """``(bright stars, faint stars, median bright radius, median faint radius)``;
+    a median is ``nan`` where its group is empty."""
     bright = radii[peaks >= BRIGHT]
     faint = radii[peaks < FAINT]
-    if bright.size == 0 or faint.size == 0:
-        return int(bright.size), int(faint.size), float("nan")
-    return int(bright.size), int(faint.size), float(np.median(bright) / np.median(faint))
+    nan = float("nan")
+    return (
+        int(bright.size),
+        int(faint.size),
+        float(np.median(bright)) if bright.size else nan,
+        float(np.median(faint)) if faint.size else nan,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,11 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"star_widths: {e}", file=sys.stderr)
         return 2
-    print("| frame | bright stars | faint stars | bright / faint half-maximum radius |")
-    print("|---|---|---|---|")
-    for name, n_bright, n_faint, ratio in rows:
-        cell = "–" if not np.isfinite(ratio) else f"{ratio:.2f}"
-        print(f"| {name} | {n_bright} | {n_faint} | {cell} |")
+    print("| frame | bright stars | faint stars | bright radius px | faint radius px | ratio |")
+    print("|---|---|---|---|---|---|")
+    for name, n_bright, n_faint, r_bright, r_faint in rows:
+        cells = [f"{v:.2f}" if np.isfinite(v) else "–" for v in (r_bright, r_faint)]
+        ratio = r_bright / r_faint
+        cells.append(f"{ratio:.2f}" if np.isfinite(ratio) else "–")
+        print(f"| {name} | {n_bright} | {n_faint} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, fields
+from numbers import Real
 
 import numpy as np
 from PIL import Image
@@ -93,10 +94,9 @@ class Mix:
         rates = ("galaxy_rate",)
         for name in (f.name for f in fields(self) if f.name not in ranges + rates):
             value = getattr(self, name)
-            if isinstance(value, bool) or not (
-                isinstance(value, int | float | np.floating) and 0.0 <= value <= 1.0
-            ):
+            if isinstance(value, bool) or not (isinstance(value, Real) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
+            object.__setattr__(self, name, float(value))  # numpy scalars too: JSON-safe
         for name in ranges:
             value = getattr(self, name)
             try:
@@ -108,9 +108,7 @@ class Mix:
             object.__setattr__(self, name, (lo, hi))
         for name in rates:
             value = getattr(self, name)
-            if isinstance(value, bool) or not (
-                isinstance(value, int | float | np.floating) and 0.0 < value <= MAX_RATE
-            ):
+            if isinstance(value, bool) or not (isinstance(value, Real) and 0.0 < value <= MAX_RATE):
                 raise ValueError(f"{name} must be a rate in (0, {MAX_RATE:g}], got {value!r}")
             object.__setattr__(self, name, float(value))
 
@@ -120,8 +118,9 @@ DEFAULT_MIX = Mix()
 # "hard" leans on what model 0.5.0 got wrong: long, chromatic spikes on faint stars (the
 # crosses it left on real_1), star wings of another colour than the core (real_0's cyan
 # rings), the colour zipper a Bayer camera's demosaicing leaves on sharp stars and spikes
-# (real_1), nucleated galaxies as sharp as the stars beside them (the background figure),
-# and a few more dense fields.
+# (real_1), nucleated galaxies as sharp as the stars beside them (part of the background
+# figure's loss: 0.5.0 also takes out bright small galaxies of any shape, which
+# ``galaxy_rate`` trains), and a few more dense fields.
 MIXES: dict[str, Mix] = {
     "default": DEFAULT_MIX,
     "hard": Mix(
