@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, fields
-from numbers import Real
 
 import numpy as np
 from PIL import Image
@@ -94,7 +93,9 @@ class Mix:
         rates = ("galaxy_rate",)
         for name in (f.name for f in fields(self) if f.name not in ranges + rates):
             value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, Real) and 0.0 <= value <= 1.0):
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float | np.integer | np.floating) and 0.0 <= value <= 1.0
+            ):
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
             object.__setattr__(self, name, float(value))  # numpy scalars too: JSON-safe
         for name in ranges:
@@ -108,7 +109,10 @@ class Mix:
             object.__setattr__(self, name, (lo, hi))
         for name in rates:
             value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, Real) and 0.0 < value <= MAX_RATE):
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float | np.integer | np.floating)
+                and 0.0 < value <= MAX_RATE
+            ):
                 raise ValueError(f"{name} must be a rate in (0, {MAX_RATE:g}], got {value!r}")
             object.__setattr__(self, name, float(value))
 
