@@ -79,7 +79,7 @@ def star_widths(
     return np.asarray(peaks, np.float64), np.asarray(radii, np.float64)
 
 
-def width_ratio(peaks: np.ndarray, radii: np.ndarray) -> tuple[int, int, float, float]:
+def median_radii(peaks: np.ndarray, radii: np.ndarray) -> tuple[int, int, float, float]:
     """``(bright stars, faint stars, median bright radius, median faint radius)``;
     a median is ``nan`` where its group is empty."""
     bright = radii[peaks >= BRIGHT]
@@ -98,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--real", type=Path, default=DEFAULT_REAL_PAIRS, help="real pairs folder")
     p.add_argument("--threshold", type=float, default=0.03, help="star layer threshold")
     args = p.parse_args(argv)
+    if not args.threshold > 0:  # before the scenes are drawn
+        print(f"star_widths: --threshold must be > 0, got {args.threshold!r}", file=sys.stderr)
+        return 2
     rows = []
     try:
         if args.real.is_dir():
@@ -110,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases += synthetic_cases(FULL_PLAN, FULL_SIZE_PX)
         for case in cases:
             peaks, radii = star_widths(case.original, case.truth, args.threshold)
-            rows.append((case.name, *width_ratio(peaks, radii)))
+            rows.append((case.name, *median_radii(peaks, radii)))
     except (ValueError, OSError) as e:
         print(f"star_widths: {e}", file=sys.stderr)
         return 2

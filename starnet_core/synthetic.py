@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -88,17 +89,23 @@ class Mix:
     galaxy_share: float = 0.7
     galaxy_rate: float = 1.0
 
+    # the fields that are not shares: (low, high) ranges, and rates (a count's multiplier)
+    RANGES: ClassVar[tuple[str, ...]] = ("spike_amp", "spike_decay")
+    RATES: ClassVar[tuple[str, ...]] = ("galaxy_rate",)
+
     def __post_init__(self) -> None:
-        ranges = ("spike_amp", "spike_decay")
-        rates = ("galaxy_rate",)
-        for name in (f.name for f in fields(self) if f.name not in ranges + rates):
+        for name in (f.name for f in fields(self) if f.name not in self.RANGES):
             value = getattr(self, name)
-            if isinstance(value, bool) or not (
-                isinstance(value, int | float | np.integer | np.floating) and 0.0 <= value <= 1.0
-            ):
+            number = not isinstance(value, bool) and isinstance(
+                value, int | float | np.integer | np.floating
+            )
+            if name in self.RATES:
+                if not (number and 0.0 < value <= MAX_RATE):
+                    raise ValueError(f"{name} must be a rate in (0, {MAX_RATE:g}], got {value!r}")
+            elif not (number and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
             object.__setattr__(self, name, float(value))  # numpy scalars too: JSON-safe
-        for name in ranges:
+        for name in self.RANGES:
             value = getattr(self, name)
             try:
                 lo, hi = (float(v) for v in value)
@@ -107,14 +114,6 @@ class Mix:
             if not (np.isfinite(lo) and np.isfinite(hi) and 0.0 < lo <= hi):
                 raise ValueError(f"{name} must be 0 < low <= high, got {value!r}")
             object.__setattr__(self, name, (lo, hi))
-        for name in rates:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (
-                isinstance(value, int | float | np.integer | np.floating)
-                and 0.0 < value <= MAX_RATE
-            ):
-                raise ValueError(f"{name} must be a rate in (0, {MAX_RATE:g}], got {value!r}")
-            object.__setattr__(self, name, float(value))
 
 
 DEFAULT_MIX = Mix()

@@ -1,11 +1,11 @@
-"""benchmarks.star_widths: bright stars' half-maximum radius against faint ones'."""
+"""benchmarks.star_widths: bright stars' equivalent radius against faint ones'."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from benchmarks.star_widths import star_widths, width_ratio
+from benchmarks.star_widths import median_radii, star_widths
 
 
 def _star(img: np.ndarray, x: float, y: float, peak: float, sigma: float) -> None:
@@ -27,7 +27,7 @@ def test_a_wide_bright_star_against_sharp_faint_ones() -> None:
     orig = np.clip(orig, 0, 1)
     peaks, radii = star_widths(orig, clean)
     assert len(peaks) == 4
-    n_bright, n_faint, r_bright, r_faint = width_ratio(peaks, radii)
+    n_bright, n_faint, r_bright, r_faint = median_radii(peaks, radii)
     assert (n_bright, n_faint) == (2, 2)
     assert r_faint == pytest.approx(np.sqrt(2), rel=0.1)  # sqrt(2) sigma for a Gaussian
     saturated = radii[np.argmax(peaks)]
@@ -39,7 +39,7 @@ def test_no_bright_star_gives_nan_and_bad_input_is_refused() -> None:
     clean = np.full((3, 48, 48), 0.1, np.float32)
     orig = clean.copy()
     _star(orig, 24, 24, 0.3, 1.0)
-    assert np.isnan(width_ratio(*star_widths(orig, clean))[2])
+    assert np.isnan(median_radii(*star_widths(orig, clean))[2])
     assert star_widths(orig[:, :0, :0], clean[:, :0, :0])[0].size == 0
     with pytest.raises(ValueError, match="one shape"):
         star_widths(orig, clean[:, :40])
