@@ -65,6 +65,11 @@ _MIX_OPTIONS: dict[str, tuple[str, str, str]] = {
         "RATE",
         "small galaxies per crop, x the default count of 2 per 176 px square (1)",
     ),
+    "group_share": (
+        "--group-share",
+        "SHARE",
+        "share of crops with extra bright close doubles and small groups of stars (0)",
+    ),
 }
 
 

@@ -59,8 +59,8 @@ class Mix:
 
     The defaults are the generator's own mix: the held-out benchmark scenes are
     drawn with them, and a default mix draws exactly the scenes it always drew
-    (chromatic spikes, chromatic PSFs and Bayer scenes draw their numbers only
-    when their share is above 0). Any other mix draws other scenes from a seed:
+    (chromatic spikes, chromatic PSFs, Bayer scenes and close star groups draw their
+    numbers only when their share is above 0). Any other mix draws other scenes from a seed:
     a share moves a threshold (a rate, the mean of a count), and what the case
     it lets in draws (a spike's parameters, a nucleus, a galaxy) shifts every
     later draw.
@@ -88,6 +88,10 @@ class Mix:
     # figure loses most (held-out sparse-2)
     galaxy_share: float = 0.7
     galaxy_rate: float = 1.0
+    # crops with extra bright close doubles and small groups (2-5 stars a few FWHM apart,
+    # inside one halo): what a net that keeps compact galaxies must still take for stars
+    # (run G kept real_2's two saturated stars 13 px apart as a galaxy)
+    group_share: float = 0.0
 
     # the fields that are not shares: (low, high) ranges, and rates (a count's multiplier)
     RANGES: ClassVar[tuple[str, ...]] = ("spike_amp", "spike_decay")
@@ -370,6 +374,31 @@ def _bright_halos(
     return out
 
 
+def _close_groups(
+    rng: np.random.Generator, n: int, fwhm: float, noise_sigma: float
+) -> tuple[Array, Array]:
+    """Positions (k, 2) and linear peaks (k,) of bright close doubles and small groups:
+    a primary from well above the noise to far past saturation, and 1-4 companions
+    1-6 FWHM away (at least 2 px) at 5-100% of its peak, so their halos merge."""
+    groups = max(1, int(rng.poisson(2.0 * (n / 128) ** 2)))
+    xy, peak = [], []
+    for _ in range(groups):
+        members = int(rng.choice([2, 3, 4, 5], p=[0.6, 0.25, 0.1, 0.05]))
+        centre = rng.uniform(0, n, 2)
+        top = float(np.exp(rng.uniform(np.log(50 * noise_sigma), np.log(30.0))))
+        xy.append(centre)
+        peak.append(top)
+        for _ in range(members - 1):
+            sep = max(2.0, fwhm * float(np.exp(rng.uniform(0.0, np.log(6.0)))))
+            ang = rng.uniform(0, 2 * np.pi)
+            xy.append(centre + sep * np.array([np.cos(ang), np.sin(ang)]))
+            peak.append(top * float(np.exp(rng.uniform(np.log(0.05), 0.0))))
+    return (
+        (np.array(xy, np.float64) % n).astype(np.float32),
+        np.array(peak, np.float32),
+    )
+
+
 def _star_glow(stars: Array, fwhm: float, cap: float) -> Array:
     """(3, n, n) part of the star layer a star removal leaves: a grey opening wider than a
     star (so every peak is cut to its surroundings' level), smoothed, limited to ``cap``
@@ -536,6 +565,13 @@ def _render_pair(
     peak = np.concatenate([np.minimum(peak, 15.0), bright]).astype(np.float32)
     count += n_bright
     xy = rng.uniform(0, n, (count, 2)).astype(np.float32)
+    if mix.group_share > 0 and rng.random() < mix.group_share:
+        # inserted before the injected bright stars, which stay last in the arrays
+        g_xy, g_peak = _close_groups(rng, n, fwhm, noise_sigma)
+        at = count - n_bright
+        xy = np.concatenate([xy[:at], g_xy, xy[at:]])
+        peak = np.concatenate([peak[:at], g_peak, peak[at:]])
+        count += len(g_peak)
     psf = _psf(rng, n, fwhm, spikes, mix)
     psf_f = np.fft.rfft2(psf)
     if psf_f.ndim == 2:

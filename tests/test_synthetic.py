@@ -8,6 +8,7 @@ import pytest
 from starnet_core.synthetic import (
     MIXES,
     Mix,
+    Scene,
     _bayer,
     _psf,
     _star_glow,
@@ -110,6 +111,23 @@ def test_the_galaxy_knobs_set_how_many_small_galaxies_a_crop_holds() -> None:
     many = galaxies(Mix(galaxy_share=1.0, galaxy_rate=8.0))
     assert sum(many) > 3 * sum(some) > 0
     assert sum(none) < sum(some)
+
+
+def test_the_group_knob_adds_bright_close_doubles_and_groups() -> None:
+    def stars(mix: Mix) -> list[Scene]:
+        return [make_pair(np.random.default_rng(s), 96, mix=mix)[2] for s in range(4)]
+
+    plain, grouped = stars(Mix(dense_share=0.0)), stars(Mix(dense_share=0.0, group_share=1.0))
+    for a, b in zip(plain, grouped, strict=True):
+        assert len(b.star_xy) > len(a.star_xy)
+
+    def close_bright_pairs(scene: Scene) -> int:
+        bright = scene.star_xy[scene.star_peak > 50 * scene.noise_sigma]
+        d = np.hypot(*(bright[:, None, :] - bright[None, :, :]).transpose(2, 0, 1))
+        limit = max(2.0, 6.0 * scene.fwhm_px) + 1e-3
+        return int(((d > 0) & (d <= limit)).sum()) // 2
+
+    assert sum(map(close_bright_pairs, grouped)) > sum(map(close_bright_pairs, plain)) + 4
 
 
 # (mix, seed) -> sums of the 64 px original and starless, stars, galaxies + knots: what the

@@ -253,7 +253,7 @@ def test_cli_mix_options_reach_the_training_config() -> None:
         ["train", "--synthetic", "--spike-share", "0.5", "--spike-amp", "0.003", "0.3"]
         + ["--chromatic-spikes", "0.5", "--nucleus-share", "0.6", "--dense-share", "0.3"]
         + ["--chromatic-psf", "0.4", "--bayer-share", "0.2"]
-        + ["--galaxy-share", "1", "--galaxy-rate", "4"]
+        + ["--galaxy-share", "1", "--galaxy-rate", "4", "--group-share", "0.5"]
     )
     cfg = _config(args)
     assert cfg.mix == Mix(
@@ -266,6 +266,7 @@ def test_cli_mix_options_reach_the_training_config() -> None:
         bayer_share=0.2,
         galaxy_share=1.0,
         galaxy_rate=4.0,
+        group_share=0.5,
     )
     assert '"chromatic_spike_share": 0.5' in cfg.to_json()  # recorded in the checkpoint
     assert _config(build_parser().parse_args(["train", "--synthetic"])).mix == Mix()
