@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -99,6 +100,17 @@ def register(sub: Any) -> None:
     p.add_argument("--real-ratio", type=float, help="share of file pairs in a batch when mixing")
     p.add_argument(
         "--gan-start", type=int, help="step at which adversarial + perceptual terms start"
+    )
+    p.add_argument(
+        "--star-weight",
+        type=float,
+        help="extra L1 weight on star pixels, |original - starless| > --star-threshold (20)",
+    )
+    p.add_argument(
+        "--star-threshold",
+        type=float,
+        help="stretched difference above which a pixel is a star pixel (0.01); lower: "
+        "fainter stars and wings weigh too",
     )
     p.add_argument(
         "--w-over", type=float, help="weight of the over-removal term (galaxies, nebula kept)"
@@ -193,6 +205,8 @@ def _config(args: argparse.Namespace) -> Any:
         ("gan_start", "gan_start_step"),
         ("pool", "pool_size"),
         ("glow_cap", "glow_cap_sigma"),
+        ("star_weight", "star_weight"),
+        ("star_threshold", "star_threshold"),
         ("w_over", "w_over"),
         ("over_threshold", "over_threshold"),
         ("w_gan", "w_gan"),
@@ -215,6 +229,16 @@ def _config(args: argparse.Namespace) -> Any:
             field = str(e).split(" ", 1)[0]
             option = _MIX_OPTIONS[field][0] if field in _MIX_OPTIONS else field
             raise ValueError(f"{option}: {e}") from None
+    for option, value in (
+        ("--star-weight", cfg.star_weight),
+        ("--star-threshold", cfg.star_threshold),
+        ("--w-over", cfg.w_over),
+        ("--over-threshold", cfg.over_threshold),
+        ("--w-gan", cfg.w_gan),
+        ("--w-percep", cfg.w_percep),
+    ):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{option} must be a number >= 0, got {value:g}")
     if args.minutes is not None:
         cfg.time_limit_s = 60.0 * args.minutes
         if args.steps is None:  # the budget alone ends the run

@@ -237,6 +237,10 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--galaxy-rate: galaxy_rate must be a rate in (0, 20]" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--chromatic-spikes", "2"]) == 2
     assert "--chromatic-spikes: chromatic_spike_share must be a share" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--star-threshold", "-0.01"]) == 2
+    assert "--star-threshold must be a number >= 0, got -0.01" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--w-over", "nan"]) == 2
+    assert "--w-over must be a number >= 0, got nan" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--scene-mix", "easy"]) == 2
     assert "--scene-mix must be one of default, hard" in capsys.readouterr().err
     if not torch.cuda.is_available():
@@ -254,8 +258,10 @@ def test_cli_mix_options_reach_the_training_config() -> None:
         + ["--chromatic-spikes", "0.5", "--nucleus-share", "0.6", "--dense-share", "0.3"]
         + ["--chromatic-psf", "0.4", "--bayer-share", "0.2"]
         + ["--galaxy-share", "1", "--galaxy-rate", "4", "--group-share", "0.5"]
+        + ["--star-weight", "30", "--star-threshold", "0.004"]
     )
     cfg = _config(args)
+    assert (cfg.star_weight, cfg.star_threshold) == (30.0, 0.004)
     assert cfg.mix == Mix(
         dense_share=0.3,
         spike_share=0.5,
