@@ -71,6 +71,12 @@ _MIX_OPTIONS: dict[str, tuple[str, str, str]] = {
         "SHARE",
         "share of crops with extra bright close doubles and small groups of stars (0)",
     ),
+    "cast_share": (
+        "--cast-share",
+        "SHARE",
+        "share of colour crops given a colour cast after the stretch (per-channel curves, "
+        "saturation) (0)",
+    ),
 }
 
 

@@ -59,11 +59,11 @@ class Mix:
 
     The defaults are the generator's own mix: the held-out benchmark scenes are
     drawn with them, and a default mix draws exactly the scenes it always drew
-    (chromatic spikes, chromatic PSFs, Bayer scenes and close star groups draw their
-    numbers only when their share is above 0). Any other mix draws other scenes from a seed:
-    a share moves a threshold (a rate, the mean of a count), and what the case
-    it lets in draws (a spike's parameters, a nucleus, a galaxy) shifts every
-    later draw.
+    (chromatic spikes, chromatic PSFs, Bayer scenes, close star groups and colour casts
+    draw their numbers only when their share is above 0). Any other mix draws other
+    scenes from a seed: a share moves a threshold (a rate, the mean of a count), and
+    what the case it lets in draws (a spike's parameters, a nucleus, a galaxy) shifts
+    every later draw.
     Chromatic PSFs widen or narrow red and blue cores (0.8-1.3x), so they also
     shift each star's overall colour a little.
     """
@@ -92,6 +92,10 @@ class Mix:
     # inside one halo): what a net that keeps compact galaxies must still take for stars
     # (run G kept real_2's two saturated stars 13 px apart as a galaxy)
     group_share: float = 0.0
+    # crops given a strong colour cast after the stretch (per-channel gains, then a
+    # saturation boost), in both images: processed frames' skies are red, magenta or green
+    # (real_0, real_1), where the generator's stretched sky is near grey
+    cast_share: float = 0.0
 
     # the fields that are not shares: (low, high) ranges, and rates (a count's multiplier)
     RANGES: ClassVar[tuple[str, ...]] = ("spike_amp", "spike_decay")
@@ -488,6 +492,22 @@ def _stretch_pair(rng: np.random.Generator, orig: Array, clean: Array) -> tuple[
     return a.astype(np.float32), b.astype(np.float32)
 
 
+def _colour_cast(rng: np.random.Generator, orig: Array, clean: Array) -> tuple[Array, Array]:
+    """The same colour processing on both stretched images: a curve per channel
+    (x ** gamma, gamma 1-2, the smallest 1: black and white stay, a grey sky takes a
+    colour), then a saturation boost of 1-1.8 around each pixel's grey level."""
+    gammas = np.exp(rng.uniform(0.0, np.log(2.0), 3))
+    gammas = (gammas / gammas.min()).astype(np.float32)[:, None, None]
+    boost = float(rng.uniform(1.0, 1.8))
+
+    def apply(x: Array) -> Array:
+        x = np.clip(x, 0, 1) ** gammas
+        grey = x.mean(0, keepdims=True)
+        return np.clip(grey + boost * (x - grey), 0, 1).astype(np.float32)
+
+    return apply(orig), apply(clean)
+
+
 def _jpeg(image: Array, quality: int) -> Array:
     """``image`` (3, H, W) in [0, 1] through an 8-bit JPEG round trip (4:2:0, as cameras and
     web tools save)."""
@@ -624,6 +644,8 @@ def _render_pair(
         orig, clean = _bayer(orig, offset), _bayer(clean, offset)
     sl = slice(margin, margin + size_px)
     o, c = _stretch_pair(rng, orig[:, sl, sl], clean[:, sl, sl])
+    if not mono and mix.cast_share > 0 and rng.random() < mix.cast_share:
+        o, c = _colour_cast(rng, o, c)
     levels = 255.0 if rng.random() < 0.3 else 65535.0
     o = np.round(o * levels) / levels
     c = np.round(c * levels) / levels

@@ -10,6 +10,7 @@ from starnet_core.synthetic import (
     Mix,
     Scene,
     _bayer,
+    _colour_cast,
     _psf,
     _star_glow,
     fractal_noise,
@@ -128,6 +129,26 @@ def test_the_group_knob_adds_bright_close_doubles_and_groups() -> None:
         return int(((d > 0) & (d <= limit)).sum()) // 2
 
     assert sum(map(close_bright_pairs, grouped)) > sum(map(close_bright_pairs, plain)) + 4
+
+
+def test_the_cast_knob_tints_both_images_alike_and_keeps_white_cores_white() -> None:
+    def spread(mix: Mix) -> float:
+        out = []
+        for s in range(6):
+            _, c, _ = make_pair(np.random.default_rng(s), 64, mix=mix, jpeg=False)
+            med = np.median(c.reshape(3, -1), axis=1)
+            out.append(float(med.max() / max(med.min(), 1e-3)))
+        return float(np.mean(out))
+
+    assert spread(Mix(cast_share=1.0)) > spread(Mix()) + 0.2
+    sky = np.full((3, 16, 16), 0.25, np.float32)
+    orig = sky.copy()
+    orig[:, 4:6, 4:6] = 1.0  # a clipped star core
+    for seed in range(5):
+        o, c = _colour_cast(np.random.default_rng(seed), orig, sky)
+        assert np.allclose(o[:, 4:6, 4:6], 1.0)  # stays white
+        assert np.array_equal(o[:, 10:, 10:], c[:, 10:, 10:])  # star-free: alike in both
+        assert np.ptp(c[:, 0, 0]) > 0.01  # the grey sky took a colour
 
 
 # (mix, seed) -> sums of the 64 px original and starless, stars, galaxies + knots: what the

@@ -258,7 +258,7 @@ def test_cli_mix_options_reach_the_training_config() -> None:
         + ["--chromatic-spikes", "0.5", "--nucleus-share", "0.6", "--dense-share", "0.3"]
         + ["--chromatic-psf", "0.4", "--bayer-share", "0.2"]
         + ["--galaxy-share", "1", "--galaxy-rate", "4", "--group-share", "0.5"]
-        + ["--star-weight", "30", "--star-threshold", "0.004"]
+        + ["--star-weight", "30", "--star-threshold", "0.004", "--cast-share", "0.3"]
     )
     cfg = _config(args)
     assert (cfg.star_weight, cfg.star_threshold) == (30.0, 0.004)
@@ -273,6 +273,7 @@ def test_cli_mix_options_reach_the_training_config() -> None:
         galaxy_share=1.0,
         galaxy_rate=4.0,
         group_share=0.5,
+        cast_share=0.3,
     )
     assert '"chromatic_spike_share": 0.5' in cfg.to_json()  # recorded in the checkpoint
     assert _config(build_parser().parse_args(["train", "--synthetic"])).mix == Mix()
