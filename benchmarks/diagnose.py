@@ -1,0 +1,170 @@
+"""Where a model's errors are: the figures behind BENCHMARKS.md's sixth session.
+
+    python -m benchmarks.diagnose [--weights FILE] [--real DIR] [--threads N] [--no-synthetic]
+
+Runs the model as users get it (network, then background protection) and prints:
+
+* **Real pairs, star pixels** (``|original - starless| > 0.1`` in some channel): the
+  mean signed error per channel and the share of its squared error that this bias
+  explains. A fill pulled toward grey on a coloured sky shows as errors of the
+  opposite sign to the sky's colour (real_0's red sky: green too high).
+* **Real pairs, background band**: the benchmark's real background figure split into
+  the pixels within ``--edge`` px of the frame's border and those inside it (a
+  structure cut by the border is half a blob to the network).
+* **Held-out scenes, residual star flux by aperture SNR**: the median and p95 of
+  the residual figure over the stars whose own flux is at least k x the truth's
+  pixel noise x sqrt(aperture pixels), k = 0, 3, 5, 10; and, per scene, how many
+  stars of SNR >= 10 keep more than 90% of their flux.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.quality import (
+    DEFAULT_REAL_PAIRS,
+    FAR_PX,
+    FULL_PLAN,
+    FULL_SIZE_PX,
+    REAL_TOL,
+    real_cases,
+    synthetic_cases,
+)
+from starnet_core import metrics
+from starnet_core.inference import TileOptions, remove_stars
+from starnet_core.masks import protect_background
+from starnet_core.options import ProtectOptions
+
+STAR_PX = 0.1  # |original - starless| above this, in some channel: a star pixel
+SNR_LEVELS = (0, 3, 5, 10)
+
+
+def edge_band(shape: tuple[int, int], px: int) -> np.ndarray:
+    """``(H, W)`` bool: the pixels within ``px`` of the frame's border."""
+    if px < 0:
+        raise ValueError(f"edge band must be >= 0 px, got {px}")
+    band = np.zeros(shape, bool)
+    if px:
+        band[:px] = band[-px:] = True
+        band[:, :px] = band[:, -px:] = True
+    return band
+
+
+def star_pixel_bias(
+    original: np.ndarray, output: np.ndarray, truth: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """``(signed error per channel (C,), share of the squared error the bias explains)``
+    over the star pixels; ``(nan..., nan)`` when there are none."""
+    star = np.abs(original - truth).max(0) > STAR_PX
+    if not star.any():
+        return np.full(original.shape[0], np.nan), float("nan")
+    err = (output - truth)[:, star].astype(np.float64)
+    bias = err.mean(1)
+    return bias, float((bias**2).sum() / (err**2).mean(1).sum())
+
+
+def noise_sigma(image: np.ndarray) -> float:
+    """Robust pixel noise of a ``(C, H, W)`` image's luminance: the MAD of horizontal
+    neighbour differences over sqrt(2)."""
+    lum = image.mean(0)
+    d = (lum[:, 1:] - lum[:, :-1]).ravel()
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
+
+
+def aperture_snr(
+    original: np.ndarray, truth: np.ndarray, star_xy: np.ndarray, aperture_px: float
+) -> np.ndarray:
+    """``(N,)`` each star's own flux (as the residual figure measures it) over the
+    truth's pixel noise x sqrt(aperture pixels)."""
+    own, n = metrics.star_fluxes(original.mean(0) - truth.mean(0), star_xy, aperture_px)
+    sigma = max(noise_sigma(truth), 1e-9)
+    return own / (sigma * np.sqrt(np.maximum(n, 1)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.diagnose", description=__doc__)
+    p.add_argument("--weights", type=Path, help="weights or checkpoint (default: packaged)")
+    p.add_argument("--real", type=Path, default=DEFAULT_REAL_PAIRS, help="real pairs folder")
+    p.add_argument("--edge", type=int, default=16, help="edge band width, px (16)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--no-synthetic", action="store_true", help="real pairs only")
+    args = p.parse_args(argv)
+    if args.edge < 1:
+        print(f"diagnose: --edge must be >= 1 px, got {args.edge}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from starnet_core.checkpoint import load_any
+    from starnet_core.model import load_model
+
+    try:
+        model = load_any(args.weights)[0] if args.weights else load_model(None)[0]
+        real = real_cases(args.real) if args.real.is_dir() else []
+    except (ValueError, OSError) as e:
+        print(f"diagnose: {e}", file=sys.stderr)
+        return 2
+    if not real:
+        print(f"diagnose: no real pairs at {args.real}", file=sys.stderr)
+    options, protect = TileOptions(), ProtectOptions()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return protect_background(x, remove_stars(model, x, options), protect)
+
+    if real:
+        print("| pair | sky RGB | star-pixel error R / G / B | bias share |")
+        print("|---|---|---|---|")
+        sums = {"inside": [0.0, 0], "edge": [0.0, 0]}
+        for case in real:
+            o, t = case.original, case.truth
+            out = run(o)
+            bias, share = star_pixel_bias(o, out, t)
+            sky = np.median(t.reshape(t.shape[0], -1), axis=1)
+            print(
+                f"| {case.name} | {' '.join(f'{v:.3f}' for v in sky)} | "
+                f"{' / '.join(f'{v:+.4f}' for v in bias)} | {share:.2f} |"
+            )
+            bg = metrics.background_mask(o, t, None, far_px=FAR_PX / 2, tol=REAL_TOL)
+            band = edge_band(bg.shape, args.edge)
+            se = ((out - t).astype(np.float64) ** 2).sum(0)
+            for key, sel in (("inside", bg & ~band), ("edge", bg & band)):
+                sums[key][0] += float(se[sel].sum())
+                sums[key][1] += int(sel.sum()) * o.shape[0]
+        print()
+        for key, (sse, n) in sums.items():
+            db = 10 * np.log10(n / sse) if n and sse > 0 else float("nan")
+            print(f"real background, {key} ({n // 3} px, edge band {args.edge} px): {db:.1f} dB")
+    if args.no_synthetic:
+        return 0
+    print()
+    print("| scene | stars SNR >= 10 | of them > 90% left |")
+    print("|---|---|---|")
+    by_level: dict[int, list[np.ndarray]] = {k: [] for k in SNR_LEVELS}
+    for case in synthetic_cases(FULL_PLAN, FULL_SIZE_PX):
+        o, t, scene = case.original, case.truth, case.scene
+        assert scene is not None
+        aperture = max(2.0, 1.5 * scene.fwhm_px)
+        frac = metrics.residual_star_flux(o, run(o), t, scene.star_xy, aperture)
+        snr = aperture_snr(o, t, scene.star_xy, aperture)
+        ok = np.isfinite(frac)
+        for k in SNR_LEVELS:
+            by_level[k].append(frac[ok & (snr >= k)])
+        strong = ok & (snr >= 10)
+        print(f"| {case.name} | {int(strong.sum())} | {int((strong & (frac > 0.9)).sum())} |")
+    print()
+    print("| stars counted | stars | median | p95 |")
+    print("|---|---|---|---|")
+    for k, parts in by_level.items():
+        v = np.concatenate(parts)
+        label = "all (the figure)" if k == 0 else f"aperture SNR >= {k}"
+        print(f"| {label} | {v.size} | {np.median(v):.3f} | {np.percentile(v, 95):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

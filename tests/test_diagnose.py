@@ -1,0 +1,48 @@
+"""benchmarks.diagnose: the edge band, the star-pixel bias and the aperture SNR."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.diagnose import aperture_snr, edge_band, main, noise_sigma, star_pixel_bias
+
+
+def test_edge_band_marks_the_border_only() -> None:
+    band = edge_band((10, 12), 2)
+    assert band[:2].all() and band[-2:].all() and band[:, :2].all() and band[:, -2:].all()
+    assert not band[2:-2, 2:-2].any()
+    assert not edge_band((5, 5), 0).any()
+    with pytest.raises(ValueError, match="edge band must be >= 0 px"):
+        edge_band((5, 5), -1)
+
+
+def test_star_pixel_bias_reads_a_grey_fill_on_a_red_sky() -> None:
+    truth = np.zeros((3, 8, 8), np.float32) + np.array([0.4, 0.15, 0.2], np.float32)[:, None, None]
+    original = truth.copy()
+    original[:, 3:5, 3:5] = 1.0  # a clipped white core
+    output = truth.copy()
+    output[:, 3:5, 3:5] = 0.25  # filled grey
+    bias, share = star_pixel_bias(original, output, truth)
+    assert bias == pytest.approx([-0.15, 0.10, 0.05], abs=1e-6)
+    assert share == pytest.approx(1.0)  # a uniform fill error is all bias
+    none, nan_share = star_pixel_bias(truth, truth, truth)
+    assert np.isnan(none).all() and np.isnan(nan_share)
+
+
+def test_aperture_snr_scales_with_the_star_and_the_noise() -> None:
+    rng = np.random.default_rng(0)
+    truth = (0.2 + 0.01 * rng.standard_normal((3, 64, 64))).astype(np.float32)
+    assert noise_sigma(truth) == pytest.approx(0.01 / np.sqrt(3), rel=0.1)  # luminance noise
+    yy, xx = np.mgrid[0:64, 0:64]
+    star = np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / (2 * 1.5**2))
+    xy = np.array([[32.0, 32.0]])
+    faint = aperture_snr(truth + 0.02 * star, truth, xy, 3.0)
+    bright = aperture_snr(truth + 0.2 * star, truth, xy, 3.0)
+    assert bright[0] == pytest.approx(10 * faint[0], rel=1e-3)
+    assert 5 < faint[0] < 50
+
+
+def test_bad_edge_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--edge", "0"]) == 2
+    assert "--edge must be >= 1 px" in capsys.readouterr().err
