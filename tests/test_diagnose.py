@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.diagnose import aperture_snr, edge_band, main, noise_sigma, star_pixel_bias
+from benchmarks.diagnose import (
+    aperture_snr,
+    edge_band,
+    grey_pull,
+    main,
+    noise_sigma,
+    star_pixel_bias,
+)
 
 
 def test_edge_band_marks_the_border_only() -> None:
@@ -26,6 +33,10 @@ def test_star_pixel_bias_reads_a_grey_fill_on_a_red_sky() -> None:
     bias, share = star_pixel_bias(original, output, truth)
     assert bias == pytest.approx([-0.15, 0.10, 0.05], abs=1e-6)
     assert share == pytest.approx(1.0)  # a uniform fill error is all bias
+    # the same grey fill, projected on the red sky's colour direction: pulled to grey
+    assert grey_pull(original, output, truth) < -0.1
+    assert grey_pull(original, truth, truth) == pytest.approx(0.0)  # filled with the sky
+    assert np.isnan(grey_pull(truth, output, truth))  # no clipped core
     none, nan_share = star_pixel_bias(truth, truth, truth)
     assert np.isnan(none).all() and np.isnan(nan_share)
 
@@ -46,3 +57,5 @@ def test_aperture_snr_scales_with_the_star_and_the_noise() -> None:
 def test_bad_edge_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--edge", "0"]) == 2
     assert "--edge must be >= 1 px" in capsys.readouterr().err
+    assert main(["--cast-scenes", "-1"]) == 2
+    assert "--cast-scenes must be >= 0" in capsys.readouterr().err
