@@ -92,9 +92,10 @@ class Mix:
     # inside one halo): what a net that keeps compact galaxies must still take for stars
     # (run G kept real_2's two saturated stars 13 px apart as a galaxy)
     group_share: float = 0.0
-    # crops given a strong colour cast after the stretch (per-channel gains, then a
-    # saturation boost), in both images: processed frames' skies are red, magenta or green
-    # (real_0, real_1), where the generator's stretched sky is near grey
+    # colour crops given a colour cast after the stretch (per-channel curves that keep
+    # black and white, then a saturation boost), in both images: processed frames' skies
+    # are red, magenta or green (real_0, real_1), where the generator's stretched sky is
+    # near grey
     cast_share: float = 0.0
 
     # the fields that are not shares: (low, high) ranges, and rates (a count's multiplier)
