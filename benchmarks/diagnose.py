@@ -43,6 +43,7 @@ from benchmarks.quality import (
     synthetic_cases,
 )
 from starnet_core import metrics
+from starnet_core.classical import pixel_noise
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import protect_background
 from starnet_core.options import ProtectOptions
@@ -75,21 +76,13 @@ def star_pixel_bias(
     return bias, float((bias**2).sum() / (err**2).mean(1).sum())
 
 
-def noise_sigma(image: np.ndarray) -> float:
-    """Robust pixel noise of a ``(C, H, W)`` image's luminance: the MAD of horizontal
-    neighbour differences over sqrt(2)."""
-    lum = image.mean(0)
-    d = (lum[:, 1:] - lum[:, :-1]).ravel()
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
-
-
 def aperture_snr(
     original: np.ndarray, truth: np.ndarray, star_xy: np.ndarray, aperture_px: float
 ) -> np.ndarray:
     """``(N,)`` each star's own flux (as the residual figure measures it) over the
-    truth's pixel noise x sqrt(aperture pixels)."""
+    truth's pixel noise (:func:`starnet_core.classical.pixel_noise`) x sqrt(aperture pixels)."""
     own, n = metrics.star_fluxes(original.mean(0) - truth.mean(0), star_xy, aperture_px)
-    sigma = max(noise_sigma(truth), 1e-9)
+    sigma = max(pixel_noise(truth.mean(0)), 1e-9)
     return own / (sigma * np.sqrt(np.maximum(n, 1)))
 
 
