@@ -53,9 +53,9 @@ from starnet_core import metrics
 from starnet_core.classical import classical_remove_stars
 from starnet_core.imageio import read_image
 from starnet_core.inference import TileOptions, remove_stars
-from starnet_core.masks import protect_background
+from starnet_core.masks import finish_starless
 from starnet_core.model import load_model, macs_per_pixel
-from starnet_core.options import ProtectOptions
+from starnet_core.options import CoreOptions, ProtectOptions
 from starnet_core.synthetic import (
     DEFAULT_GLOW_CAP,
     DEFAULT_MIX,
@@ -328,6 +328,7 @@ def run_benchmark(
     preview_dir: Path | None = None,
     tile_options: TileOptions | None = None,
     protect: ProtectOptions | None = None,
+    cores: CoreOptions | None = None,
     cases: list[Case] | None = None,
     glow_cap: float = DEFAULT_GLOW_CAP,
     scene_mix: str = "default",
@@ -336,10 +337,14 @@ def run_benchmark(
     ``scene_mix`` names the generator mix they are drawn with, :data:`MIXES`)."""
     options = tile_options or TileOptions()
     protect = protect or ProtectOptions()
+    cores = cores or CoreOptions()
     methods: dict[str, Method] = {"input": lambda x: x, "classical": classical_remove_stars}
     if model is not None:
-        # what users get: the network, then background protection (pipeline default)
-        methods["model"] = lambda x: protect_background(x, remove_stars(model, x, options), protect)
+        # what users get: the network, then background protection and the sky colour in
+        # clipped cores (pipeline defaults)
+        methods["model"] = lambda x: finish_starless(
+            x, remove_stars(model, x, options), protect, cores
+        )
     size = QUICK_SIZE_PX if quick else FULL_SIZE_PX
     if cases is None:
         cases = synthetic_cases(
@@ -461,6 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="generator mix the synthetic scenes are drawn with (default %(default)s: "
         "the held-out set every model is compared on)",
     )
+    parser.add_argument(
+        "--no-core-colour",
+        action="store_true",
+        help="leave the network's fill of clipped star cores as it is (cores.enabled: false)",
+    )
     args = parser.parse_args(argv)
     if args.passes < 1:
         parser.error(f"--passes must be 1 or more, got {args.passes}")
@@ -491,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem += "_upsample" if args.upsample else ""
     stem += f"_glow{args.glow_cap:g}" if args.glow_cap != DEFAULT_GLOW_CAP else ""
     stem += f"_mix{args.scene_mix}" if args.scene_mix != "default" else ""
+    stem += "_nocores" if args.no_core_colour else ""
     preview_dir = None if args.no_previews else args.out / "previews"
     if args.ensemble > 1:
         label += f", {args.ensemble}x self-ensemble"
@@ -498,6 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         label += f", {args.passes} passes"
     if args.upsample:
         label += ", 2x upsampled"
+    if args.no_core_colour:
+        label += ", clipped cores left as the network fills them"
     results = run_benchmark(
         model,
         model_label=label,
@@ -509,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         glow_cap=args.glow_cap,
         scene_mix=args.scene_mix,
+        cores=CoreOptions(enabled=not args.no_core_colour),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(

@@ -189,7 +189,13 @@ def _pick_patches(stretched: np.ndarray, count: int, size_px: int) -> list[tuple
 def cmd_test(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from flows.settings import stretch_options, tile_options
+    from flows.settings import (
+        core_options,
+        mask_options,
+        protect_options,
+        stretch_options,
+        tile_options,
+    )
     from starnet_core.imageio import ImageError, read_image
     from starnet_core.pipeline import StretchOptions, process_array, stretch_for_network
 
@@ -217,6 +223,9 @@ def cmd_test(args: argparse.Namespace) -> int:
             is_linear=False,
             stretch=StretchOptions(mode="never"),
             tiles=tile_options(args.settings),
+            mask=mask_options(args.settings),
+            protect=protect_options(args.settings),
+            cores=core_options(args.settings),
         )
         panels = [patch, products.starless_stretched, products.mask]
         rgb = [np.repeat(a, 3, 0) if a.shape[0] == 1 else a for a in panels]

@@ -41,6 +41,7 @@ from flows.provenance_records import (
 )
 from flows.settings import (
     Settings,
+    core_options,
     mask_options,
     protect_options,
     stretch_options,
@@ -98,6 +99,7 @@ def frame_params(settings: Settings) -> dict[str, Any]:
         "validation": dataclasses.asdict(settings.validation),
         "mask": dataclasses.asdict(settings.mask),
         "protect": dataclasses.asdict(settings.protect),
+        "cores": dataclasses.asdict(settings.cores),
         "enhance": dataclasses.asdict(settings.enhance),
         "outputs": dataclasses.asdict(settings.outputs),
     }
@@ -254,6 +256,7 @@ def compute_outputs(
         tiles=tile_options(settings),
         mask=mask_options(settings),
         protect=protect_options(settings),
+        cores=core_options(settings),
         enhance_strength=settings.enhance.strength,
         progress=progress,
     )

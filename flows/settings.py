@@ -23,12 +23,19 @@ from typing import Any
 
 import yaml
 
-from starnet_core.options import MaskOptions, ProtectOptions, StretchOptions, TileOptions
+from starnet_core.options import (
+    CoreOptions,
+    MaskOptions,
+    ProtectOptions,
+    StretchOptions,
+    TileOptions,
+)
 
 # The science defaults live once, in starnet_core's option classes; the settings
 # sections below take their defaults from them.
 _TILE, _MASK, _STRETCH = TileOptions(), MaskOptions(), StretchOptions()
 _PROTECT = ProtectOptions()
+_CORES = CoreOptions()
 
 
 class SettingsError(ValueError):
@@ -86,6 +93,18 @@ class ProtectSettings:
     threshold: float = _PROTECT.threshold
     dilate_px: int = _PROTECT.dilate_px
     feather_px: float = _PROTECT.feather_px
+
+
+@dataclass
+class CoreSettings:
+    """Sky colour for clipped star cores: keep the net's brightness there, take the
+    colour from the sky around (the input has none where every channel is clipped)."""
+
+    enabled: bool = _CORES.enabled
+    clip_level: float = _CORES.clip_level  # clipped: every channel >= this (stretched)
+    dilate_px: int = _CORES.dilate_px
+    feather_px: float = _CORES.feather_px
+    sky_threshold: float = _CORES.sky_threshold  # sky: star layer below this
 
 
 @dataclass
@@ -179,6 +198,7 @@ class Settings:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     mask: MaskSettings = field(default_factory=MaskSettings)
     protect: ProtectSettings = field(default_factory=ProtectSettings)
+    cores: CoreSettings = field(default_factory=CoreSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -269,6 +289,10 @@ def protect_options(settings: Settings) -> ProtectOptions:
     return ProtectOptions(**asdict(settings.protect))
 
 
+def core_options(settings: Settings) -> CoreOptions:
+    return CoreOptions(**asdict(settings.cores))
+
+
 def _check_options(settings: Settings, where: str) -> None:
     """Build every option group once, so a bad value is reported with the config file."""
     for section, build in (
@@ -276,6 +300,7 @@ def _check_options(settings: Settings, where: str) -> None:
         ("stretch", stretch_options),
         ("mask", mask_options),
         ("protect", protect_options),
+        ("cores", core_options),
     ):
         try:
             build(settings)

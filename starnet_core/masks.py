@@ -10,12 +10,16 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from starnet_core.options import MaskOptions, ProtectOptions
+from starnet_core.options import CoreOptions, MaskOptions, ProtectOptions
 
 __all__ = [
+    "CoreOptions",
     "MaskOptions",
     "enhance",
+    "fill_clipped_cores",
+    "finish_starless",
     "mask_threshold",
+    "protect_background",
     "screen",
     "star_layer",
     "star_mask",
@@ -179,3 +183,100 @@ def protect_background(
     core = (layer.max(axis=0) > options.threshold)[None]
     mask = np.maximum(star_mask(layer, options.mask), core)
     return (original - mask * (original - starless)).astype(np.float32)
+
+
+# The sky chroma at a clipped pixel averages the nearest sky: the smallest Gaussian
+# (sigma about 3, 6, 12, ... px) holding at least this share of sky pixels.
+_CORE_MIN_SKY_SHARE = 0.2
+
+
+def _half(level: np.ndarray) -> np.ndarray:
+    """2x2 block means of a ``(K, H, W)`` stack, zero-padded to even sizes."""
+    _, h, w = level.shape
+    if h % 2 or w % 2:
+        level = np.pad(level, ((0, 0), (0, h % 2), (0, w % 2)))
+    k, h, w = level.shape
+    return level.reshape(k, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+
+
+def _sky_chroma(chroma: np.ndarray, sky: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """``(C, n)`` chroma of the sky at the ``n`` pixels of ``need``: normalised convolution
+    of ``chroma`` over the ``sky`` pixels on a 2x pyramid (block means, then a Gaussian of
+    sigma 1.5 level pixels: about 3, 6, 12, ... px of the frame), each pixel taking the
+    finest level whose Gaussian holds at least ``_CORE_MIN_SKY_SHARE`` sky."""
+    channels = chroma.shape[0]
+    ys, xs = np.nonzero(need)
+    skyf = sky.astype(np.float32)
+    # sky-weighted chroma, sky weight, and in-frame weight (the frame's outside is no data)
+    level = _half(np.concatenate([chroma * skyf, skyf[None], np.ones_like(skyf)[None]]))
+    est = np.zeros((channels, ys.size), np.float64)
+    todo = np.ones(ys.size, bool)
+    factor = 2
+    while todo.any():
+        blurred = ndimage.gaussian_filter(level, (0, 1.5, 1.5), mode="constant")
+        coords = np.stack([(ys[todo] + 0.5) / factor - 0.5, (xs[todo] + 0.5) / factor - 0.5])
+        vals = np.stack(
+            [ndimage.map_coordinates(b, coords, order=1, mode="nearest") for b in blurred]
+        ).astype(np.float64)
+        ok = vals[channels] > _CORE_MIN_SKY_SHARE * vals[channels + 1]
+        idx = np.flatnonzero(todo)[ok]
+        est[:, idx] = vals[:channels, ok] / vals[channels, ok]
+        todo[idx] = False
+        if max(level.shape[1:]) <= 1:
+            break
+        level = _half(level)
+        factor *= 2
+    if todo.any():
+        est[:, todo] = chroma[:, sky].mean(axis=1)[:, None]
+    return est
+
+
+def fill_clipped_cores(
+    original: np.ndarray, starless: np.ndarray, options: CoreOptions
+) -> np.ndarray:
+    """Give the fill of clipped star cores the colour of the sky around them.
+
+    Where every channel of ``original`` is ``>= options.clip_level`` (grown by
+    ``dilate_px``) the input holds no colour, and the network's fill there is its
+    guess. The result keeps ``starless``'s luminance (the channel mean) and replaces
+    its chroma (``starless - luminance``) by the sky's: the Gaussian-weighted mean of
+    the chroma over the nearest sky pixels (star layer below ``sky_threshold``), the
+    Gaussian's sigma growing (3, 6, 12, ... px) until a fifth of it is sky. The
+    blend's edge is feathered outward by ``feather_px``.
+
+    ``(C, H, W)`` in stretched [0, 1]; returns ``(C, H, W) float32``. A mono image,
+    a frame without clipped cores or without sky, or ``options.enabled`` False comes
+    back unchanged.
+    """
+    _check_pair(original, starless)
+    if not options.enabled or original.shape[0] < 2:
+        return starless
+    core: np.ndarray = np.all(original >= options.clip_level, axis=0)
+    if not core.any():
+        return starless
+    if options.dilate_px > 0:
+        core = ndimage.binary_dilation(core, structure=_disc(options.dilate_px))
+    weight = core.astype(np.float32)
+    if options.feather_px > 0:
+        weight = np.maximum(ndimage.gaussian_filter(weight, options.feather_px), weight)
+    region: np.ndarray = weight > 1e-3
+    sky: np.ndarray = ((original - starless).max(axis=0) < options.sky_threshold) & ~core
+    if not sky.any():
+        return starless  # no sky anywhere to take a colour from
+    s = starless.astype(np.float32, copy=True)
+    lum: np.ndarray = s.mean(axis=0)
+    fill = lum[region] + _sky_chroma(s - lum, sky, region)
+    s[:, region] += weight[region] * (fill - s[:, region])
+    return np.clip(s, 0.0, 1.0, out=s)
+
+
+def finish_starless(
+    original: np.ndarray,
+    net_output: np.ndarray,
+    protect: ProtectOptions,
+    cores: CoreOptions,
+) -> np.ndarray:
+    """The starless image users get from the network's output: background protection
+    (:func:`protect_background`), then the sky colour in clipped cores
+    (:func:`fill_clipped_cores`). ``(C, H, W) float32`` in stretched [0, 1]."""
+    return fill_clipped_cores(original, protect_background(original, net_output, protect), cores)

@@ -1,8 +1,8 @@
 """Option classes of the science core: plain validated dataclasses, no torch.
 
-They are the defaults of the config sections ``inference``, ``mask`` and
-``stretch`` (``flows.settings`` takes its defaults from here), so importing the
-settings does not import torch.
+They are the defaults of the config sections ``inference``, ``mask``,
+``stretch``, ``protect`` and ``cores`` (``flows.settings`` takes its defaults from
+here), so importing the settings does not import torch.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     "STRETCH_MODES",
+    "CoreOptions",
     "MaskOptions",
     "ProtectOptions",
     "StretchOptions",
@@ -172,3 +173,47 @@ class ProtectOptions:
     def mask(self) -> MaskOptions:
         # the fixed threshold only: protection was measured (and is tested) that way
         return MaskOptions(self.threshold, self.dilate_px, self.feather_px, noise_sigmas=0.0)
+
+
+@dataclass(frozen=True)
+class CoreOptions:
+    """Sky colour for clipped star cores (config section ``cores``).
+
+    Where a star's core is clipped white in every channel the input holds no colour
+    at all, and the network fills it with the right brightness but a neutral grey
+    (model 0.5.0 on coloured nebulae: a grey square per saturated star). The fill
+    keeps the network's luminance (the channel mean) and takes its chroma from the
+    sky around the core, see :func:`starnet_core.masks.fill_clipped_cores`.
+
+    Attributes:
+        enabled: False leaves the network's fill as it is.
+        clip_level: a pixel is clipped when every channel of the input is >= this.
+        dilate_px: the clipped area is grown by a disc of this radius (the ring around
+            a clipped core is as colourless in the input).
+        feather_px: Gaussian sigma of the blend's outward edge, px (0: hard edge).
+        sky_threshold: sky = pixels whose star layer (input - starless, max over
+            channels) is below this; the chroma is averaged over them.
+    """
+
+    enabled: bool = True
+    clip_level: float = 0.95
+    dilate_px: int = 2
+    feather_px: float = 1.0
+    sky_threshold: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"enabled must be a bool, got {self.enabled!r}")
+        if isinstance(self.clip_level, bool) or not (
+            isinstance(self.clip_level, int | float) and 0.5 <= self.clip_level <= 1.0
+        ):
+            raise ValueError(f"clip_level must be a number in [0.5, 1], got {self.clip_level!r}")
+        if isinstance(self.sky_threshold, bool) or not (
+            isinstance(self.sky_threshold, int | float) and 0.0 < self.sky_threshold < 1.0
+        ):
+            raise ValueError(
+                f"sky_threshold must be a number in (0, 1), got {self.sky_threshold!r}"
+            )
+        check_int("dilate_px", self.dilate_px, 0)
+        if not (isinstance(self.feather_px, int | float) and 0.0 <= self.feather_px < np.inf):
+            raise ValueError(f"feather_px must be a finite number >= 0, got {self.feather_px!r}")

@@ -26,13 +26,14 @@ import torch
 from starnet_core.inference import remove_stars
 from starnet_core.masks import (
     enhance,
-    protect_background,
+    finish_starless,
     star_layer,
     star_mask,
     unscreen_star_layer,
 )
 from starnet_core.options import (
     STRETCH_MODES,
+    CoreOptions,
     MaskOptions,
     ProtectOptions,
     StretchOptions,
@@ -56,6 +57,7 @@ DEFAULT_STRETCH_OPTIONS = StretchOptions()
 DEFAULT_TILE_OPTIONS = TileOptions()
 DEFAULT_MASK_OPTIONS = MaskOptions()
 DEFAULT_PROTECT_OPTIONS = ProtectOptions()
+DEFAULT_CORE_OPTIONS = CoreOptions()
 
 
 @dataclass
@@ -119,6 +121,7 @@ def process_array(
     tiles: TileOptions = DEFAULT_TILE_OPTIONS,
     mask: MaskOptions = DEFAULT_MASK_OPTIONS,
     protect: ProtectOptions = DEFAULT_PROTECT_OPTIONS,
+    cores: CoreOptions = DEFAULT_CORE_OPTIONS,
     enhance_strength: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameProducts:
@@ -131,8 +134,8 @@ def process_array(
     timings["stretch"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    starless_s = protect_background(
-        stretched, remove_stars(model, stretched, tiles, progress=progress), protect
+    starless_s = finish_starless(
+        stretched, remove_stars(model, stretched, tiles, progress=progress), protect, cores
     )
     timings["remove_stars"] = time.perf_counter() - t
 

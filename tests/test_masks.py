@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from starnet_core.masks import (
     MaskOptions,
@@ -189,3 +190,76 @@ def test_mask_threshold_rises_on_a_grainy_layer() -> None:
     assert mask_threshold(clean.max(axis=0)) == MaskOptions().threshold
     with pytest.raises(ValueError, match="noise_sigmas"):
         MaskOptions(noise_sigmas=-1)
+
+
+def _clipped_star_on_magenta(size: int = 64, radius: int = 6) -> tuple[np.ndarray, ...]:
+    """(original, truth, grey_fill): a magenta sky with a white star clipped over a disc,
+    and a network output that fills the disc with the sky's brightness in grey."""
+    rng = np.random.default_rng(1)
+    sky = np.array([0.45, 0.15, 0.40], np.float32)[:, None, None]
+    truth = np.broadcast_to(sky, (3, size, size)) + rng.normal(0, 0.003, (3, size, size))
+    truth = truth.astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    r2 = (yy - size // 2) ** 2 + (xx - size // 2) ** 2
+    halo = np.exp(-r2 / (2 * (radius * 1.2) ** 2)).astype(np.float32)
+    original = np.clip(truth + 3.0 * halo, 0, 1).astype(np.float32)
+    grey = truth.copy()
+    star = (original - truth).max(0) > 0.02
+    grey[:, star] = truth[:, star].mean(0)  # right brightness, no colour
+    return original, truth, grey
+
+
+def test_fill_clipped_cores_takes_the_sky_colour() -> None:
+    from starnet_core.masks import fill_clipped_cores
+    from starnet_core.options import CoreOptions
+
+    original, truth, grey = _clipped_star_on_magenta()
+    core = (original >= 0.95).all(0)
+    assert core.sum() > 50  # the test star is clipped
+    out = fill_clipped_cores(original, grey, CoreOptions())
+    assert out.dtype == np.float32 and out.shape == grey.shape
+    # the cores now carry the sky's colour: error down from ~0.14 to the noise
+    before = np.abs(grey[:, core] - truth[:, core]).mean()
+    after = np.abs(out[:, core] - truth[:, core]).mean()
+    assert before > 0.1 and after < 0.01
+    # the brightness (channel mean) is the network's
+    assert np.allclose(out.mean(0)[core], grey.mean(0)[core], atol=1e-5)
+    # far from the core nothing changes, bit for bit
+    near = ndimage.binary_dilation(core, iterations=2 + 4)  # dilation + feather reach
+    assert np.array_equal(out[:, ~near], grey[:, ~near])
+
+
+def test_fill_clipped_cores_leaves_what_it_cannot_or_should_not_touch() -> None:
+    from starnet_core.masks import fill_clipped_cores, finish_starless
+    from starnet_core.options import CoreOptions, ProtectOptions
+
+    original, _, grey = _clipped_star_on_magenta()
+    # switched off, mono, no clipped pixel: the input comes back as it is
+    assert fill_clipped_cores(original, grey, CoreOptions(enabled=False)) is grey
+    mono = grey[:1]
+    assert fill_clipped_cores(original[:1], mono, CoreOptions()) is mono
+    dim = original * 0.5
+    assert fill_clipped_cores(dim, grey, CoreOptions()) is grey
+    # finish_starless = protection, then the core colour
+    protected = finish_starless(original, grey, ProtectOptions(), CoreOptions(enabled=False))
+    done = finish_starless(original, grey, ProtectOptions(), CoreOptions())
+    core = (original >= 0.95).all(0)
+    assert not np.allclose(done[:, core], protected[:, core])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"clip_level": 0.3}, "clip_level must be a number in"),
+        ({"clip_level": True}, "clip_level must be a number in"),
+        ({"sky_threshold": 0.0}, "sky_threshold must be a number in"),
+        ({"dilate_px": -1}, "dilate_px must be >= 0"),
+        ({"feather_px": float("nan")}, "feather_px must be a finite number"),
+        ({"enabled": "yes"}, "enabled must be a bool"),
+    ],
+)
+def test_core_options_refuse_bad_values(kwargs: dict, match: str) -> None:
+    from starnet_core.options import CoreOptions
+
+    with pytest.raises(ValueError, match=match):
+        CoreOptions(**kwargs)
