@@ -1,10 +1,10 @@
 """Where a model's errors are: the figures behind BENCHMARKS.md's sixth session.
 
     python -m benchmarks.diagnose [--weights FILE] [--real DIR] [--threads N] [--no-synthetic]
-                                  [--no-core-colour]
+                                  [--no-sky-colour]
 
 Runs the model as users get it (network, background protection, then the sky colour in
-clipped cores; ``--no-core-colour``: the network's own fill) and prints:
+clipped cores; ``--no-sky-colour``: the network's own fill) and prints:
 
 * **Real pairs, star pixels** (``|original - starless| > 0.1`` in some channel): the
   mean signed error per channel and the share of its squared error that this bias
@@ -48,7 +48,7 @@ from starnet_core import metrics
 from starnet_core.classical import pixel_noise
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
-from starnet_core.options import CoreOptions, ProtectOptions
+from starnet_core.options import ProtectOptions, SkyColourOptions
 
 STAR_PX = 0.1  # |original - starless| above this, in some channel: a star pixel
 SNR_LEVELS = (0, 3, 5, 10)
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cast-scenes", type=int, default=8, help="colour-cast scenes for the grey pull (8)"
     )
     p.add_argument(
-        "--no-core-colour",
+        "--no-sky-colour",
         action="store_true",
         help="the network's own fill of clipped cores (cores.enabled: false)",
     )
@@ -158,10 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not real:
         print(f"diagnose: no real pairs at {args.real}", file=sys.stderr)
     options, protect = TileOptions(), ProtectOptions()
-    cores = CoreOptions(enabled=not args.no_core_colour)
+    sky_colour = SkyColourOptions(enabled=not args.no_sky_colour)
 
     def run(x: np.ndarray) -> np.ndarray:
-        return finish_starless(x, remove_stars(model, x, options), protect, cores)
+        return finish_starless(x, remove_stars(model, x, options), protect, sky_colour)
 
     if real:
         print("| pair | sky RGB | star-pixel error R / G / B | bias share |")

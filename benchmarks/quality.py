@@ -55,7 +55,7 @@ from starnet_core.imageio import read_image
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.model import load_model, macs_per_pixel
-from starnet_core.options import CoreOptions, ProtectOptions
+from starnet_core.options import ProtectOptions, SkyColourOptions
 from starnet_core.synthetic import (
     DEFAULT_GLOW_CAP,
     DEFAULT_MIX,
@@ -328,7 +328,7 @@ def run_benchmark(
     preview_dir: Path | None = None,
     tile_options: TileOptions | None = None,
     protect: ProtectOptions | None = None,
-    cores: CoreOptions | None = None,
+    sky_colour: SkyColourOptions | None = None,
     cases: list[Case] | None = None,
     glow_cap: float = DEFAULT_GLOW_CAP,
     scene_mix: str = "default",
@@ -337,13 +337,13 @@ def run_benchmark(
     ``scene_mix`` names the generator mix they are drawn with, :data:`MIXES`)."""
     options = tile_options or TileOptions()
     protect = protect or ProtectOptions()
-    cores = cores or CoreOptions()
+    sky_colour = sky_colour or SkyColourOptions()
     methods: dict[str, Method] = {"input": lambda x: x, "classical": classical_remove_stars}
     if model is not None:
         # what users get: the network, then background protection and the sky colour in
         # clipped cores (pipeline defaults)
         methods["model"] = lambda x: finish_starless(
-            x, remove_stars(model, x, options), protect, cores
+            x, remove_stars(model, x, options), protect, sky_colour
         )
     size = QUICK_SIZE_PX if quick else FULL_SIZE_PX
     if cases is None:
@@ -467,9 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the held-out set every model is compared on)",
     )
     parser.add_argument(
-        "--no-core-colour",
+        "--no-sky-colour",
         action="store_true",
-        help="leave the network's fill of clipped star cores as it is (cores.enabled: false)",
+        help="leave the network's fill of clipped star cores as it is (sky_colour.enabled: false)",
     )
     args = parser.parse_args(argv)
     if args.passes < 1:
@@ -501,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem += "_upsample" if args.upsample else ""
     stem += f"_glow{args.glow_cap:g}" if args.glow_cap != DEFAULT_GLOW_CAP else ""
     stem += f"_mix{args.scene_mix}" if args.scene_mix != "default" else ""
-    stem += "_nocores" if args.no_core_colour else ""
+    stem += "_noskycolour" if args.no_sky_colour else ""
     preview_dir = None if args.no_previews else args.out / "previews"
     if args.ensemble > 1:
         label += f", {args.ensemble}x self-ensemble"
@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         label += f", {args.passes} passes"
     if args.upsample:
         label += ", 2x upsampled"
-    if args.no_core_colour:
+    if args.no_sky_colour:
         label += ", clipped cores left as the network fills them"
     results = run_benchmark(
         model,
@@ -522,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         glow_cap=args.glow_cap,
         scene_mix=args.scene_mix,
-        cores=CoreOptions(enabled=not args.no_core_colour),
+        sky_colour=SkyColourOptions(enabled=not args.no_sky_colour),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(

@@ -190,9 +190,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from flows.settings import (
-        core_options,
         mask_options,
         protect_options,
+        sky_colour_options,
         stretch_options,
         tile_options,
     )
@@ -225,7 +225,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             tiles=tile_options(args.settings),
             mask=mask_options(args.settings),
             protect=protect_options(args.settings),
-            cores=core_options(args.settings),
+            sky_colour=sky_colour_options(args.settings),
         )
         panels = [patch, products.starless_stretched, products.mask]
         rgb = [np.repeat(a, 3, 0) if a.shape[0] == 1 else a for a in panels]

@@ -41,9 +41,9 @@ from flows.provenance_records import (
 )
 from flows.settings import (
     Settings,
-    core_options,
     mask_options,
     protect_options,
+    sky_colour_options,
     stretch_options,
     tile_options,
 )
@@ -99,7 +99,7 @@ def frame_params(settings: Settings) -> dict[str, Any]:
         "validation": dataclasses.asdict(settings.validation),
         "mask": dataclasses.asdict(settings.mask),
         "protect": dataclasses.asdict(settings.protect),
-        "cores": dataclasses.asdict(settings.cores),
+        "sky_colour": dataclasses.asdict(settings.sky_colour),
         "enhance": dataclasses.asdict(settings.enhance),
         "outputs": dataclasses.asdict(settings.outputs),
     }
@@ -256,7 +256,7 @@ def compute_outputs(
         tiles=tile_options(settings),
         mask=mask_options(settings),
         protect=protect_options(settings),
-        cores=core_options(settings),
+        sky_colour=sky_colour_options(settings),
         enhance_strength=settings.enhance.strength,
         progress=progress,
     )

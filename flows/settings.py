@@ -24,9 +24,9 @@ from typing import Any
 import yaml
 
 from starnet_core.options import (
-    CoreOptions,
     MaskOptions,
     ProtectOptions,
+    SkyColourOptions,
     StretchOptions,
     TileOptions,
 )
@@ -35,7 +35,7 @@ from starnet_core.options import (
 # sections below take their defaults from them.
 _TILE, _MASK, _STRETCH = TileOptions(), MaskOptions(), StretchOptions()
 _PROTECT = ProtectOptions()
-_CORES = CoreOptions()
+_SKY_COLOUR = SkyColourOptions()
 
 
 class SettingsError(ValueError):
@@ -96,15 +96,17 @@ class ProtectSettings:
 
 
 @dataclass
-class CoreSettings:
-    """Sky colour for clipped star cores: keep the net's brightness there, take the
-    colour from the sky around (the input has none where every channel is clipped)."""
+class SkyColourSettings:
+    """The sky's colour where stars were: keep the net's brightness on clipped cores and
+    star-dominated pixels, take the colour from the nearest sky (see SkyColourOptions)."""
 
-    enabled: bool = _CORES.enabled
-    clip_level: float = _CORES.clip_level  # clipped: every channel >= this (stretched)
-    dilate_px: int = _CORES.dilate_px
-    feather_px: float = _CORES.feather_px
-    sky_threshold: float = _CORES.sky_threshold  # sky: star layer below this
+    enabled: bool = _SKY_COLOUR.enabled
+    clip_level: float = _SKY_COLOUR.clip_level  # clipped: every channel >= this (stretched)
+    dilate_px: int = _SKY_COLOUR.dilate_px
+    feather_px: float = _SKY_COLOUR.feather_px
+    star_share_low: float = _SKY_COLOUR.star_share_low  # star's share of the light: ramp
+    star_share_high: float = _SKY_COLOUR.star_share_high  # from 0 here to 1 here
+    sky_threshold: float = _SKY_COLOUR.sky_threshold  # sky: star layer below this
 
 
 @dataclass
@@ -198,7 +200,7 @@ class Settings:
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     mask: MaskSettings = field(default_factory=MaskSettings)
     protect: ProtectSettings = field(default_factory=ProtectSettings)
-    cores: CoreSettings = field(default_factory=CoreSettings)
+    sky_colour: SkyColourSettings = field(default_factory=SkyColourSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -289,8 +291,8 @@ def protect_options(settings: Settings) -> ProtectOptions:
     return ProtectOptions(**asdict(settings.protect))
 
 
-def core_options(settings: Settings) -> CoreOptions:
-    return CoreOptions(**asdict(settings.cores))
+def sky_colour_options(settings: Settings) -> SkyColourOptions:
+    return SkyColourOptions(**asdict(settings.sky_colour))
 
 
 def _check_options(settings: Settings, where: str) -> None:
@@ -300,7 +302,7 @@ def _check_options(settings: Settings, where: str) -> None:
         ("stretch", stretch_options),
         ("mask", mask_options),
         ("protect", protect_options),
-        ("cores", core_options),
+        ("sky_colour", sky_colour_options),
     ):
         try:
             build(settings)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from starnet_core.options import CoreOptions, MaskOptions, ProtectOptions
+from starnet_core.options import MaskOptions, ProtectOptions, SkyColourOptions
 
 __all__ = [
-    "CoreOptions",
     "MaskOptions",
+    "SkyColourOptions",
     "enhance",
-    "fill_clipped_cores",
+    "fill_sky_colour",
     "finish_starless",
     "mask_threshold",
     "protect_background",
@@ -231,40 +231,49 @@ def _sky_chroma(chroma: np.ndarray, sky: np.ndarray, need: np.ndarray) -> np.nda
     return est
 
 
-def fill_clipped_cores(
-    original: np.ndarray, starless: np.ndarray, options: CoreOptions
+def fill_sky_colour(
+    original: np.ndarray, starless: np.ndarray, options: SkyColourOptions
 ) -> np.ndarray:
-    """Give the fill of clipped star cores the colour of the sky around them.
+    """Give the network's fill where stars were the colour of the sky around them.
 
-    Where every channel of ``original`` is ``>= options.clip_level`` (grown by
-    ``dilate_px``) the input holds no colour, and the network's fill there is its
-    guess. The result keeps ``starless``'s luminance (the channel mean) and replaces
-    its chroma (``starless - luminance``) by the sky's: the Gaussian-weighted mean of
-    the chroma over the nearest sky pixels (star layer below ``sky_threshold``), the
-    Gaussian's sigma growing (3, 6, 12, ... px) until a fifth of it is sky. The
-    blend's edge is feathered outward by ``feather_px``.
+    Where a star dominates a pixel the input shows little of the sky's colour (none
+    where every channel of ``original`` is ``>= options.clip_level``), and the
+    network's fill there is its guess, pulled toward grey. The result keeps
+    ``starless``'s luminance (the channel mean) and moves its chroma
+    (``starless - luminance``) to the sky's: the Gaussian-weighted mean of the chroma
+    over the nearest sky pixels (star layer below ``sky_threshold``), the Gaussian's
+    sigma growing (3, 6, 12, ... px) until a fifth of it is sky. The move is complete
+    on clipped cores (grown by ``dilate_px``, feathered outward by ``feather_px``) and
+    ramps from 0 to 1 as the star's share of a pixel's light,
+    ``1 - lum(starless) / lum(original)``, goes from ``star_share_low`` to
+    ``star_share_high``.
 
     ``(C, H, W)`` in stretched [0, 1]; returns ``(C, H, W) float32``. A mono image,
-    a frame without clipped cores or without sky, or ``options.enabled`` False comes
+    a frame without star pixels or without sky, or ``options.enabled`` False comes
     back unchanged.
     """
     _check_pair(original, starless)
     if not options.enabled or original.shape[0] < 2:
         return starless
     core: np.ndarray = np.all(original >= options.clip_level, axis=0)
-    if not core.any():
-        return starless
-    if options.dilate_px > 0:
+    if options.dilate_px > 0 and core.any():
         core = ndimage.binary_dilation(core, structure=_disc(options.dilate_px))
     weight = core.astype(np.float32)
-    if options.feather_px > 0:
+    if options.feather_px > 0 and core.any():
         weight = np.maximum(ndimage.gaussian_filter(weight, options.feather_px), weight)
-    region: np.ndarray = weight > 1e-3
-    sky: np.ndarray = ((original - starless).max(axis=0) < options.sky_threshold) & ~core
-    if not sky.any():
-        return starless  # no sky anywhere to take a colour from
     s = starless.astype(np.float32, copy=True)
     lum: np.ndarray = s.mean(axis=0)
+    if options.star_share_low < 1.0:
+        lum_in = original.mean(axis=0, dtype=np.float32)
+        share = (lum_in - lum) / np.maximum(lum_in, 1e-3)
+        ramp = (share - options.star_share_low) / (options.star_share_high - options.star_share_low)
+        weight = np.maximum(weight, np.clip(ramp, 0.0, 1.0))
+    region: np.ndarray = weight > 1e-3
+    if not region.any():
+        return starless
+    sky: np.ndarray = ((original - starless).max(axis=0) < options.sky_threshold) & ~region
+    if not sky.any():
+        return starless  # no sky anywhere to take a colour from
     fill = lum[region] + _sky_chroma(s - lum, sky, region)
     s[:, region] += weight[region] * (fill - s[:, region])
     return np.clip(s, 0.0, 1.0, out=s)
@@ -274,9 +283,9 @@ def finish_starless(
     original: np.ndarray,
     net_output: np.ndarray,
     protect: ProtectOptions,
-    cores: CoreOptions,
+    sky_colour: SkyColourOptions,
 ) -> np.ndarray:
     """The starless image users get from the network's output: background protection
-    (:func:`protect_background`), then the sky colour in clipped cores
-    (:func:`fill_clipped_cores`). ``(C, H, W) float32`` in stretched [0, 1]."""
-    return fill_clipped_cores(original, protect_background(original, net_output, protect), cores)
+    (:func:`protect_background`), then the sky's colour where stars were
+    (:func:`fill_sky_colour`). ``(C, H, W) float32`` in stretched [0, 1]."""
+    return fill_sky_colour(original, protect_background(original, net_output, protect), sky_colour)

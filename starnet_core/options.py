@@ -1,7 +1,7 @@
 """Option classes of the science core: plain validated dataclasses, no torch.
 
 They are the defaults of the config sections ``inference``, ``mask``,
-``stretch``, ``protect`` and ``cores`` (``flows.settings`` takes its defaults from
+``stretch``, ``protect`` and ``sky_colour`` (``flows.settings`` takes its defaults from
 here), so importing the settings does not import torch.
 """
 
@@ -13,9 +13,9 @@ import numpy as np
 
 __all__ = [
     "STRETCH_MODES",
-    "CoreOptions",
     "MaskOptions",
     "ProtectOptions",
+    "SkyColourOptions",
     "StretchOptions",
     "TileOptions",
     "check_int",
@@ -176,21 +176,27 @@ class ProtectOptions:
 
 
 @dataclass(frozen=True)
-class CoreOptions:
-    """Sky colour for clipped star cores (config section ``cores``).
+class SkyColourOptions:
+    """The sky's colour where stars were (config section ``sky_colour``).
 
-    Where a star's core is clipped white in every channel the input holds no colour
-    at all, and the network fills it with the right brightness but a neutral grey
-    (model 0.5.0 on coloured nebulae: a grey square per saturated star). The fill
-    keeps the network's luminance (the channel mean) and takes its chroma from the
-    sky around the core, see :func:`starnet_core.masks.fill_clipped_cores`.
+    Where a star dominates a pixel the input holds little of the sky's colour, and
+    none where the core is clipped white in every channel. The network fills such
+    pixels with about the right brightness but pulled toward grey (model 0.5.0 on
+    coloured nebulae: a grey square per saturated star, greyish discs elsewhere).
+    The fill keeps the network's luminance (the channel mean) and takes its chroma
+    from the nearest sky, see :func:`starnet_core.masks.fill_sky_colour`. It weighs
+    1 on clipped cores and, elsewhere, ramps from 0 to 1 as the star's share of the
+    pixel's light (``1 - starless / original`` in luminance) goes from
+    ``star_share_low`` to ``star_share_high``.
 
     Attributes:
-        enabled: False leaves the network's fill as it is.
+        enabled: False leaves the network's colours as they are.
         clip_level: a pixel is clipped when every channel of the input is >= this.
         dilate_px: the clipped area is grown by a disc of this radius (the ring around
             a clipped core is as colourless in the input).
-        feather_px: Gaussian sigma of the blend's outward edge, px (0: hard edge).
+        feather_px: Gaussian sigma of the clipped area's outward edge, px (0: hard).
+        star_share_low, star_share_high: the ramp for unclipped star pixels
+            (``star_share_low >= 1``: clipped cores only).
         sky_threshold: sky = pixels whose star layer (input - starless, max over
             channels) is below this; the chroma is averaged over them.
     """
@@ -199,21 +205,33 @@ class CoreOptions:
     clip_level: float = 0.95
     dilate_px: int = 2
     feather_px: float = 1.0
+    star_share_low: float = 0.3
+    star_share_high: float = 0.8
     sky_threshold: float = 0.02
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ValueError(f"enabled must be a bool, got {self.enabled!r}")
-        if isinstance(self.clip_level, bool) or not (
-            isinstance(self.clip_level, int | float) and 0.5 <= self.clip_level <= 1.0
-        ):
-            raise ValueError(f"clip_level must be a number in [0.5, 1], got {self.clip_level!r}")
-        if isinstance(self.sky_threshold, bool) or not (
-            isinstance(self.sky_threshold, int | float) and 0.0 < self.sky_threshold < 1.0
-        ):
+        _check_range("clip_level", self.clip_level, 0.5, 1.0)
+        _check_range("star_share_low", self.star_share_low, 0.0, 1.0)
+        _check_range("star_share_high", self.star_share_high, 0.0, 1.0)
+        if self.star_share_high <= self.star_share_low and self.star_share_low < 1.0:
             raise ValueError(
-                f"sky_threshold must be a number in (0, 1), got {self.sky_threshold!r}"
+                f"star_share_high must be > star_share_low, got {self.star_share_high} <= "
+                f"{self.star_share_low}"
             )
+        _check_range("sky_threshold", self.sky_threshold, 0.0, 1.0)
+        if self.sky_threshold == 0.0:
+            raise ValueError("sky_threshold must be > 0, got 0")
         check_int("dilate_px", self.dilate_px, 0)
         if not (isinstance(self.feather_px, int | float) and 0.0 <= self.feather_px < np.inf):
             raise ValueError(f"feather_px must be a finite number >= 0, got {self.feather_px!r}")
+
+
+def _check_range(name: str, value: object, low: float, high: float) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float | np.floating)
+        or not low <= value <= high
+    ):
+        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")

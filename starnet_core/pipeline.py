@@ -33,9 +33,9 @@ from starnet_core.masks import (
 )
 from starnet_core.options import (
     STRETCH_MODES,
-    CoreOptions,
     MaskOptions,
     ProtectOptions,
+    SkyColourOptions,
     StretchOptions,
     TileOptions,
 )
@@ -57,7 +57,7 @@ DEFAULT_STRETCH_OPTIONS = StretchOptions()
 DEFAULT_TILE_OPTIONS = TileOptions()
 DEFAULT_MASK_OPTIONS = MaskOptions()
 DEFAULT_PROTECT_OPTIONS = ProtectOptions()
-DEFAULT_CORE_OPTIONS = CoreOptions()
+DEFAULT_SKY_COLOUR_OPTIONS = SkyColourOptions()
 
 
 @dataclass
@@ -121,7 +121,7 @@ def process_array(
     tiles: TileOptions = DEFAULT_TILE_OPTIONS,
     mask: MaskOptions = DEFAULT_MASK_OPTIONS,
     protect: ProtectOptions = DEFAULT_PROTECT_OPTIONS,
-    cores: CoreOptions = DEFAULT_CORE_OPTIONS,
+    sky_colour: SkyColourOptions = DEFAULT_SKY_COLOUR_OPTIONS,
     enhance_strength: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameProducts:
@@ -135,7 +135,7 @@ def process_array(
 
     t = time.perf_counter()
     starless_s = finish_starless(
-        stretched, remove_stars(model, stretched, tiles, progress=progress), protect, cores
+        stretched, remove_stars(model, stretched, tiles, progress=progress), protect, sky_colour
     )
     timings["remove_stars"] = time.perf_counter() - t
 

@@ -192,31 +192,35 @@ def test_mask_threshold_rises_on_a_grainy_layer() -> None:
         MaskOptions(noise_sigmas=-1)
 
 
-def _clipped_star_on_magenta(size: int = 64, radius: int = 6) -> tuple[np.ndarray, ...]:
-    """(original, truth, grey_fill): a magenta sky with a white star clipped over a disc,
-    and a network output that fills the disc with the sky's brightness in grey."""
+def _clipped_star_on_magenta(
+    size: int = 64, radius: int = 6, level: float = 1.0, amp: float = 3.0
+) -> tuple[np.ndarray, ...]:
+    """(original, truth, grey_fill): a magenta sky (scaled by ``level``) with a white
+    star of peak ``amp`` (clipped at 1), and a network output that fills the star with
+    the sky's brightness in grey."""
     rng = np.random.default_rng(1)
-    sky = np.array([0.45, 0.15, 0.40], np.float32)[:, None, None]
+    sky = level * np.array([0.45, 0.15, 0.40], np.float32)[:, None, None]
     truth = np.broadcast_to(sky, (3, size, size)) + rng.normal(0, 0.003, (3, size, size))
     truth = truth.astype(np.float32)
     yy, xx = np.mgrid[0:size, 0:size]
     r2 = (yy - size // 2) ** 2 + (xx - size // 2) ** 2
     halo = np.exp(-r2 / (2 * (radius * 1.2) ** 2)).astype(np.float32)
-    original = np.clip(truth + 3.0 * halo, 0, 1).astype(np.float32)
+    original = np.clip(truth + amp * halo, 0, 1).astype(np.float32)
     grey = truth.copy()
     star = (original - truth).max(0) > 0.02
     grey[:, star] = truth[:, star].mean(0)  # right brightness, no colour
     return original, truth, grey
 
 
-def test_fill_clipped_cores_takes_the_sky_colour() -> None:
-    from starnet_core.masks import fill_clipped_cores
-    from starnet_core.options import CoreOptions
+def test_fill_sky_colour_colours_a_clipped_core() -> None:
+    from starnet_core.masks import fill_sky_colour
+    from starnet_core.options import SkyColourOptions
 
     original, truth, grey = _clipped_star_on_magenta()
     core = (original >= 0.95).all(0)
     assert core.sum() > 50  # the test star is clipped
-    out = fill_clipped_cores(original, grey, CoreOptions())
+    cores_only = SkyColourOptions(star_share_low=1.0)
+    out = fill_sky_colour(original, grey, cores_only)
     assert out.dtype == np.float32 and out.shape == grey.shape
     # the cores now carry the sky's colour: error down from ~0.14 to the noise
     before = np.abs(grey[:, core] - truth[:, core]).mean()
@@ -224,25 +228,43 @@ def test_fill_clipped_cores_takes_the_sky_colour() -> None:
     assert before > 0.1 and after < 0.01
     # the brightness (channel mean) is the network's
     assert np.allclose(out.mean(0)[core], grey.mean(0)[core], atol=1e-5)
-    # far from the core nothing changes, bit for bit
-    near = ndimage.binary_dilation(core, iterations=2 + 4)  # dilation + feather reach
+    # beyond the clipped core's dilation and feather nothing changes, bit for bit
+    near = ndimage.binary_dilation(core, iterations=2 + 4)
     assert np.array_equal(out[:, ~near], grey[:, ~near])
 
 
-def test_fill_clipped_cores_leaves_what_it_cannot_or_should_not_touch() -> None:
-    from starnet_core.masks import fill_clipped_cores, finish_starless
-    from starnet_core.options import CoreOptions, ProtectOptions
+def test_fill_sky_colour_colours_star_dominated_pixels() -> None:
+    from starnet_core.masks import fill_sky_colour
+    from starnet_core.options import SkyColourOptions
+
+    # an unclipped star on a darker sky: the star is most of its pixels' light
+    original, truth, grey = _clipped_star_on_magenta(level=0.3, amp=0.75)
+    assert not (original >= 0.95).any()
+    share = 1 - grey.mean(0) / original.mean(0)
+    dominated = share >= 0.8  # the ramp's top: the fill takes the sky's colour fully
+    assert dominated.sum() > 20
+    out = fill_sky_colour(original, grey, SkyColourOptions())
+    before = np.abs(grey[:, dominated] - truth[:, dominated]).mean()
+    after = np.abs(out[:, dominated] - truth[:, dominated]).mean()
+    assert before > 0.03 and after < before / 5  # the grey pull is gone to the noise
+    assert np.allclose(out.mean(0), grey.mean(0), atol=1e-5)  # luminance kept everywhere
+    # with the ramp off (clipped cores only) this star is left as the network filled it
+    assert fill_sky_colour(original, grey, SkyColourOptions(star_share_low=1.0)) is grey
+
+
+def test_fill_sky_colour_leaves_what_it_cannot_or_should_not_touch() -> None:
+    from starnet_core.masks import fill_sky_colour, finish_starless
+    from starnet_core.options import ProtectOptions, SkyColourOptions
 
     original, _, grey = _clipped_star_on_magenta()
-    # switched off, mono, no clipped pixel: the input comes back as it is
-    assert fill_clipped_cores(original, grey, CoreOptions(enabled=False)) is grey
+    # switched off, mono, nothing removed: the input comes back as it is
+    assert fill_sky_colour(original, grey, SkyColourOptions(enabled=False)) is grey
     mono = grey[:1]
-    assert fill_clipped_cores(original[:1], mono, CoreOptions()) is mono
-    dim = original * 0.5
-    assert fill_clipped_cores(dim, grey, CoreOptions()) is grey
-    # finish_starless = protection, then the core colour
-    protected = finish_starless(original, grey, ProtectOptions(), CoreOptions(enabled=False))
-    done = finish_starless(original, grey, ProtectOptions(), CoreOptions())
+    assert fill_sky_colour(original[:1], mono, SkyColourOptions()) is mono
+    assert fill_sky_colour(grey, grey, SkyColourOptions()) is grey
+    # finish_starless = protection, then the sky colour
+    protected = finish_starless(original, grey, ProtectOptions(), SkyColourOptions(enabled=False))
+    done = finish_starless(original, grey, ProtectOptions(), SkyColourOptions())
     core = (original >= 0.95).all(0)
     assert not np.allclose(done[:, core], protected[:, core])
 
@@ -252,14 +274,16 @@ def test_fill_clipped_cores_leaves_what_it_cannot_or_should_not_touch() -> None:
     [
         ({"clip_level": 0.3}, "clip_level must be a number in"),
         ({"clip_level": True}, "clip_level must be a number in"),
-        ({"sky_threshold": 0.0}, "sky_threshold must be a number in"),
+        ({"sky_threshold": 0.0}, "sky_threshold must be > 0"),
+        ({"star_share_low": 0.8, "star_share_high": 0.5}, "star_share_high must be > star"),
+        ({"star_share_high": 1.5}, "star_share_high must be a number in"),
         ({"dilate_px": -1}, "dilate_px must be >= 0"),
         ({"feather_px": float("nan")}, "feather_px must be a finite number"),
         ({"enabled": "yes"}, "enabled must be a bool"),
     ],
 )
-def test_core_options_refuse_bad_values(kwargs: dict, match: str) -> None:
-    from starnet_core.options import CoreOptions
+def test_sky_colour_options_refuse_bad_values(kwargs: dict, match: str) -> None:
+    from starnet_core.options import SkyColourOptions
 
     with pytest.raises(ValueError, match=match):
-        CoreOptions(**kwargs)
+        SkyColourOptions(**kwargs)
