@@ -199,36 +199,42 @@ def _half(level: np.ndarray) -> np.ndarray:
     return level.reshape(k, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
 
 
-def _sky_chroma(chroma: np.ndarray, sky: np.ndarray, need: np.ndarray) -> np.ndarray:
-    """``(C, n)`` chroma of the sky at the ``n`` pixels of ``need``: normalised convolution
-    of ``chroma`` over the ``sky`` pixels on a 2x pyramid (block means, then a Gaussian of
-    sigma 1.5 level pixels: about 3, 6, 12, ... px of the frame), each pixel taking the
-    finest level whose Gaussian holds at least ``_CORE_MIN_SKY_SHARE`` sky."""
+def _up2(field: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A ``(K, h, w)`` field at twice the resolution, cropped to ``shape``: bilinear with
+    pixel edges aligned as the 2x2 block means are (weights 3/4 and 1/4), edges extended."""
+    for axis in (1, 2):
+        a = np.moveaxis(field, axis, 0)
+        before = np.concatenate([a[:1], a[:-1]])
+        after = np.concatenate([a[1:], a[-1:]])
+        pair = np.stack([0.75 * a + 0.25 * before, 0.75 * a + 0.25 * after], axis=1)
+        field = np.moveaxis(pair.reshape(2 * a.shape[0], *a.shape[1:]), 0, axis)
+    return field[:, : shape[0], : shape[1]]
+
+
+def _sky_chroma(chroma: np.ndarray, sky: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` chroma of the nearest sky: normalised convolution of ``chroma`` over
+    the ``sky`` pixels on a 2x pyramid (block means, then a Gaussian of sigma 1.5 level
+    pixels: about 3, 6, 12, ... px of the frame). Each pixel takes the finest level whose
+    Gaussian holds at least ``_CORE_MIN_SKY_SHARE`` sky; the levels are combined coarse
+    to fine at their own resolution and the result brought to the frame's."""
     channels = chroma.shape[0]
-    ys, xs = np.nonzero(need)
     skyf = sky.astype(np.float32)
     # sky-weighted chroma, sky weight, and in-frame weight (the frame's outside is no data)
     level = _half(np.concatenate([chroma * skyf, skyf[None], np.ones_like(skyf)[None]]))
-    est = np.zeros((channels, ys.size), np.float64)
-    todo = np.ones(ys.size, bool)
-    factor = 2
-    while todo.any():
+    levels = []
+    while True:
         blurred = ndimage.gaussian_filter(level, (0, 1.5, 1.5), mode="constant")
-        coords = np.stack([(ys[todo] + 0.5) / factor - 0.5, (xs[todo] + 0.5) / factor - 0.5])
-        vals = np.stack(
-            [ndimage.map_coordinates(b, coords, order=1, mode="nearest") for b in blurred]
-        ).astype(np.float64)
-        ok = vals[channels] > _CORE_MIN_SKY_SHARE * vals[channels + 1]
-        idx = np.flatnonzero(todo)[ok]
-        est[:, idx] = vals[:channels, ok] / vals[channels, ok]
-        todo[idx] = False
+        weight, inside = blurred[channels], blurred[channels + 1]
+        est = blurred[:channels] / np.maximum(weight, 1e-12)
+        levels.append((est, weight > _CORE_MIN_SKY_SHARE * inside))
         if max(level.shape[1:]) <= 1:
             break
         level = _half(level)
-        factor *= 2
-    if todo.any():
-        est[:, todo] = chroma[:, sky].mean(axis=1)[:, None]
-    return est
+    est, ok = levels[-1]
+    field = np.where(ok, est, chroma[:, sky].mean(axis=1)[:, None, None])
+    for est, ok in reversed(levels[:-1]):
+        field = np.where(ok, est, _up2(field, est.shape[1:]))
+    return _up2(field, chroma.shape[1:])
 
 
 def fill_sky_colour(
@@ -274,7 +280,7 @@ def fill_sky_colour(
     sky: np.ndarray = ((original - starless).max(axis=0) < options.sky_threshold) & ~region
     if not sky.any():
         return starless  # no sky anywhere to take a colour from
-    fill = lum[region] + _sky_chroma(s - lum, sky, region)
+    fill = lum[region] + _sky_chroma(s - lum, sky)[:, region]
     s[:, region] += weight[region] * (fill - s[:, region])
     return np.clip(s, 0.0, 1.0, out=s)
 
