@@ -57,3 +57,31 @@ def test_bad_edge_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--edge must be >= 1 px" in capsys.readouterr().err
     assert main(["--cast-scenes", "-1"]) == 2
     assert "--cast-scenes must be >= 0" in capsys.readouterr().err
+
+
+def test_sky_colour_sweep_runs_and_refuses_bad_options(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import sky_colour
+
+    assert sky_colour.main(["--scenes", "0"]) == 2
+    assert "--scenes must be >= 1" in capsys.readouterr().err
+    missing = tmp_path / "none.safetensors"
+    assert sky_colour.main(["--weights", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    no_real = str(tmp_path / "no-pairs")
+    assert sky_colour.main(["--scenes", "1", "--real", no_real, "--threads", "1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| setting | cast: mean / worst dB | default: mean / worst dB |")
+    assert len(table) == 2 + len(sky_colour.SETTINGS)
+
+
+def test_cast_fit_runs_and_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import cast_fit
+
+    assert cast_fit.main(["--steps", "0"]) == 2
+    assert "--steps >= 1" in capsys.readouterr().err
+    assert cast_fit.main(["--lr", "nan"]) == 2
+    assert cast_fit.main(["--steps", "1", "--threads", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].startswith("| step | core abs error |") and rows[-1].startswith("| 1 |")
