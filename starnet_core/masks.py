@@ -185,9 +185,9 @@ def protect_background(
     return (original - mask * (original - starless)).astype(np.float32)
 
 
-# The sky chroma at a clipped pixel averages the nearest sky: the smallest Gaussian
+# The sky chroma at a star pixel averages the nearest sky: the smallest Gaussian
 # (sigma about 3, 6, 12, ... px) holding at least this share of sky pixels.
-_CORE_MIN_SKY_SHARE = 0.2
+_SKY_MIN_SHARE = 0.2
 
 
 def _half(level: np.ndarray) -> np.ndarray:
@@ -215,7 +215,7 @@ def _sky_chroma(chroma: np.ndarray, sky: np.ndarray) -> np.ndarray:
     """``(C, H, W)`` chroma of the nearest sky: normalised convolution of ``chroma`` over
     the ``sky`` pixels on a 2x pyramid (block means, then a Gaussian of sigma 1.5 level
     pixels: about 3, 6, 12, ... px of the frame). Each pixel takes the finest level whose
-    Gaussian holds at least ``_CORE_MIN_SKY_SHARE`` sky; the levels are combined coarse
+    Gaussian holds at least ``_SKY_MIN_SHARE`` sky; the levels are combined coarse
     to fine at their own resolution and the result brought to the frame's."""
     channels = chroma.shape[0]
     skyf = sky.astype(np.float32)
@@ -226,7 +226,7 @@ def _sky_chroma(chroma: np.ndarray, sky: np.ndarray) -> np.ndarray:
         blurred = ndimage.gaussian_filter(level, (0, 1.5, 1.5), mode="constant")
         weight, inside = blurred[channels], blurred[channels + 1]
         est = blurred[:channels] / np.maximum(weight, 1e-12)
-        levels.append((est, weight > _CORE_MIN_SKY_SHARE * inside))
+        levels.append((est, weight > _SKY_MIN_SHARE * inside))
         if max(level.shape[1:]) <= 1:
             break
         level = _half(level)
