@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.diagnose import cast_scenes, grey_pull
+from benchmarks.diagnose import cast_scenes, grey_pull, load_weights_arg
 from starnet_core.train import TrainConfig
 
 
@@ -50,13 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    from starnet_core.checkpoint import load_any
-    from starnet_core.model import load_model
-
-    try:
-        model = load_any(args.weights)[0] if args.weights else load_model(None)[0]
-    except (ValueError, OSError) as e:
-        print(f"cast_fit: {e}", file=sys.stderr)
+    model = load_weights_arg(args.weights, "cast_fit")
+    if model is None:
         return 2
     torch.manual_seed(0)
     fit, other = cast_scenes(8, seed=99), cast_scenes(8, seed=98)

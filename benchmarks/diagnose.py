@@ -49,6 +49,7 @@ from starnet_core.classical import pixel_noise
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.options import ProtectOptions, SkyColourOptions
+from starnet_core.synthetic import Mix, make_pair
 
 STAR_PX = 0.1  # |original - starless| above this, in some channel: a star pixel
 SNR_LEVELS = (0, 3, 5, 10)
@@ -104,22 +105,41 @@ def grey_pull(
     return float(err @ direction / norm)
 
 
-def cast_scenes(count: int, size_px: int = 192, seed: int = 99) -> list[tuple[np.ndarray, ...]]:
-    """``count`` (original, starless) generator pairs with a colour cast, at least 20
-    clipped core pixels and a sky colour spread of at least 0.08."""
-    from starnet_core.synthetic import Mix, make_pair
-
+def clipped_scenes(
+    mix: Mix, seed: int, count: int, size_px: int, min_sky_spread: float = 0.0
+) -> list[tuple[np.ndarray, ...]]:
+    """``count`` (original, starless) generator pairs drawn with ``mix`` from ``seed``
+    with at least 20 clipped core pixels and a sky colour spread (peak-to-peak of the
+    median starless colour) of at least ``min_sky_spread``."""
     rng = np.random.default_rng(seed)
-    mix = Mix(cast_share=1.0, dense_share=0.0)
     out: list[tuple[np.ndarray, ...]] = []
     for _ in range(50 * count):
         o, c, _ = make_pair(rng, size_px, mix=mix)
-        sky = np.median(c.reshape(3, -1), axis=1)
-        if (o >= 0.98).all(0).sum() >= 20 and np.ptp(sky) >= 0.08:
+        spread = np.ptp(np.median(c.reshape(c.shape[0], -1), axis=1)) if min_sky_spread else 0.0
+        if (o >= 0.98).all(0).sum() >= 20 and spread >= min_sky_spread:
             out.append((o, c))
             if len(out) == count:
                 return out
-    raise RuntimeError(f"only {len(out)} cast scenes with clipped cores in {50 * count} draws")
+    raise RuntimeError(f"only {len(out)} scenes with clipped cores in {50 * count} draws")
+
+
+def cast_scenes(count: int, size_px: int = 192, seed: int = 99) -> list[tuple[np.ndarray, ...]]:
+    """``count`` (original, starless) generator pairs with a colour cast, at least 20
+    clipped core pixels and a sky colour spread of at least 0.08."""
+    return clipped_scenes(Mix(cast_share=1.0, dense_share=0.0), seed, count, size_px, 0.08)
+
+
+def load_weights_arg(weights: Path | None, prog: str) -> torch.nn.Module | None:
+    """The model of a ``--weights`` option (weights or checkpoint; None: the packaged
+    one), or None after printing ``prog: reason`` (naming the file) to stderr."""
+    from starnet_core.checkpoint import load_any
+    from starnet_core.model import load_model
+
+    try:
+        return load_any(weights)[0] if weights else load_model(None)[0]
+    except (ValueError, OSError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--no-sky-colour",
         action="store_true",
-        help="the network's own fill of clipped cores (cores.enabled: false)",
+        help="the network's own fill of clipped cores (sky_colour.enabled: false)",
     )
     args = p.parse_args(argv)
     if args.edge < 1:
@@ -146,11 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    from starnet_core.checkpoint import load_any
-    from starnet_core.model import load_model
-
+    model = load_weights_arg(args.weights, "diagnose")
+    if model is None:
+        return 2
     try:
-        model = load_any(args.weights)[0] if args.weights else load_model(None)[0]
         real = real_cases(args.real) if args.real.is_dir() else []
     except (ValueError, OSError) as e:
         print(f"diagnose: {e}", file=sys.stderr)

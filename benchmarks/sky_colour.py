@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.diagnose import clipped_scenes, load_weights_arg
 from benchmarks.quality import DEFAULT_REAL_PAIRS, real_cases
 from starnet_core import metrics
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import fill_sky_colour, protect_background
 from starnet_core.options import ProtectOptions, SkyColourOptions
-from starnet_core.synthetic import Mix, make_pair
+from starnet_core.synthetic import Mix
 
 SETTINGS: list[tuple[str, SkyColourOptions]] = [
     ("cores only, no dilation", SkyColourOptions(dilate_px=0, star_share_low=1.0)),
@@ -47,19 +48,6 @@ SETTINGS: list[tuple[str, SkyColourOptions]] = [
 ]
 
 
-def scenes(mix: Mix, seed: int, count: int, size_px: int = 256) -> list[tuple[np.ndarray, ...]]:
-    """``count`` (original, truth) generator pairs with at least 20 clipped pixels."""
-    rng = np.random.default_rng(seed)
-    out: list[tuple[np.ndarray, ...]] = []
-    for _ in range(50 * count):
-        original, truth, _ = make_pair(rng, size_px, mix=mix)
-        if (original >= 0.98).all(0).sum() >= 20:
-            out.append((original, truth))
-            if len(out) == count:
-                return out
-    raise RuntimeError(f"only {len(out)} scenes with clipped cores in {50 * count} draws")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sky_colour", description=__doc__)
     p.add_argument("--weights", type=Path, help="weights or checkpoint (default: packaged)")
@@ -72,17 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    from starnet_core.checkpoint import load_any
-    from starnet_core.model import load_model
-
-    try:
-        model = load_any(args.weights)[0] if args.weights else load_model(None)[0]
-    except (ValueError, OSError) as e:
-        print(f"sky_colour: {e}", file=sys.stderr)
+    model = load_weights_arg(args.weights, "sky_colour")
+    if model is None:
         return 2
     sets = {
-        "cast": scenes(Mix(cast_share=1.0, dense_share=0.0), 97, args.scenes),
-        "default": scenes(Mix(), 96, args.scenes),
+        "cast": clipped_scenes(Mix(cast_share=1.0, dense_share=0.0), 97, args.scenes, 256),
+        "default": clipped_scenes(Mix(), 96, args.scenes, 256),
     }
     if args.real.is_dir():
         sets["real pairs"] = [(c.original, c.truth) for c in real_cases(args.real)]
