@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -97,7 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"starnet: {e}", file=sys.stderr)
         return 2
-    return int(args.func(args))
+    try:
+        rc = int(args.func(args))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`starnet runs | head`): stop quietly, as Unix tools do;
+        # stdout goes to devnull so the interpreter's last flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return rc
 
 
 if __name__ == "__main__":

@@ -82,6 +82,19 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         choices=(1, 2, 4, 8),
         help="average the network over N flips of each tile (N x slower, a little cleaner)",
     )
+    post = p.add_argument_group("after the network (defaults from config.yaml)")
+    post.add_argument(
+        "--no-protect",
+        action="store_true",
+        help="take the network's output everywhere, not only where it finds stars "
+        "(protect.enabled: false)",
+    )
+    post.add_argument(
+        "--no-sky-colour",
+        action="store_true",
+        help="keep the network's own colour where stars were, not the nearby sky's "
+        "(sky_colour.enabled: false)",
+    )
 
 
 def _apply_overrides(args: argparse.Namespace) -> None:
@@ -100,6 +113,10 @@ def _apply_overrides(args: argparse.Namespace) -> None:
             setattr(inf, name, value)
     if getattr(args, "upsample", False):
         inf.upsample = True
+    if getattr(args, "no_protect", False):
+        args.settings.protect = dataclasses.replace(args.settings.protect, enabled=False)
+    if getattr(args, "no_sky_colour", False):
+        args.settings.sky_colour = dataclasses.replace(args.settings.sky_colour, enabled=False)
 
 
 class ProgressBar:

@@ -56,3 +56,24 @@ def test_a_broken_module_of_ours_is_not_hidden(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(cli, "COMMAND_MODULES", {"flows.cli_nonexistent": ("nothing",)})
     with pytest.raises(ModuleNotFoundError):
         cli.build_parser()
+
+
+def test_output_piped_into_a_closed_reader_ends_quietly(tmp_path) -> None:
+    """`starnet runs --json | head -1`: no traceback when the reader has gone."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "STARNET_DATA_DIR": str(tmp_path / "data")}
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before a byte is written
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "model", "list", "--json"],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+    assert proc.returncode == 1

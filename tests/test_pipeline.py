@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,27 @@ def test_test_mode_writes_panels(tmp_path: Path, weights: Path, monkeypatch) -> 
     assert len(panels) == 2
     img = read_image(panels[0])
     assert img.data.shape == (3, 64, 3 * 64)
+
+
+def test_transform_switches_off_protection_and_sky_colour(
+    tmp_path: Path, weights: Path, monkeypatch, capsys
+) -> None:
+    """--no-protect / --no-sky-colour reach the pipeline, and provenance records them."""
+    monkeypatch.setenv("STARNET_DATA_DIR", str(tmp_path / "data"))
+    src = tmp_path / "m42.fits"
+    fits.PrimaryHDU(star_field((3, 36, 40))).writeto(src)
+    out_dir = tmp_path / "out"
+    args = ("transform", str(src), "--weights", str(weights), "--quiet")
+    assert run_cli(*args, "--out", str(out_dir / "default")) == 0
+    assert run_cli(*args, "--out", str(out_dir / "raw"), "--no-protect", "--no-sky-colour") == 0
+    capsys.readouterr()
+
+    params = []
+    for kind in ("default", "raw"):
+        assert run_cli("history", str(out_dir / kind / "m42_starless.fits"), "--json") == 0
+        params.append(json.loads(capsys.readouterr().out)["produced_by"]["params"])
+    assert params[0]["protect"]["enabled"] and params[0]["sky_colour"]["enabled"]
+    assert not params[1]["protect"]["enabled"] and not params[1]["sky_colour"]["enabled"]
+    # the rest of each section is the config's, untouched
+    for key in ("protect", "sky_colour"):
+        assert {**params[1][key], "enabled": True} == params[0][key]
