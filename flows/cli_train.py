@@ -122,6 +122,12 @@ def register(sub: Any) -> None:
         "--w-over", type=float, help="weight of the over-removal term (galaxies, nebula kept)"
     )
     p.add_argument(
+        "--w-galaxy",
+        type=float,
+        help="extra over-removal weight on the galaxies and knots of synthetic crops, "
+        "stars on them included (0: none)",
+    )
+    p.add_argument(
         "--over-threshold",
         type=float,
         help="the over-removal term applies where |original - starless| is at most this",
@@ -214,6 +220,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("star_weight", "star_weight"),
         ("star_threshold", "star_threshold"),
         ("w_over", "w_over"),
+        ("w_galaxy", "w_galaxy"),
         ("over_threshold", "over_threshold"),
         ("w_gan", "w_gan"),
         ("w_percep", "w_percep"),
@@ -239,6 +246,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("--star-weight", cfg.star_weight),
         ("--star-threshold", cfg.star_threshold),
         ("--w-over", cfg.w_over),
+        ("--w-galaxy", cfg.w_galaxy),
         ("--over-threshold", cfg.over_threshold),
         ("--w-gan", cfg.w_gan),
         ("--w-percep", cfg.w_percep),

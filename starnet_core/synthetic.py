@@ -158,6 +158,9 @@ class Scene:
     fwhm_px: float
     noise_sigma: float  # linear read+sky noise
     spikes: bool
+    # (H, W) bool: where the galaxies and knots (what must stay) carry at least one noise
+    # sigma of light; for a training term that guards them (None: not recorded)
+    keep_mask: Array | None = None
 
 
 # Approximate RGB of stars by colour class (hot blue .. cool red), normalised to green.
@@ -211,9 +214,11 @@ def fractal_noise(rng: np.random.Generator, n: int, beta: float) -> Array:
 
 def _background(
     rng: np.random.Generator, n: int, sky: float, fwhm: float, mix: Mix
-) -> tuple[Array, Array]:
-    """Linear background (3, n, n) above sky, and compact structures that must stay."""
+) -> tuple[Array, Array, Array]:
+    """Linear background (3, n, n) above sky, the positions of the compact structures
+    that must stay (galaxies, knots) and their light alone (n, n), channel mean."""
     bg = np.zeros((3, n, n), np.float32)
+    keep_light = np.zeros((n, n), np.float32)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
     # smooth gradient (light pollution, vignetting residue)
     g = rng.uniform(-1, 1, 2) * rng.uniform(0, 0.3) * sky
@@ -268,7 +273,9 @@ def _background(
             col = np.array([1.0, 0.9, 0.75], np.float32) * rng.uniform(0.8, 1.2, 3).astype(
                 np.float32
             )
-            bg += sky * rng.uniform(0.5, 10.0) * col[:, None, None] * prof[None]
+            light = sky * rng.uniform(0.5, 10.0) * col[:, None, None] * prof[None]
+            bg += light
+            keep_light += light.mean(axis=0)
     if kind != "empty" and rng.random() < 0.5:
         # compact nebular knots (HII knots, globule rims): wider than the PSF, kept
         knots = rng.uniform(0, n, (int(rng.integers(1, 8)), 2)).astype(np.float32)
@@ -281,9 +288,11 @@ def _background(
             v = (-dx * np.sin(th) + dy * np.cos(th)) / q
             blob = np.exp(-(u * u + v * v) / (2 * sig * sig)).astype(np.float32)
             tint = _NEBULA_TINTS[rng.integers(len(_NEBULA_TINTS))]
-            bg += sky * rng.uniform(0.3, 3.0) * tint[:, None, None] * blob[None]
+            light = sky * rng.uniform(0.3, 3.0) * tint[:, None, None] * blob[None]
+            bg += light
+            keep_light += light.mean(axis=0)
         keep = np.concatenate([keep, knots])
-    return bg, keep
+    return bg, keep, keep_light
 
 
 def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool, mix: Mix) -> Array:
@@ -564,7 +573,7 @@ def _render_pair(
     n = size_px + 2 * margin
     sky = float(rng.uniform(0.02, 0.12))
     fwhm = float(np.exp(rng.uniform(np.log(1.0), np.log(6.5))))
-    bg, gal_xy = _background(rng, n, sky, fwhm, mix)
+    bg, gal_xy, keep_light = _background(rng, n, sky, fwhm, mix)
     noise_sigma = sky * float(np.exp(rng.uniform(np.log(0.005), np.log(0.08))))
     spikes = bool(rng.random() < mix.spike_share)
     # star count per crop: sparse .. Milky-Way dense (scaled with area)
@@ -673,6 +682,7 @@ def _render_pair(
         fwhm_px=fwhm,
         noise_sigma=noise_sigma / sat,
         spikes=spikes,
+        keep_mask=keep_light[sl, sl] >= noise_sigma,
     )
     return o.astype(np.float32), c.astype(np.float32), scene, med
 
@@ -683,12 +693,15 @@ def make_pool(
     size_px: int = 128,
     glow_cap: float = DEFAULT_GLOW_CAP,
     mix: Mix = DEFAULT_MIX,
-) -> tuple[Array, Array]:
-    """``count`` pairs as two (count, 3, S, S) float32 arrays, reproducible from ``seed``
-    (an int, or a list of ints as ``np.random.default_rng`` takes them)."""
+) -> tuple[Array, Array, Array]:
+    """``count`` pairs as two (count, 3, S, S) float32 arrays and their scenes'
+    ``keep_mask`` as (count, 1, S, S) uint8, reproducible from ``seed`` (an int, or a
+    list of ints as ``np.random.default_rng`` takes them)."""
     rng = np.random.default_rng(seed)
     orig = np.empty((count, 3, size_px, size_px), np.float32)
     clean = np.empty_like(orig)
+    keep = np.empty((count, 1, size_px, size_px), np.uint8)
     for i in range(count):
-        orig[i], clean[i], _ = make_pair(rng, size_px, glow_cap=glow_cap, mix=mix)
-    return orig, clean
+        orig[i], clean[i], scene = make_pair(rng, size_px, glow_cap=glow_cap, mix=mix)
+        keep[i, 0] = scene.keep_mask
+    return orig, clean, keep

@@ -252,8 +252,32 @@ def test_fractal_noise_is_normalised() -> None:
 
 
 def test_pool_shapes() -> None:
-    orig, clean = make_pool(seed=1, count=3, size_px=32)
+    orig, clean, keep = make_pool(seed=1, count=3, size_px=32)
     assert orig.shape == clean.shape == (3, 3, 32, 32)
+    assert keep.shape == (3, 1, 32, 32) and keep.dtype == np.uint8
+
+
+def test_keep_mask_covers_the_galaxies_and_nothing_far_from_them() -> None:
+    found = 0
+    for seed in range(30):
+        o, _, scene = make_pair(np.random.default_rng(seed), 96)
+        assert scene.keep_mask is not None and scene.keep_mask.shape == o.shape[1:]
+        g = scene.galaxy_xy
+        inside = g[(g >= 0).all(axis=1) & (g < 95).all(axis=1)]
+        if not len(inside):
+            continue
+        yy, xx = np.mgrid[:96, :96]
+        far = np.min(np.hypot(xx[..., None] - g[:, 0], yy[..., None] - g[:, 1]), axis=-1) > 60
+        assert not scene.keep_mask[far].any(), seed
+        # the centre of a galaxy or knot is far above a noise sigma (amplitudes from 0.3 sky)
+        ix, iy = np.rint(inside).astype(int).T
+        centres = scene.keep_mask[iy, ix]
+        found += int(centres.sum())
+        assert centres.mean() > 0.5, seed
+    assert found >= 10
+    a = make_pair(np.random.default_rng(3), 64)
+    b = make_pair(np.random.default_rng(3), 64)
+    np.testing.assert_array_equal(a[2].keep_mask, b[2].keep_mask)
 
 
 def test_some_8bit_pairs_are_jpeg_compressed_each_on_its_own() -> None:

@@ -123,10 +123,20 @@ def test_augment_keeps_pairs_aligned() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 32, 32) * 0.8  # colour gains stay below 1.15: no clipping
     y = x * 0.5
+    # a mask tied to the image, grey blocks of 0.1 and 0.6: it must move with the image
+    blocks = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1)) > 0.5
+    keep = blocks.float().repeat_interleave(8, 2).repeat_interleave(8, 3)
+    grey = (0.1 + 0.5 * keep).repeat(1, 3, 1, 1)
     for _ in range(10):
-        a, b = augment(x, y, gen, scale_p=0.5)
-        assert a.shape == x.shape
-        assert torch.allclose(b, a * 0.5, atol=1e-5)
+        a, b, k = augment(torch.cat([x, grey]), torch.cat([y, grey * 0.5]), gen, 0.5, keep)
+        assert a.shape == (4, 3, 32, 32) and k is not None and k.shape == keep.shape
+        assert torch.allclose(b[:2], a[:2] * 0.5, atol=1e-5)
+        assert set(k.unique().tolist()) <= {0.0, 1.0}
+        # flips, rotations and zoom move the mask with the image (bilinear zoom blurs the
+        # image's block edges only); channel shuffle and colour gains leave it alone
+        agree = ((a[2:].mean(dim=1, keepdim=True) > 0.3).float() == k).float().mean()
+        assert agree > 0.93
+    assert augment(x, y, gen, scale_p=0.5)[2] is None
 
 
 def test_sample_crops_pads_small_and_mono() -> None:
@@ -158,8 +168,9 @@ def test_worker_pool_fills_and_refreshes_from_other_processes() -> None:
     try:
         assert np.isfinite(pool.orig).all() and np.isfinite(pool.clean).all()
         # filled from make_pool(task_seed(seed, k)): exactly the generator's crops
-        first, _ = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32)
+        first, _, keep = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32)
         np.testing.assert_array_equal(pool.orig[: PairPool.CHUNK], first)
+        np.testing.assert_array_equal(pool.keep[: PairPool.CHUNK], keep)
         # every crop is a pair: starless never brighter than the original by more than noise
         assert (pool.orig - pool.clean).mean() > 0
         before = pool.orig.copy()
@@ -187,7 +198,7 @@ def test_worker_seeds_never_draw_a_single_int_seeds_scenes() -> None:
 def test_pool_workers_use_the_runs_glow_cap() -> None:
     pool = PairPool(size=PairPool.CHUNK, crop_px=32, seed=7, workers=1, glow_cap=0.0)
     try:
-        _, clean = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32, glow_cap=0.0)
+        _, clean, _ = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32, glow_cap=0.0)
         np.testing.assert_array_equal(pool.clean, clean)
     finally:
         pool.close()
@@ -197,7 +208,7 @@ def test_pool_workers_use_the_runs_mix() -> None:
     mix = Mix(spike_share=1.0, chromatic_spike_share=1.0, dense_share=0.0)
     pool = PairPool(size=PairPool.CHUNK, crop_px=32, seed=7, workers=1, mix=mix)
     try:
-        orig, _ = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32, mix=mix)
+        orig, _, _ = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32, mix=mix)
         np.testing.assert_array_equal(pool.orig, orig)
         assert not np.array_equal(pool.orig, make_pool(PairPool.task_seed(7, 0), 16, 32)[0])
     finally:
@@ -283,3 +294,18 @@ def test_cli_mix_options_reach_the_training_config() -> None:
     assert _config(build_parser().parse_args(tweaked)).mix == dataclasses.replace(
         MIXES["hard"], spike_share=0.2
     )
+
+
+def test_galaxy_term_guards_the_keep_mask(tmp_path: Path) -> None:
+    """--w-galaxy: the synthetic crops' galaxies and knots carry an over-removal term."""
+    mix = dataclasses.replace(MIXES["default"], galaxy_share=1.0, galaxy_rate=5.0)
+    records: list[dict[str, float]] = []
+    weights = []
+    for w in (0.0, 50.0):
+        cfg = tiny_config(steps=2, log_every=2, mix=mix, w_galaxy=w, gan_start_step=100)
+        state = train(cfg, tmp_path / f"w{w:g}", on_log=records.append)
+        weights.append(torch.cat([p.detach().flatten() for p in state.generator.parameters()]))
+    assert all("l_g_keep" in r and np.isfinite(r["l_g_keep"]) for r in records)
+    assert records[0]["l_g_keep"] > 0, "an untrained net darkens some galaxy pixel"
+    # same seed, same crops: only the galaxy term differs between the two runs
+    assert not torch.equal(weights[0], weights[1])
