@@ -703,5 +703,6 @@ def make_pool(
     keep = np.empty((count, 1, size_px, size_px), np.uint8)
     for i in range(count):
         orig[i], clean[i], scene = make_pair(rng, size_px, glow_cap=glow_cap, mix=mix)
+        assert scene.keep_mask is not None  # _render_pair always records it
         keep[i, 0] = scene.keep_mask
     return orig, clean, keep

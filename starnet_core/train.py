@@ -171,6 +171,7 @@ class PairPool:
         self.orig[i], self.clean[i], scene = make_pair(
             self.rng, self.crop_px, glow_cap=self.glow_cap, mix=self.mix
         )
+        assert scene.keep_mask is not None  # the generator always records it
         self.keep[i, 0] = scene.keep_mask
 
     def _submit(self, count: int) -> Future[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -543,8 +544,9 @@ def _loop(
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         keep = keep.to(device, non_blocking=True)
-        x, y, keep = augment(x, y, gen, cfg.augment_scale, keep)
-        assert keep is not None
+        x, y, moved = augment(x, y, gen, cfg.augment_scale, keep)
+        assert moved is not None  # a mask in, a mask out
+        keep = moved
         lr = lr_at(state.step, cfg, elapsed)
         for opt in (state.opt_g, state.opt_d):
             for group in opt.param_groups:
