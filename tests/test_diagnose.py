@@ -9,6 +9,7 @@ from benchmarks.diagnose import (
     aperture_snr,
     edge_band,
     grey_pull,
+    keep_error,
     main,
     star_pixel_bias,
 )
@@ -52,11 +53,28 @@ def test_aperture_snr_scales_with_the_star_and_the_noise() -> None:
     assert 5 < faint[0] < 50
 
 
+def test_keep_error_splits_the_error_by_the_mask() -> None:
+    truth = np.full((3, 20, 20), 0.2, np.float32)
+    out = truth.copy()
+    out[:, 5, 5] -= 0.1  # a darkened galaxy pixel
+    out[:, 15, 15] += 0.1  # a star left, far from it
+    keep = np.zeros((20, 20), bool)
+    keep[5, 5] = True
+    share, without = keep_error(out, truth, keep, grow_px=1)
+    assert share == pytest.approx(0.5)
+    # the star alone: MSE 0.01 on 1 of 400 pixels
+    assert without == pytest.approx(10 * np.log10(400 / 0.01), abs=1e-3)
+    assert keep_error(truth, truth, keep) == (0.0, float("inf"))
+    assert keep_error(out, truth, np.zeros((20, 20), bool))[0] == 0.0
+
+
 def test_bad_edge_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--edge", "0"]) == 2
     assert "--edge must be >= 1 px" in capsys.readouterr().err
     assert main(["--cast-scenes", "-1"]) == 2
     assert "--cast-scenes must be >= 0" in capsys.readouterr().err
+    assert main(["--keep-grow", "-1"]) == 2
+    assert "--keep-grow must be >= 0 px" in capsys.readouterr().err
 
 
 def test_sky_colour_sweep_runs_and_refuses_bad_options(
