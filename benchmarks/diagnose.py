@@ -20,7 +20,9 @@ clipped cores; ``--no-sky-colour``: the network's own fill) and prints:
 * **Held-out scenes, error on galaxies and knots**: per scene, the PSNR, the share of
   its squared error on the pixels where the generator's galaxies and knots carry a
   noise sigma of light (``Scene.keep_mask``, grown by ``--keep-grow`` px), and the PSNR
-  the scene would have if those pixels were perfect; and the mean of both PSNRs.
+  the scene would have if those pixels were perfect; and the mean of both PSNRs. Beside
+  them, the galaxies kept (the quality benchmark's figure) and kept when the network is
+  fed the starless truth: what it takes away from a galaxy with no star in the frame.
 * **Clipped cores on a coloured sky** (``--cast-scenes``, 8 by default): generator
   scenes drawn with ``Mix(cast_share=1, dense_share=0)`` from seed 99 (not held out,
   not a training seed stream either), keeping those with clipped white cores and a
@@ -44,6 +46,7 @@ from benchmarks.quality import (
     FAR_PX,
     FULL_PLAN,
     FULL_SIZE_PX,
+    KEPT_RADIUS_PX,
     REAL_TOL,
     real_cases,
     synthetic_cases,
@@ -246,9 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(
         "| scene | stars SNR >= 10 | of them > 90% left | PSNR | galaxy and knot px "
-        "| their share of the error | PSNR if they were perfect |"
+        "| their share of the error | PSNR if they were perfect | galaxies kept "
+        "| kept, fed the truth |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     by_level: dict[int, list[np.ndarray]] = {k: [] for k in SNR_LEVELS}
     psnrs: list[tuple[float, float]] = []
     for case in synthetic_cases(FULL_PLAN, FULL_SIZE_PX):
@@ -264,9 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         strong = ok & (snr >= 10)
         share, without = keep_error(out, t, scene.keep_mask, args.keep_grow)
         psnrs.append((metrics.psnr(out, t), without))
+        kept = [
+            metrics.structure_kept(o, x, t, scene.galaxy_xy, KEPT_RADIUS_PX)
+            for x in ((out, run(t)) if len(scene.galaxy_xy) else ())
+        ]
+        cells = [f"{np.nanmean(k):.2f}" if np.isfinite(k).any() else "–" for k in kept]
         print(
             f"| {case.name} | {int(strong.sum())} | {int((strong & (frac > 0.9)).sum())} "
-            f"| {psnrs[-1][0]:.1f} | {scene.keep_mask.mean():.3f} | {share:.2f} | {without:.1f} |"
+            f"| {psnrs[-1][0]:.1f} | {scene.keep_mask.mean():.3f} | {share:.2f} | {without:.1f} "
+            f"| {' | '.join(cells or ['–', '–'])} |"
         )
     mean_psnr, mean_without = np.mean(psnrs, axis=0)
     print(

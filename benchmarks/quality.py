@@ -84,6 +84,7 @@ QUICK_PLAN: tuple[tuple[str, int], ...] = (("sparse", 1), ("dense", 1), ("galaxi
 FULL_SIZE_PX, QUICK_SIZE_PX = 512, 256
 SYNTHETIC_PREVIEWS = 4
 FAR_PX = 8.0  # background pixels are this far from anything a star touched
+KEPT_RADIUS_PX = 6.0  # galaxies and knots kept: flux within this radius of their centres
 REAL_TOL = 4 / 255  # JPEG artefacts in the real pairs differ by a few 8-bit levels
 METHOD_ORDER = ("input", "classical", "model")
 
@@ -253,7 +254,7 @@ def evaluate_case(
         if scene is not None:
             frac = metrics.residual_star_flux(o, pred, t, scene.star_xy, aperture)
             entry["residual_star_flux"] = metrics.summarize(frac, bins)
-            kept = metrics.structure_kept(o, pred, t, scene.galaxy_xy, 6.0)
+            kept = metrics.structure_kept(o, pred, t, scene.galaxy_xy, KEPT_RADIUS_PX)
             entry["structure_kept"] = [float(v) for v in kept if np.isfinite(v)]
             seen, still = metrics.detectable_counts(o, pred, t, scene.star_xy, aperture)
             entry["still_detectable"] = still / seen if seen else float("nan")
