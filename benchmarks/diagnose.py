@@ -20,7 +20,8 @@ clipped cores; ``--no-sky-colour``: the network's own fill) and prints:
 * **Held-out scenes, error on galaxies and knots**: per scene, the PSNR, the share of
   its squared error on the pixels where the generator's galaxies and knots carry a
   noise sigma of light (``Scene.keep_mask``, grown by ``--keep-grow`` px), and the PSNR
-  the scene would have if those pixels were perfect; and the mean of both PSNRs. Beside
+  the scene would have if those pixels were perfect, and the same share of the error on
+  the benchmark's background pixels; and the mean of both PSNRs. Beside
   them, the galaxies kept (the quality benchmark's figure) and kept when the network is
   fed the starless truth: what it takes away from a galaxy with no star in the frame.
 * **Clipped cores on a coloured sky** (``--cast-scenes``, 8 by default): generator
@@ -97,22 +98,30 @@ def aperture_snr(
 
 
 def keep_error(
-    output: np.ndarray, truth: np.ndarray, keep_mask: np.ndarray, grow_px: int = 2
+    output: np.ndarray,
+    truth: np.ndarray,
+    keep_mask: np.ndarray,
+    grow_px: int = 2,
+    within: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """``(share of the squared error on keep_mask grown by grow_px, PSNR with those
-    pixels' error taken away)`` of ``output`` against ``truth`` (peak 1, all pixels
-    counted, as :func:`starnet_core.metrics.psnr`)."""
+    pixels' error taken away)`` of ``output`` against ``truth`` (peak 1), over the
+    ``within`` pixels (``(H, W)`` bool; None: all, as :func:`starnet_core.metrics.psnr`).
+    ``(0, inf)`` where there is no error."""
     from scipy import ndimage
 
     keep = np.asarray(keep_mask, bool)
     if grow_px > 0 and keep.any():
         keep = ndimage.binary_dilation(keep, iterations=grow_px)
     se = ((output - truth).astype(np.float64) ** 2).sum(0)
+    if within is not None:
+        se, keep = se[within], keep[within]
     total = float(se.sum())
     if total <= 0:
         return 0.0, float("inf")
     rest = total - float(se[keep].sum())
-    return 1.0 - rest / total, 10 * np.log10(output.size / rest) if rest > 0 else float("inf")
+    values = se.size * output.shape[0]
+    return 1.0 - rest / total, 10 * np.log10(values / rest) if rest > 0 else float("inf")
 
 
 def grey_pull(
@@ -249,12 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(
         "| scene | stars SNR >= 10 | of them > 90% left | PSNR | galaxy and knot px "
-        "| their share of the error | PSNR if they were perfect | galaxies kept "
-        "| kept, fed the truth |"
+        "| their share of the error | PSNR if they were perfect | their share of the "
+        "background error | galaxies kept | kept, fed the truth |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     by_level: dict[int, list[np.ndarray]] = {k: [] for k in SNR_LEVELS}
     psnrs: list[tuple[float, float]] = []
+    bg_sse = [0.0, 0.0, 0]  # pooled background: all, on galaxies and knots, values
     for case in synthetic_cases(FULL_PLAN, FULL_SIZE_PX):
         o, t, scene = case.original, case.truth, case.scene
         assert scene is not None and scene.keep_mask is not None
@@ -268,6 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         strong = ok & (snr >= 10)
         share, without = keep_error(out, t, scene.keep_mask, args.keep_grow)
         psnrs.append((metrics.psnr(out, t), without))
+        bg = metrics.background_mask(o, t, scene, far_px=FAR_PX)
+        bg_share = None
+        if bg.any():
+            bg_share = keep_error(out, t, scene.keep_mask, args.keep_grow, bg)[0]
+            sse = float(((out[:, bg] - t[:, bg]).astype(np.float64) ** 2).sum())
+            bg_sse[0] += sse
+            bg_sse[1] += bg_share * sse
+            bg_sse[2] += int(bg.sum()) * o.shape[0]
         kept = [
             metrics.structure_kept(o, x, t, scene.galaxy_xy, KEPT_RADIUS_PX)
             for x in ((out, run(t)) if len(scene.galaxy_xy) else ())
@@ -276,12 +294,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"| {case.name} | {int(strong.sum())} | {int((strong & (frac > 0.9)).sum())} "
             f"| {psnrs[-1][0]:.1f} | {scene.keep_mask.mean():.3f} | {share:.2f} | {without:.1f} "
+            f"| {'–' if bg_share is None else f'{bg_share:.4f}'} "
             f"| {' | '.join(cells or ['–', '–'])} |"
         )
     mean_psnr, mean_without = np.mean(psnrs, axis=0)
     print(
         f"\nmean PSNR {mean_psnr:.2f} dB; with the galaxies and knots perfect {mean_without:.2f} dB"
     )
+    if bg_sse[0] > 0:
+        pooled = 10 * np.log10(bg_sse[2] / bg_sse[0])
+        rest = bg_sse[0] - bg_sse[1]
+        perfect = 10 * np.log10(bg_sse[2] / rest) if rest > 0 else float("inf")
+        print(f"pooled background PSNR {pooled:.2f} dB; with them perfect {perfect:.2f} dB")
     print()
     print("| stars counted | stars | median | p95 |")
     print("|---|---|---|---|")

@@ -66,6 +66,11 @@ def test_keep_error_splits_the_error_by_the_mask() -> None:
     assert without == pytest.approx(10 * np.log10(400 / 0.01), abs=1e-3)
     assert keep_error(truth, truth, keep) == (0.0, float("inf"))
     assert keep_error(out, truth, np.zeros((20, 20), bool))[0] == 0.0
+    # restricted to some pixels: the star's half of the frame holds no galaxy error
+    right = np.zeros((20, 20), bool)
+    right[:, 10:] = True
+    assert keep_error(out, truth, keep, 1, right) == (0.0, pytest.approx(10 * np.log10(200 / 0.01)))
+    assert keep_error(out, truth, keep, 1, ~right)[0] == 1.0
 
 
 def test_bad_edge_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
