@@ -128,6 +128,13 @@ def register(sub: Any) -> None:
         "stars on them included (0: none)",
     )
     p.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="keep a moving average of the generator's weights at this decay (e.g. 0.999) "
+        "and export it; checkpoints are then evaluated as it (0: none)",
+    )
+    p.add_argument(
         "--over-threshold",
         type=float,
         help="the over-removal term applies where |original - starless| is at most this",
@@ -221,6 +228,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("star_threshold", "star_threshold"),
         ("w_over", "w_over"),
         ("w_galaxy", "w_galaxy"),
+        ("ema", "ema_decay"),
         ("over_threshold", "over_threshold"),
         ("w_gan", "w_gan"),
         ("w_percep", "w_percep"),
@@ -253,6 +261,8 @@ def _config(args: argparse.Namespace) -> Any:
     ):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{option} must be a number >= 0, got {value:g}")
+    if not (math.isfinite(cfg.ema_decay) and 0 <= cfg.ema_decay < 1):
+        raise ValueError(f"--ema must be a decay in [0, 1), got {cfg.ema_decay:g}")
     if args.minutes is not None:
         cfg.time_limit_s = 60.0 * args.minutes
         if args.steps is None:  # the budget alone ends the run

@@ -1,9 +1,10 @@
 """Load the generator from a training checkpoint: to benchmark or average runs before export.
 
 A checkpoint (``starnet_core.train.save_checkpoint``) is one safetensors file
-holding the generator (``g.*``), discriminator (``d.*``) and optimizer state,
-with the generator's :class:`~starnet_core.model.ModelConfig` as JSON in the
-metadata key ``model_config``. Nothing is unpickled.
+holding the generator (``g.*``), its moving average when the run keeps one
+(``ema.*``), the discriminator (``d.*``) and optimizer state, with the
+generator's :class:`~starnet_core.model.ModelConfig` as JSON in the metadata
+key ``model_config``. Nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starnet_core.model import WEIGHTS_FORMAT, ModelConfig, StarNetUNet, load_we
 __all__ = ["is_checkpoint", "load_any", "load_generator_from_checkpoint"]
 
 GENERATOR_PREFIX = "g."
+EMA_PREFIX = "ema."  # the generator's moving average (TrainConfig.ema_decay > 0)
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -35,11 +37,15 @@ def is_checkpoint(path: str | Path) -> bool:
     return meta.get("format") != WEIGHTS_FORMAT and "model_config" in meta
 
 
-def load_generator_from_checkpoint(path: str | Path) -> tuple[StarNetUNet, dict[str, str]]:
-    """The generator (eval mode, CPU) and the checkpoint's metadata (``step``, configs).
+def load_generator_from_checkpoint(
+    path: str | Path, ema: bool = True
+) -> tuple[StarNetUNet, dict[str, str]]:
+    """The generator (eval mode, CPU) and the checkpoint's metadata (``step``, configs,
+    and ``weights``: ``ema`` or ``generator``, which tensors were loaded).
 
-    Raises ``ValueError`` naming the file when it has no ``model_config``
-    metadata, no ``g.*`` tensors, or tensors that do not fit the config.
+    ``ema``: take the generator's moving average when the checkpoint holds one (what a
+    run with ``ema_decay`` exports). Raises ``ValueError`` naming the file when it has
+    no ``model_config`` metadata, no ``g.*`` tensors, or tensors that do not fit the config.
     """
     path = Path(path)
     meta = _metadata(path)
@@ -47,8 +53,12 @@ def load_generator_from_checkpoint(path: str | Path) -> tuple[StarNetUNet, dict[
         raise ValueError(f"{path}: no 'model_config' in the metadata; not a training checkpoint")
     model = StarNetUNet(ModelConfig.from_json(meta["model_config"]))
     with safe_open(str(path), framework="pt") as f:
-        names = [k for k in f.keys() if k.startswith(GENERATOR_PREFIX)]  # noqa: SIM118
-        state = {k[len(GENERATOR_PREFIX) :]: f.get_tensor(k) for k in names}
+        keys = list(f.keys())
+        prefix = GENERATOR_PREFIX
+        if ema and any(k.startswith(EMA_PREFIX) for k in keys):
+            prefix = EMA_PREFIX
+        state = {k[len(prefix) :]: f.get_tensor(k) for k in keys if k.startswith(prefix)}
+    meta["weights"] = "ema" if prefix == EMA_PREFIX else "generator"
     if not state:
         raise ValueError(f"{path}: no generator tensors ({GENERATOR_PREFIX}*) in the checkpoint")
     try:
@@ -64,6 +74,7 @@ def load_any(path: str | Path) -> tuple[StarNetUNet, str]:
     path = Path(path)
     if is_checkpoint(path):
         model, meta = load_generator_from_checkpoint(path)
-        return model, f"checkpoint {path.name} step {meta.get('step', '?')}"
+        ema = " (moving average)" if meta["weights"] == "ema" else ""
+        return model, f"checkpoint {path.name} step {meta.get('step', '?')}{ema}"
     model, info = load_weights(path)
     return model, f"weights {path.name} version {info.version} sha256 {info.sha256[:12]}"

@@ -22,6 +22,7 @@ discriminator's features mean nothing before it has been trained a while.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -36,7 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
 
+from starnet_core.checkpoint import EMA_PREFIX
 from starnet_core.model import ModelConfig, PatchDiscriminator, StarNetUNet, save_weights
 from starnet_core.synthetic import DEFAULT_GLOW_CAP, Mix, make_pair, make_pool
 from starnet_core.tiling import select_device
@@ -75,6 +78,10 @@ class TrainConfig:
     # Scene.keep_mask), stars on top of them included: the net takes small galaxies for
     # bloated stars, and they are the whole of the held-out background error (0: none)
     w_galaxy: float = 0.0
+    # exponential moving average of the generator's weights (BasicSR's ema_decay, e.g.
+    # 0.999): what checkpoints are evaluated and exported as; smooths the swings of the
+    # adversarial game. 0: none
+    ema_decay: float = 0.0
     lowfreq_px: int = 8
     w_pix: float = 1.0
     w_percep: float = 0.1
@@ -347,6 +354,30 @@ class TrainState:
     discriminator: PatchDiscriminator
     opt_g: torch.optim.Adam
     opt_d: torch.optim.Adam
+    ema: StarNetUNet | None = None  # the generator's moving average (cfg.ema_decay > 0)
+
+    @property
+    def release(self) -> StarNetUNet:
+        """The generator to evaluate and export: the moving average when kept."""
+        return self.ema if self.ema is not None else self.generator
+
+
+def _new_ema(generator: StarNetUNet) -> StarNetUNet:
+    ema = copy.deepcopy(generator)
+    ema.requires_grad_(False)
+    ema.eval()
+    return ema
+
+
+def update_ema(ema: nn.Module, generator: nn.Module, decay: float, step: int) -> None:
+    """``ema = d * ema + (1 - d) * generator``, parameter-wise, with ``d = min(decay,
+    (1 + step) / (10 + step))`` so a fresh average is not stuck at the first weights."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), generator.parameters(), strict=True):
+            pe.lerp_(p.detach(), 1.0 - d)
+        for be, b in zip(ema.buffers(), generator.buffers(), strict=True):
+            be.copy_(b)
 
 
 def build_state(cfg: TrainConfig, generator: StarNetUNet | None = None) -> TrainState:
@@ -360,6 +391,7 @@ def build_state(cfg: TrainConfig, generator: StarNetUNet | None = None) -> Train
         d,
         torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.9, 0.99)),
         torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.5, 0.99)),
+        _new_ema(g) if cfg.ema_decay > 0 else None,
     )
 
 
@@ -372,6 +404,11 @@ def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
         f"d.{k}": v.detach().cpu().contiguous() for k, v in state.discriminator.state_dict().items()
     }
     tensors |= _adam_to_tensors(state.opt_g, "opt_g") | _adam_to_tensors(state.opt_d, "opt_d")
+    if state.ema is not None:
+        tensors |= {
+            f"{EMA_PREFIX}{k}": v.detach().cpu().contiguous()
+            for k, v in state.ema.state_dict().items()
+        }
     meta = {
         "step": str(state.step),
         "train_config": cfg.to_json(),
@@ -397,6 +434,14 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> TrainState:
     _adam_from_tensors(state.opt_g, tensors, "opt_g")
     _adam_from_tensors(state.opt_d, tensors, "opt_d")
     state.step = int(meta["step"])
+    ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+    if cfg.ema_decay > 0:
+        # a checkpoint from a run without the average starts it at its generator
+        state.ema = _new_ema(state.generator)
+        if ema:
+            state.ema.load_state_dict(ema)
+    elif ema:
+        log.info("%s: its moving average is dropped (ema_decay 0)", path)
     return state
 
 
@@ -502,6 +547,8 @@ def _to_device(state: TrainState, device: torch.device) -> None:
     """Move both nets and their Adam moments (loaded on the CPU) to ``device``."""
     state.generator.to(device)
     state.discriminator.to(device)
+    if state.ema is not None:
+        state.ema.to(device)
     for opt in (state.opt_g, state.opt_d):
         for st in opt.state.values():
             for k, v in st.items():
@@ -589,6 +636,8 @@ def _loop(
         state.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         state.opt_g.step()
+        if state.ema is not None:
+            update_ema(state.ema, g, cfg.ema_decay, state.step)
 
         # --- discriminator step on the detached output ---
         if gan_on and state.step >= cfg.gan_start_step - 500:  # let D warm up a little first
@@ -645,5 +694,8 @@ def _loop(
 
 def export_generator(state: TrainState, path: Path, version: str, extra: dict[str, str]) -> str:
     """Write the generator alone as the shippable weights file; returns its sha256."""
-    state.generator.eval()
-    return save_weights(state.generator, path, version=version, extra=extra)
+    model = state.release
+    model.eval()
+    if state.ema is not None:
+        extra = {**extra, "weights": "moving average of the generator (ema)"}
+    return save_weights(model, path, version=version, extra=extra)

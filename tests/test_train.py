@@ -252,6 +252,10 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--star-threshold must be a number >= 0, got -0.01" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--w-over", "nan"]) == 2
     assert "--w-over must be a number >= 0, got nan" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--w-galaxy", "-1"]) == 2
+    assert "--w-galaxy must be a number >= 0, got -1" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--ema", "1"]) == 2
+    assert "--ema must be a decay in [0, 1), got 1" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--scene-mix", "easy"]) == 2
     assert "--scene-mix must be one of default, hard" in capsys.readouterr().err
     if not torch.cuda.is_available():
@@ -309,3 +313,48 @@ def test_galaxy_term_guards_the_keep_mask(tmp_path: Path) -> None:
     assert records[0]["l_g_keep"] > 0, "an untrained net darkens some galaxy pixel"
     # same seed, same crops: only the galaxy term differs between the two runs
     assert not torch.equal(weights[0], weights[1])
+
+
+def test_moving_average_is_kept_checkpointed_and_exported(tmp_path: Path) -> None:
+    from starnet_core.checkpoint import load_any, load_generator_from_checkpoint
+    from starnet_core.model import load_weights
+    from starnet_core.train import export_generator, update_ema
+
+    # the update itself: a fresh average follows fast, a long-running one slowly
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    before = a.weight.detach().clone()
+    update_ema(a, b, 0.999, step=0)  # d = min(0.999, 1/10)
+    torch.testing.assert_close(a.weight, 0.1 * before + 0.9 * b.weight.detach())
+    update_ema(a, b, 0.5, step=10_000)
+    assert not torch.equal(a.weight, b.weight)
+
+    state = train(tiny_config(steps=4, ema_decay=0.9, gan_start_step=100), tmp_path)
+    assert state.ema is not None and state.release is state.ema
+    g = torch.cat([p.flatten() for p in state.generator.parameters()])
+    e = torch.cat([p.flatten() for p in state.ema.parameters()])
+    assert not torch.equal(g, e), "the average lags the generator"
+    ckpt = tmp_path / "checkpoint.safetensors"
+    # checkpoints load as the average by default, the raw generator on request
+    loaded, meta = load_generator_from_checkpoint(ckpt)
+    assert meta["weights"] == "ema"
+    torch.testing.assert_close(torch.cat([p.flatten() for p in loaded.parameters()]), e)
+    raw, meta = load_generator_from_checkpoint(ckpt, ema=False)
+    assert meta["weights"] == "generator"
+    torch.testing.assert_close(torch.cat([p.flatten() for p in raw.parameters()]), g)
+    assert "moving average" in load_any(ckpt)[1]
+    # resumed with the average: it is restored, not restarted from the generator
+    resumed = load_checkpoint(ckpt, tiny_config(ema_decay=0.9))
+    assert resumed.ema is not None
+    torch.testing.assert_close(torch.cat([p.flatten() for p in resumed.ema.parameters()]), e)
+    # resumed without it: dropped; exported weights are the average when kept
+    assert load_checkpoint(ckpt, tiny_config()).ema is None
+    export_generator(state, tmp_path / "w.safetensors", "0.0.1", {})
+    exported, _ = load_weights(tmp_path / "w.safetensors")
+    torch.testing.assert_close(torch.cat([p.flatten() for p in exported.parameters()]), e)
+    # a run without the average writes no ema tensors and loads its generator
+    state = train(tiny_config(steps=2), tmp_path / "plain")
+    assert state.ema is None
+    assert (
+        load_generator_from_checkpoint(tmp_path / "plain" / "checkpoint.safetensors")[1]["weights"]
+        == "generator"
+    )
