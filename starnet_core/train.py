@@ -13,6 +13,9 @@ Loss terms (BasicSR names):
 - ``l_g_low``: L1 of the 8x8 block means of (output - truth): keeps the
   background level and colour (the failure MODEL_NOTES measured: a model that
   shifts the whole background).
+- ``l_g_over`` (``w_over``) and ``l_g_keep`` (``w_galaxy``): L1 where the output is
+  darker than the truth, on star-free pixels and on the synthetic crops' galaxies and
+  knots (``Scene.keep_mask``), stars on them included.
 - ``l_g_percep``: L1 between the discriminator's features of (x, G(x)) and
   (x, y): a perceptual loss with no pretrained VGG (Perceptual Adversarial Nets).
 - ``l_g_gan``, ``l_d_real``, ``l_d_fake``: pix2pix conditional patch GAN (BCE).
@@ -76,7 +79,7 @@ class TrainConfig:
     over_threshold: float = 0.001
     # extra over-removal weight on the galaxies and knots of synthetic crops (their
     # Scene.keep_mask), stars on top of them included: the net takes small galaxies for
-    # bloated stars, and they are the whole of the held-out background error (0: none)
+    # bloated stars, and they are nearly all of the held-out background error (0: none)
     w_galaxy: float = 0.0
     # exponential moving average of the generator's weights (BasicSR's ema_decay, e.g.
     # 0.999): what checkpoints are evaluated and exported as; smooths the swings of the
