@@ -382,6 +382,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         for k in (
             "l_g_pix",
             "l_g_low",
+            "l_g_over",
+            "l_g_keep",
             "l_g_percep",
             "l_g_gan",
             "l_d_real",

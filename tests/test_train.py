@@ -358,3 +358,29 @@ def test_moving_average_is_kept_checkpointed_and_exported(tmp_path: Path) -> Non
         load_generator_from_checkpoint(tmp_path / "plain" / "checkpoint.safetensors")[1]["weights"]
         == "generator"
     )
+
+
+def test_plot_draws_the_logged_terms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from PIL import Image
+
+    from flows.cli import main
+
+    logs = tmp_path / "logs"
+    assert main(["plot", "--logs", str(logs)]) == 2
+    assert "no training log found" in capsys.readouterr().err
+    logs.mkdir()
+    (logs / "train_log.jsonl").write_text("\n")
+    assert main(["plot", "--logs", str(logs)]) == 2
+    assert "the log is empty" in capsys.readouterr().err
+    # a log with the over-removal and galaxy terms among the curves
+    records = [
+        {"step": s, "l_g_pix": 0.5 - 0.01 * s, "l_g_over": 0.002, "l_g_keep": 0.001, "bg_l1": 0.01}
+        for s in range(1, 5)
+    ]
+    (logs / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["plot", "--logs", str(logs), "--out", str(tmp_path / "p.png")]) == 0
+    with Image.open(tmp_path / "p.png") as im:
+        # one panel per logged term: four terms, so the figure is four panels tall
+        assert im.size[0] == 720 and im.size[1] == round(90 * 2.2 * 4)
