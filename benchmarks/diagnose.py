@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from benchmarks.quality import (
     DEFAULT_REAL_PAIRS,
@@ -108,8 +109,6 @@ def keep_error(
     pixels' error taken away)`` of ``output`` against ``truth`` (peak 1), over the
     ``within`` pixels (``(H, W)`` bool; None: all, as :func:`starnet_core.metrics.psnr`).
     ``(0, inf)`` where there is no error."""
-    from scipy import ndimage
-
     keep = np.asarray(keep_mask, bool)
     if grow_px > 0 and keep.any():
         keep = ndimage.binary_dilation(keep, iterations=grow_px)
