@@ -57,7 +57,7 @@ from starnet_core import metrics
 from starnet_core.classical import pixel_noise
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
-from starnet_core.options import ProtectOptions, SkyColourOptions
+from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
 from starnet_core.synthetic import Mix, make_pair
 
 STAR_PX = 0.1  # |original - starless| above this, in some channel: a star pixel
@@ -192,7 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--no-sky-colour",
         action="store_true",
-        help="the network's own fill of clipped cores (sky_colour.enabled: false)",
+        help="the network's own colour in clipped cores (sky_colour.enabled: false)",
+    )
+    p.add_argument(
+        "--no-core-fill",
+        action="store_true",
+        help="burnt-out stars as the network fills them (core_fill.enabled: false)",
     )
     args = p.parse_args(argv)
     if args.edge < 1:
@@ -218,9 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"diagnose: no real pairs at {args.real}", file=sys.stderr)
     options, protect = TileOptions(), ProtectOptions()
     sky_colour = SkyColourOptions(enabled=not args.no_sky_colour)
+    core_fill = CoreFillOptions(enabled=not args.no_core_fill)
 
     def run(x: np.ndarray) -> np.ndarray:
-        return finish_starless(x, remove_stars(model, x, options), protect, sky_colour)
+        return finish_starless(x, remove_stars(model, x, options), protect, sky_colour, core_fill)
 
     if real:
         print("| pair | sky RGB | star-pixel error R / G / B | bias share |")

@@ -55,7 +55,7 @@ from starnet_core.imageio import read_image
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.model import load_model, macs_per_pixel
-from starnet_core.options import ProtectOptions, SkyColourOptions
+from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
 from starnet_core.synthetic import (
     DEFAULT_GLOW_CAP,
     DEFAULT_MIX,
@@ -330,6 +330,7 @@ def run_benchmark(
     tile_options: TileOptions | None = None,
     protect: ProtectOptions | None = None,
     sky_colour: SkyColourOptions | None = None,
+    core_fill: CoreFillOptions | None = None,
     cases: list[Case] | None = None,
     glow_cap: float = DEFAULT_GLOW_CAP,
     scene_mix: str = "default",
@@ -339,12 +340,13 @@ def run_benchmark(
     options = tile_options or TileOptions()
     protect = protect or ProtectOptions()
     sky_colour = sky_colour or SkyColourOptions()
+    core_fill = core_fill or CoreFillOptions()
     methods: dict[str, Method] = {"input": lambda x: x, "classical": classical_remove_stars}
     if model is not None:
-        # what users get: the network, then background protection and the sky colour in
-        # clipped cores (pipeline defaults)
+        # what users get: the network, then background protection, the sky colour in
+        # clipped cores and the rim fill of burnt-out stars (pipeline defaults)
         methods["model"] = lambda x: finish_starless(
-            x, remove_stars(model, x, options), protect, sky_colour
+            x, remove_stars(model, x, options), protect, sky_colour, core_fill
         )
     size = QUICK_SIZE_PX if quick else FULL_SIZE_PX
     if cases is None:
@@ -472,6 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="leave the network's fill of clipped star cores as it is (sky_colour.enabled: false)",
     )
+    parser.add_argument(
+        "--no-core-fill",
+        action="store_true",
+        help="leave burnt-out stars as the network fills them (core_fill.enabled: false)",
+    )
     args = parser.parse_args(argv)
     if args.passes < 1:
         parser.error(f"--passes must be 1 or more, got {args.passes}")
@@ -503,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem += f"_glow{args.glow_cap:g}" if args.glow_cap != DEFAULT_GLOW_CAP else ""
     stem += f"_mix{args.scene_mix}" if args.scene_mix != "default" else ""
     stem += "_noskycolour" if args.no_sky_colour else ""
+    stem += "_nocorefill" if args.no_core_fill else ""
     preview_dir = None if args.no_previews else args.out / "previews"
     if args.ensemble > 1:
         label += f", {args.ensemble}x self-ensemble"
@@ -511,7 +519,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.upsample:
         label += ", 2x upsampled"
     if args.no_sky_colour:
-        label += ", clipped cores left as the network fills them"
+        label += ", clipped cores left as the network colours them"
+    if args.no_core_fill:
+        label += ", burnt-out stars left as the network fills them"
     results = run_benchmark(
         model,
         model_label=label,
@@ -524,6 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         glow_cap=args.glow_cap,
         scene_mix=args.scene_mix,
         sky_colour=SkyColourOptions(enabled=not args.no_sky_colour),
+        core_fill=CoreFillOptions(enabled=not args.no_core_fill),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(

@@ -25,7 +25,7 @@ import torch
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.model import StarNetUNet, load_model, macs_per_pixel
-from starnet_core.options import ProtectOptions, SkyColourOptions
+from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
 from starnet_core.synthetic import make_pair
 
 STARNET_V1_MAC_PER_PX = 92_000
@@ -99,9 +99,19 @@ def post_processing(model: torch.nn.Module, size_px: int, device: str) -> None:
     print(f"\npost-processing of the network's output, {size_px}x{size_px} RGB starry frame")
     print("| step | seconds | MP/s |")
     print("|---|---|---|")
-    for name, colour in (("protection only", False), ("protection + sky colour", True)):
+    for name, colour, fill in (
+        ("protection only", False, False),
+        ("protection + sky colour", True, False),
+        ("protection + sky colour + core fill", True, True),
+    ):
         t0 = time.perf_counter()
-        finish_starless(frame, net, ProtectOptions(), SkyColourOptions(enabled=colour))
+        finish_starless(
+            frame,
+            net,
+            ProtectOptions(),
+            SkyColourOptions(enabled=colour),
+            CoreFillOptions(enabled=fill),
+        )
         dt = time.perf_counter() - t0
         print(f"| {name} | {dt:.2f} | {mp / dt:.2f} |")
 

@@ -28,7 +28,7 @@ from starnet_core import metrics
 from starnet_core.classical import detect_stars
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
-from starnet_core.options import ProtectOptions, SkyColourOptions
+from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
 from starnet_core.synthetic import make_pair
 
 THRESHOLDS_PX = (1.6, 1.8, 2.0, 2.2, 2.4, 2.6, 2.8, 3.0)
@@ -53,14 +53,15 @@ def star_width(image: np.ndarray) -> float:
 def scene_gains(
     model: torch.nn.Module, seeds: Sequence[int], size_px: int, device: str = "cpu"
 ) -> list[SceneGain]:
-    protect, sky_colour = ProtectOptions(), SkyColourOptions()
+    protect, sky_colour, core_fill = ProtectOptions(), SkyColourOptions(), CoreFillOptions()
     rows = []
     for seed in seeds:
         original, truth, scene = make_pair(np.random.default_rng(seed), size_px)
         psnr = {}
         for up in (False, True):
             out = remove_stars(model, original, TileOptions(upsample=up, device=device))
-            psnr[up] = metrics.psnr(finish_starless(original, out, protect, sky_colour), truth)
+            starless = finish_starless(original, out, protect, sky_colour, core_fill)
+            psnr[up] = metrics.psnr(starless, truth)
         rows.append(SceneGain(seed, scene.fwhm_px, star_width(original), psnr[False], psnr[True]))
     return rows
 

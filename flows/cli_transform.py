@@ -95,6 +95,12 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         help="keep the network's own colour where stars were, not the nearby sky's "
         "(sky_colour.enabled: false)",
     )
+    post.add_argument(
+        "--no-core-fill",
+        action="store_true",
+        help="keep the network's own fill of burnt-out stars, not one from the starless sky "
+        "around them (core_fill.enabled: false)",
+    )
 
 
 def _apply_overrides(args: argparse.Namespace) -> None:
@@ -117,6 +123,8 @@ def _apply_overrides(args: argparse.Namespace) -> None:
         args.settings.protect = dataclasses.replace(args.settings.protect, enabled=False)
     if getattr(args, "no_sky_colour", False):
         args.settings.sky_colour = dataclasses.replace(args.settings.sky_colour, enabled=False)
+    if getattr(args, "no_core_fill", False):
+        args.settings.core_fill = dataclasses.replace(args.settings.core_fill, enabled=False)
 
 
 class ProgressBar:
@@ -207,6 +215,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from flows.settings import (
+        core_fill_options,
         mask_options,
         protect_options,
         sky_colour_options,
@@ -243,6 +252,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             mask=mask_options(args.settings),
             protect=protect_options(args.settings),
             sky_colour=sky_colour_options(args.settings),
+            core_fill=core_fill_options(args.settings),
         )
         panels = [patch, products.starless_stretched, products.mask]
         rgb = [np.repeat(a, 3, 0) if a.shape[0] == 1 else a for a in panels]

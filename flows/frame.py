@@ -41,6 +41,7 @@ from flows.provenance_records import (
 )
 from flows.settings import (
     Settings,
+    core_fill_options,
     mask_options,
     protect_options,
     sky_colour_options,
@@ -100,6 +101,7 @@ def frame_params(settings: Settings) -> dict[str, Any]:
         "mask": dataclasses.asdict(settings.mask),
         "protect": dataclasses.asdict(settings.protect),
         "sky_colour": dataclasses.asdict(settings.sky_colour),
+        "core_fill": dataclasses.asdict(settings.core_fill),
         "enhance": dataclasses.asdict(settings.enhance),
         "outputs": dataclasses.asdict(settings.outputs),
     }
@@ -257,6 +259,7 @@ def compute_outputs(
         mask=mask_options(settings),
         protect=protect_options(settings),
         sky_colour=sky_colour_options(settings),
+        core_fill=core_fill_options(settings),
         enhance_strength=settings.enhance.strength,
         progress=progress,
     )

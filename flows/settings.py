@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from starnet_core.options import (
+    CoreFillOptions,
     MaskOptions,
     ProtectOptions,
     SkyColourOptions,
@@ -36,6 +37,7 @@ from starnet_core.options import (
 _TILE, _MASK, _STRETCH = TileOptions(), MaskOptions(), StretchOptions()
 _PROTECT = ProtectOptions()
 _SKY_COLOUR = SkyColourOptions()
+_CORE_FILL = CoreFillOptions()
 
 
 class SettingsError(ValueError):
@@ -107,6 +109,20 @@ class SkyColourSettings:
     star_share_low: float = _SKY_COLOUR.star_share_low  # star's share of the light: ramp
     star_share_high: float = _SKY_COLOUR.star_share_high  # from 0 here to 1 here
     sky_threshold: float = _SKY_COLOUR.sky_threshold  # sky: star layer below this
+
+
+@dataclass
+class CoreFillSettings:
+    """Burnt-out stars filled from the starless sky around them, where the net's own
+    fill leaves a glow (see CoreFillOptions)."""
+
+    enabled: bool = _CORE_FILL.enabled
+    clip_level: float = _CORE_FILL.clip_level  # clipped: every channel >= this (stretched)
+    core_drop: float = _CORE_FILL.core_drop  # a core the net took at least this much from
+    layer_threshold: float = _CORE_FILL.layer_threshold  # footprint: star layer above this
+    reach: float = _CORE_FILL.reach  # ... within this many core radii
+    reach_px: int = _CORE_FILL.reach_px  # ... plus this many px of the core
+    grow_px: int = _CORE_FILL.grow_px  # then grown by this
 
 
 @dataclass
@@ -201,6 +217,7 @@ class Settings:
     mask: MaskSettings = field(default_factory=MaskSettings)
     protect: ProtectSettings = field(default_factory=ProtectSettings)
     sky_colour: SkyColourSettings = field(default_factory=SkyColourSettings)
+    core_fill: CoreFillSettings = field(default_factory=CoreFillSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -295,6 +312,10 @@ def sky_colour_options(settings: Settings) -> SkyColourOptions:
     return SkyColourOptions(**asdict(settings.sky_colour))
 
 
+def core_fill_options(settings: Settings) -> CoreFillOptions:
+    return CoreFillOptions(**asdict(settings.core_fill))
+
+
 def _check_options(settings: Settings, where: str) -> None:
     """Build every option group once, so a bad value is reported with the config file."""
     for section, build in (
@@ -303,6 +324,7 @@ def _check_options(settings: Settings, where: str) -> None:
         ("mask", mask_options),
         ("protect", protect_options),
         ("sky_colour", sky_colour_options),
+        ("core_fill", core_fill_options),
     ):
         try:
             build(settings)

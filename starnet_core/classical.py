@@ -51,6 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from starnet_core.inference import check_stretched_image
+from starnet_core.inpaint import push_pull
 
 __all__ = [
     "StarDetections",
@@ -409,48 +410,6 @@ def detect_stars(
     return StarDetections(
         xy[is_star], stars.amp, stars.hwhm, radius, stars.saturated, xy[~is_star], mask, sigma_pix
     )
-
-
-def _down(a: np.ndarray) -> np.ndarray:
-    """[1 2 1]-blurred 2x decimation of the last two axes (sizes rounded up)."""
-    pad = [(0, 0)] * (a.ndim - 2) + [(1, 1 + a.shape[-2] % 2), (1, 1 + a.shape[-1] % 2)]
-    p = np.pad(a, pad, mode="edge")
-    v = p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]
-    h = v[..., :, :-2] + 2 * v[..., :, 1:-1] + v[..., :, 2:]
-    return h[..., ::2, ::2] / 16
-
-
-def _up(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear 2x upsampling of the last two axes to ``shape`` (inverse grid of ``_down``)."""
-    h, w = shape
-    ys = np.clip(np.arange(h, dtype=np.float32) / 2, 0, a.shape[-2] - 1)
-    xs = np.clip(np.arange(w, dtype=np.float32) / 2, 0, a.shape[-1] - 1)
-    y0, x0 = ys.astype(int), xs.astype(int)
-    y1, x1 = np.minimum(y0 + 1, a.shape[-2] - 1), np.minimum(x0 + 1, a.shape[-1] - 1)
-    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    rows = a[..., y0, :] * (1 - fy) + a[..., y1, :] * fy
-    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
-
-
-def push_pull(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Fill unknown pixels of ``values`` (C, H, W) from ``known`` (H, W) bool ones.
-
-    Push: a weight-normalised pyramid of the known pixels; pull: from the
-    coarsest level down, each level keeps its own estimate where it has
-    support and takes the upsampled coarser one where not. Known pixels keep
-    their values. Cost O(H W).
-    """
-    num = [values * known]
-    den = [known.astype(np.float32)]
-    while min(den[-1].shape) > 2:
-        num.append(_down(num[-1]))
-        den.append(_down(den[-1]))
-    est = num[-1] / np.maximum(den[-1], 1e-12)
-    for k in range(len(num) - 2, -1, -1):
-        up = _up(est, den[k].shape)
-        alpha = np.clip(den[k] * 4, 0, 1)  # a quarter coverage is enough support
-        est = alpha * num[k] / np.maximum(den[k], 1e-12) + (1 - alpha) * up
-    return np.where(known, values, est).astype(np.float32)
 
 
 def classical_remove_stars(

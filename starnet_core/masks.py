@@ -10,12 +10,16 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from starnet_core.options import MaskOptions, ProtectOptions, SkyColourOptions
+from starnet_core.inpaint import push_pull
+from starnet_core.options import CoreFillOptions, MaskOptions, ProtectOptions, SkyColourOptions
 
 __all__ = [
+    "CoreFillOptions",
     "MaskOptions",
     "SkyColourOptions",
+    "burnt_star_footprint",
     "enhance",
+    "fill_burnt_stars",
     "fill_sky_colour",
     "finish_starless",
     "mask_threshold",
@@ -285,13 +289,83 @@ def fill_sky_colour(
     return np.clip(s, 0.0, 1.0, out=s)
 
 
+def burnt_star_footprint(
+    original: np.ndarray, starless: np.ndarray, options: CoreFillOptions
+) -> np.ndarray:
+    """``(H, W)`` bool: the pixels :func:`fill_burnt_stars` replaces.
+
+    Each clipped core (every channel of ``original`` ``>= options.clip_level``; one
+    connected component) from which the network took at least ``options.core_drop``
+    (mean luminance star layer over the core), grown through the pixels whose star
+    layer is above ``options.layer_threshold`` but no further than ``options.reach``
+    times the core's radius (of a disc of its area) plus ``options.reach_px`` from it,
+    then by ``options.grow_px``.
+    """
+    _check_pair(original, starless)
+    shape = original.shape[1:]
+    core = np.all(original >= options.clip_level, axis=0)
+    if not core.any():
+        return np.zeros(shape, bool)
+    layer = (original - starless).mean(axis=0, dtype=np.float32)
+    labels, n = ndimage.label(core)
+    index = np.arange(1, n + 1)
+    taken = np.asarray(ndimage.mean(layer, labels, index)) >= options.core_drop
+    if not taken.any():
+        return np.zeros(shape, bool)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    near = np.zeros(shape, bool)
+    for k, box in enumerate(ndimage.find_objects(labels)):
+        if box is None or not taken[k]:
+            continue
+        reach = options.reach * np.sqrt(area[k] / np.pi) + options.reach_px
+        pad = int(np.ceil(reach))
+        ys = slice(max(box[0].start - pad, 0), min(box[0].stop + pad, shape[0]))
+        xs = slice(max(box[1].start - pad, 0), min(box[1].stop + pad, shape[1]))
+        dist = ndimage.distance_transform_edt(labels[ys, xs] != k + 1)
+        near[ys, xs] |= dist <= reach
+    kept_cores = np.isin(labels, index[taken])
+    grown, _ = ndimage.label(((layer > options.layer_threshold) & near) | kept_cores)
+    ids = np.unique(grown[kept_cores])
+    footprint = np.isin(grown, ids[ids > 0])
+    if options.grow_px > 0:
+        footprint = ndimage.binary_dilation(footprint, iterations=options.grow_px)
+    return footprint
+
+
+def fill_burnt_stars(
+    original: np.ndarray, starless: np.ndarray, options: CoreFillOptions
+) -> np.ndarray:
+    """Fill burnt-out stars from their rim: inside :func:`burnt_star_footprint`, the
+    push-pull interpolation of ``starless`` around it (the starless sky the network
+    made around the star); ``starless`` unchanged elsewhere.
+
+    Over a clipped core the input holds no sky, and the network's fill of the core and
+    its halo is a guess that comes out too bright (a soft glow where the star was).
+    ``(C, H, W)`` in stretched [0, 1]; returns ``(C, H, W) float32``. ``options.enabled``
+    False, no such star, or a footprint that leaves no rim returns ``starless``.
+    """
+    _check_pair(original, starless)
+    if not options.enabled:
+        return starless
+    footprint = burnt_star_footprint(original, starless, options)
+    if not footprint.any() or footprint.all():
+        return starless
+    filled = push_pull(starless.astype(np.float32), ~footprint)
+    return np.clip(filled, 0.0, 1.0).astype(np.float32, copy=False)
+
+
 def finish_starless(
     original: np.ndarray,
     net_output: np.ndarray,
     protect: ProtectOptions,
     sky_colour: SkyColourOptions,
+    core_fill: CoreFillOptions,
 ) -> np.ndarray:
     """The starless image users get from the network's output: background protection
-    (:func:`protect_background`), then the sky's colour where stars were
-    (:func:`fill_sky_colour`). ``(C, H, W) float32`` in stretched [0, 1]."""
-    return fill_sky_colour(original, protect_background(original, net_output, protect), sky_colour)
+    (:func:`protect_background`), the sky's colour where stars were
+    (:func:`fill_sky_colour`), then burnt-out stars filled from their rim
+    (:func:`fill_burnt_stars`). ``(C, H, W) float32`` in stretched [0, 1]."""
+    starless = fill_sky_colour(
+        original, protect_background(original, net_output, protect), sky_colour
+    )
+    return fill_burnt_stars(original, starless, core_fill)

@@ -1,8 +1,8 @@
 """Option classes of the science core: plain validated dataclasses, no torch.
 
-They are the defaults of the config sections ``inference``, ``mask``,
-``stretch``, ``protect`` and ``sky_colour`` (``flows.settings`` takes its defaults from
-here), so importing the settings does not import torch.
+They are the defaults of the config sections ``inference``, ``mask``, ``stretch``,
+``protect``, ``sky_colour`` and ``core_fill`` (``flows.settings`` takes its defaults
+from here), so importing the settings does not import torch.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = [
     "STRETCH_MODES",
+    "CoreFillOptions",
     "MaskOptions",
     "ProtectOptions",
     "SkyColourOptions",
@@ -226,6 +227,55 @@ class SkyColourOptions:
         check_int("dilate_px", self.dilate_px, 0)
         if not (isinstance(self.feather_px, int | float) and 0.0 <= self.feather_px < np.inf):
             raise ValueError(f"feather_px must be a finite number >= 0, got {self.feather_px!r}")
+
+
+@dataclass(frozen=True)
+class CoreFillOptions:
+    """Burnt-out stars filled from their rim (config section ``core_fill``).
+
+    Over a star whose core is clipped white the input holds no sky at all, and the
+    network's fill of the core and of the halo around it is its guess: model 0.5.0
+    leaves a soft glow there, brighter than the sky around (real_2's double star,
+    real_1's brightest star). This step takes each clipped core the network did
+    remove (its star layer, averaged over the core, at least ``core_drop``), grows it
+    through the pixels where the star layer (luminance) stays above
+    ``layer_threshold``, no further than ``reach`` core radii plus ``reach_px`` from
+    the core, then by ``grow_px``; inside that footprint the starless image is
+    replaced by a smooth interpolation (push-pull) of the starless image around it,
+    see :func:`starnet_core.masks.fill_burnt_stars`. Cores the network kept (a
+    clipped nebula or galaxy core) are left alone.
+
+    Attributes:
+        enabled: False leaves the network's fill as it is.
+        clip_level: a pixel is clipped when every channel of the input is >= this.
+        core_drop: a clipped core counts when the network took at least this much
+            (stretched units, mean over the core) away from it.
+        layer_threshold: the footprint follows the star layer while it is above this.
+        reach: the footprint ends this many core radii (of the disc of the core's
+            area) from the core ...
+        reach_px: ... plus this many pixels.
+        grow_px: the footprint is then grown by this many pixels.
+    """
+
+    enabled: bool = True
+    clip_level: float = 0.95
+    core_drop: float = 0.25
+    layer_threshold: float = 0.3
+    reach: float = 2.0
+    reach_px: int = 6
+    grow_px: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"enabled must be a bool, got {self.enabled!r}")
+        _check_range("clip_level", self.clip_level, 0.5, 1.0)
+        _check_range("core_drop", self.core_drop, 0.0, 1.0)
+        _check_range("layer_threshold", self.layer_threshold, 0.0, 1.0)
+        if self.layer_threshold == 0.0:
+            raise ValueError("layer_threshold must be > 0, got 0")
+        _check_range("reach", self.reach, 0.0, 100.0)
+        check_int("reach_px", self.reach_px, 0)
+        check_int("grow_px", self.grow_px, 0)
 
 
 def _check_range(name: str, value: object, low: float, high: float) -> None:

@@ -33,6 +33,7 @@ from starnet_core.masks import (
 )
 from starnet_core.options import (
     STRETCH_MODES,
+    CoreFillOptions,
     MaskOptions,
     ProtectOptions,
     SkyColourOptions,
@@ -58,6 +59,7 @@ DEFAULT_TILE_OPTIONS = TileOptions()
 DEFAULT_MASK_OPTIONS = MaskOptions()
 DEFAULT_PROTECT_OPTIONS = ProtectOptions()
 DEFAULT_SKY_COLOUR_OPTIONS = SkyColourOptions()
+DEFAULT_CORE_FILL_OPTIONS = CoreFillOptions()
 
 
 @dataclass
@@ -122,6 +124,7 @@ def process_array(
     mask: MaskOptions = DEFAULT_MASK_OPTIONS,
     protect: ProtectOptions = DEFAULT_PROTECT_OPTIONS,
     sky_colour: SkyColourOptions = DEFAULT_SKY_COLOUR_OPTIONS,
+    core_fill: CoreFillOptions = DEFAULT_CORE_FILL_OPTIONS,
     enhance_strength: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameProducts:
@@ -135,7 +138,11 @@ def process_array(
 
     t = time.perf_counter()
     starless_s = finish_starless(
-        stretched, remove_stars(model, stretched, tiles, progress=progress), protect, sky_colour
+        stretched,
+        remove_stars(model, stretched, tiles, progress=progress),
+        protect,
+        sky_colour,
+        core_fill,
     )
     timings["remove_stars"] = time.perf_counter() - t
 

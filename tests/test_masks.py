@@ -254,7 +254,7 @@ def test_fill_sky_colour_colours_star_dominated_pixels() -> None:
 
 def test_fill_sky_colour_leaves_what_it_cannot_or_should_not_touch() -> None:
     from starnet_core.masks import fill_sky_colour, finish_starless
-    from starnet_core.options import ProtectOptions, SkyColourOptions
+    from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
 
     original, _, grey = _clipped_star_on_magenta()
     # switched off, mono, nothing removed: the input comes back as it is
@@ -262,9 +262,13 @@ def test_fill_sky_colour_leaves_what_it_cannot_or_should_not_touch() -> None:
     mono = grey[:1]
     assert fill_sky_colour(original[:1], mono, SkyColourOptions()) is mono
     assert fill_sky_colour(grey, grey, SkyColourOptions()) is grey
-    # finish_starless = protection, then the sky colour
-    protected = finish_starless(original, grey, ProtectOptions(), SkyColourOptions(enabled=False))
-    done = finish_starless(original, grey, ProtectOptions(), SkyColourOptions())
+    # finish_starless = protection, then the sky colour (the grey fill is at the sky's
+    # brightness, so the core fill has nothing to take away here)
+    no_fill = CoreFillOptions(enabled=False)
+    protected = finish_starless(
+        original, grey, ProtectOptions(), SkyColourOptions(enabled=False), no_fill
+    )
+    done = finish_starless(original, grey, ProtectOptions(), SkyColourOptions(), no_fill)
     core = (original >= 0.95).all(0)
     assert not np.allclose(done[:, core], protected[:, core])
 
@@ -287,3 +291,93 @@ def test_sky_colour_options_refuse_bad_values(kwargs: dict, match: str) -> None:
 
     with pytest.raises(ValueError, match=match):
         SkyColourOptions(**kwargs)
+
+
+def _burnt_star_with_glow(glow: float = 0.15) -> tuple[np.ndarray, ...]:
+    """(original, truth, net): the magenta sky with a clipped white star, and a network
+    output that removed the star but left a soft glow of ``glow`` over where it was."""
+    original, truth, _ = _clipped_star_on_magenta(size=96, radius=6)
+    yy, xx = np.mgrid[0:96, 0:96]
+    haze = glow * np.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / (2 * 6.0**2))
+    net = np.clip(truth + haze.astype(np.float32), 0, 1).astype(np.float32)
+    return original, truth, net
+
+
+def test_fill_burnt_stars_takes_away_the_glow_of_a_clipped_star() -> None:
+    from starnet_core.masks import burnt_star_footprint, fill_burnt_stars
+    from starnet_core.options import CoreFillOptions
+
+    original, truth, net = _burnt_star_with_glow()
+    options = CoreFillOptions()
+    footprint = burnt_star_footprint(original, net, options)
+    core = (original >= 0.95).all(0)
+    assert core.sum() > 50 and footprint[core].all()
+    assert footprint.sum() > core.sum()  # the halo the star layer follows is in it
+    out = fill_burnt_stars(original, net, options)
+    assert out.dtype == np.float32 and out.shape == net.shape
+    # the glow was ~0.15 at the centre; the rim fill brings it to the sky's level
+    before = np.abs(net[:, footprint] - truth[:, footprint]).mean()
+    after = np.abs(out[:, footprint] - truth[:, footprint]).mean()
+    assert before > 0.03 and after < before / 4
+    # outside the footprint nothing changes, bit for bit
+    assert np.array_equal(out[:, ~footprint], net[:, ~footprint])
+
+
+def test_fill_burnt_stars_leaves_kept_cores_and_stops_at_its_reach() -> None:
+    from starnet_core.masks import burnt_star_footprint, fill_burnt_stars
+    from starnet_core.options import CoreFillOptions
+
+    original, truth, net = _burnt_star_with_glow()
+    options = CoreFillOptions()
+    # a clipped core the network kept (a galaxy or nebula core): left as it is
+    assert fill_burnt_stars(original, original, options) is original
+    # switched off, or no clipped core at all: unchanged
+    assert fill_burnt_stars(original, net, CoreFillOptions(enabled=False)) is net
+    assert fill_burnt_stars(truth, truth, options) is truth
+    # a star layer that goes on far beyond the star (a bright band the network took
+    # away, touching the core): the footprint ends within its reach of the core
+    wide = net.copy()
+    wide[:, 44:52, :] = truth[:, 44:52, :] - 0.0  # the band: network output = sky
+    banded = original.copy()
+    banded[:, 44:52, :] = np.maximum(banded[:, 44:52, :], 0.9)
+    footprint = burnt_star_footprint(banded, wide, options)
+    core = (banded >= 0.95).all(0)
+    radius = np.sqrt(core.sum() / np.pi)
+    reach = options.reach * radius + options.reach_px + options.grow_px
+    cols = np.nonzero(footprint.any(0))[0]
+    assert cols.min() >= 48 - radius - reach - 1 and cols.max() <= 48 + radius + reach + 1
+    assert not footprint[:, :2].any() and not footprint[:, -2:].any()
+    # mono frames are filled the same way
+    mono = fill_burnt_stars(original[:1], net[:1], options)
+    assert mono.shape == (1, 96, 96) and not np.array_equal(mono, net[:1])
+
+
+def test_finish_starless_ends_with_the_core_fill() -> None:
+    from starnet_core.masks import fill_burnt_stars, finish_starless
+    from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
+
+    original, _, net = _burnt_star_with_glow()
+    protect, colour = ProtectOptions(), SkyColourOptions()
+    without = finish_starless(original, net, protect, colour, CoreFillOptions(enabled=False))
+    done = finish_starless(original, net, protect, colour, CoreFillOptions())
+    assert np.array_equal(done, fill_burnt_stars(original, without, CoreFillOptions()))
+    assert not np.array_equal(done, without)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"clip_level": 0.3}, "clip_level must be a number in"),
+        ({"core_drop": -0.1}, "core_drop must be a number in"),
+        ({"layer_threshold": 0.0}, "layer_threshold must be > 0"),
+        ({"reach": float("inf")}, "reach must be a number in"),
+        ({"reach_px": 2.5}, "reach_px must be an int"),
+        ({"grow_px": -1}, "grow_px must be >= 0"),
+        ({"enabled": 1}, "enabled must be a bool"),
+    ],
+)
+def test_core_fill_options_refuse_bad_values(kwargs: dict, match: str) -> None:
+    from starnet_core.options import CoreFillOptions
+
+    with pytest.raises(ValueError, match=match):
+        CoreFillOptions(**kwargs)

@@ -14,6 +14,7 @@ from astropy.io import fits
 from flows.cli import main
 from starnet_core.imageio import read_image
 from starnet_core.model import ModelConfig, StarNetUNet, save_weights
+from starnet_core.options import CoreFillOptions
 from starnet_core.pipeline import StretchOptions, needs_stretch, process_array
 from starnet_core.stretch import apply_stretch, normalize_linear
 
@@ -59,7 +60,8 @@ def test_needs_stretch_policy() -> None:
 
 def test_linear_frame_comes_back_linear() -> None:
     image = star_field((1, 40, 48))
-    p = process_array(Halve(), image, is_linear=True)
+    # without the rim fill of burnt-out stars, which would replace the halved clipped cores
+    p = process_array(Halve(), image, is_linear=True, core_fill=CoreFillOptions(enabled=False))
     assert p.stretch is not None and p.normalization is not None
     assert p.starless.shape == image.shape and p.starless.dtype == np.float32
     # the starless frame is in the input's units and can be stretched like the original:
@@ -204,25 +206,28 @@ def test_test_mode_writes_panels(tmp_path: Path, weights: Path, monkeypatch) -> 
     assert img.data.shape == (3, 64, 3 * 64)
 
 
-def test_transform_switches_off_protection_and_sky_colour(
+def test_transform_switches_off_protection_sky_colour_and_core_fill(
     tmp_path: Path, weights: Path, monkeypatch, capsys
 ) -> None:
-    """--no-protect / --no-sky-colour reach the pipeline, and provenance records them."""
+    """--no-protect / --no-sky-colour / --no-core-fill reach the pipeline, and provenance
+    records them."""
     monkeypatch.setenv("STARNET_DATA_DIR", str(tmp_path / "data"))
     src = tmp_path / "m42.fits"
     fits.PrimaryHDU(star_field((3, 36, 40))).writeto(src)
     out_dir = tmp_path / "out"
     args = ("transform", str(src), "--weights", str(weights), "--quiet")
     assert run_cli(*args, "--out", str(out_dir / "default")) == 0
-    assert run_cli(*args, "--out", str(out_dir / "raw"), "--no-protect", "--no-sky-colour") == 0
+    switches = ("--no-protect", "--no-sky-colour", "--no-core-fill")
+    assert run_cli(*args, "--out", str(out_dir / "raw"), *switches) == 0
     capsys.readouterr()
 
     params = []
     for kind in ("default", "raw"):
         assert run_cli("history", str(out_dir / kind / "m42_starless.fits"), "--json") == 0
         params.append(json.loads(capsys.readouterr().out)["produced_by"]["params"])
-    assert params[0]["protect"]["enabled"] and params[0]["sky_colour"]["enabled"]
-    assert not params[1]["protect"]["enabled"] and not params[1]["sky_colour"]["enabled"]
+    sections = ("protect", "sky_colour", "core_fill")
+    assert all(params[0][key]["enabled"] for key in sections)
+    assert not any(params[1][key]["enabled"] for key in sections)
     # the rest of each section is the config's, untouched
-    for key in ("protect", "sky_colour"):
+    for key in sections:
         assert {**params[1][key], "enabled": True} == params[0][key]
