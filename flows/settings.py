@@ -123,6 +123,7 @@ class CoreFillSettings:
     reach: float = _CORE_FILL.reach  # ... within this many core radii
     reach_px: int = _CORE_FILL.reach_px  # ... plus this many px of the core
     grow_px: int = _CORE_FILL.grow_px  # then grown by this
+    grain: bool = _CORE_FILL.grain  # noise at the image's own grain added to the fill
 
 
 @dataclass

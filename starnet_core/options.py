@@ -242,8 +242,10 @@ class CoreFillOptions:
     ``layer_threshold``, no further than ``reach`` core radii plus ``reach_px`` from
     the core, then by ``grow_px``; inside that footprint the starless image is
     replaced by a smooth interpolation (push-pull) of the starless image around it,
-    see :func:`starnet_core.masks.fill_burnt_stars`. Cores the network kept (a
-    clipped nebula or galaxy core) are left alone.
+    see :func:`starnet_core.masks.fill_burnt_stars`, with noise at the grain of the
+    starless image around the stars added (``grain``), so that the fill does not show
+    as a smooth disc. Cores the network kept (a clipped nebula or galaxy core) are left
+    alone.
 
     Attributes:
         enabled: False leaves the network's fill as it is.
@@ -255,6 +257,9 @@ class CoreFillOptions:
             area) from the core ...
         reach_px: ... plus this many pixels.
         grow_px: the footprint is then grown by this many pixels.
+        grain: add Gaussian noise at the starless image's own pixel noise (robust,
+            per channel, measured on a ring around the footprints) to the fill;
+            seeded, so a frame always gives the same result.
     """
 
     enabled: bool = True
@@ -264,10 +269,12 @@ class CoreFillOptions:
     reach: float = 2.0
     reach_px: int = 6
     grow_px: int = 1
+    grain: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"enabled must be a bool, got {self.enabled!r}")
+        for name in ("enabled", "grain"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         _check_range("clip_level", self.clip_level, 0.5, 1.0)
         _check_range("core_drop", self.core_drop, 0.0, 1.0)
         _check_range("layer_threshold", self.layer_threshold, 0.0, 1.0)

@@ -308,7 +308,7 @@ def test_fill_burnt_stars_takes_away_the_glow_of_a_clipped_star() -> None:
     from starnet_core.options import CoreFillOptions
 
     original, truth, net = _burnt_star_with_glow()
-    options = CoreFillOptions()
+    options = CoreFillOptions(grain=False)
     footprint = burnt_star_footprint(original, net, options)
     core = (original >= 0.95).all(0)
     assert core.sum() > 50 and footprint[core].all()
@@ -321,6 +321,28 @@ def test_fill_burnt_stars_takes_away_the_glow_of_a_clipped_star() -> None:
     assert before > 0.03 and after < before / 4
     # outside the footprint nothing changes, bit for bit
     assert np.array_equal(out[:, ~footprint], net[:, ~footprint])
+
+
+def test_fill_burnt_stars_grain_matches_the_sky_around() -> None:
+    from starnet_core.masks import burnt_star_footprint, fill_burnt_stars
+    from starnet_core.options import CoreFillOptions
+
+    original, truth, net = _burnt_star_with_glow()
+    rng = np.random.default_rng(5)
+    grainy = np.clip(net + rng.normal(0, 0.02, net.shape), 0, 1).astype(np.float32)
+    footprint = burnt_star_footprint(original, grainy, CoreFillOptions())
+    smooth = fill_burnt_stars(original, grainy, CoreFillOptions(grain=False))
+    out = fill_burnt_stars(original, grainy, CoreFillOptions())
+    # the same frame gives the same result (seeded), and only the footprint differs
+    assert np.array_equal(out, fill_burnt_stars(original, grainy, CoreFillOptions()))
+    assert np.array_equal(out[:, ~footprint], smooth[:, ~footprint])
+    # the fill's grain is the sky's (0.02), where the plain fill is smooth
+    inner = ndimage.binary_erosion(footprint, iterations=3)
+    for c in range(3):
+        grain = out[c][inner] - smooth[c][inner]
+        assert 0.015 < grain.std() < 0.025
+        assert np.abs(grain.mean()) < 0.003
+    assert smooth[:, inner].std(axis=1).max() < 0.01
 
 
 def test_fill_burnt_stars_leaves_kept_cores_and_stops_at_its_reach() -> None:
@@ -374,6 +396,7 @@ def test_finish_starless_ends_with_the_core_fill() -> None:
         ({"reach_px": 2.5}, "reach_px must be an int"),
         ({"grow_px": -1}, "grow_px must be >= 0"),
         ({"enabled": 1}, "enabled must be a bool"),
+        ({"grain": "no"}, "grain must be a bool"),
     ],
 )
 def test_core_fill_options_refuse_bad_values(kwargs: dict, match: str) -> None:
