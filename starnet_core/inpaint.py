@@ -21,16 +21,24 @@ def _down(a: np.ndarray) -> np.ndarray:
     return h[..., ::2, ::2] / 16
 
 
+def _up_axis(a: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Bilinear 2x upsampling along ``axis`` to length ``n``: output ``i`` sits at
+    sample ``i / 2``, so even outputs are the samples and odd ones the mean of two
+    neighbours, the last sample repeated past the end. Slices, no gathers."""
+    a = np.moveaxis(a, axis, -1)
+    n_even, n_odd = (n + 1) // 2, n // 2
+    short = n_even + 1 - a.shape[-1]
+    if short > 0:
+        a = np.concatenate([a, np.repeat(a[..., -1:], short, axis=-1)], axis=-1)
+    out = np.empty((*a.shape[:-1], n), a.dtype)
+    out[..., 0::2] = a[..., :n_even]
+    out[..., 1::2] = (a[..., :n_odd] + a[..., 1 : n_odd + 1]) * a.dtype.type(0.5)
+    return np.moveaxis(out, -1, axis)
+
+
 def _up(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear 2x upsampling of the last two axes to ``shape`` (inverse grid of ``_down``)."""
-    h, w = shape
-    ys = np.clip(np.arange(h, dtype=np.float32) / 2, 0, a.shape[-2] - 1)
-    xs = np.clip(np.arange(w, dtype=np.float32) / 2, 0, a.shape[-1] - 1)
-    y0, x0 = ys.astype(int), xs.astype(int)
-    y1, x1 = np.minimum(y0 + 1, a.shape[-2] - 1), np.minimum(x0 + 1, a.shape[-1] - 1)
-    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    rows = a[..., y0, :] * (1 - fy) + a[..., y1, :] * fy
-    return rows[..., x0] * (1 - fx) + rows[..., x1] * fx
+    return _up_axis(_up_axis(a, shape[0], -2), shape[1], -1)
 
 
 def push_pull(values: np.ndarray, known: np.ndarray) -> np.ndarray:
