@@ -24,6 +24,15 @@ clipped cores; ``--no-sky-colour``: the network's own fill) and prints:
   the benchmark's background pixels; and the mean of both PSNRs. Beside
   them, the galaxies kept (the quality benchmark's figure) and kept when the network is
   fed the starless truth: what it takes away from a galaxy with no star in the frame.
+* **Burnt-out stars' halos** (``--halo-scenes``, 24 by default): per clipped core
+  (every channel >= 0.95, at least 4 px) of the real pairs and of generator scenes
+  with clipped cores (default mix, 384 px, drawn from seed 77: neither held out nor a
+  training stream), the core's radius (of a disc of its area), how far out the star's
+  light (ring median of ``original - truth`` in luminance) stays above 0.1 in core
+  radii, and the glow the model leaves on that halo (ring median of ``output -
+  truth``, mean over the rings outside the core). Halos much wider than the core
+  that the model leaves bright show where the generator's bright stars differ from
+  real ones.
 * **Clipped cores on a coloured sky** (``--cast-scenes``, 8 by default): generator
   scenes drawn with ``Mix(cast_share=1, dense_share=0)`` from seed 99 (not held out,
   not a training seed stream either), keeping those with clipped white cores and a
@@ -58,8 +67,9 @@ from starnet_core.classical import pixel_noise
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
-from starnet_core.synthetic import Mix, make_pair
+from starnet_core.synthetic import DEFAULT_MIX, Mix, make_pair
 
+HALO_SEED, HALO_SIZE_PX = 77, 384  # the halo figures' generator scenes
 STAR_PX = 0.1  # |original - starless| above this, in some channel: a star pixel
 SNR_LEVELS = (0, 3, 5, 10)
 
@@ -163,6 +173,63 @@ def cast_scenes(count: int, size_px: int = 192, seed: int = 99) -> list[tuple[np
     return clipped_scenes(Mix(cast_share=1.0, dense_share=0.0), seed, count, size_px, 0.08)
 
 
+HALO_LEVEL = 0.1  # a halo ends where the star's light (stretched luminance) falls below this
+HALO_MAX_PX = 40  # ... or this far from the core's centre
+
+
+def burnt_halos(
+    original: np.ndarray, truth: np.ndarray, output: np.ndarray, min_core_px: int = 4
+) -> np.ndarray:
+    """``(N, 3)``: per clipped core (every channel of ``original`` >= 0.95, one connected
+    component of at least ``min_core_px``), its radius (px, of a disc of its area), the
+    halo's extent in core radii (first ring, 1 px wide, whose median star light
+    ``original - truth`` in luminance is below :data:`HALO_LEVEL`; at most
+    :data:`HALO_MAX_PX`) and the mean over the halo's rings outside the core of the
+    ring median of ``output - truth`` in luminance (nan when the halo ends in the core).
+    """
+    core = (original >= 0.95).all(0)
+    labels, _ = ndimage.label(core)
+    light = (original - truth).mean(0)
+    left = (output - truth).mean(0)
+    h, w = core.shape
+    rows = []
+    for k, box in enumerate(ndimage.find_objects(labels)):
+        if box is None:
+            continue
+        mine = labels[box] == k + 1
+        area = int(mine.sum())
+        if area < min_core_px:
+            continue
+        centre = ndimage.center_of_mass(mine)
+        cy, cx = float(centre[0]) + box[0].start, float(centre[1]) + box[1].start
+        y0, y1 = max(int(cy) - HALO_MAX_PX, 0), min(int(cy) + HALO_MAX_PX + 1, h)
+        x0, x1 = max(int(cx) - HALO_MAX_PX, 0), min(int(cx) + HALO_MAX_PX + 1, w)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        ring = np.hypot(yy - cy, xx - cx).astype(int)
+        radius = np.sqrt(area / np.pi)
+        extent, glow = float(HALO_MAX_PX), []
+        for r in range(HALO_MAX_PX):
+            sel = ring == r
+            if not sel.any():
+                break
+            if np.median(light[y0:y1, x0:x1][sel]) < HALO_LEVEL:
+                extent = float(r)
+                break
+            if r > radius:
+                glow.append(float(np.median(left[y0:y1, x0:x1][sel])))
+        rows.append((radius, extent / radius, np.mean(glow) if glow else np.nan))
+    return np.array(rows, np.float64).reshape(-1, 3)
+
+
+def _halo_row(name: str, halos: np.ndarray) -> str:
+    if not len(halos):
+        return f"| {name} | 0 | – | – | – | – |"
+    return (
+        f"| {name} | {len(halos)} | {np.median(halos[:, 0]):.1f} | {np.median(halos[:, 1]):.1f} "
+        f"| {np.percentile(halos[:, 1], 90):.1f} | {np.nanmedian(halos[:, 2]):+.3f} |"
+    )
+
+
 def load_weights_arg(weights: Path | None, prog: str) -> torch.nn.Module | None:
     """The model of a ``--weights`` option (weights or checkpoint; None: the packaged
     one), or None after printing ``prog: reason`` (naming the file) to stderr."""
@@ -190,6 +257,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--keep-grow", type=int, default=2, help="px the galaxy and knot mask is grown by (2)"
     )
     p.add_argument(
+        "--halo-scenes",
+        type=int,
+        default=24,
+        help="generator scenes with clipped cores for the halo figures (24)",
+    )
+    p.add_argument(
         "--no-sky-colour",
         action="store_true",
         help="the network's own colour in clipped cores (sky_colour.enabled: false)",
@@ -206,9 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.keep_grow < 0:
         print(f"diagnose: --keep-grow must be >= 0 px, got {args.keep_grow}", file=sys.stderr)
         return 2
-    if args.cast_scenes < 0:
-        print(f"diagnose: --cast-scenes must be >= 0, got {args.cast_scenes}", file=sys.stderr)
-        return 2
+    for name in ("cast_scenes", "halo_scenes"):
+        if getattr(args, name) < 0:
+            flag = "--" + name.replace("_", "-")
+            print(f"diagnose: {flag} must be >= 0, got {getattr(args, name)}", file=sys.stderr)
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_weights_arg(args.weights, "diagnose")
@@ -228,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run(x: np.ndarray) -> np.ndarray:
         return finish_starless(x, remove_stars(model, x, options), protect, sky_colour, core_fill)
 
+    halo_rows = []
     if real:
         print("| pair | sky RGB | star-pixel error R / G / B | bias share |")
         print("|---|---|---|---|")
@@ -235,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case in real:
             o, t = case.original, case.truth
             out = run(o)
+            halo_rows.append(_halo_row(case.name, burnt_halos(o, t, out)))
             bias, share = star_pixel_bias(o, out, t)
             sky = np.median(t.reshape(t.shape[0], -1), axis=1)
             print(
@@ -251,6 +328,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, (sse, n) in sums.items():
             db = 10 * np.log10(n / sse) if n and sse > 0 else float("nan")
             print(f"real background, {key} ({n // 3} px, edge band {args.edge} px): {db:.1f} dB")
+    if args.halo_scenes and not args.no_synthetic:
+        pairs = clipped_scenes(DEFAULT_MIX, HALO_SEED, args.halo_scenes, HALO_SIZE_PX)
+        halos = np.concatenate([burnt_halos(o, c, run(o)) for o, c in pairs])
+        halo_rows.append(_halo_row(f"{len(pairs)} generator scenes", halos))
+    if halo_rows:
+        print()
+        print(
+            "| burnt-out stars | cores | core radius px (median) | halo extent in core radii "
+            "(median) | (p90) | glow left on the halo (median) |"
+        )
+        print("|---|---|---|---|---|---|")
+        print("\n".join(halo_rows))
     if args.no_synthetic:
         return 0
     if args.cast_scenes:

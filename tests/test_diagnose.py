@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks.diagnose import (
     aperture_snr,
+    burnt_halos,
     edge_band,
     grey_pull,
     keep_error,
@@ -108,3 +109,27 @@ def test_cast_fit_runs_and_refuses_bad_options(capsys: pytest.CaptureFixture[str
     assert cast_fit.main(["--steps", "1", "--threads", "1"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].startswith("| step | core abs error |") and rows[-1].startswith("| 1 |")
+
+
+def test_burnt_halos_measure_core_extent_and_glow() -> None:
+    """A clipped star of known profile: the core's radius, the halo's extent in core
+    radii, and the glow an output leaves on the halo."""
+    size = 120
+    yy, xx = np.mgrid[0:size, 0:size]
+    r = np.hypot(yy - 60.0, xx - 60.0)
+    sky = 0.2
+    truth = np.full((3, size, size), sky, np.float32)
+    light = 2.0 / (1 + (r / 3.0) ** 2)  # a Moffat-like star, stretched units
+    original = np.clip(truth + light, 0, 1).astype(np.float32)
+    output = truth + np.float32(0.05) * (light > 0.1)  # a flat glow over the halo
+    halos = burnt_halos(original, truth, output)
+    assert halos.shape == (1, 3)
+    core_r, extent, glow = halos[0]
+    # clipped where sky + light >= 0.95: light >= 0.75, r <= 3 sqrt(2 / 0.75 - 1) = 3.87
+    assert core_r == pytest.approx(3.87, abs=0.3)
+    # the light falls below 0.1 at r = 3 sqrt(19) = 13.1: the first ring below is 13
+    assert extent * core_r == pytest.approx(13, abs=1)
+    assert glow == pytest.approx(0.05, abs=1e-6)
+    # a perfect output leaves no glow; no clipped core, no rows
+    assert burnt_halos(original, truth, truth)[0, 2] == pytest.approx(0.0, abs=1e-6)
+    assert burnt_halos(truth, truth, truth).shape == (0, 3)
