@@ -71,6 +71,12 @@ _MIX_OPTIONS: dict[str, tuple[str, str, str]] = {
         "SHARE",
         "share of crops with extra bright close doubles and small groups of stars (0)",
     ),
+    "clip_headroom": (
+        "--clip-headroom",
+        "RANGE",
+        "the camera's clip level over the generator's own, log-uniform per crop; higher: "
+        "small burnt-out cores in wide halos, as in real frames (1 1)",
+    ),
     "cast_share": (
         "--cast-share",
         "SHARE",

@@ -97,9 +97,15 @@ class Mix:
     # are red, magenta or green (real_0, real_1), where the generator's stretched sky is
     # near grey
     cast_share: float = 0.0
+    # headroom of the camera's clip level over the generator's own (which is tied to the
+    # background's bright end, so bright stars burn out over wide cores), log-uniform per
+    # scene; drawn only when it is not (1, 1). Real 8-bit frames' burnt-out stars have
+    # small clipped cores inside halos 3-5 core radii wide, the default's about 2; 10x
+    # headroom gives 3.5 (benchmarks.diagnose, "burnt-out stars' halos")
+    clip_headroom: tuple[float, float] = (1.0, 1.0)
 
     # the fields that are not shares: (low, high) ranges, and rates (a count's multiplier)
-    RANGES: ClassVar[tuple[str, ...]] = ("spike_amp", "spike_decay")
+    RANGES: ClassVar[tuple[str, ...]] = ("spike_amp", "spike_decay", "clip_headroom")
     RATES: ClassVar[tuple[str, ...]] = ("galaxy_rate",)
 
     def __post_init__(self) -> None:
@@ -645,6 +651,8 @@ def _render_pair(
         orig = np.repeat(orig.mean(0, keepdims=True), 3, 0)
     sat = float(rng.uniform(0.5, 1.0)) * max(float(np.percentile(base, 99.5)) * 4, 0.3)
     sat = min(sat, 1.0)
+    if mix.clip_headroom != (1.0, 1.0):
+        sat *= float(np.exp(rng.uniform(*np.log(mix.clip_headroom))))
     clean = np.clip(clean / sat, 0, 1)
     orig = np.clip(orig / sat, 0, 1)
     if not mono and mix.bayer_share > 0 and rng.random() < mix.bayer_share:

@@ -219,6 +219,26 @@ def test_bayer_demosaicing_keeps_flat_colour_and_puts_a_zipper_on_sharp_stars() 
     assert mono and changed, "the seeds must cover both kinds"
 
 
+def test_clip_headroom_gives_small_burnt_out_cores_in_wide_halos() -> None:
+    """More headroom over the generator's clip level: fewer, smaller clipped cores whose
+    halos reach further, in core radii (real frames' stars: 3-5)."""
+    from benchmarks.diagnose import burnt_halos
+
+    def halos(mix: Mix) -> np.ndarray:
+        rows = []
+        for s in range(40):
+            o, c, _ = make_pair(np.random.default_rng(s), 128, mix=mix, jpeg=False)
+            rows.append(burnt_halos(o, c, c))
+        return np.concatenate(rows)
+
+    plain, roomy = halos(Mix(dense_share=0.0)), halos(Mix(dense_share=0.0, clip_headroom=(10, 10)))
+    assert len(plain) > len(roomy) > 5
+    assert np.median(roomy[:, 0]) < np.median(plain[:, 0])  # smaller cores
+    assert np.median(roomy[:, 1]) > np.median(plain[:, 1])  # halos wider in core radii
+    with pytest.raises(ValueError, match="clip_headroom must be 0 < low <= high"):
+        Mix(clip_headroom=(2.0, 1.0))
+
+
 def test_a_bad_mix_is_refused_with_its_field_named() -> None:
     with pytest.raises(ValueError, match="spike_share must be a share"):
         Mix(spike_share=1.5)
