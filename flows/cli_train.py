@@ -322,7 +322,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     init = None
     if not args.new and not ckpt.exists():
         init, info = load_model(args.settings.inference.weights)
-        print(f"fine-tuning model {info.version} ({info.sha256[:12]})")
+        gan = (
+            f"adversarial terms from step {cfg.gan_start_step} (--gan-start)"
+            if cfg.w_gan > 0 or cfg.w_percep > 0
+            else "no adversarial or perceptual terms (--w-gan 0 --w-percep 0)"
+        )
+        print(f"fine-tuning model {info.version} ({info.sha256[:12]}) from step 0; {gan}")
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / "train_log.jsonl"
 

@@ -384,3 +384,19 @@ def test_plot_draws_the_logged_terms(tmp_path: Path, capsys: pytest.CaptureFixtu
     with Image.open(tmp_path / "p.png") as im:
         # one panel per logged term: four terms, so the figure is four panels tall
         assert im.size[0] == 720 and im.size[1] == round(90 * 2.2 * 4)
+
+
+def test_cli_fine_tune_says_when_the_adversarial_terms_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fine-tune of the packaged model starts at step 0: it says whether and when the
+    GAN terms come in (the default --gan-start 16000 is past most fine-tunes)."""
+    from flows.cli import main
+
+    base = ["train", "--synthetic", "--steps", "1", "--crop", "64", "--batch", "1"]
+    base += ["--pool", "2", "--threads", "1"]
+    assert main([*base, "--logs", str(tmp_path / "a")]) == 0
+    assert "from step 0; adversarial terms from step 16000" in capsys.readouterr().out
+    off = ["--logs", str(tmp_path / "b"), "--w-gan", "0", "--w-percep", "0"]
+    assert main([*base, *off]) == 0
+    assert "no adversarial or perceptual terms" in capsys.readouterr().out
