@@ -51,7 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from starnet_core.inference import check_stretched_image
-from starnet_core.inpaint import push_pull
+from starnet_core.inpaint import add_grain, push_pull, robust_sigma
 
 __all__ = [
     "StarDetections",
@@ -76,7 +76,6 @@ _SATURATED_LUM = 0.85  # ... and whose luminance reaches this ...
 _SATURATED_CONTRAST = 0.25  # ... and which rises this much above its surroundings is burnt out
 _TYPICAL_PCT = 20.0  # low percentile of confident peaks' widths: stars are the sharpest things
 _RIDGE_SAMPLES = 2  # more ring samples than this above half the peak: a ridge, not a star
-_MAD_TO_SIGMA = 1.4826
 
 
 @dataclass(frozen=True)
@@ -117,23 +116,11 @@ def _check_params(
         raise ValueError(f"background_px must be an int >= 6, got {background_px!r}")
 
 
-def _robust_sigma(values: np.ndarray) -> float:
-    """Noise sigma from the lower half of ``values`` (positive outliers such as stars ignored)."""
-    v = values.ravel()
-    if v.size > 1 << 18:  # a strided sample is plenty for a median
-        v = v[:: v.size // (1 << 18)]
-    med = float(np.median(v))
-    low = med - v[v <= med]
-    if low.size == 0:
-        return 0.0
-    return _MAD_TO_SIGMA * float(np.median(low))
-
-
 def pixel_noise(channel: np.ndarray) -> float:
     """Robust per-pixel noise sigma of an ``(H, W)`` image, from a 3x3 high-pass."""
     hp = channel - ndimage.uniform_filter(channel, 3)
     # removing the 3x3 mean (which holds 1/9 of the pixel) scales white noise by sqrt(8/9)
-    return _robust_sigma(hp) * float(np.sqrt(9 / 8))
+    return robust_sigma(hp) * float(np.sqrt(9 / 8))
 
 
 def _upsample(coarse: np.ndarray, block: int, shape: tuple[int, int]) -> np.ndarray:
@@ -456,11 +443,6 @@ def classical_remove_stars(
     bg = np.stack([background(ch, background_px) for ch in image])
     fill = bg + push_pull(image - bg, known)
     if add_noise:
-        rng = np.random.default_rng(seed)
-        n_masked = int(det.mask.sum())
-        for c in range(image.shape[0]):
-            hp = image[c] - ndimage.uniform_filter(image[c], 3)
-            sigma = _robust_sigma(hp[known]) * np.sqrt(9 / 8)
-            fill[c][det.mask] += rng.standard_normal(n_masked).astype(np.float32) * sigma
+        add_grain(fill, image, det.mask, known, seed)
     out = np.where(det.mask[None], fill, image)
     return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -1,4 +1,5 @@
-"""Inpainting by push-pull interpolation (Gortler et al. 1996), on arrays, no torch.
+"""Inpainting by push-pull interpolation (Gortler et al. 1996) and the grain of the
+fill, on arrays, no torch.
 
 Shared by the classical baseline (:mod:`starnet_core.classical`: the fill of its star
 mask) and the pipeline's rim fill of burnt-out stars
@@ -8,8 +9,41 @@ mask) and the pipeline's rim fill of burnt-out stars
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
-__all__ = ["push_pull"]
+__all__ = ["add_grain", "push_pull", "robust_sigma"]
+
+_MAD_TO_SIGMA = 1.4826
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """Noise sigma from the lower half of ``values`` (positive outliers such as stars ignored)."""
+    v = values.ravel()
+    if v.size > 1 << 18:  # a strided sample is plenty for a median
+        v = v[:: v.size // (1 << 18)]
+    med = float(np.median(v))
+    low = med - v[v <= med]
+    if low.size == 0:
+        return 0.0
+    return _MAD_TO_SIGMA * float(np.median(low))
+
+
+def add_grain(
+    fill: np.ndarray, image: np.ndarray, hole: np.ndarray, sample: np.ndarray, seed: int
+) -> None:
+    """Add Gaussian noise at ``image``'s own pixel noise to ``fill`` (both ``(C, H, W)``,
+    ``fill`` float32, changed in place) on the ``hole`` pixels (``(H, W)`` bool), so that
+    an inpainted area does not show as a smooth patch. Per channel, the sigma is the
+    robust spread (:func:`robust_sigma`) of ``image``'s 3x3 high-pass over the ``sample``
+    pixels; the noise comes from ``seed``, so the result is deterministic.
+    """
+    rng = np.random.default_rng(seed)
+    n = int(hole.sum())
+    for c in range(image.shape[0]):
+        hp = image[c] - ndimage.uniform_filter(image[c], 3)
+        # removing the 3x3 mean (which holds 1/9 of the pixel) scales white noise by sqrt(8/9)
+        sigma = robust_sigma(hp[sample]) * np.sqrt(9 / 8)
+        fill[c][hole] += rng.standard_normal(n).astype(np.float32) * sigma
 
 
 def _down(a: np.ndarray) -> np.ndarray:

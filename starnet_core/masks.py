@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from starnet_core.inpaint import push_pull
+from starnet_core.inpaint import add_grain, push_pull
 from starnet_core.options import CoreFillOptions, MaskOptions, ProtectOptions, SkyColourOptions
 
 __all__ = [
@@ -290,7 +290,6 @@ def fill_sky_colour(
 
 
 _GRAIN_RING_PX = 4  # the grain of the fill is measured this far around the footprints
-_MAD_TO_SIGMA = 1.4826
 
 
 def burnt_star_footprint(
@@ -346,8 +345,9 @@ def fill_burnt_stars(
     Over a clipped core the input holds no sky, and the network's fill of the core and
     its halo is a guess that comes out too bright (a soft glow where the star was).
     With ``options.grain``, Gaussian noise at the starless image's pixel noise (per
-    channel: the robust spread of its 3x3 high-pass on a 4 px ring around the
-    footprints) is added to the fill, from a fixed seed.
+    channel, measured on a 4 px ring around the footprints:
+    :func:`starnet_core.inpaint.add_grain`, as the classical baseline's fill) is added
+    to the fill, from a fixed seed.
     ``(C, H, W)`` in stretched [0, 1]; returns ``(C, H, W) float32``. ``options.enabled``
     False, no such star, or a footprint that leaves no rim returns ``starless``.
     """
@@ -360,14 +360,7 @@ def fill_burnt_stars(
     filled = push_pull(starless.astype(np.float32), ~footprint)
     if options.grain:
         ring = ndimage.binary_dilation(footprint, iterations=_GRAIN_RING_PX) & ~footprint
-        rng = np.random.default_rng(0)
-        n = int(footprint.sum())
-        for c, channel in enumerate(starless):
-            grain = channel - ndimage.uniform_filter(channel.astype(np.float32), 3)
-            values = grain[ring]
-            # white noise keeps sqrt(8/9) of its sigma after removing the 3x3 mean
-            sigma = _MAD_TO_SIGMA * np.median(np.abs(values - np.median(values))) * np.sqrt(9 / 8)
-            filled[c][footprint] += rng.standard_normal(n).astype(np.float32) * np.float32(sigma)
+        add_grain(filled, starless, footprint, ring, seed=0)
     return np.clip(filled, 0.0, 1.0).astype(np.float32, copy=False)
 
 
