@@ -13,7 +13,9 @@ installed package, whatever the working directory, with no ``alembic.ini``.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +109,18 @@ def _create_engine(url: str, busy_timeout_s: float) -> Engine:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        # switching a new database to WAL takes an exclusive lock, and SQLite answers
+        # "database is locked" at once, not after the busy timeout, when another process
+        # switches it at the same moment (two workers starting on an empty database)
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                cur.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
