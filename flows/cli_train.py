@@ -114,6 +114,13 @@ def register(sub: Any) -> None:
         "--gan-start", type=int, help="step at which adversarial + perceptual terms start"
     )
     p.add_argument(
+        "--d-warmup",
+        type=int,
+        metavar="STEPS",
+        help="discriminator-only steps against the frozen generator before it trains (a "
+        "fine-tune starts with a fresh discriminator); not counted in --steps or --minutes",
+    )
+    p.add_argument(
         "--star-weight",
         type=float,
         help="extra L1 weight on star pixels, |original - starless| > --star-threshold (20)",
@@ -228,6 +235,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("lr_min", "lr_min"),
         ("real_ratio", "real_ratio"),
         ("gan_start", "gan_start_step"),
+        ("d_warmup", "d_warmup_steps"),
         ("pool", "pool_size"),
         ("glow_cap", "glow_cap_sigma"),
         ("star_weight", "star_weight"),
@@ -267,6 +275,10 @@ def _config(args: argparse.Namespace) -> Any:
     ):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{option} must be a number >= 0, got {value:g}")
+    if cfg.d_warmup_steps < 0:
+        raise ValueError(f"--d-warmup must be 0 or more steps, got {cfg.d_warmup_steps}")
+    if cfg.d_warmup_steps > 0 and cfg.w_gan == 0 and cfg.w_percep == 0:
+        raise ValueError("--d-warmup needs the adversarial terms (--w-gan or --w-percep > 0)")
     if not (math.isfinite(cfg.ema_decay) and 0 <= cfg.ema_decay < 1):
         raise ValueError(f"--ema must be a decay in [0, 1), got {cfg.ema_decay:g}")
     if args.minutes is not None:
@@ -327,6 +339,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             if cfg.w_gan > 0 or cfg.w_percep > 0
             else "no adversarial or perceptual terms (--w-gan 0 --w-percep 0)"
         )
+        if cfg.d_warmup_steps:
+            gan += f", after {cfg.d_warmup_steps} discriminator-only steps (--d-warmup)"
         print(f"fine-tuning model {info.version} ({info.sha256[:12]}) from step 0; {gan}")
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / "train_log.jsonl"

@@ -256,6 +256,11 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--w-galaxy must be a number >= 0, got -1" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--ema", "1"]) == 2
     assert "--ema must be a decay in [0, 1), got 1" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--d-warmup", "-5"]) == 2
+    assert "--d-warmup must be 0 or more steps, got -5" in capsys.readouterr().err
+    no_gan = ["--w-gan", "0", "--w-percep", "0", "--d-warmup", "10"]
+    assert main(["train", "--synthetic", "--logs", logs, *no_gan]) == 2
+    assert "--d-warmup needs the adversarial terms" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--scene-mix", "easy"]) == 2
     assert "--scene-mix must be one of default, hard" in capsys.readouterr().err
     if not torch.cuda.is_available():
@@ -400,3 +405,50 @@ def test_cli_fine_tune_says_when_the_adversarial_terms_start(
     off = ["--logs", str(tmp_path / "b"), "--w-gan", "0", "--w-percep", "0"]
     assert main([*base, *off]) == 0
     assert "no adversarial or perceptual terms" in capsys.readouterr().out
+
+
+def test_discriminator_warm_up_trains_only_the_discriminator(tmp_path: Path) -> None:
+    """--d-warmup: D learns against the frozen generator first; the generator, its
+    moving average and the step count are left as they were, then training goes on."""
+    from starnet_core.train import build_state
+
+    cfg = tiny_config(steps=0, d_warmup_steps=3, ema_decay=0.9, gan_start_step=0)
+    init = build_state(cfg, None).generator
+    g0 = {k: v.clone() for k, v in init.state_dict().items()}
+    # steps=0: nothing to do, so no warm-up either (an export-only call)
+    state = train(cfg, tmp_path / "none", init=init)
+    assert state.step == 0
+    d_fresh = {k: v.clone() for k, v in state.discriminator.state_dict().items()}
+
+    stops = iter([False, False, False, True])  # warm-up runs its 3 steps, then stop
+    state = train(
+        dataclasses.replace(cfg, steps=5),
+        tmp_path / "warm",
+        init=init,
+        should_stop=lambda: next(stops),
+    )
+    assert state.step == 0, "warm-up steps are not generator steps"
+    for k, v in state.generator.state_dict().items():
+        assert torch.equal(v, g0[k]), f"generator changed in the warm-up: {k}"
+    assert state.ema is not None
+    for k, v in state.ema.state_dict().items():
+        assert torch.equal(v, g0[k]), f"moving average changed in the warm-up: {k}"
+    d_now = state.discriminator.state_dict()
+    learnt = [k for k, v in d_now.items() if not torch.equal(v, d_fresh[k])]
+    assert learnt, "the discriminator did not learn in the warm-up"
+    assert state.opt_g.state == {}, "no generator update in the warm-up"
+
+    state = train(dataclasses.replace(cfg, steps=2, d_warmup_steps=2), tmp_path / "on", init=init)
+    assert state.step == 2
+
+
+def test_cli_fine_tune_says_the_discriminator_warms_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    args = ["train", "--synthetic", "--steps", "1", "--crop", "64", "--batch", "1", "--pool", "2"]
+    args += ["--threads", "1", "--gan-start", "0", "--d-warmup", "2", "--logs", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "adversarial terms from step 0 (--gan-start), after 2 discriminator-only steps" in out
