@@ -334,9 +334,14 @@ def run_benchmark(
     cases: list[Case] | None = None,
     glow_cap: float = DEFAULT_GLOW_CAP,
     scene_mix: str = "default",
+    synthetic: bool = True,
 ) -> dict[str, Any]:
     """All figures as a JSON-ready dict (``cases`` overrides the synthetic scenes;
-    ``scene_mix`` names the generator mix they are drawn with, :data:`MIXES`)."""
+    ``scene_mix`` names the generator mix they are drawn with, :data:`MIXES`;
+    ``synthetic=False``: the real pairs alone, a screen that takes seconds, with no
+    seam score)."""
+    if not synthetic and real_dir is None:
+        raise ValueError("nothing to measure: no synthetic scenes and no real pairs")
     options = tile_options or TileOptions()
     protect = protect or ProtectOptions()
     sky_colour = sky_colour or SkyColourOptions()
@@ -349,7 +354,9 @@ def run_benchmark(
             x, remove_stars(model, x, options), protect, sky_colour, core_fill
         )
     size = QUICK_SIZE_PX if quick else FULL_SIZE_PX
-    if cases is None:
+    if not synthetic:
+        cases = []
+    elif cases is None:
         cases = synthetic_cases(
             QUICK_PLAN if quick else FULL_PLAN, size, glow_cap=glow_cap, mix=MIXES[scene_mix]
         )
@@ -366,7 +373,7 @@ def run_benchmark(
         "glow_cap_sigma": glow_cap,
         "scene_mix": scene_mix,
     }
-    groups = {"synthetic": cases}
+    groups = {"synthetic": cases} if synthetic else {}
     if real_dir is not None:
         groups["real"] = real_cases(real_dir)
     for group, group_cases in groups.items():
@@ -386,8 +393,9 @@ def run_benchmark(
                 panels += [outputs["model"]] if "model" in outputs else []
                 write_preview(preview_dir / f"{group}-{case.name}.png", [*panels, case.truth])
         results[group] = {"scenes": records, "overall": aggregate(records, raws)}
-    results["synthetic"]["size_px"] = int(cases[0].original.shape[1])
-    results["synthetic"]["far_px"] = FAR_PX
+    if synthetic:
+        results["synthetic"]["size_px"] = int(cases[0].original.shape[1])
+        results["synthetic"]["far_px"] = FAR_PX
     model_info: dict[str, Any] = {"label": model_label}
     if model is not None:
         multiple = getattr(model, "multiple", 1)
@@ -396,7 +404,7 @@ def run_benchmark(
         seam_device = options.device  # where remove_stars left the model
         macs = macs_per_pixel(model.cpu())
         model.to(select_device(seam_device))
-        seams = [
+        seams = [  # on the synthetic scenes: the real pairs are smaller than one tile
             seam_score(
                 model,
                 c.original,
@@ -411,7 +419,7 @@ def run_benchmark(
         model_info.update(
             macs_per_px=macs,
             macs_ratio_to_starnet_v1=macs / STARNET_V1_MACS_PER_PX,
-            seam_score=float(max(seams)),
+            seam_score=float(max(seams)) if seams else None,
         )
     results["model"] = model_info
     return results
@@ -434,7 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_REAL_PAIRS,
         help="folder with original/ and starless/ (default: %(default)s)",
     )
-    parser.add_argument("--no-real", action="store_true", help="skip the real pairs")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--no-real", action="store_true", help="skip the real pairs")
+    only.add_argument(
+        "--real-only",
+        action="store_true",
+        help="the real pairs alone (seconds: a screen before the full benchmark)",
+    )
     parser.add_argument("--no-model", action="store_true", help="input and classical only")
     parser.add_argument("--no-previews", action="store_true", help="write no preview images")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -504,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(e))
     real_dir = None if args.no_real else args.real_pairs
     stem = "quality_quick" if args.quick else "quality"
+    stem += "_real" if args.real_only else ""
     stem += f"_ensemble{args.ensemble}" if args.ensemble > 1 else ""
     stem += f"_passes{args.passes}" if args.passes > 1 else ""
     stem += "_upsample" if args.upsample else ""
@@ -535,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scene_mix=args.scene_mix,
         sky_colour=SkyColourOptions(enabled=not args.no_sky_colour),
         core_fill=CoreFillOptions(enabled=not args.no_core_fill),
+        synthetic=not args.real_only,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(

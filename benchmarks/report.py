@@ -22,11 +22,9 @@ def _flux_cell(summary: dict[str, dict[str, float]], key: str) -> str:
     return f"{_fmt(s['median'], 2)} / {_fmt(s['p95'], 2)} ({s['n']})"
 
 
-def render_markdown(results: dict[str, Any]) -> str:
-    """The report: overall tables, per-scene PSNR, model cost."""
-    lines = [f"# Star removal quality — {results['model']['label']}", ""]
-    syn = results["synthetic"]
-    lines += [
+def _synthetic_section(results: dict[str, Any], syn: dict[str, Any]) -> list[str]:
+    """The synthetic scenes' overall and per-scene tables."""
+    lines = [
         f"## Synthetic held-out scenes ({len(syn['scenes'])} × {syn['size_px']} px, seeds "
         f"{', '.join(str(s['seed']) for s in syn['scenes'])})",
         "",
@@ -79,6 +77,15 @@ def render_markdown(results: dict[str, Any]) -> str:
             + " | ".join(cells)
             + " |"
         )
+    return lines
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The report: overall tables, per-scene PSNR, model cost."""
+    lines = [f"# Star removal quality — {results['model']['label']}", ""]
+    syn = results.get("synthetic")
+    if syn:
+        lines += _synthetic_section(results, syn)
     real = results.get("real")
     if real:
         lines += [
@@ -105,8 +112,12 @@ def render_markdown(results: dict[str, Any]) -> str:
             "",
             f"- MAC per pixel: {m['macs_per_px'] / 1000:.2f} k "
             f"({100 * m['macs_ratio_to_starnet_v1']:.1f}% of StarNet v1's ~92 k)",
-            f"- Seam score (largest change on tile borders when tiles move): "
-            f"{_fmt(m['seam_score'], 4)}",
+            "- Seam score (largest change on tile borders when tiles move): "
+            + (
+                _fmt(m["seam_score"], 4)
+                if m.get("seam_score") is not None
+                else "not measured (real pairs only)"
+            ),
         ]
     lines += ["", f"Device: {results['device']}; torch threads: {results['torch_threads']}.", ""]
     return "\n".join(lines)

@@ -309,3 +309,30 @@ def test_upsample_gain_rules() -> None:
     assert means["best per scene"] == 28.0 == means["width < 2 px"]
     with pytest.raises(ValueError, match="no scenes"):
         ug.rule_means([])
+
+
+def test_benchmark_real_only_screen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--real-only: the real pairs alone, no synthetic scene drawn, no seam score."""
+    _write_real_pair(tmp_path / "pairs")
+    results = quality.run_benchmark(
+        _tiny_model(),
+        model_label="tiny random model",
+        real_dir=tmp_path / "pairs",
+        tile_options=quality.TileOptions(tile_px=32, overlap_px=8, device="cpu"),
+        synthetic=False,
+    )
+    assert "synthetic" not in results
+    assert set(results["real"]["overall"]) == {"input", "classical", "model"}
+    assert results["model"]["seam_score"] is None and results["model"]["macs_per_px"] > 0
+    text = quality.render_markdown(results)
+    assert "Synthetic" not in text and "real_0" in text and "not measured" in text
+    with pytest.raises(ValueError, match="nothing to measure"):
+        quality.run_benchmark(None, model_label="x", real_dir=None, synthetic=False)
+
+    out = tmp_path / "out"
+    argv = ["--no-model", "--real-only", "--real-pairs", str(tmp_path / "pairs")]
+    assert quality.main([*argv, "--out", str(out), "--no-previews"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["quality_real.json", "quality_real.md"]
+    with pytest.raises(SystemExit):
+        quality.main(["--real-only", "--no-real"])
+    assert "not allowed with argument" in capsys.readouterr().err
