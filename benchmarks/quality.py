@@ -537,21 +537,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         label += ", clipped cores left as the network colours them"
     if args.no_core_fill:
         label += ", burnt-out stars left as the network fills them"
-    results = run_benchmark(
-        model,
-        model_label=label,
-        quick=args.quick,
-        real_dir=real_dir,
-        preview_dir=preview_dir,
-        tile_options=TileOptions(
-            ensemble=args.ensemble, passes=args.passes, upsample=args.upsample
-        ),
-        glow_cap=args.glow_cap,
-        scene_mix=args.scene_mix,
-        sky_colour=SkyColourOptions(enabled=not args.no_sky_colour),
-        core_fill=CoreFillOptions(enabled=not args.no_core_fill),
-        synthetic=not args.real_only,
-    )
+    try:
+        results = run_benchmark(
+            model,
+            model_label=label,
+            quick=args.quick,
+            real_dir=real_dir,
+            preview_dir=preview_dir,
+            tile_options=TileOptions(
+                ensemble=args.ensemble, passes=args.passes, upsample=args.upsample
+            ),
+            glow_cap=args.glow_cap,
+            scene_mix=args.scene_mix,
+            sky_colour=SkyColourOptions(enabled=not args.no_sky_colour),
+            core_fill=CoreFillOptions(enabled=not args.no_core_fill),
+            synthetic=not args.real_only,
+        )
+    except ValueError as e:  # a missing or unreadable real-pairs folder, named
+        parser.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(
         json.dumps(finite_json(results), indent=1, allow_nan=False) + "\n", encoding="utf-8"

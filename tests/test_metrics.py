@@ -336,3 +336,6 @@ def test_benchmark_real_only_screen(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         quality.main(["--real-only", "--no-real"])
     assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality.main(["--no-model", "--real-only", "--real-pairs", str(tmp_path / "none")])
+    assert "none/original: no such directory (--real-pairs)" in capsys.readouterr().err
