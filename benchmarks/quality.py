@@ -342,6 +342,8 @@ def run_benchmark(
     seam score)."""
     if not synthetic and real_dir is None:
         raise ValueError("nothing to measure: no synthetic scenes and no real pairs")
+    # read first: a missing or broken folder fails before minutes of synthetic scenes
+    real = real_cases(real_dir) if real_dir is not None else None
     options = tile_options or TileOptions()
     protect = protect or ProtectOptions()
     sky_colour = sky_colour or SkyColourOptions()
@@ -374,8 +376,8 @@ def run_benchmark(
         "scene_mix": scene_mix,
     }
     groups = {"synthetic": cases} if synthetic else {}
-    if real_dir is not None:
-        groups["real"] = real_cases(real_dir)
+    if real is not None:
+        groups["real"] = real
     for group, group_cases in groups.items():
         records, raws = [], []
         for i, case in enumerate(group_cases):

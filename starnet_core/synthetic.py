@@ -101,7 +101,7 @@ class Mix:
     # background's bright end, so bright stars burn out over wide cores), log-uniform per
     # scene; drawn only when it is not (1, 1). Real 8-bit frames' burnt-out stars have
     # small clipped cores inside halos 3-5 core radii wide, the default's about 2; 10x
-    # headroom gives 3.5 (benchmarks.diagnose, "burnt-out stars' halos")
+    # headroom gives 2.9 (benchmarks.diagnose, "burnt-out stars' halos"; BENCHMARKS.md)
     clip_headroom: tuple[float, float] = (1.0, 1.0)
 
     # the fields that are not shares: (low, high) ranges, and rates (a count's multiplier)

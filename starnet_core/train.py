@@ -599,13 +599,7 @@ def _loop(
         if cfg.time_limit_s > 0 and elapsed >= cfg.time_limit_s:
             log.info("time budget of %.0f s spent at step %d", cfg.time_limit_s, state.step)
             break
-        x, y, keep = next(data)
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        keep = keep.to(device, non_blocking=True)
-        x, y, moved = augment(x, y, gen, cfg.augment_scale, keep)
-        assert moved is not None  # a mask in, a mask out
-        keep = moved
+        x, y, keep = _next_batch(data, device, gen, cfg.augment_scale)
         lr = lr_at(state.step, cfg, elapsed)
         for opt in (state.opt_g, state.opt_d):
             for group in opt.param_groups:
@@ -695,6 +689,25 @@ def _loop(
     return saved
 
 
+def _next_batch(
+    data: Iterator[tuple[torch.Tensor, ...]],
+    device: torch.device,
+    gen: torch.Generator,
+    scale_p: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The next (original, truth, keep mask) batch on ``device``, augmented."""
+    x, y, keep = next(data)
+    x, y, moved = augment(
+        x.to(device, non_blocking=True),
+        y.to(device, non_blocking=True),
+        gen,
+        scale_p,
+        keep.to(device, non_blocking=True),
+    )
+    assert moved is not None  # a mask in, a mask out
+    return x, y, moved
+
+
 def _discriminator_step(
     state: TrainState, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor
 ) -> dict[str, float]:
@@ -733,14 +746,7 @@ def _warm_discriminator(
         if should_stop is not None and should_stop():
             log.info("discriminator warm-up stopped after %d steps", i - 1)
             return
-        x, y, keep = next(data)
-        x, y, _ = augment(
-            x.to(device, non_blocking=True),
-            y.to(device, non_blocking=True),
-            gen,
-            cfg.augment_scale,
-            keep.to(device, non_blocking=True),
-        )
+        x, y, _ = _next_batch(data, device, gen, cfg.augment_scale)
         with torch.no_grad():
             out = g(x)
         for k, v in _discriminator_step(state, x, y, out).items():
