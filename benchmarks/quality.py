@@ -293,6 +293,18 @@ def aggregate(
             entry["residual_star_flux"] = metrics.summarize(
                 frac, np.concatenate([r["bins"] for r in raw])
             )
+            # pooled over stars, the dense fields (tens of thousands of stars each) are
+            # almost the whole figure: the other scenes get their own
+            dense = np.concatenate(
+                [
+                    np.full(len(r["fractions"]), bool(rec["properties"].get("dense")))
+                    for rec, r in zip(records, raw, strict=True)
+                ]
+            )
+            entry["residual_by_field"] = {
+                field: metrics.summarize(frac[pick])["all"]
+                for field, pick in (("dense", dense), ("other", ~dense))
+            }
             kept = np.concatenate([r["kept"] for r in raw])
             kept = kept[np.isfinite(kept)]
             entry["structure_kept"] = {

@@ -53,6 +53,18 @@ def _synthetic_section(results: dict[str, Any], syn: dict[str, Any]) -> list[str
             f"{_fmt(o['s_per_mp'], 2)} ({_fmt(o['cpu_s_per_mp'], 2)}) |"
         )
     names = list(syn["overall"])
+    if all("residual_by_field" in o for o in syn["overall"].values()):
+        lines += [
+            "",
+            "Residual star flux by field, median / p95 (stars): the pooled figure above is "
+            "almost all the dense fields' stars.",
+            "",
+            "| method | dense fields | other scenes |",
+            "|---|---|---|",
+        ]
+        for name, o in syn["overall"].items():
+            f = o["residual_by_field"]
+            lines.append(f"| {name} | {_flux_cell(f, 'dense')} | {_flux_cell(f, 'other')} |")
     lines += [
         "",
         "Per scene (PSNR dB / bg PSNR dB / bright-star residual median / galaxies and knots "

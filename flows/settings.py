@@ -117,7 +117,7 @@ class CoreFillSettings:
     fill leaves a glow (see CoreFillOptions)."""
 
     enabled: bool = _CORE_FILL.enabled
-    clip_level: float = _CORE_FILL.clip_level  # clipped: every channel >= this (stretched)
+    clip_level: float = _CORE_FILL.clip_level  # core: every channel >= this (stretched)
     core_drop: float = _CORE_FILL.core_drop  # a core the net took at least this much from
     layer_threshold: float = _CORE_FILL.layer_threshold  # footprint: star layer above this
     reach: float = _CORE_FILL.reach  # ... within this many core radii

@@ -360,10 +360,10 @@ def test_fill_burnt_stars_leaves_kept_cores_and_stops_at_its_reach() -> None:
     # away, touching the core): the footprint ends within its reach of the core
     wide = net.copy()
     wide[:, 44:52, :] = truth[:, 44:52, :] - 0.0  # the band: network output = sky
-    banded = original.copy()
-    banded[:, 44:52, :] = np.maximum(banded[:, 44:52, :], 0.9)
+    banded = original.copy()  # bright, but below the core level: not a core itself
+    banded[:, 44:52, :] = np.maximum(banded[:, 44:52, :], options.clip_level - 0.05)
     footprint = burnt_star_footprint(banded, wide, options)
-    core = (banded >= 0.95).all(0)
+    core = (banded >= options.clip_level).all(0)
     radius = np.sqrt(core.sum() / np.pi)
     reach = options.reach * radius + options.reach_px + options.grow_px
     cols = np.nonzero(footprint.any(0))[0]
@@ -372,6 +372,29 @@ def test_fill_burnt_stars_leaves_kept_cores_and_stops_at_its_reach() -> None:
     # mono frames are filled the same way
     mono = fill_burnt_stars(original[:1], net[:1], options)
     assert mono.shape == (1, 96, 96) and not np.array_equal(mono, net[:1])
+
+
+def test_fill_burnt_stars_takes_near_white_cores_by_default() -> None:
+    from starnet_core.masks import burnt_star_footprint, fill_burnt_stars
+    from starnet_core.options import CoreFillOptions
+
+    # a bright star whose core is near white but not clipped (every channel 0.8-0.9,
+    # as in a stretched dense field), removed by the network with a glow left behind
+    original, truth, _ = _clipped_star_on_magenta(size=96, radius=6, amp=0.7)
+    top = original.min(0).max()
+    assert 0.75 < top < 0.95
+    yy, xx = np.mgrid[0:96, 0:96]
+    haze = 0.15 * np.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / (2 * 6.0**2))
+    net = np.clip(truth + haze.astype(np.float32), 0, 1).astype(np.float32)
+    # the default (0.75) takes it; the old level, clipped cores only (0.95), does not
+    assert fill_burnt_stars(original, net, CoreFillOptions(clip_level=0.95)) is net
+    options = CoreFillOptions(grain=False)
+    footprint = burnt_star_footprint(original, net, options)
+    assert footprint[48, 48] and footprint.sum() > 50
+    out = fill_burnt_stars(original, net, options)
+    before = np.abs(net[:, footprint] - truth[:, footprint]).mean()
+    after = np.abs(out[:, footprint] - truth[:, footprint]).mean()
+    assert before > 0.05 and after < before / 2.5  # the rim still holds some glow
 
 
 def test_finish_starless_ends_with_the_core_fill() -> None:

@@ -145,7 +145,7 @@ def _write_real_pair(root: Path) -> None:
 
 def test_benchmark_end_to_end_on_a_tiny_scene(tmp_path: Path) -> None:
     _write_real_pair(tmp_path / "pairs")
-    cases = [_tiny_case(9_000_001, "a"), _tiny_case(9_000_002, "b")]
+    cases = [_tiny_case(9_000_001, "a"), _tiny_case(9_000_003, "b")]  # dense, sparse
     results = quality.run_benchmark(
         _tiny_model(),
         model_label="tiny random model",
@@ -157,6 +157,14 @@ def test_benchmark_end_to_end_on_a_tiny_scene(tmp_path: Path) -> None:
     syn = results["synthetic"]["overall"]
     assert set(syn) == {"input", "classical", "model"}
     assert syn["input"]["residual_star_flux"]["all"]["median"] == pytest.approx(1.0)
+    # by field: each scene's measurable stars go to its group, dense or other
+    assert [c.properties["dense"] for c in cases] == [True, False]
+    by_field = syn["model"]["residual_by_field"]
+    per_scene = [
+        r["methods"]["model"]["residual_star_flux"]["all"]["n"]
+        for r in results["synthetic"]["scenes"]
+    ]
+    assert [by_field["dense"]["n"], by_field["other"]["n"]] == per_scene
     assert results["real"]["overall"]["classical"]["psnr_db"] > 0
     assert results["model"]["macs_per_px"] > 0 and results["model"]["seam_score"] >= 0
     text = quality.render_markdown(results)
@@ -164,6 +172,7 @@ def test_benchmark_end_to_end_on_a_tiny_scene(tmp_path: Path) -> None:
     # per scene: PSNR / bg PSNR / bright residual / galaxies kept, for every method
     row = next(line for line in text.splitlines() if line.startswith("| a |"))
     assert [cell.count(" / ") for cell in row.split("|")[5:8]] == [3, 3, 3]
+    assert "| method | dense fields | other scenes |" in text
     assert results["scene_mix"] == "default" and "mix" not in text
     assert "generator's 'hard' mix" in quality.render_markdown(results | {"scene_mix": "hard"})
     json.dumps(quality.finite_json(results), allow_nan=False)

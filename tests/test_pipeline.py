@@ -14,7 +14,7 @@ from astropy.io import fits
 from flows.cli import main
 from starnet_core.imageio import read_image
 from starnet_core.model import ModelConfig, StarNetUNet, save_weights
-from starnet_core.options import CoreFillOptions
+from starnet_core.options import CoreFillOptions, ProtectOptions
 from starnet_core.pipeline import StretchOptions, needs_stretch, process_array
 from starnet_core.stretch import apply_stretch, normalize_linear
 
@@ -60,8 +60,16 @@ def test_needs_stretch_policy() -> None:
 
 def test_linear_frame_comes_back_linear() -> None:
     image = star_field((1, 40, 48))
-    # without the rim fill of burnt-out stars, which would replace the halved clipped cores
-    p = process_array(Halve(), image, is_linear=True, core_fill=CoreFillOptions(enabled=False))
+    # the network's halving everywhere: without background protection (which keeps the
+    # input where the halved layer is faint) and without the rim fill of burnt-out stars
+    # (which would replace the halved clipped cores)
+    p = process_array(
+        Halve(),
+        image,
+        is_linear=True,
+        protect=ProtectOptions(enabled=False),
+        core_fill=CoreFillOptions(enabled=False),
+    )
     assert p.stretch is not None and p.normalization is not None
     assert p.starless.shape == image.shape and p.starless.dtype == np.float32
     # the starless frame is in the input's units and can be stretched like the original:
@@ -77,7 +85,8 @@ def test_linear_frame_comes_back_linear() -> None:
 
 def test_stretched_frame_uses_unscreen_star_layer() -> None:
     image = np.random.default_rng(1).uniform(0.1, 0.9, (3, 20, 24)).astype(np.float32)
-    p = process_array(Halve(), image, is_linear=False)
+    # random pixels that are near white in every channel would count as burnt-out cores
+    p = process_array(Halve(), image, is_linear=False, core_fill=CoreFillOptions(enabled=False))
     assert p.stretch is None
     assert np.allclose(p.starless, image / 2, atol=1e-6)
     screened = 1 - (1 - p.starless) * (1 - p.stars)
