@@ -348,3 +348,56 @@ def test_benchmark_real_only_screen(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         quality.main(["--no-model", "--real-only", "--real-pairs", str(tmp_path / "none")])
     assert "none/original: no such directory (--real-pairs)" in capsys.readouterr().err
+
+
+def test_finish_sweep_parses_settings() -> None:
+    from benchmarks.finish_sweep import parse_setting
+    from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
+
+    defaults = parse_setting("")
+    assert defaults == {
+        "protect": ProtectOptions(),
+        "sky_colour": SkyColourOptions(),
+        "core_fill": CoreFillOptions(),
+    }
+    s = parse_setting("core_fill.clip_level=0.8, protect.dilate_px=1,core_fill.grain=false")
+    assert s["core_fill"] == CoreFillOptions(clip_level=0.8, grain=False)
+    assert s["protect"] == ProtectOptions(dilate_px=1)
+    assert s["sky_colour"] == SkyColourOptions()
+    for bad, match in (
+        ("core_fill.clip_level", "expected section.field=value"),
+        ("fill.clip_level=0.8", "unknown section 'fill'"),
+        ("core_fill.level=0.8", "core_fill has no field 'level'"),
+        ("protect.dilate_px=1.5", "protect.dilate_px takes a int"),
+        ("core_fill.grain=maybe", "takes true or false"),
+        ("core_fill.clip_level=0.2", "clip_level must be a number in"),  # the options' check
+    ):
+        with pytest.raises(ValueError, match=match):
+            parse_setting(bad)
+
+
+def test_finish_sweep_scores_settings_on_development_scenes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import finish_sweep
+
+    weights = tmp_path / "tiny.safetensors"
+    save_weights(_tiny_model(), weights, version="0.0.1-test")
+    code = finish_sweep.main(
+        ["--weights", str(weights), "--mix", "default", "--scenes", "2", "protect.enabled=false"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "seeds 6,000,000-6,000,001" in out
+    rows = [line for line in out.splitlines() if line.startswith("| defaults |")]
+    off = [line for line in out.splitlines() if line.startswith("| protect.enabled=false |")]
+    assert len(rows) == 1 and len(off) == 1
+    assert rows[0] != off[0]  # protection changes the untrained network's output
+    # the defaults' row is the benchmark's own scoring of the pipeline's defaults
+    cases = finish_sweep.dev_cases("default", finish_sweep.DEV_SEEDS[:2])
+    model = _tiny_model()
+    outs = [quality.remove_stars(model, c.original, quality.TileOptions()) for c in cases]
+    direct = finish_sweep.score(cases, outs, finish_sweep.parse_setting(""))
+    assert f"| defaults | {direct['psnr']:.3f} | {direct['bg']:.2f} |" in rows[0]
+    with pytest.raises(SystemExit):
+        finish_sweep.main(["--scenes", "0"])
+    assert "--scenes must be 1 to 48" in capsys.readouterr().err
