@@ -241,7 +241,9 @@ class CoreFillOptions:
     Over a star whose core is clipped white the input holds no sky at all, and the
     network's fill of the core and of the halo around it is its guess: model 0.5.0
     leaves a soft glow there, brighter than the sky around (real_2's double star,
-    real_1's brightest star). This step takes each clipped core the network did
+    real_1's brightest star); over a near-white core, as the bright stars of a
+    stretched dense field have, it leaves a thin ring. This step takes each white or
+    near-white core (every channel at least ``clip_level``) the network did
     remove (its star layer, averaged over the core, at least ``core_drop``), grows it
     through the pixels where the star layer (luminance) stays above
     ``layer_threshold``, no further than ``reach`` core radii plus ``reach_px`` from
