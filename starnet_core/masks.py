@@ -299,10 +299,10 @@ def burnt_star_footprint(
 
     Each white or near-white core (every channel of ``original``
     ``>= options.clip_level``; one connected component) from which the network took
-    at least ``options.core_drop`` (mean luminance star layer over the core), grown through the pixels whose star
-    layer is above ``options.layer_threshold`` but no further than ``options.reach``
-    times the core's radius (of a disc of its area) plus ``options.reach_px`` from it,
-    then by ``options.grow_px``.
+    at least ``options.core_drop`` (mean luminance star layer over the core), grown
+    through the pixels whose star layer is above ``options.layer_threshold`` but no
+    further than ``options.reach`` times the core's radius (of a disc of its area)
+    plus ``options.reach_px`` from it, then by ``options.grow_px``.
     """
     _check_pair(original, starless)
     shape = original.shape[1:]
