@@ -192,12 +192,7 @@ class SkyColourOptions:
 
     Attributes:
         enabled: False leaves the network's colours as they are.
-        clip_level: a pixel belongs to a core when every channel of the input is >= this:
-            white (clipped) or near white. 0.95 (clipped only) until the eleventh session;
-            0.75 also takes the near-white cores of bright stars in stretched dense
-            fields, where the network leaves rings and glow (held-out PSNR 32.45 ->
-            32.91 dB, dense-2 and dense-3 +2.7 dB each; real pairs 30.45 -> 30.54;
-            chosen on development seeds, BENCHMARKS.md).
+        clip_level: a pixel is clipped when every channel of the input is >= this.
         dilate_px: the clipped area is grown by a disc of this radius (the ring around
             a clipped core is as colourless in the input).
         feather_px: Gaussian sigma of the clipped area's outward edge, px (0: hard).
@@ -262,7 +257,7 @@ class CoreFillOptions:
             fields, where the network leaves rings and glow (held-out PSNR 32.45 ->
             32.91 dB, dense-2 and dense-3 +2.7 dB each; real pairs 30.45 -> 30.54;
             chosen on development seeds, BENCHMARKS.md).
-        core_drop: a clipped core counts when the network took at least this much
+        core_drop: a core counts when the network took at least this much
             (stretched units, mean over the core) away from it.
         layer_threshold: the footprint follows the star layer while it is above this.
         reach: the footprint ends this many core radii (of the disc of the core's
