@@ -65,7 +65,7 @@ from starnet_core.synthetic import (
     check_glow_cap,
     make_pair,
 )
-from starnet_core.tiling import seam_score, select_device
+from starnet_core.tiling import place_model, seam_score, select_device
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -417,7 +417,7 @@ def run_benchmark(
             raise ValueError(f"model.multiple must be an int, got {multiple!r}")
         seam_device = options.device  # where remove_stars left the model
         macs = macs_per_pixel(model.cpu())
-        model.to(select_device(seam_device))
+        place_model(model, select_device(seam_device))
         seams = [  # on the synthetic scenes: the real pairs are smaller than one tile
             seam_score(
                 model,

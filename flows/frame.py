@@ -58,7 +58,7 @@ from starnet_core.imageio import (
 )
 from starnet_core.model import load_model
 from starnet_core.pipeline import FrameProducts, preview_strip, process_array
-from starnet_core.tiling import select_device
+from starnet_core.tiling import place_model, select_device
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def load_engine(settings: Settings) -> Engine:
     """The model from ``inference.weights`` (or the packaged one), on the configured device."""
     model, info = load_model(settings.inference.weights)
     device = select_device(settings.inference.device)
-    model.to(device)
+    place_model(model, device)
     return Engine(model, info.version, info.sha256, str(device), dataclasses.asdict(info.config))
 
 

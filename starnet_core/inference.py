@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from starnet_core.options import TileOptions
-from starnet_core.tiling import run_tiled, select_device
+from starnet_core.tiling import place_model, run_tiled, select_device
 
 __all__ = ["TileOptions", "check_stretched_image", "remove_stars"]
 
@@ -128,7 +128,7 @@ def remove_stars(
     multiple = _model_multiple(model)
     device = select_device(options.device)
     model.eval()
-    model.to(device)
+    place_model(model, device)
     # With upsampling the network sees 2t x 2t tiles: t needs only multiple / gcd(multiple, 2).
     tile_multiple = multiple // math.gcd(multiple, 2) if options.upsample else multiple
     fn = _tile_fn(

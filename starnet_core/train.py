@@ -45,7 +45,7 @@ from torch import nn
 from starnet_core.checkpoint import EMA_PREFIX
 from starnet_core.model import ModelConfig, PatchDiscriminator, StarNetUNet, save_weights
 from starnet_core.synthetic import DEFAULT_GLOW_CAP, Mix, make_pair, make_pool
-from starnet_core.tiling import select_device
+from starnet_core.tiling import memory_format_for, place_model, select_device
 
 log = logging.getLogger(__name__)
 
@@ -554,16 +554,18 @@ def train(
 
 
 def _to_device(state: TrainState, device: torch.device) -> None:
-    """Move both nets and their Adam moments (loaded on the CPU) to ``device``."""
-    state.generator.to(device)
-    state.discriminator.to(device)
-    if state.ema is not None:
-        state.ema.to(device)
+    """Move both nets and their Adam moments (loaded on the CPU) to ``device``, in the
+    device's memory format (:func:`starnet_core.tiling.memory_format_for`)."""
+    fmt = memory_format_for(device)
+    for net in (state.generator, state.discriminator, state.ema):
+        if net is not None:
+            place_model(net, device)
     for opt in (state.opt_g, state.opt_d):
         for st in opt.state.values():
             for k, v in st.items():
                 if k != "step" and isinstance(v, torch.Tensor):
-                    st[k] = v.to(device)
+                    # a moment takes its weight's layout (conv weights are 4-D)
+                    st[k] = v.to(device, memory_format=fmt) if v.dim() == 4 else v.to(device)
 
 
 def _loop(
@@ -705,7 +707,8 @@ def _next_batch(
         keep.to(device, non_blocking=True),
     )
     assert moved is not None  # a mask in, a mask out
-    return x, y, moved
+    fmt = memory_format_for(device)
+    return x.contiguous(memory_format=fmt), y.contiguous(memory_format=fmt), moved
 
 
 def _discriminator_step(

@@ -9,11 +9,14 @@ import pytest
 import torch
 from torch import nn
 
+from starnet_core import tiling
 from starnet_core.inference import TileOptions, remove_stars
+from starnet_core.model import Block, ModelConfig, StarNetUNet
 from starnet_core.tiling import (
     _axis_plan,
     _axis_weight,
     blend_window,
+    memory_format_for,
     run_tiled,
     seam_score,
     seam_stats,
@@ -268,6 +271,31 @@ def test_remove_stars_mono_and_rgb() -> None:
     ref_mono = _untiled(AnySize(net), np.repeat(mono, 3, axis=0), pad_px=12).mean(axis=0)
     assert out_mono.shape == (1, 45, 50) and out_mono.dtype == np.float32
     np.testing.assert_allclose(out_mono[0], np.clip(ref_mono, 0, 1), atol=1e-5, rtol=0)
+
+
+def test_the_cpu_runs_the_network_channels_last_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    net = StarNetUNet(ModelConfig(widths=(8, 16), blocks=(1, 1)))
+    for m in net.modules():  # blocks at full strength, not the near-identity start
+        if isinstance(m, Block):
+            m.scale.data.fill_(1.0)
+    net.head.weight.data.normal_(0.0, 0.1)
+    image = _image(3, 45, 50, seed=9)
+    options = TileOptions(tile_px=32, overlap_px=12, batch_size=4, device="cpu")
+    out = remove_stars(net, image, options)
+    assert net.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not net.stem.weight.is_contiguous()
+
+    monkeypatch.setattr(tiling, "memory_format_for", lambda device: torch.contiguous_format)
+    ref = remove_stars(net, image, options)
+    assert net.stem.weight.is_contiguous()
+    assert np.abs(ref - image).max() > 0.05  # the network does change the frame
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+    # elsewhere PyTorch's default layout (channels-last is not measured on GPUs)
+    assert memory_format_for(torch.device("cuda")) == torch.contiguous_format
+    assert memory_format_for(torch.device("cpu")) == torch.channels_last
 
 
 def test_remove_stars_passes_upsample_and_progress() -> None:
