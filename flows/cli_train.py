@@ -132,6 +132,12 @@ def register(sub: Any) -> None:
         "fainter stars and wings weigh too",
     )
     p.add_argument(
+        "--w-rel",
+        type=float,
+        help="weight of the star pixels' error relative to their star light, so faint "
+        "stars count as much as bright ones (0: none)",
+    )
+    p.add_argument(
         "--w-over", type=float, help="weight of the over-removal term (galaxies, nebula kept)"
     )
     p.add_argument(
@@ -240,6 +246,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("glow_cap", "glow_cap_sigma"),
         ("star_weight", "star_weight"),
         ("star_threshold", "star_threshold"),
+        ("w_rel", "w_rel"),
         ("w_over", "w_over"),
         ("w_galaxy", "w_galaxy"),
         ("ema", "ema_decay"),
@@ -267,6 +274,7 @@ def _config(args: argparse.Namespace) -> Any:
     for option, value in (
         ("--star-weight", cfg.star_weight),
         ("--star-threshold", cfg.star_threshold),
+        ("--w-rel", cfg.w_rel),
         ("--w-over", cfg.w_over),
         ("--w-galaxy", cfg.w_galaxy),
         ("--over-threshold", cfg.over_threshold),
@@ -406,6 +414,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         k
         for k in (
             "l_g_pix",
+            "l_g_rel",
             "l_g_low",
             "l_g_over",
             "l_g_keep",

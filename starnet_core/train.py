@@ -10,6 +10,10 @@ Loss terms (BasicSR names):
 - ``l_g_pix``: L1 over all pixels plus ``star_weight`` x L1 over star pixels
   (|original - truth| > ``star_threshold``). Stars are 1-3% of the pixels, so
   unweighted L1 sits in the "change nothing" minimum (MODEL_NOTES).
+- ``l_g_rel`` (``w_rel``): on the same star pixels, the error over the star's own light
+  there, ``|G(x) - y| / (|x - y| + star_threshold)``: about the share of the star left,
+  whatever its brightness. Plain L1 weighs a bright star's pixels tens of times a faint
+  one's, and the faint stars of sparse fields are what the network leaves most.
 - ``l_g_low``: L1 of the 8x8 block means of (output - truth): keeps the
   background level and colour (the failure MODEL_NOTES measured: a model that
   shifts the whole background).
@@ -68,6 +72,9 @@ class TrainConfig:
     real_ratio: float = 0.0  # fraction of each batch drawn from file pairs (if any)
     star_weight: float = 20.0
     star_threshold: float = 0.01
+    # the star pixels' error relative to the star light there (l_g_rel, see
+    # relative_star_error): every star counts by the share of it left, not its flux (0: none)
+    w_rel: float = 0.0
     w_lowfreq: float = 10.0  # L1 of the 8x8-block mean error: no global darkening or tint
     # extra L1 where the output is darker than the truth away from stars: with only the
     # star weight, taking away any round glow "in case it is a halo" is cheap, and small
@@ -615,6 +622,7 @@ def _loop(
         err = (out - y).abs()
         star_px = (x - y).abs() > cfg.star_threshold
         l_g_pix = err.mean() + cfg.star_weight * (err * star_px).sum() / x.numel()
+        l_g_rel = relative_star_error(out, x, y, cfg.star_threshold)
         # A net unsure how much diffuse starlight to take away learns to darken (and tint)
         # the whole crop; per-pixel L1 barely sees a small offset, the block mean does.
         l_g_low = F.avg_pool2d(out - y, cfg.lowfreq_px).abs().mean()
@@ -625,8 +633,11 @@ def _loop(
         loss = cfg.w_pix * l_g_pix + cfg.w_lowfreq * l_g_low + cfg.w_over * l_g_over
         if cfg.w_galaxy > 0:
             loss = loss + cfg.w_galaxy * l_g_keep
+        if cfg.w_rel > 0:
+            loss = loss + cfg.w_rel * l_g_rel
         logs = {
             "l_g_pix": l_g_pix.item(),
+            "l_g_rel": l_g_rel.item(),
             "l_g_low": l_g_low.item(),
             "l_g_over": l_g_over.item(),
             "l_g_keep": l_g_keep.item(),
@@ -689,6 +700,22 @@ def _loop(
                 )
                 on_showcase(state.step, torch.cat(list(strip), dim=1).cpu().numpy())
     return saved
+
+
+def relative_star_error(
+    out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """``l_g_rel``: ``sum |out - y| / (|x - y| + threshold)`` over the star pixels
+    (``|x - y| > threshold``), divided by all pixels as the star term of ``l_g_pix`` is.
+
+    Per pixel it is about the share of the star's light left there (a star left whole
+    scores ``a / (a + threshold)`` at each pixel of amplitude ``a``), so a faint star
+    left whole costs about what a bright one does, where plain L1 weighs them by their
+    flux. ``threshold`` also keeps the ratio finite at a star's faint edge.
+    """
+    amp = (x - y).abs()
+    star_px = amp > threshold
+    return ((out - y).abs() / (amp + threshold) * star_px).sum() / x.numel()
 
 
 def _next_batch(

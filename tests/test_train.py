@@ -19,6 +19,7 @@ from starnet_core.train import (
     load_checkpoint,
     lr_at,
     read_pair_folder,
+    relative_star_error,
     sample_crops,
     train,
 )
@@ -254,6 +255,8 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--w-over must be a number >= 0, got nan" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--w-galaxy", "-1"]) == 2
     assert "--w-galaxy must be a number >= 0, got -1" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--w-rel", "nan"]) == 2
+    assert "--w-rel must be a number >= 0, got nan" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--ema", "1"]) == 2
     assert "--ema must be a decay in [0, 1), got 1" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--d-warmup", "-5"]) == 2
@@ -317,6 +320,43 @@ def test_galaxy_term_guards_the_keep_mask(tmp_path: Path) -> None:
     assert all("l_g_keep" in r and np.isfinite(r["l_g_keep"]) for r in records)
     assert records[0]["l_g_keep"] > 0, "an untrained net darkens some galaxy pixel"
     # same seed, same crops: only the galaxy term differs between the two runs
+    assert not torch.equal(weights[0], weights[1])
+
+
+def test_relative_star_error_is_the_share_of_each_star_left() -> None:
+    """l_g_rel: a faint and a bright star, each half left, cost about the same; plain L1
+    weighs the bright one by its flux."""
+    y = torch.full((1, 1, 8, 16), 0.2)
+    x = y.clone()
+    x[..., 2:5, 2:5] += 0.02  # a faint star
+    x[..., 2:5, 10:13] += 0.5  # a bright one
+    half = y + (x - y) / 2
+    faint_left, bright_left = half.clone(), half.clone()
+    faint_left[..., :, 8:] = y[..., :, 8:]  # only the faint star half left
+    bright_left[..., :, :8] = y[..., :, :8]  # only the bright one
+    t = 0.01
+    faint_rel = relative_star_error(faint_left, x, y, t).item()
+    bright_rel = relative_star_error(bright_left, x, y, t).item()
+    assert faint_rel == pytest.approx(9 * 0.01 / 0.03 / y.numel())
+    assert bright_rel == pytest.approx(9 * 0.25 / 0.51 / y.numel())
+    assert 0.6 < faint_rel / bright_rel < 0.7  # L1: 0.04
+    assert (faint_left - y).abs().sum() / (bright_left - y).abs().sum() == pytest.approx(0.04)
+    whole = relative_star_error(x, x, y, t).item()  # both stars left whole
+    assert whole == pytest.approx(9 * (0.02 / 0.03 + 0.5 / 0.51) / y.numel())
+    assert relative_star_error(y, x, y, t).item() == 0  # both gone
+    # pixels below the threshold are no star: a 0.005 bump left costs nothing here
+    assert relative_star_error(y + 0.005, y + 0.005, y, t).item() == 0
+
+
+def test_relative_star_term_is_logged_and_trains(tmp_path: Path) -> None:
+    records: list[dict[str, float]] = []
+    weights = []
+    for w in (0.0, 5.0):
+        cfg = tiny_config(steps=2, log_every=2, w_rel=w, gan_start_step=100)
+        state = train(cfg, tmp_path / f"w{w:g}", on_log=records.append)
+        weights.append(torch.cat([p.detach().flatten() for p in state.generator.parameters()]))
+    assert all(np.isfinite(r["l_g_rel"]) and r["l_g_rel"] > 0 for r in records)
+    # same seed, same crops: only the relative term differs between the two runs
     assert not torch.equal(weights[0], weights[1])
 
 
