@@ -11,6 +11,7 @@ from benchmarks.diagnose import (
     edge_band,
     grey_pull,
     keep_error,
+    keep_error_taken,
     main,
     star_pixel_bias,
 )
@@ -72,6 +73,26 @@ def test_keep_error_splits_the_error_by_the_mask() -> None:
     right[:, 10:] = True
     assert keep_error(out, truth, keep, 1, right) == (0.0, pytest.approx(10 * np.log10(200 / 0.01)))
     assert keep_error(out, truth, keep, 1, ~right)[0] == 1.0
+
+
+def test_keep_error_taken_counts_galaxy_light_taken_as_a_star() -> None:
+    truth = np.full((3, 20, 20), 0.2, np.float32)
+    keep = np.zeros((20, 20), bool)
+    keep[2:6, 2:6] = True  # a galaxy
+    keep[12:16, 12:16] = True  # another, with a star on it
+    original = truth.copy()
+    original[:, 14, 14] += 0.5
+    out = truth.copy()
+    out[:, 3, 3] -= 0.2  # its core taken out as a star (layer 0.2)
+    out[:, 4, 4] -= 0.05  # dimmed a little (layer 0.05)
+    out[:, 13, 13] -= 0.2  # under the star's light: not counted
+    total, taken, px, px_taken = keep_error_taken(original, out, truth, keep)
+    # 11 of the second galaxy's pixels lie within 2 px (4-connected steps) of the star
+    assert px == 16 + 16 - 11
+    assert px_taken == 1
+    assert total == pytest.approx(3 * (0.2**2 + 0.05**2))
+    assert taken == pytest.approx(3 * 0.2**2)
+    assert keep_error_taken(original, truth, truth, keep)[:2] == (0.0, 0.0)
 
 
 def test_bad_edge_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
