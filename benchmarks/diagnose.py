@@ -152,10 +152,8 @@ def keep_error_taken(
     """``(squared error, of it where the star layer > layer_level, pixels, of them
     there)`` on the ``keep_mask`` pixels without star light, ``(C, H, W)`` arrays: how
     much of a galaxy's error is the network taking its light out as a star's."""
-    lit = (original - truth).max(axis=0) > STARLIT_LEVEL
-    if lit.any():
-        lit = ndimage.binary_dilation(lit, iterations=STARLIT_GROW_PX)
-    px = np.asarray(keep_mask, bool) & ~lit
+    unlit = metrics.background_mask(original, truth, far_px=STARLIT_GROW_PX, tol=STARLIT_LEVEL)
+    px = np.asarray(keep_mask, bool) & unlit
     taken = px & ((original - output).max(axis=0) > layer_level)
     se = ((output - truth).astype(np.float64) ** 2).sum(0)
     return float(se[px].sum()), float(se[taken].sum()), int(px.sum()), int(taken.sum())
