@@ -55,7 +55,7 @@ from starnet_core.imageio import read_image
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.model import load_model, macs_per_pixel
-from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
+from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions, SpikeOptions
 from starnet_core.synthetic import (
     DEFAULT_GLOW_CAP,
     DEFAULT_MIX,
@@ -343,6 +343,7 @@ def run_benchmark(
     protect: ProtectOptions | None = None,
     sky_colour: SkyColourOptions | None = None,
     core_fill: CoreFillOptions | None = None,
+    spikes: SpikeOptions | None = None,
     cases: list[Case] | None = None,
     glow_cap: float = DEFAULT_GLOW_CAP,
     scene_mix: str = "default",
@@ -360,12 +361,13 @@ def run_benchmark(
     protect = protect or ProtectOptions()
     sky_colour = sky_colour or SkyColourOptions()
     core_fill = core_fill or CoreFillOptions()
+    spikes = spikes or SpikeOptions()
     methods: dict[str, Method] = {"input": lambda x: x, "classical": classical_remove_stars}
     if model is not None:
         # what users get: the network, then background protection, the sky colour in
         # clipped cores and the rim fill of burnt-out stars (pipeline defaults)
         methods["model"] = lambda x: finish_starless(
-            x, remove_stars(model, x, options), protect, sky_colour, core_fill
+            x, remove_stars(model, x, options), protect, sky_colour, core_fill, spikes
         )
     size = QUICK_SIZE_PX if quick else FULL_SIZE_PX
     if not synthetic:
@@ -507,6 +509,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="leave burnt-out stars as the network fills them (core_fill.enabled: false)",
     )
+    parser.add_argument(
+        "--no-spikes",
+        action="store_true",
+        help="leave the diffraction spikes the network leaves (spikes.enabled: false)",
+    )
     args = parser.parse_args(argv)
     if args.passes < 1:
         parser.error(f"--passes must be 1 or more, got {args.passes}")
@@ -540,6 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem += f"_mix{args.scene_mix}" if args.scene_mix != "default" else ""
     stem += "_noskycolour" if args.no_sky_colour else ""
     stem += "_nocorefill" if args.no_core_fill else ""
+    stem += "_nospikes" if args.no_spikes else ""
     preview_dir = None if args.no_previews else args.out / "previews"
     if args.ensemble > 1:
         label += f", {args.ensemble}x self-ensemble"
@@ -551,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         label += ", clipped cores left as the network colours them"
     if args.no_core_fill:
         label += ", burnt-out stars left as the network fills them"
+    if args.no_spikes:
+        label += ", diffraction spikes left as the network leaves them"
     try:
         results = run_benchmark(
             model,
@@ -565,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scene_mix=args.scene_mix,
             sky_colour=SkyColourOptions(enabled=not args.no_sky_colour),
             core_fill=CoreFillOptions(enabled=not args.no_core_fill),
+            spikes=SpikeOptions(enabled=not args.no_spikes),
             synthetic=not args.real_only,
         )
     except ValueError as e:  # a missing or unreadable real-pairs folder, named

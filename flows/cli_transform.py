@@ -101,6 +101,12 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         help="keep the network's own fill of burnt-out stars, not one from the starless sky "
         "around them (core_fill.enabled: false)",
     )
+    post.add_argument(
+        "--no-spikes",
+        action="store_true",
+        help="keep the diffraction spikes the network leaves, not lowered to the sky beside "
+        "them (spikes.enabled: false)",
+    )
 
 
 def _apply_overrides(args: argparse.Namespace) -> None:
@@ -125,6 +131,8 @@ def _apply_overrides(args: argparse.Namespace) -> None:
         args.settings.sky_colour = dataclasses.replace(args.settings.sky_colour, enabled=False)
     if getattr(args, "no_core_fill", False):
         args.settings.core_fill = dataclasses.replace(args.settings.core_fill, enabled=False)
+    if getattr(args, "no_spikes", False):
+        args.settings.spikes = dataclasses.replace(args.settings.spikes, enabled=False)
 
 
 class ProgressBar:
@@ -219,6 +227,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         mask_options,
         protect_options,
         sky_colour_options,
+        spike_options,
         stretch_options,
         tile_options,
     )
@@ -253,6 +262,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             protect=protect_options(args.settings),
             sky_colour=sky_colour_options(args.settings),
             core_fill=core_fill_options(args.settings),
+            spikes=spike_options(args.settings),
         )
         panels = [patch, products.starless_stretched, products.mask]
         rgb = [np.repeat(a, 3, 0) if a.shape[0] == 1 else a for a in panels]

@@ -45,6 +45,7 @@ from flows.settings import (
     mask_options,
     protect_options,
     sky_colour_options,
+    spike_options,
     stretch_options,
     tile_options,
 )
@@ -102,6 +103,7 @@ def frame_params(settings: Settings) -> dict[str, Any]:
         "protect": dataclasses.asdict(settings.protect),
         "sky_colour": dataclasses.asdict(settings.sky_colour),
         "core_fill": dataclasses.asdict(settings.core_fill),
+        "spikes": dataclasses.asdict(settings.spikes),
         "enhance": dataclasses.asdict(settings.enhance),
         "outputs": dataclasses.asdict(settings.outputs),
     }
@@ -260,6 +262,7 @@ def compute_outputs(
         protect=protect_options(settings),
         sky_colour=sky_colour_options(settings),
         core_fill=core_fill_options(settings),
+        spikes=spike_options(settings),
         enhance_strength=settings.enhance.strength,
         progress=progress,
     )

@@ -28,6 +28,7 @@ from starnet_core.options import (
     MaskOptions,
     ProtectOptions,
     SkyColourOptions,
+    SpikeOptions,
     StretchOptions,
     TileOptions,
 )
@@ -38,6 +39,7 @@ _TILE, _MASK, _STRETCH = TileOptions(), MaskOptions(), StretchOptions()
 _PROTECT = ProtectOptions()
 _SKY_COLOUR = SkyColourOptions()
 _CORE_FILL = CoreFillOptions()
+_SPIKES = SpikeOptions()
 
 
 class SettingsError(ValueError):
@@ -124,6 +126,22 @@ class CoreFillSettings:
     reach_px: int = _CORE_FILL.reach_px  # ... plus this many px of the core
     grow_px: int = _CORE_FILL.grow_px  # then grown by this
     grain: bool = _CORE_FILL.grain  # noise at the image's own grain added to the fill
+
+
+@dataclass
+class SpikeSettings:
+    """Diffraction spikes the net left, taken out along each star's arms at the frame's
+    one spike angle (see SpikeOptions)."""
+
+    enabled: bool = _SPIKES.enabled
+    min_score: float = _SPIKES.min_score  # the frame's spike angle must stand out this much
+    star_threshold: float = _SPIKES.star_threshold  # stars: star layer above this
+    max_stars: int = _SPIKES.max_stars  # brightest stars the angle is measured on
+    ray_px: int = _SPIKES.ray_px  # rays sampled this far beyond each core
+    detect_sigma: float = _SPIKES.detect_sigma  # line excess above this many sigmas ...
+    line_ratio: float = _SPIKES.line_ratio  # ... and this many times the excess across
+    min_arm_px: int = _SPIKES.min_arm_px  # arms reach this far beyond the core, both sides
+    gap_px: int = _SPIKES.gap_px  # gaps along an arm bridged
 
 
 @dataclass
@@ -219,6 +237,7 @@ class Settings:
     protect: ProtectSettings = field(default_factory=ProtectSettings)
     sky_colour: SkyColourSettings = field(default_factory=SkyColourSettings)
     core_fill: CoreFillSettings = field(default_factory=CoreFillSettings)
+    spikes: SpikeSettings = field(default_factory=SpikeSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -317,6 +336,10 @@ def core_fill_options(settings: Settings) -> CoreFillOptions:
     return CoreFillOptions(**asdict(settings.core_fill))
 
 
+def spike_options(settings: Settings) -> SpikeOptions:
+    return SpikeOptions(**asdict(settings.spikes))
+
+
 def _check_options(settings: Settings, where: str) -> None:
     """Build every option group once, so a bad value is reported with the config file."""
     for section, build in (
@@ -326,6 +349,7 @@ def _check_options(settings: Settings, where: str) -> None:
         ("protect", protect_options),
         ("sky_colour", sky_colour_options),
         ("core_fill", core_fill_options),
+        ("spikes", spike_options),
     ):
         try:
             build(settings)

@@ -11,7 +11,14 @@ import numpy as np
 from scipy import ndimage
 
 from starnet_core.inpaint import add_grain, push_pull
-from starnet_core.options import CoreFillOptions, MaskOptions, ProtectOptions, SkyColourOptions
+from starnet_core.options import (
+    CoreFillOptions,
+    MaskOptions,
+    ProtectOptions,
+    SkyColourOptions,
+    SpikeOptions,
+)
+from starnet_core.spikes import remove_spikes
 
 __all__ = [
     "CoreFillOptions",
@@ -29,6 +36,8 @@ __all__ = [
     "star_mask",
     "unscreen_star_layer",
 ]
+
+DEFAULT_SPIKE_OPTIONS = SpikeOptions()
 
 # Smallest 1 - starless used as a divisor in unscreen_star_layer.
 UNSCREEN_EPS = 1e-6
@@ -370,12 +379,16 @@ def finish_starless(
     protect: ProtectOptions,
     sky_colour: SkyColourOptions,
     core_fill: CoreFillOptions,
+    spikes: SpikeOptions = DEFAULT_SPIKE_OPTIONS,
 ) -> np.ndarray:
     """The starless image users get from the network's output: background protection
     (:func:`protect_background`), the sky's colour where stars were
-    (:func:`fill_sky_colour`), then burnt-out stars filled from their rim
-    (:func:`fill_burnt_stars`). ``(C, H, W) float32`` in stretched [0, 1]."""
+    (:func:`fill_sky_colour`), burnt-out stars filled from their rim
+    (:func:`fill_burnt_stars`), then the diffraction spikes the network left taken out
+    (:func:`starnet_core.spikes.remove_spikes`). ``(C, H, W) float32`` in stretched
+    [0, 1]."""
     starless = fill_sky_colour(
         original, protect_background(original, net_output, protect), sky_colour
     )
-    return fill_burnt_stars(original, starless, core_fill)
+    starless = fill_burnt_stars(original, starless, core_fill)
+    return remove_spikes(original, starless, spikes)

@@ -1,7 +1,7 @@
 """Option classes of the science core: plain validated dataclasses, no torch.
 
 They are the defaults of the config sections ``inference``, ``mask``, ``stretch``,
-``protect``, ``sky_colour`` and ``core_fill`` (``flows.settings`` takes its defaults
+``protect``, ``sky_colour``, ``core_fill`` and ``spikes`` (``flows.settings`` takes its defaults
 from here), so importing the settings does not import torch.
 """
 
@@ -17,6 +17,7 @@ __all__ = [
     "MaskOptions",
     "ProtectOptions",
     "SkyColourOptions",
+    "SpikeOptions",
     "StretchOptions",
     "TileOptions",
     "check_int",
@@ -290,6 +291,60 @@ class CoreFillOptions:
         _check_range("reach", self.reach, 0.0, 100.0)
         check_int("reach_px", self.reach_px, 0)
         check_int("grow_px", self.grow_px, 0)
+
+
+@dataclass(frozen=True)
+class SpikeOptions:
+    """Diffraction spikes the network left, taken out along each star's arms (config
+    section ``spikes``; method in :mod:`starnet_core.spikes`).
+
+    Every star of a frame has its spikes at the same two angles (the telescope's
+    spider), on both sides of the star: the step finds the frame's angle from its
+    brightest stars and, only when they show it clearly, lowers the thin lines that
+    run symmetrically through stars at that angle to the sky beside them. On
+    development scenes it changes nothing on frames without spikes.
+
+    Attributes:
+        enabled: False leaves the network's output as it is.
+        min_score: the frame's spike angle must stand this many robust sigmas above
+            the other angles (held-out scenes without spikes reach up to 5.8, with
+            clear spikes 7.5-10; real_1 13).
+        star_threshold: stars are the components of the star layer (luminance,
+            stretched units) above this.
+        max_stars: the angle is measured on at most this many of the brightest stars.
+        ray_px: rays are sampled this far beyond each star's core.
+        detect_sigma: a spike pixel's line excess is above this many robust sigmas of
+            the frame's line excess ...
+        line_ratio: ... and this many times the excess across (a blob's is the same
+            both ways).
+        min_arm_px: a star's arms must reach this far beyond its core radius on both
+            sides (galaxies and filaments that touch a star on one side do not).
+        gap_px: gaps of up to this many pixels along an arm are bridged.
+    """
+
+    enabled: bool = True
+    min_score: float = 6.0
+    star_threshold: float = 0.1
+    max_stars: int = 40
+    ray_px: int = 20
+    detect_sigma: float = 3.0
+    line_ratio: float = 2.0
+    min_arm_px: int = 8
+    gap_px: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"enabled must be a bool, got {self.enabled!r}")
+        _check_range("min_score", self.min_score, 0.0, 1000.0)
+        _check_range("star_threshold", self.star_threshold, 0.0, 1.0)
+        if self.star_threshold == 0.0:
+            raise ValueError("star_threshold must be > 0, got 0")
+        check_int("max_stars", self.max_stars, 1)
+        check_int("ray_px", self.ray_px, 4)
+        _check_range("detect_sigma", self.detect_sigma, 0.0, 100.0)
+        _check_range("line_ratio", self.line_ratio, 0.0, 100.0)
+        check_int("min_arm_px", self.min_arm_px, 0)
+        check_int("gap_px", self.gap_px, 0)
 
 
 def _check_range(name: str, value: object, low: float, high: float) -> None:

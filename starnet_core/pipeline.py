@@ -37,6 +37,7 @@ from starnet_core.options import (
     MaskOptions,
     ProtectOptions,
     SkyColourOptions,
+    SpikeOptions,
     StretchOptions,
     TileOptions,
 )
@@ -60,6 +61,7 @@ DEFAULT_MASK_OPTIONS = MaskOptions()
 DEFAULT_PROTECT_OPTIONS = ProtectOptions()
 DEFAULT_SKY_COLOUR_OPTIONS = SkyColourOptions()
 DEFAULT_CORE_FILL_OPTIONS = CoreFillOptions()
+DEFAULT_SPIKE_OPTIONS = SpikeOptions()
 
 
 @dataclass
@@ -125,6 +127,7 @@ def process_array(
     protect: ProtectOptions = DEFAULT_PROTECT_OPTIONS,
     sky_colour: SkyColourOptions = DEFAULT_SKY_COLOUR_OPTIONS,
     core_fill: CoreFillOptions = DEFAULT_CORE_FILL_OPTIONS,
+    spikes: SpikeOptions = DEFAULT_SPIKE_OPTIONS,
     enhance_strength: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameProducts:
@@ -143,6 +146,7 @@ def process_array(
         protect,
         sky_colour,
         core_fill,
+        spikes,
     )
     timings["remove_stars"] = time.perf_counter() - t
 

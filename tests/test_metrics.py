@@ -352,13 +352,19 @@ def test_benchmark_real_only_screen(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_finish_sweep_parses_settings() -> None:
     from benchmarks.finish_sweep import parse_setting
-    from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
+    from starnet_core.options import (
+        CoreFillOptions,
+        ProtectOptions,
+        SkyColourOptions,
+        SpikeOptions,
+    )
 
     defaults = parse_setting("")
     assert defaults == {
         "protect": ProtectOptions(),
         "sky_colour": SkyColourOptions(),
         "core_fill": CoreFillOptions(),
+        "spikes": SpikeOptions(),
     }
     s = parse_setting("core_fill.clip_level=0.8, protect.dilate_px=1,core_fill.grain=false")
     assert s["core_fill"] == CoreFillOptions(clip_level=0.8, grain=False)

@@ -215,18 +215,18 @@ def test_test_mode_writes_panels(tmp_path: Path, weights: Path, monkeypatch) -> 
     assert img.data.shape == (3, 64, 3 * 64)
 
 
-def test_transform_switches_off_protection_sky_colour_and_core_fill(
+def test_transform_switches_off_the_steps_after_the_network(
     tmp_path: Path, weights: Path, monkeypatch, capsys
 ) -> None:
-    """--no-protect / --no-sky-colour / --no-core-fill reach the pipeline, and provenance
-    records them."""
+    """--no-protect / --no-sky-colour / --no-core-fill / --no-spikes reach the pipeline,
+    and provenance records them."""
     monkeypatch.setenv("STARNET_DATA_DIR", str(tmp_path / "data"))
     src = tmp_path / "m42.fits"
     fits.PrimaryHDU(star_field((3, 36, 40))).writeto(src)
     out_dir = tmp_path / "out"
     args = ("transform", str(src), "--weights", str(weights), "--quiet")
     assert run_cli(*args, "--out", str(out_dir / "default")) == 0
-    switches = ("--no-protect", "--no-sky-colour", "--no-core-fill")
+    switches = ("--no-protect", "--no-sky-colour", "--no-core-fill", "--no-spikes")
     assert run_cli(*args, "--out", str(out_dir / "raw"), *switches) == 0
     capsys.readouterr()
 
@@ -234,7 +234,7 @@ def test_transform_switches_off_protection_sky_colour_and_core_fill(
     for kind in ("default", "raw"):
         assert run_cli("history", str(out_dir / kind / "m42_starless.fits"), "--json") == 0
         params.append(json.loads(capsys.readouterr().out)["produced_by"]["params"])
-    sections = ("protect", "sky_colour", "core_fill")
+    sections = ("protect", "sky_colour", "core_fill", "spikes")
     assert all(params[0][key]["enabled"] for key in sections)
     assert not any(params[1][key]["enabled"] for key in sections)
     # the rest of each section is the config's, untouched

@@ -87,6 +87,7 @@ def test_every_section_is_a_dataclass_with_defaults() -> None:
         ("mask:\n  threshold: 1.5\n", r"c.yaml.mask: threshold must be a number in \[0, 1\)"),
         ("stretch:\n  mode: sometimes\n", r"c.yaml.stretch: stretch mode must be one of"),
         ("sky_colour:\n  clip_level: 0.2\n", r"c.yaml.sky_colour: clip_level must be a number in"),
+        ("spikes:\n  min_arm_px: -2\n", r"c.yaml.spikes: min_arm_px must be >= 0"),
     ],
 )
 def test_bad_option_values_name_the_config_file(tmp_path: Path, text: str, match: str) -> None:
