@@ -20,8 +20,9 @@ baseline). This step uses the geometry the network does not know:
    ``score`` is the peak's height in robust sigmas of the fold. Below ``min_score``
    the frame has no spikes and nothing is changed.
 2. **Line excess** of the starless image along each of the two directions, per
-   channel: the channel minus the median of six samples 2, 3 and 4 px away across
-   the line, averaged over 9 px along the line. A pixel is a spike candidate where,
+   channel: the channel minus the sky beside the line (on each side the median of
+   the samples 2, 3 and 4 px away across it, the two sides averaged), averaged over
+   9 px along the line. A pixel is a spike candidate where,
    in some channel (a chromatic arm breaks into coloured segments), that excess is
    above ``detect_sigma`` times its robust spread over the frame and at least
    ``line_ratio`` times the excess along the other direction (a blob, a galaxy's
@@ -33,8 +34,8 @@ baseline). This step uses the geometry the network does not know:
    galaxy that happens to lie on one side of a star is not; a star whose arms reach
    less than ``min_arm_px`` beyond its core radius has no spike here.
 4. On the arms' candidate pixels (grown by one pixel), each channel of the starless
-   image is lowered to its own across-line median: ``min(starless, median)``, so only
-   light standing above the sky beside the line is taken.
+   image is lowered to its own sky beside the line: ``min(starless, beside)``, so
+   only light standing above that sky is taken.
 
 Arrays: ``(C, H, W) float32`` stretched to ``[0, 1]``; results the same shape.
 Pixels outside the arms are returned unchanged; a frame without spikes comes back as
@@ -44,6 +45,7 @@ it was.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +59,8 @@ _HIGH_PASS_DEG = 15  # circular median taken off each star's angular profile
 _ACROSS_PX = (2, 3, 4)  # the sky beside a line: this far on both sides
 _ALONG_PX = 4  # the line excess is averaged over +-this along the line
 _MAX_SIGMA = 20.0  # one star's profile peaks at most this many of its sigmas
+_FIRST_BLOCK_PX = 32  # arms are followed in blocks of 32, 64, 128, ... px
+_SPREAD_STRIDE = 3  # the line excess's spread is measured on every 3rd row and column
 _MIN_INSIDE = 0.75  # a star whose rays leave the frame more than this is skipped
 
 
@@ -79,23 +83,38 @@ def _check(original: np.ndarray, starless: np.ndarray) -> None:
         )
 
 
-def _star_components(
-    original: np.ndarray, starless: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Stars of the star layer (luminance above ``threshold``): the labelled mask and,
-    per star, centroid y, x (weighted by the layer), radius of a disc of its area
-    and peak."""
+@dataclass(frozen=True)
+class _Stars:
+    """The components of the star layer (luminance) above a threshold: their mask and,
+    per star, the layer-weighted centroid, the radius of a disc of its area and its
+    flux in the layer."""
+
+    mask: np.ndarray
+    cy: np.ndarray
+    cx: np.ndarray
+    radius: np.ndarray
+    flux: np.ndarray
+
+
+def _stars(original: np.ndarray, starless: np.ndarray, threshold: float) -> _Stars:
     layer = (original - starless).mean(axis=0, dtype=np.float32)
     mask = layer > threshold
     labels, n = ndimage.label(mask)
-    if n == 0:
-        empty = np.zeros(0)
-        return mask, empty, empty, empty, empty
-    index = np.arange(1, n + 1)
-    cy, cx = np.asarray(ndimage.center_of_mass(layer, labels, index), float).reshape(n, 2).T
-    radius = np.sqrt(np.bincount(labels.ravel(), minlength=n + 1)[1:] / np.pi)
-    peak = np.asarray(ndimage.maximum(layer, labels, index), float)
-    return mask, cy, cx, radius, peak
+    ys, xs = np.nonzero(mask)
+    ids, weight = labels[ys, xs], layer[ys, xs].astype(np.float64)
+
+    def per_star(values: np.ndarray | None) -> np.ndarray:
+        return np.bincount(ids, weights=values, minlength=n + 1)[1:]
+
+    flux = per_star(weight)
+    safe = np.maximum(flux, 1e-12)
+    return _Stars(
+        mask,
+        per_star(weight * ys) / safe,
+        per_star(weight * xs) / safe,
+        np.sqrt(per_star(None) / np.pi),
+        flux,
+    )
 
 
 def find_spike_angle(
@@ -105,7 +124,11 @@ def find_spike_angle(
     the module docstring). ``starless`` is the network's (finished) output; only its
     star layer is used, to find the stars."""
     _check(original, starless)
-    _, cy, cx, radius, peak = _star_components(original, starless, options.star_threshold)
+    return _find_angle(original, _stars(original, starless, options.star_threshold), options)
+
+
+def _find_angle(original: np.ndarray, stars: _Stars, options: SpikeOptions) -> SpikeAngle:
+    cy, cx, radius = stars.cy, stars.cx, stars.radius
     if cy.size == 0:
         return SpikeAngle(0.0, 0.0, 0)
     lum = original.mean(axis=0, dtype=np.float32)
@@ -113,7 +136,7 @@ def find_spike_angle(
     theta = np.deg2rad(np.arange(360.0))
     acc = np.zeros(180)
     used = 0
-    for j in np.argsort(-(peak * radius**2))[: options.max_stars]:
+    for j in np.argsort(-stars.flux)[: options.max_stars]:
         r = np.arange(options.ray_px, dtype=float) + radius[j] + 3.0
         yy = cy[j] + np.outer(np.sin(theta), r)
         xx = cx[j] + np.outer(np.cos(theta), r)
@@ -175,24 +198,44 @@ def _closed(v: np.ndarray, gap: int) -> np.ndarray:
     return ndimage.minimum_filter1d(grown, size, axis=1, mode="nearest").astype(bool) | v
 
 
+def _run_lengths(
+    line: np.ndarray, cy: np.ndarray, cx: np.ndarray, dy: float, dx: float, gap: int
+) -> np.ndarray:
+    """Per star, how many samples ``t = 1, 2, ...`` of ``line`` at ``(cy + t dy,
+    cx + t dx)`` are set in a row (gaps of up to ``gap`` bridged; beyond the frame a
+    sample counts as set), at most the frame's diagonal. Read in blocks that double
+    in length, each with ``gap + 1`` samples of context on both sides, so a star
+    whose arm ends early costs a short block."""
+    H, W = line.shape
+    reach = int(np.ceil(np.hypot(H, W)))
+    length = np.full(cy.size, reach, dtype=np.int64)
+    active = np.arange(cy.size)
+    lo, block = 1, _FIRST_BLOCK_PX
+    while active.size and lo <= reach:
+        hi = min(lo + block, reach + 1)  # samples lo .. hi - 1 are judged
+        first = max(lo - gap - 1, 1)
+        t = np.arange(first, min(hi + gap + 1, reach + 1), dtype=np.float32)
+        yy = np.rint(cy[active, None] + t[None] * dy).astype(np.intp)
+        xx = np.rint(cx[active, None] + t[None] * dx).astype(np.intp)
+        inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        v = np.ones(yy.shape, bool)
+        v[inside] = line[yy[inside], xx[inside]]
+        judged = _closed(v, gap)[:, lo - first : hi - first]
+        broken = ~judged.all(axis=1)
+        length[active[broken]] = lo - 1 + np.argmin(judged[broken], axis=1)
+        active = active[~broken]
+        lo, block = hi, 2 * block
+    return length
+
+
 def _arm_lengths(
     line: np.ndarray, cy: np.ndarray, cx: np.ndarray, ux: float, uy: float, gap: int
 ) -> np.ndarray:
     """Per star, how far (px) ``line`` runs from its centroid along +u and -u, the
     shorter of the two; beyond the frame a side counts as going on."""
-    H, W = line.shape
-    reach = int(np.ceil(np.hypot(H, W)))
-    t = np.arange(1, reach + 1, dtype=np.float32)
-    sides = []
-    for sign in (1.0, -1.0):
-        yy = np.rint(cy[:, None] + sign * t[None] * uy).astype(np.int64)
-        xx = np.rint(cx[:, None] + sign * t[None] * ux).astype(np.int64)
-        inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        v = np.ones(yy.shape, bool)
-        v[inside] = line[yy[inside], xx[inside]]
-        v = _closed(v, gap)
-        sides.append(np.where(v.all(axis=1), reach, np.argmin(v, axis=1)))
-    return np.minimum(*sides).astype(float)
+    plus = _run_lengths(line, cy, cx, uy, ux, gap)
+    minus = _run_lengths(line, cy, cx, -uy, -ux, gap)
+    return np.minimum(plus, minus).astype(float)
 
 
 def _paint_arms(
@@ -203,17 +246,37 @@ def _paint_arms(
     ux: float,
     uy: float,
 ) -> np.ndarray:
-    """(H, W) bool: a 3 px wide segment through each star along u, ``length`` each way."""
+    """(H, W) bool: a 3 px wide segment through each star along u, ``length`` (whole
+    pixels) each way, sampled every half pixel."""
     H, W = shape
     out = np.zeros(shape, bool)
-    for y, x, n in zip(cy, cx, length, strict=True):
-        t = np.arange(-n, n + 0.25, 0.5)
-        for w in (-1.0, -0.5, 0.0, 0.5, 1.0):
-            yy = np.rint(y + t * uy + w * ux).astype(np.int64)
-            xx = np.rint(x + t * ux - w * uy).astype(np.int64)
-            ok = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            out[yy[ok], xx[ok]] = True
+    half = np.ceil(length).astype(np.intp)
+    counts = 4 * half + 1  # -half .. half in steps of 0.5
+    star = np.repeat(np.arange(cy.size), counts)
+    k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    t = 0.5 * k - half[star]
+    y0, x0 = cy[star] + t * uy, cx[star] + t * ux
+    for w in (-1.0, -0.5, 0.0, 0.5, 1.0):
+        yy = np.rint(y0 + w * ux).astype(np.intp)
+        xx = np.rint(x0 - w * uy).astype(np.intp)
+        ok = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        out[yy[ok], xx[ok]] = True
     return out
+
+
+def _median3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+
+
+def _beside(get: Callable[[int, int], np.ndarray], ux: float, uy: float) -> np.ndarray:
+    """The sky beside a line along u: on each side the median of the samples 2, 3 and
+    4 px away across it (one neighbour or noise spike per side does not move it), the
+    two sides averaged (a gradient across the line cancels)."""
+    sides = [
+        _median3(*(get(*o) for o in _offsets(-uy, ux, tuple(sign * d for d in _ACROSS_PX))))
+        for sign in (1, -1)
+    ]
+    return 0.5 * (sides[0] + sides[1])
 
 
 def spike_arms(
@@ -222,11 +285,17 @@ def spike_arms(
     """The pixels the step lowers and the per-pixel value they are lowered to (steps 2
     and 3 of the module docstring) for spikes at ``angle_deg`` and ``angle_deg + 90``.
 
-    Returns ``(mask, floor)``: ``(H, W) bool`` and ``(C, H, W) float32`` (the
-    across-line median of each channel; only meaningful under ``mask``; where both
-    directions take a pixel, the lower)."""
+    Returns ``(mask, floor)``: ``(H, W) bool`` and ``(C, H, W) float32`` (each
+    channel's sky beside the line, :func:`_beside`; only meaningful under ``mask``;
+    where both directions take a pixel, the lower)."""
     _check(original, starless)
-    stars, cy, cx, radius, _ = _star_components(original, starless, options.star_threshold)
+    return _arms(starless, _stars(original, starless, options.star_threshold), angle_deg, options)
+
+
+def _arms(
+    starless: np.ndarray, stars: _Stars, angle_deg: float, options: SpikeOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    cy, cx, radius = stars.cy, stars.cx, stars.radius
     C, H, W = starless.shape
     mask = np.zeros((H, W), bool)
     floor = starless.astype(np.float32, copy=True)
@@ -237,35 +306,37 @@ def spike_arms(
     directions = []
     for a in (angle_deg, angle_deg + 90.0):
         ux, uy = float(np.cos(np.deg2rad(a))), float(np.sin(np.deg2rad(a)))
-        across = _offsets(-uy, ux, tuple(s * d for d in _ACROSS_PX for s in (1, -1)))
         steps = _offsets(ux, uy, range(-_ALONG_PX, _ALONG_PX + 1))
-        per_channel = []
+        beside: list[np.ndarray] = []
+        per_channel: list[np.ndarray] = []
         for ch in channels:  # per channel: a chromatic arm breaks into coloured segments
-            ex = _Shifts(ch.get(0, 0) - np.median([ch.get(*o) for o in across], axis=0), pad)
-            per_channel.append(np.mean([ex.get(*o) for o in steps], axis=0))
-        directions.append((ux, uy, across, np.stack(per_channel)))
-    for i, (ux, uy, across, along) in enumerate(directions):
+            beside.append(_beside(ch.get, ux, uy))
+            ex = _Shifts(ch.get(0, 0) - beside[-1], pad)
+            total = np.zeros((H, W), np.float32)
+            for o in steps:
+                total += ex.get(*o)
+            per_channel.append(total / len(steps))
+        directions.append((ux, uy, np.stack(beside), np.stack(per_channel)))
+    for i, (ux, uy, sky, along) in enumerate(directions):
         other = directions[1 - i][3]
-        med = np.median(along, axis=(1, 2), keepdims=True)
-        spread = 1.4826 * np.median(np.abs(along - med), axis=(1, 2), keepdims=True)
+        sample = along[:, ::_SPREAD_STRIDE, ::_SPREAD_STRIDE]
+        med = np.median(sample, axis=(1, 2), keepdims=True)
+        spread = 1.4826 * np.median(np.abs(sample - med), axis=(1, 2), keepdims=True)
         cand = np.any(
             (along > options.detect_sigma * spread)
             & (along > options.line_ratio * np.maximum(other, 0.0)),
             axis=0,
         )
-        line = ndimage.binary_dilation(cand | stars, np.ones((3, 3), bool))
+        line = ndimage.binary_dilation(cand | stars.mask, np.ones((3, 3), bool))
         length = _arm_lengths(line, cy, cx, ux, uy, options.gap_px)
         keep = length > radius + options.min_arm_px
         if not keep.any():
             continue
         arms = _paint_arms((H, W), cy[keep], cx[keep], length[keep] + 2, ux, uy)
-        arms &= ndimage.binary_dilation(cand) & ~stars
+        arms &= ndimage.binary_dilation(cand) & ~stars.mask
         if not arms.any():
             continue
-        ys, xs = np.nonzero(arms)
-        for c, ch in enumerate(channels):
-            med = np.median([ch.get(*o)[ys, xs] for o in across], axis=0)
-            floor[c, ys, xs] = np.minimum(floor[c, ys, xs], med)
+        floor[:, arms] = np.minimum(floor[:, arms], sky[:, arms])
         mask |= arms
     return mask, floor
 
@@ -278,10 +349,11 @@ def remove_spikes(original: np.ndarray, starless: np.ndarray, options: SpikeOpti
     _check(original, starless)
     if not options.enabled:
         return starless
-    found = find_spike_angle(original, starless, options)
+    stars = _stars(original, starless, options.star_threshold)
+    found = _find_angle(original, stars, options)
     if found.score < options.min_score:
         return starless
-    mask, floor = spike_arms(original, starless, found.angle_deg, options)
+    mask, floor = _arms(starless, stars, found.angle_deg, options)
     if not mask.any():
         return starless
     out = starless.astype(np.float32, copy=True)
