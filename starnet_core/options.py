@@ -307,8 +307,9 @@ class SpikeOptions:
     Attributes:
         enabled: False leaves the network's output as it is.
         min_score: the frame's spike angle must stand this many robust sigmas above
-            the other angles (held-out scenes without spikes reach up to 5.8, with
-            clear spikes 7.5-10; real_1 13).
+            the other angles (held-out scenes without spikes reach up to 4.8, those
+            with clear spikes 6.4-21.5, real_1 17; BENCHMARKS.md, "Thirteenth
+            session").
         star_threshold: stars are the components of the star layer (luminance,
             stretched units) above this.
         max_stars: the angle is measured on at most this many of the brightest stars.
