@@ -66,6 +66,12 @@ _MIX_OPTIONS: dict[str, tuple[str, str, str]] = {
         "RATE",
         "small galaxies per crop, x the default count of 2 per 176 px square (1)",
     ),
+    "large_galaxy_share": (
+        "--large-galaxy-share",
+        "SHARE",
+        "share of crops with one large galaxy (10-40 px effective radius, spiral arms in "
+        "half of them), kept (0)",
+    ),
     "group_share": (
         "--group-share",
         "SHARE",

@@ -59,8 +59,8 @@ class Mix:
 
     The defaults are the generator's own mix: the held-out benchmark scenes are
     drawn with them, and a default mix draws exactly the scenes it always drew
-    (chromatic spikes, chromatic PSFs, Bayer scenes, close star groups and colour casts
-    draw their numbers only when their share is above 0). Any other mix draws other
+    (chromatic spikes, chromatic PSFs, Bayer scenes, close star groups, colour casts and
+    large galaxies draw their numbers only when their share is above 0). Any other mix draws other
     scenes from a seed: a share moves a threshold (a rate, the mean of a count), and
     what the case it lets in draws (a spike's parameters, a nucleus, a galaxy) shifts
     every later draw.
@@ -88,6 +88,11 @@ class Mix:
     # figure loses most (held-out sparse-2)
     galaxy_share: float = 0.7
     galaxy_rate: float = 1.0
+    # crops with one large galaxy (10-40 px effective radius: an exponential disc, a
+    # bulge, logarithmic spiral arms in half of them), kept like the small ones: the
+    # large galaxies of a galaxy field (SDSS r in the real frames, where model 0.5.0
+    # takes out a face-on spiral and a round one about 40 px across)
+    large_galaxy_share: float = 0.0
     # crops with extra bright close doubles and small groups (2-5 stars a few FWHM apart,
     # inside one halo): what a net that keeps compact galaxies must still take for stars
     # (run G kept real_2's two saturated stars 13 px apart as a galaxy)
@@ -282,6 +287,13 @@ def _background(
             light = sky * rng.uniform(0.5, 10.0) * col[:, None, None] * prof[None]
             bg += light
             keep_light += light.mean(axis=0)
+    if mix.large_galaxy_share > 0 and rng.random() < mix.large_galaxy_share:
+        centre = rng.uniform(0.3 * n, 0.7 * n, 2).astype(np.float32)
+        big = _large_galaxy(rng, n, fwhm, xx * n - centre[0], yy * n - centre[1])
+        light = sky * rng.uniform(1.0, 15.0) * big
+        bg += light
+        keep_light += light.mean(axis=0)
+        keep = np.concatenate([keep, centre[None]])
     if kind != "empty" and rng.random() < 0.5:
         # compact nebular knots (HII knots, globule rims): wider than the PSF, kept
         knots = rng.uniform(0, n, (int(rng.integers(1, 8)), 2)).astype(np.float32)
@@ -299,6 +311,35 @@ def _background(
             keep_light += light.mean(axis=0)
         keep = np.concatenate([keep, knots])
     return bg, keep, keep_light
+
+
+def _large_galaxy(rng: np.random.Generator, n: int, fwhm: float, dx: Array, dy: Array) -> Array:
+    """(3, n, n) light of one large galaxy at offsets ``dx``, ``dy`` (px) from its
+    centre (peak 1 before its colour): an exponential disc of 10-40 px effective
+    radius (at most a quarter of the canvas), inclined, with a de Vaucouleurs-like
+    bulge and, in half of them, two logarithmic spiral arms; bulge yellower than the
+    disc."""
+    re = min(rng.uniform(10.0, 40.0), n / 4)
+    q = rng.uniform(0.3, 1.0)
+    th = rng.uniform(0, np.pi)
+    u = dx * np.cos(th) + dy * np.sin(th)
+    v = (-dx * np.sin(th) + dy * np.cos(th)) / q
+    r = np.sqrt(u * u + v * v + 0.25)
+    disc = np.exp(-1.68 * r / re)
+    if rng.random() < 0.5:
+        pitch = np.deg2rad(rng.uniform(12.0, 30.0))
+        phase = rng.uniform(0, 2 * np.pi)
+        spiral = np.cos(2 * (np.arctan2(v, u) - np.log(r / re + 1e-3) / np.tan(pitch)) + phase)
+        disc = disc * (1 + rng.uniform(0.3, 0.8) * spiral * (1 - np.exp(-r / (0.3 * re))))
+    rb = max(rng.uniform(0.1, 0.3) * re, 1.3 * fwhm)
+    bulge = np.exp(-7.67 * ((r / rb) ** 0.25 - 1))
+    prof = disc + rng.uniform(0.05, 0.5) * bulge / bulge.max()
+    prof = (prof / prof.max()).astype(np.float32)
+    disc_col = np.array([0.85, 0.9, 1.0], np.float32) * rng.uniform(0.85, 1.15, 3)
+    bulge_col = np.array([1.0, 0.9, 0.7], np.float32) * rng.uniform(0.85, 1.15, 3)
+    share = np.clip(bulge / bulge.max(), 0, 1).astype(np.float32)
+    col = disc_col[:, None, None] * (1 - share) + bulge_col[:, None, None] * share
+    return (col * prof[None]).astype(np.float32)
 
 
 def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool, mix: Mix) -> Array:

@@ -114,6 +114,25 @@ def test_the_galaxy_knobs_set_how_many_small_galaxies_a_crop_holds() -> None:
     assert sum(none) < sum(some)
 
 
+def test_the_large_galaxy_knob_adds_one_large_kept_galaxy() -> None:
+    """With the share at 1 every crop holds a large galaxy: what must stay (the
+    scene's keep mask, light of kept structures above the noise) covers thousands of
+    pixels, where small galaxies and knots alone cover a few hundred at most."""
+
+    def kept_px(mix: Mix) -> list[int]:
+        areas = []
+        for seed in range(4):
+            scene = make_pair(np.random.default_rng(seed), 160, mix=mix)[2]
+            assert scene.keep_mask is not None
+            areas.append(int(scene.keep_mask.sum()))
+        return areas
+
+    small = kept_px(Mix(galaxy_share=0.0))
+    large = kept_px(Mix(galaxy_share=0.0, large_galaxy_share=1.0))
+    assert min(large) > 2000
+    assert max(small) < 1000
+
+
 def test_the_group_knob_adds_bright_close_doubles_and_groups() -> None:
     def stars(mix: Mix) -> list[Scene]:
         return [make_pair(np.random.default_rng(s), 96, mix=mix)[2] for s in range(4)]
