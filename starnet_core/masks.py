@@ -380,15 +380,16 @@ def finish_starless(
     sky_colour: SkyColourOptions,
     core_fill: CoreFillOptions,
     spikes: SpikeOptions = DEFAULT_SPIKE_OPTIONS,
+    figures: dict[str, float] | None = None,
 ) -> np.ndarray:
     """The starless image users get from the network's output: background protection
     (:func:`protect_background`), the sky's colour where stars were
     (:func:`fill_sky_colour`), burnt-out stars filled from their rim
     (:func:`fill_burnt_stars`), then the diffraction spikes the network left taken out
-    (:func:`starnet_core.spikes.remove_spikes`). ``(C, H, W) float32`` in stretched
-    [0, 1]."""
+    (:func:`starnet_core.spikes.remove_spikes`; its measurements go to ``figures`` if
+    given). ``(C, H, W) float32`` in stretched [0, 1]."""
     starless = fill_sky_colour(
         original, protect_background(original, net_output, protect), sky_colour
     )
     starless = fill_burnt_stars(original, starless, core_fill)
-    return remove_spikes(original, starless, spikes)
+    return remove_spikes(original, starless, spikes, figures)

@@ -140,6 +140,7 @@ def process_array(
     timings["stretch"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    steps: dict[str, float] = {}  # what the steps after the network measured
     starless_s = finish_starless(
         stretched,
         remove_stars(model, stretched, tiles, progress=progress),
@@ -147,6 +148,7 @@ def process_array(
         sky_colour,
         core_fill,
         spikes,
+        steps,
     )
     timings["remove_stars"] = time.perf_counter() - t
 
@@ -169,6 +171,7 @@ def process_array(
         "channels": float(image.shape[0]),
         "star_layer_mean": float(display_stars.mean()),
         "star_area_fraction": float((star_m > 0.5).mean()),
+        **steps,
     }
     return FrameProducts(
         starless=starless.astype(np.float32),

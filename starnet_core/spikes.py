@@ -341,19 +341,34 @@ def _arms(
     return mask, floor
 
 
-def remove_spikes(original: np.ndarray, starless: np.ndarray, options: SpikeOptions) -> np.ndarray:
+def remove_spikes(
+    original: np.ndarray,
+    starless: np.ndarray,
+    options: SpikeOptions,
+    figures: dict[str, float] | None = None,
+) -> np.ndarray:
     """The starless image with the spikes the network left taken out (method in the
     module docstring). ``(C, H, W)`` in stretched [0, 1]; returns ``(C, H, W)
     float32``. ``options.enabled`` False, or a frame whose spike score is below
-    ``options.min_score``, returns ``starless`` unchanged."""
+    ``options.min_score``, returns ``starless`` unchanged.
+
+    ``figures``, if given, receives what the step measured (for a frame's provenance):
+    ``spike_score``, ``spike_angle_deg`` and ``spike_lowered_fraction`` (the share of
+    the frame's pixels lowered; 0 where the score is below ``min_score``)."""
     _check(original, starless)
     if not options.enabled:
         return starless
     stars = _stars(original, starless, options.star_threshold)
     found = _find_angle(original, stars, options)
+    if figures is not None:
+        figures.update(
+            spike_score=found.score, spike_angle_deg=found.angle_deg, spike_lowered_fraction=0.0
+        )
     if found.score < options.min_score:
         return starless
     mask, floor = _arms(starless, stars, found.angle_deg, options)
+    if figures is not None:
+        figures["spike_lowered_fraction"] = float(mask.mean())
     if not mask.any():
         return starless
     out = starless.astype(np.float32, copy=True)

@@ -154,6 +154,7 @@ def test_process_frame_outputs_db_rows_artifacts_and_skip(pipeline_env: Pipeline
     assert base64.b64decode(uri)[:2] == b"\xff\xd8" and len(uri) < 40_000
     figures = {row["figure"] for row in json.loads(arts["table"].data)}
     assert {"model_version", "star_layer_mean", "time_remove_stars_s", "starless_bytes"} <= figures
+    assert {"spike_score", "spike_angle_deg", "spike_lowered_fraction"} <= figures
     again = process_frame(path=str(frame), config=env.config)
     assert again["status"] == "skipped"
     assert len(db.list_runs()) == 1

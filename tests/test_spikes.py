@@ -88,6 +88,23 @@ def test_lowers_the_spikes_the_network_left_and_nothing_else() -> None:
     assert np.array_equal(out[:, far], net[:, far])
 
 
+def test_what_the_step_measured_goes_to_figures() -> None:
+    original, net, _, _ = _scene(30.0)
+    figures: dict[str, float] = {}
+    remove_spikes(original, net, SpikeOptions(), figures)
+    assert abs(figures["spike_angle_deg"] - 30.0) < 1.0
+    assert figures["spike_score"] >= SpikeOptions().min_score
+    assert 0.0 < figures["spike_lowered_fraction"] < 0.2
+    # below the threshold: measured, nothing lowered; switched off: nothing measured
+    plain_o, plain_n, _, _ = _scene(None)
+    quiet: dict[str, float] = {}
+    remove_spikes(plain_o, plain_n, SpikeOptions(), quiet)
+    assert quiet["spike_lowered_fraction"] == 0.0 and quiet["spike_score"] < 6.0
+    off: dict[str, float] = {}
+    remove_spikes(original, net, SpikeOptions(enabled=False), off)
+    assert off == {}
+
+
 def test_mono_frames_work_too() -> None:
     original, net, truth, spikes = _scene(60.0, seed=3, channels=1)
     out = remove_spikes(original, net, SpikeOptions())
