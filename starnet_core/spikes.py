@@ -285,9 +285,9 @@ def spike_arms(
     """The pixels the step lowers and the per-pixel value they are lowered to (steps 2
     and 3 of the module docstring) for spikes at ``angle_deg`` and ``angle_deg + 90``.
 
-    Returns ``(mask, floor)``: ``(H, W) bool`` and ``(C, H, W) float32`` (each
-    channel's sky beside the line, :func:`_beside`; only meaningful under ``mask``;
-    where both directions take a pixel, the lower)."""
+    Returns ``(mask, floor)``: ``(H, W) bool`` and ``(C, H, W) float32``: ``starless``
+    with each channel lowered to its sky beside the line (:func:`_beside`) under
+    ``mask`` (where both directions take a pixel, the lower), unchanged elsewhere."""
     _check(original, starless)
     return _arms(starless, _stars(original, starless, options.star_threshold), angle_deg, options)
 
@@ -296,7 +296,7 @@ def _arms(
     starless: np.ndarray, stars: _Stars, angle_deg: float, options: SpikeOptions
 ) -> tuple[np.ndarray, np.ndarray]:
     cy, cx, radius = stars.cy, stars.cx, stars.radius
-    C, H, W = starless.shape
+    H, W = starless.shape[1:]
     mask = np.zeros((H, W), bool)
     floor = starless.astype(np.float32, copy=True)
     if cy.size == 0:
@@ -369,8 +369,5 @@ def remove_spikes(
     mask, floor = _arms(starless, stars, found.angle_deg, options)
     if figures is not None:
         figures["spike_lowered_fraction"] = float(mask.mean())
-    if not mask.any():
-        return starless
-    out = starless.astype(np.float32, copy=True)
-    out[:, mask] = np.minimum(out[:, mask], floor[:, mask])
-    return out
+    # floor is starless lowered on the arms and starless itself elsewhere
+    return floor if mask.any() else starless

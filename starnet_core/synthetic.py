@@ -333,11 +333,12 @@ def _large_galaxy(rng: np.random.Generator, n: int, fwhm: float, dx: Array, dy: 
         disc = disc * (1 + rng.uniform(0.3, 0.8) * spiral * (1 - np.exp(-r / (0.3 * re))))
     rb = max(rng.uniform(0.1, 0.3) * re, 1.3 * fwhm)
     bulge = np.exp(-7.67 * ((r / rb) ** 0.25 - 1))
-    prof = disc + rng.uniform(0.05, 0.5) * bulge / bulge.max()
+    bulge = bulge / bulge.max()
+    prof = disc + rng.uniform(0.05, 0.5) * bulge
     prof = (prof / prof.max()).astype(np.float32)
     disc_col = np.array([0.85, 0.9, 1.0], np.float32) * rng.uniform(0.85, 1.15, 3)
     bulge_col = np.array([1.0, 0.9, 0.7], np.float32) * rng.uniform(0.85, 1.15, 3)
-    share = np.clip(bulge / bulge.max(), 0, 1).astype(np.float32)
+    share = np.clip(bulge, 0, 1).astype(np.float32)
     col = disc_col[:, None, None] * (1 - share) + bulge_col[:, None, None] * share
     return (col * prof[None]).astype(np.float32)
 
