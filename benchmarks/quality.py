@@ -29,7 +29,10 @@ three 256 px scenes and writes ``quality_quick.*`` instead; ``--ensemble N`` wri
 ``quality_upsample.*`` and ``--glow-cap S`` (another truth for the same scenes)
 ``quality_glowS.*``, ``--scene-mix hard`` (other held-out scenes, drawn with the
 generator's "hard" mix) ``quality_mixhard.*`` (their previews replace the plain
-run's: add ``--no-previews``).
+run's: add ``--no-previews``). ``--scene-mix large-galaxies`` draws held-out scenes
+that each hold one large galaxy (10-40 px effective radius) and adds the figure
+"large galaxies kept" (flux within 1.5 effective radii, as for the small ones); it is
+reported apart, never pooled with the default set.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ FULL_SIZE_PX, QUICK_SIZE_PX = 512, 256
 SYNTHETIC_PREVIEWS = 4
 FAR_PX = 8.0  # background pixels are this far from anything a star touched
 KEPT_RADIUS_PX = 6.0  # galaxies and knots kept: flux within this radius of their centres
+LARGE_KEPT_RADII = 1.5  # a large galaxy kept: flux within this many effective radii
 REAL_TOL = 4 / 255  # JPEG artefacts in the real pairs differ by a few 8-bit levels
 METHOD_ORDER = ("input", "classical", "model")
 
@@ -259,6 +263,13 @@ def evaluate_case(
             seen, still = metrics.detectable_counts(o, pred, t, scene.star_xy, aperture)
             entry["still_detectable"] = still / seen if seen else float("nan")
             pooled.update(fractions=frac, bins=bins, kept=kept, seen=seen, still=still)
+            if scene.large_galaxy is not None:
+                x, y, re = (float(v) for v in scene.large_galaxy)
+                large = metrics.structure_kept(
+                    o, pred, t, np.array([[x, y]]), LARGE_KEPT_RADII * re, shared_background=True
+                )[0]
+                entry["large_galaxy_kept"] = float(large)
+                pooled["large_kept"] = large
         record["methods"][name] = entry
         raw[name] = pooled
     return record, raw, outputs
@@ -315,6 +326,10 @@ def aggregate(
             entry["still_detectable"] = (
                 sum(r["still"] for r in raw) / seen if seen else float("nan")
             )
+            large = np.array([r["large_kept"] for r in raw if "large_kept" in r])
+            large = large[np.isfinite(large)]
+            if large.size:  # scenes of the "large-galaxies" mix
+                entry["large_galaxy_kept"] = {"mean": float(large.mean()), "n": int(large.size)}
         out[name] = entry
     return out
 

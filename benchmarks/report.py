@@ -53,6 +53,30 @@ def _synthetic_section(results: dict[str, Any], syn: dict[str, Any]) -> list[str
             f"{_fmt(o['s_per_mp'], 2)} ({_fmt(o['cpu_s_per_mp'], 2)}) |"
         )
     names = list(syn["overall"])
+    if all("large_galaxy_kept" in o for o in syn["overall"].values()):
+        lines += [
+            "",
+            "Large galaxies kept: share of each large galaxy's flux (within 1.5 effective "
+            "radii, above the truth's local background) the output keeps, pixel by pixel, "
+            "mean (galaxies); per scene after it.",
+            "",
+            "| method | mean | "
+            + " | ".join(
+                s["name"] for s in syn["scenes"] if "large_galaxy_kept" in s["methods"][names[0]]
+            )
+            + " |",
+        ]
+        lines.append("|---|---|" + "---|" * (lines[-1].count("|") - 3))
+        for name, o in syn["overall"].items():
+            per = [
+                _fmt(s["methods"][name]["large_galaxy_kept"], 2)
+                for s in syn["scenes"]
+                if "large_galaxy_kept" in s["methods"][name]
+            ]
+            lines.append(
+                f"| {name} | {_fmt(o['large_galaxy_kept']['mean'], 2)} "
+                f"({o['large_galaxy_kept']['n']}) | " + " | ".join(per) + " |"
+            )
     if all("residual_by_field" in o for o in syn["overall"].values()):
         lines += [
             "",

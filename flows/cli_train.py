@@ -181,8 +181,8 @@ def register(sub: Any) -> None:
     mix.add_argument(
         "--scene-mix",
         default="default",
-        help="named mix to start from: default or hard (synthetic.MIXES); the options "
-        "below change single fields of it",
+        help="named mix to start from: default, hard or large-galaxies (synthetic.MIXES); "
+        "the options below change single fields of it",
     )
     for field, (option, kind, text) in _MIX_OPTIONS.items():
         if kind == "RANGE":

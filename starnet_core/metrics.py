@@ -285,6 +285,7 @@ def structure_kept(
     radius_px: float,
     *,
     min_flux: float = 0.05,
+    shared_background: bool = False,
 ) -> np.ndarray:
     """``(M,)`` fraction of each galaxy's (or knot's) flux that the output keeps; 1 = perfect.
 
@@ -299,6 +300,12 @@ def structure_kept(
     Stars left on top of the object (pred brighter than truth) neither add nor
     subtract. ``nan`` for an object whose centre lies outside the image or whose
     flux in the truth or in ``original`` is below ``min_flux``.
+
+    ``shared_background=True`` subtracts the truth's annulus median from all three
+    images, so the loss is pixel by pixel ``min(g_truth+, (truth - pred)+)``: for
+    large objects (tens of px) in crowded fields, where the stars in a wide annulus
+    lift the original's (and a starry output's) median and an output that keeps
+    every star would otherwise seem to lose the object's light.
     """
     _check_pair("original", original, "truth", truth)
     _check_pair("original", original, "pred", pred)
@@ -319,9 +326,10 @@ def structure_kept(
         if not ring.any():
             continue
         g = {}
+        level = np.median(lt[r0:r1, c0:c1][ring]) if shared_background else None
         for name, img in (("o", lo), ("t", lt), ("p", lp)):
             patch = img[r0:r1, c0:c1]
-            g[name] = patch[disc] - np.median(patch[ring])
+            g[name] = patch[disc] - (np.median(patch[ring]) if level is None else level)
         signal = np.maximum(g["t"], 0.0)
         total = float(signal.sum())
         if total < min_flux or float(g["o"].sum()) < min_flux:

@@ -156,6 +156,9 @@ MIXES: dict[str, Mix] = {
         chromatic_psf_share=0.4,
         bayer_share=0.4,
     ),
+    # every scene with one large galaxy (a galaxy field such as SDSS r in the real frames):
+    # the held-out large-galaxy scenes of benchmarks.quality, reported apart
+    "large-galaxies": Mix(large_galaxy_share=1.0),
 }
 
 
@@ -172,6 +175,9 @@ class Scene:
     # (H, W) bool: where the galaxies and knots (what must stay) carry at least one noise
     # sigma of light; for a training term that guards them (None: not recorded)
     keep_mask: Array | None = None
+    # (3,) x, y, effective radius (px) of the scene's large galaxy (``Mix.large_galaxy_share``;
+    # None: the scene has none); its centre is in ``galaxy_xy`` too
+    large_galaxy: Array | None = None
 
 
 # Approximate RGB of stars by colour class (hot blue .. cool red), normalised to green.
@@ -225,9 +231,10 @@ def fractal_noise(rng: np.random.Generator, n: int, beta: float) -> Array:
 
 def _background(
     rng: np.random.Generator, n: int, sky: float, fwhm: float, mix: Mix
-) -> tuple[Array, Array, Array]:
+) -> tuple[Array, Array, Array, Array | None]:
     """Linear background (3, n, n) above sky, the positions of the compact structures
-    that must stay (galaxies, knots) and their light alone (n, n), channel mean."""
+    that must stay (galaxies, knots), their light alone (n, n), channel mean, and the
+    large galaxy's x, y, effective radius (None: no large galaxy drawn)."""
     bg = np.zeros((3, n, n), np.float32)
     keep_light = np.zeros((n, n), np.float32)
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
@@ -287,13 +294,15 @@ def _background(
             light = sky * rng.uniform(0.5, 10.0) * col[:, None, None] * prof[None]
             bg += light
             keep_light += light.mean(axis=0)
+    large = None
     if mix.large_galaxy_share > 0 and rng.random() < mix.large_galaxy_share:
         centre = rng.uniform(0.3 * n, 0.7 * n, 2).astype(np.float32)
-        big = _large_galaxy(rng, n, fwhm, xx * n - centre[0], yy * n - centre[1])
+        big, re = _large_galaxy(rng, n, fwhm, xx * n - centre[0], yy * n - centre[1])
         light = sky * rng.uniform(1.0, 15.0) * big
         bg += light
         keep_light += light.mean(axis=0)
         keep = np.concatenate([keep, centre[None]])
+        large = np.array([centre[0], centre[1], re], np.float32)
     if kind != "empty" and rng.random() < 0.5:
         # compact nebular knots (HII knots, globule rims): wider than the PSF, kept
         knots = rng.uniform(0, n, (int(rng.integers(1, 8)), 2)).astype(np.float32)
@@ -310,15 +319,17 @@ def _background(
             bg += light
             keep_light += light.mean(axis=0)
         keep = np.concatenate([keep, knots])
-    return bg, keep, keep_light
+    return bg, keep, keep_light, large
 
 
-def _large_galaxy(rng: np.random.Generator, n: int, fwhm: float, dx: Array, dy: Array) -> Array:
+def _large_galaxy(
+    rng: np.random.Generator, n: int, fwhm: float, dx: Array, dy: Array
+) -> tuple[Array, float]:
     """(3, n, n) light of one large galaxy at offsets ``dx``, ``dy`` (px) from its
-    centre (peak 1 before its colour): an exponential disc of 10-40 px effective
-    radius (at most a quarter of the canvas), inclined, with a de Vaucouleurs-like
-    bulge and, in half of them, two logarithmic spiral arms; bulge yellower than the
-    disc."""
+    centre (peak 1 before its colour), and its effective radius in px: an exponential
+    disc of 10-40 px effective radius (at most a quarter of the canvas), inclined, with
+    a de Vaucouleurs-like bulge and, in half of them, two logarithmic spiral arms; bulge
+    yellower than the disc."""
     re = min(rng.uniform(10.0, 40.0), n / 4)
     q = rng.uniform(0.3, 1.0)
     th = rng.uniform(0, np.pi)
@@ -340,7 +351,7 @@ def _large_galaxy(rng: np.random.Generator, n: int, fwhm: float, dx: Array, dy: 
     bulge_col = np.array([1.0, 0.9, 0.7], np.float32) * rng.uniform(0.85, 1.15, 3)
     share = np.clip(bulge, 0, 1).astype(np.float32)
     col = disc_col[:, None, None] * (1 - share) + bulge_col[:, None, None] * share
-    return (col * prof[None]).astype(np.float32)
+    return (col * prof[None]).astype(np.float32), float(re)
 
 
 def _psf(rng: np.random.Generator, n: int, fwhm: float, spikes: bool, mix: Mix) -> Array:
@@ -621,7 +632,7 @@ def _render_pair(
     n = size_px + 2 * margin
     sky = float(rng.uniform(0.02, 0.12))
     fwhm = float(np.exp(rng.uniform(np.log(1.0), np.log(6.5))))
-    bg, gal_xy, keep_light = _background(rng, n, sky, fwhm, mix)
+    bg, gal_xy, keep_light, large = _background(rng, n, sky, fwhm, mix)
     noise_sigma = sky * float(np.exp(rng.uniform(np.log(0.005), np.log(0.08))))
     spikes = bool(rng.random() < mix.spike_share)
     # star count per crop: sparse .. Milky-Way dense (scaled with area)
@@ -733,6 +744,7 @@ def _render_pair(
         noise_sigma=noise_sigma / sat,
         spikes=spikes,
         keep_mask=keep_light[sl, sl] >= noise_sigma,
+        large_galaxy=None if large is None else large - np.array([margin, margin, 0], np.float32),
     )
     return o.astype(np.float32), c.astype(np.float32), scene, med
 

@@ -17,7 +17,7 @@ from benchmarks import quality
 from starnet_core import metrics
 from starnet_core.checkpoint import is_checkpoint, load_any, load_generator_from_checkpoint
 from starnet_core.model import ModelConfig, StarNetUNet, save_weights
-from starnet_core.synthetic import Scene, make_pair
+from starnet_core.synthetic import MIXES, Scene, make_pair
 
 SIZE = 64
 
@@ -114,6 +114,26 @@ def test_structure_kept_counts_lost_galaxy_flux() -> None:
     assert metrics.structure_kept(orig, halved, truth, gxy, 6.0)[0] == pytest.approx(0.5, abs=0.1)
 
 
+def test_structure_kept_shared_background_ignores_stars_in_the_annulus() -> None:
+    """Stars crowding the annulus lift the output's own ring median: an output that
+    keeps the galaxy and every star then seems to lose its light, unless the truth's
+    ring level is shared; a darkened galaxy still counts as lost."""
+    rng = np.random.default_rng(2)
+    truth = (0.2 + rng.normal(0, 0.002, (3, SIZE, SIZE))).astype(np.float32)
+    truth += _star(32, 32, 0.3, fwhm_px=8.0)
+    orig = truth.copy()
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    d = np.hypot(xx - 32, yy - 32)
+    orig[:, (d >= 8) & (d <= 14)] += 0.1  # a crowded annulus, as in a dense field
+    gxy = np.array([[32.0, 32.0]])
+    assert metrics.structure_kept(orig, orig, truth, gxy, 6.0)[0] < 0.5
+    shared = metrics.structure_kept(orig, orig, truth, gxy, 6.0, shared_background=True)
+    assert shared[0] == pytest.approx(1.0, abs=0.01)
+    halved = truth - 0.5 * _star(32, 32, 0.3, fwhm_px=8.0)
+    half = metrics.structure_kept(orig, halved, truth, gxy, 6.0, shared_background=True)
+    assert half[0] == pytest.approx(0.5, abs=0.1)
+
+
 def test_detectable_fraction() -> None:
     orig, truth, xy = _pair()
     assert metrics.detectable_counts(orig, orig, truth, xy, 4.0) == (2, 2)
@@ -181,6 +201,37 @@ def test_benchmark_end_to_end_on_a_tiny_scene(tmp_path: Path) -> None:
         "synthetic-a.png",
         "synthetic-b.png",
     ]
+
+
+def test_benchmark_reports_large_galaxies_apart(tmp_path: Path) -> None:
+    """Scenes of the "large-galaxies" mix carry the large galaxy kept figure, per scene
+    and overall, and the report gets its table; the input keeps all of it, and a
+    method that flattens the galaxy keeps little."""
+    cases = []
+    for seed in (9_000_001, 9_000_002):
+        o, t, scene = make_pair(np.random.default_rng(seed), 96, mix=MIXES["large-galaxies"])
+        props = quality.scene_properties(o, t, scene)
+        cases.append(quality.Case(f"g{seed}", o, t, scene, seed, props))
+    results = quality.run_benchmark(None, model_label="none", real_dir=None, cases=cases)
+    overall = results["synthetic"]["overall"]
+    assert overall["input"]["large_galaxy_kept"] == {"mean": pytest.approx(1.0, abs=0.02), "n": 2}
+    per = [s["methods"]["classical"]["large_galaxy_kept"] for s in results["synthetic"]["scenes"]]
+    assert overall["classical"]["large_galaxy_kept"]["mean"] == pytest.approx(np.mean(per))
+    text = quality.render_markdown(results)
+    assert "Large galaxies kept" in text and "| input | 1.00 (2) |" in text
+    o, t, scene = cases[0].original, cases[0].truth, cases[0].scene
+    assert scene is not None and scene.large_galaxy is not None
+    x, y, re = (float(v) for v in scene.large_galaxy)
+    flat = np.broadcast_to(np.median(t, axis=(1, 2), keepdims=True), t.shape)
+    kept = metrics.structure_kept(
+        o, flat, t, np.array([[x, y]]), quality.LARGE_KEPT_RADII * re, shared_background=True
+    )
+    assert kept[0] < 0.5
+    plain = quality.run_benchmark(
+        None, model_label="none", real_dir=None, cases=[_tiny_case(9_000_003, "c")]
+    )
+    assert "large_galaxy_kept" not in plain["synthetic"]["overall"]["input"]
+    assert "Large galaxies kept" not in quality.render_markdown(plain)
 
 
 def test_scene_properties_and_categories() -> None:

@@ -133,6 +133,24 @@ def test_the_large_galaxy_knob_adds_one_large_kept_galaxy() -> None:
     assert max(small) < 1000
 
 
+def test_the_scene_records_its_large_galaxy_where_its_light_is() -> None:
+    """``Scene.large_galaxy`` (x, y, effective radius) names the galaxy the keep mask
+    holds: the mask is set at its centre and covers about its effective radius; scenes
+    without one record None."""
+    for seed in range(3):
+        scene = make_pair(np.random.default_rng(seed), 160, mix=MIXES["large-galaxies"])[2]
+        assert scene.large_galaxy is not None and scene.keep_mask is not None
+        x, y, re = (float(v) for v in scene.large_galaxy)
+        assert 10.0 <= re <= 40.0
+        assert 0 <= x < 160 and 0 <= y < 160
+        assert scene.keep_mask[int(round(y)), int(round(x))]
+        assert np.any(np.all(np.isclose(scene.galaxy_xy, [x, y]), axis=1))
+        yy, xx = np.mgrid[0:160, 0:160]
+        near = np.hypot(xx - x, yy - y) <= 0.5 * re
+        assert scene.keep_mask[near].mean() > 0.9
+    assert make_pair(np.random.default_rng(0), 160)[2].large_galaxy is None
+
+
 def test_the_group_knob_adds_bright_close_doubles_and_groups() -> None:
     def stars(mix: Mix) -> list[Scene]:
         return [make_pair(np.random.default_rng(s), 96, mix=mix)[2] for s in range(4)]
