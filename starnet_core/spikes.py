@@ -27,8 +27,11 @@ baseline). This step uses the geometry the network does not know:
    above ``detect_sigma`` times its robust spread over the frame and at least
    ``line_ratio`` times the excess along the other direction (a blob, a galaxy's
    core, answers both directions alike; a line only its own).
-3. **Arms**: from each star of the star layer (component above ``star_threshold``)
-   the candidates are followed along the direction on both sides (gaps of
+3. **Arms**: from each star of the star layer (component above ``star_threshold``),
+   and from each peak of a component that holds two or more (a merged double's arms
+   run through its stars, not through the pair's centroid; a peak counts at half
+   its component's maximum or more, the highest over 5 x 5 px), the candidates are
+   followed along the direction on both sides (gaps of
    ``gap_px`` bridged; beyond the frame's edge a side counts as going on). An arm is
    taken as long as the shorter side, since a spike is symmetric and a filament or a
    galaxy that happens to lie on one side of a star is not; a star whose arms reach
@@ -62,6 +65,8 @@ _MAX_SIGMA = 20.0  # one star's profile peaks at most this many of its sigmas
 _FIRST_BLOCK_PX = 32  # arms are followed in blocks of 32, 64, 128, ... px
 _SPREAD_STRIDE = 3  # the line excess's spread is measured on every 3rd row and column
 _MIN_INSIDE = 0.75  # a star whose rays leave the frame more than this is skipped
+_PEAK_PX = 5  # a merged component's peaks: local maxima of the layer over 5 x 5 px ...
+_PEAK_SHARE = 0.5  # ... at least this share of the component's maximum
 
 
 @dataclass(frozen=True)
@@ -87,13 +92,15 @@ def _check(original: np.ndarray, starless: np.ndarray) -> None:
 class _Stars:
     """The components of the star layer (luminance) above a threshold: their mask and,
     per star, the layer-weighted centroid, the radius of a disc of its area and its
-    flux in the layer."""
+    flux in the layer; the layer and the components' labels (for their peaks)."""
 
     mask: np.ndarray
     cy: np.ndarray
     cx: np.ndarray
     radius: np.ndarray
     flux: np.ndarray
+    layer: np.ndarray
+    labels: np.ndarray
 
 
 def _stars(original: np.ndarray, starless: np.ndarray, threshold: float) -> _Stars:
@@ -114,6 +121,29 @@ def _stars(original: np.ndarray, starless: np.ndarray, threshold: float) -> _Sta
         per_star(weight * xs) / safe,
         np.sqrt(per_star(None) / np.pi),
         flux,
+        layer,
+        labels,
+    )
+
+
+def _origins(stars: _Stars) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where arms are followed from: every star's centroid, and the peaks of each
+    component with two or more (local maxima over ``_PEAK_PX`` of at least
+    ``_PEAK_SHARE`` of the component's maximum), each with its component's radius."""
+    n = stars.cy.size
+    layer, labels = stars.layer, stars.labels
+    top = ndimage.maximum(layer, labels, np.arange(1, n + 1))
+    peak = stars.mask & (layer == ndimage.maximum_filter(layer, _PEAK_PX, mode="nearest"))
+    ys, xs = np.nonzero(peak)
+    ids = labels[ys, xs]
+    strong = layer[ys, xs] >= _PEAK_SHARE * np.asarray(top)[ids - 1]
+    ys, xs, ids = ys[strong], xs[strong], ids[strong]
+    merged = np.bincount(ids, minlength=n + 1)[ids] >= 2
+    ys, xs, ids = ys[merged], xs[merged], ids[merged]
+    return (
+        np.concatenate([stars.cy, ys.astype(float)]),
+        np.concatenate([stars.cx, xs.astype(float)]),
+        np.concatenate([stars.radius, stars.radius[ids - 1]]),
     )
 
 
@@ -295,12 +325,12 @@ def spike_arms(
 def _arms(
     starless: np.ndarray, stars: _Stars, angle_deg: float, options: SpikeOptions
 ) -> tuple[np.ndarray, np.ndarray]:
-    cy, cx, radius = stars.cy, stars.cx, stars.radius
     H, W = starless.shape[1:]
     mask = np.zeros((H, W), bool)
     floor = starless.astype(np.float32, copy=True)
-    if cy.size == 0:
+    if stars.cy.size == 0:
         return mask, floor
+    cy, cx, radius = _origins(stars)
     pad = max(_ACROSS_PX[-1], _ALONG_PX) + 1
     channels = [_Shifts(c.astype(np.float32), pad) for c in starless]
     directions = []

@@ -88,6 +88,39 @@ def test_lowers_the_spikes_the_network_left_and_nothing_else() -> None:
     assert np.array_equal(out[:, far], net[:, far])
 
 
+def test_a_merged_doubles_arms_are_followed_from_each_star() -> None:
+    """Two bright stars 5 px apart merge into one component of the star layer; their
+    arms perpendicular to the pair run through each star, 2.5 px beside the pair's
+    centroid, and are taken all the same."""
+    angle = 30.0
+    original, net, truth, _ = _scene(angle)
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    across_dir = np.deg2rad(angle + 90.0)
+    cores = np.zeros_like(y)
+    arms = np.zeros_like(y)
+    for sign in (-1.0, 1.0):  # the pair lies across the 30 degree arms
+        cy = 96.0 + sign * 2.5 * np.sin(across_dir)
+        cx = 150.0 + sign * 2.5 * np.cos(across_dir)
+        dy, dx = y - cy, x - cx
+        cores += 0.7 * np.exp(-(dx**2 + dy**2) / (2 * 1.6**2))
+        t = np.deg2rad(angle)
+        along = dx * np.cos(t) + dy * np.sin(t)
+        across = -dx * np.sin(t) + dy * np.cos(t)
+        arms += 0.25 * np.exp(-(across**2) / (2 * 0.6**2)) * (1 + np.abs(along) / 3) ** -1.0
+    original = np.clip(original + (cores + arms)[None], 0, 1).astype(np.float32)
+    net = np.clip(net + 0.7 * arms[None], 0, 1).astype(np.float32)
+    layer = (original - net).mean(0)
+    labels, _ = ndimage.label(layer > SpikeOptions().star_threshold)
+    assert (
+        labels[int(96 - 2.5 * np.sin(across_dir)), int(150 - 2.5 * np.cos(across_dir))]
+        == (labels[int(96 + 2.5 * np.sin(across_dir)), int(150 + 2.5 * np.cos(across_dir))])
+    )  # one component
+    out = remove_spikes(original, net, SpikeOptions())
+    pair_arm = (arms > 0.02) & (layer <= SpikeOptions().star_threshold)
+    before, after = _rms(net, truth, pair_arm), _rms(out, truth, pair_arm)
+    assert after < 0.4 * before, (before, after)
+
+
 def test_what_the_step_measured_goes_to_figures() -> None:
     original, net, _, _ = _scene(30.0)
     figures: dict[str, float] = {}
