@@ -142,6 +142,7 @@ class SpikeSettings:
     line_ratio: float = _SPIKES.line_ratio  # ... and this many times the excess across
     min_arm_px: int = _SPIKES.min_arm_px  # arms reach this far beyond the core, both sides
     gap_px: int = _SPIKES.gap_px  # gaps along an arm bridged
+    core_threshold: float = _SPIKES.core_threshold  # arms lowered up to the star's core
 
 
 @dataclass

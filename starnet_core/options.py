@@ -321,6 +321,12 @@ class SpikeOptions:
         min_arm_px: a star's arms must reach this far beyond its core radius on both
             sides (galaxies and filaments that touch a star on one side do not).
         gap_px: gaps of up to this many pixels along an arm are bridged.
+        core_threshold: arms are lowered up to where the star layer exceeds this (the
+            star's core, which the network and the rim fill take care of); 0.1 (the
+            star threshold) until the fourteenth session, which left the arms' inner
+            ends, in the star's component, to the network; 0.3, the rim fill's own
+            footprint threshold, takes them (development scenes +0.015 / +0.019 dB,
+            BENCHMARKS.md, "Fourteenth session").
     """
 
     enabled: bool = True
@@ -332,6 +338,7 @@ class SpikeOptions:
     line_ratio: float = 2.0
     min_arm_px: int = 8
     gap_px: int = 2
+    core_threshold: float = 0.3
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -346,6 +353,9 @@ class SpikeOptions:
         _check_range("line_ratio", self.line_ratio, 0.0, 100.0)
         check_int("min_arm_px", self.min_arm_px, 0)
         check_int("gap_px", self.gap_px, 0)
+        _check_range("core_threshold", self.core_threshold, 0.0, 1.0)
+        if self.core_threshold == 0.0:
+            raise ValueError("core_threshold must be > 0, got 0")
 
 
 def _check_range(name: str, value: object, low: float, high: float) -> None:

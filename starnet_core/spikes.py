@@ -36,9 +36,10 @@ baseline). This step uses the geometry the network does not know:
    taken as long as the shorter side, since a spike is symmetric and a filament or a
    galaxy that happens to lie on one side of a star is not; a star whose arms reach
    less than ``min_arm_px`` beyond its core radius has no spike here.
-4. On the arms' candidate pixels (grown by one pixel), each channel of the starless
-   image is lowered to its own sky beside the line: ``min(starless, beside)``, so
-   only light standing above that sky is taken.
+4. On the arms' candidate pixels (grown by one pixel) outside the stars' cores (star
+   layer above ``core_threshold``: the network's and the rim fill's), each channel of
+   the starless image is lowered to its own sky beside the line:
+   ``min(starless, beside)``, so only light standing above that sky is taken.
 
 Arrays: ``(C, H, W) float32`` stretched to ``[0, 1]``; results the same shape.
 Pixels outside the arms are returned unchanged; a frame without spikes comes back as
@@ -363,7 +364,7 @@ def _arms(
         if not keep.any():
             continue
         arms = _paint_arms((H, W), cy[keep], cx[keep], length[keep] + 2, ux, uy)
-        arms &= ndimage.binary_dilation(cand) & ~stars.mask
+        arms &= ndimage.binary_dilation(cand) & ~(stars.layer > options.core_threshold)
         if not arms.any():
             continue
         floor[:, arms] = np.minimum(floor[:, arms], sky[:, arms])

@@ -121,6 +121,25 @@ def test_a_merged_doubles_arms_are_followed_from_each_star() -> None:
     assert after < 0.4 * before, (before, after)
 
 
+def test_arms_are_lowered_up_to_the_stars_core() -> None:
+    """The arms' inner ends lie in the star's component of the star layer (above
+    ``star_threshold``); they are lowered up to the core (``core_threshold``), and
+    with the core at the star threshold they are left as they were."""
+    original, net, truth, spikes = _scene(30.0)
+    layer = (original - net).mean(0)
+    options = SpikeOptions()
+    inner = (spikes > 0.02) & (layer > options.star_threshold) & (layer <= options.core_threshold)
+    assert inner.sum() > 20
+    out = remove_spikes(original, net, options)
+    before, after = _rms(net, truth, inner), _rms(out, truth, inner)
+    assert after < 0.6 * before, (before, after)
+    assert np.all(out <= net + 1e-7)
+    core = layer > options.core_threshold
+    assert np.array_equal(out[:, core], net[:, core])
+    old = remove_spikes(original, net, SpikeOptions(core_threshold=options.star_threshold))
+    assert np.array_equal(old[:, inner], net[:, inner])
+
+
 def test_what_the_step_measured_goes_to_figures() -> None:
     original, net, _, _ = _scene(30.0)
     figures: dict[str, float] = {}
@@ -202,6 +221,8 @@ def test_shape_mismatch_is_refused() -> None:
         ("line_ratio", -0.5),
         ("min_arm_px", 1.5),
         ("gap_px", -1),
+        ("core_threshold", 0.0),
+        ("core_threshold", 1.5),
     ],
 )
 def test_bad_options_are_refused_with_their_name(field: str, value: object) -> None:
