@@ -54,25 +54,18 @@ def _synthetic_section(results: dict[str, Any], syn: dict[str, Any]) -> list[str
         )
     names = list(syn["overall"])
     if all("large_galaxy_kept" in o for o in syn["overall"].values()):
+        large = [s for s in syn["scenes"] if "large_galaxy_kept" in s["methods"][names[0]]]
         lines += [
             "",
             "Large galaxies kept: share of each large galaxy's flux (within 1.5 effective "
             "radii, above the truth's local background) the output keeps, pixel by pixel, "
             "mean (galaxies); per scene after it.",
             "",
-            "| method | mean | "
-            + " | ".join(
-                s["name"] for s in syn["scenes"] if "large_galaxy_kept" in s["methods"][names[0]]
-            )
-            + " |",
+            "| method | mean | " + " | ".join(s["name"] for s in large) + " |",
+            "|---|---|" + "---|" * len(large),
         ]
-        lines.append("|---|---|" + "---|" * (lines[-1].count("|") - 3))
         for name, o in syn["overall"].items():
-            per = [
-                _fmt(s["methods"][name]["large_galaxy_kept"], 2)
-                for s in syn["scenes"]
-                if "large_galaxy_kept" in s["methods"][name]
-            ]
+            per = [_fmt(s["methods"][name]["large_galaxy_kept"], 2) for s in large]
             lines.append(
                 f"| {name} | {_fmt(o['large_galaxy_kept']['mean'], 2)} "
                 f"({o['large_galaxy_kept']['n']}) | " + " | ".join(per) + " |"

@@ -333,6 +333,7 @@ def _arms(
     if stars.cy.size == 0:
         return mask, floor
     cy, cx, radius = _origins(stars)
+    core = stars.layer > options.core_threshold  # the stars' own pixels, left alone
     pad = max(_ACROSS_PX[-1], _ALONG_PX) + 1
     channels = [_Shifts(c.astype(np.float32), pad) for c in starless]
     directions = []
@@ -365,7 +366,7 @@ def _arms(
         if not keep.any():
             continue
         arms = _paint_arms((H, W), cy[keep], cx[keep], length[keep] + 2, ux, uy)
-        arms &= ndimage.binary_dilation(cand) & ~(stars.layer > options.core_threshold)
+        arms &= ndimage.binary_dilation(cand) & ~core
         if not arms.any():
             continue
         floor[:, arms] = np.minimum(floor[:, arms], sky[:, arms])
