@@ -153,6 +153,18 @@ def register(sub: Any) -> None:
         "stars on them included (0: none)",
     )
     p.add_argument(
+        "--w-anchor",
+        type=float,
+        help="L1 to a reference model's output on dense-field crops: hold what it does "
+        "there while the fine-tune learns the rest (0: none)",
+    )
+    p.add_argument(
+        "--anchor",
+        metavar="WEIGHTS",
+        help="the reference model of --w-anchor (default: the weights the run fine-tunes "
+        "from, inference.weights or the packaged model)",
+    )
+    p.add_argument(
         "--ema",
         type=float,
         metavar="DECAY",
@@ -255,6 +267,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("w_rel", "w_rel"),
         ("w_over", "w_over"),
         ("w_galaxy", "w_galaxy"),
+        ("w_anchor", "w_anchor"),
         ("ema", "ema_decay"),
         ("over_threshold", "over_threshold"),
         ("w_gan", "w_gan"),
@@ -283,6 +296,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("--w-rel", cfg.w_rel),
         ("--w-over", cfg.w_over),
         ("--w-galaxy", cfg.w_galaxy),
+        ("--w-anchor", cfg.w_anchor),
         ("--over-threshold", cfg.over_threshold),
         ("--w-gan", cfg.w_gan),
         ("--w-percep", cfg.w_percep),
@@ -356,6 +370,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         if cfg.d_warmup_steps:
             gan += f", after {cfg.d_warmup_steps} discriminator-only steps (--d-warmup)"
         print(f"fine-tuning model {info.version} ({info.sha256[:12]}) from step 0; {gan}")
+    anchor = None
+    if cfg.w_anchor > 0:
+        source = args.anchor or args.settings.inference.weights
+        try:
+            anchor, ainfo = load_model(source)
+        except (OSError, ValueError) as e:
+            print(f"starnet train: --anchor: {e}", file=sys.stderr)
+            return 2
+        cfg.anchor_weights = str(source or f"packaged {ainfo.version}")
+        print(f"anchored on dense fields to model {ainfo.version} ({ainfo.sha256[:12]})")
+    elif args.anchor:
+        print("starnet train: --anchor needs --w-anchor > 0", file=sys.stderr)
+        return 2
     logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / "train_log.jsonl"
 
@@ -383,6 +410,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         file_pairs=pairs,
         synthetic=args.synthetic,
         init=init,
+        anchor=anchor,
         on_log=on_log,
         on_showcase=on_showcase,
         should_stop=lambda: stop["flag"],

@@ -178,6 +178,8 @@ class Scene:
     # (3,) x, y, effective radius (px) of the scene's large galaxy (``Mix.large_galaxy_share``;
     # None: the scene has none); its centre is in ``galaxy_xy`` too
     large_galaxy: Array | None = None
+    # a Milky-Way-dense field (800-4000 stars per 128 px square; ``Mix.dense_share``)
+    dense: bool = False
 
 
 # Approximate RGB of stars by colour class (hot blue .. cool red), normalised to green.
@@ -745,8 +747,22 @@ def _render_pair(
         spikes=spikes,
         keep_mask=keep_light[sl, sl] >= noise_sigma,
         large_galaxy=None if large is None else large - np.array([margin, margin, 0], np.float32),
+        dense=dense,
     )
     return o.astype(np.float32), c.astype(np.float32), scene, med
+
+
+# What :func:`crop_masks` stacks per crop, in this order: the galaxies and knots that
+# must stay (``Scene.keep_mask``) and the whole crop where it is a dense field
+MASK_CHANNELS = ("keep", "dense")
+
+
+def crop_masks(scene: Scene) -> Array:
+    """``(len(MASK_CHANNELS), H, W)`` uint8 masks of a rendered scene, for training terms
+    that weigh parts of a crop: its galaxies and knots, and all of it if it is dense."""
+    assert scene.keep_mask is not None  # _render_pair always records it
+    dense = np.full(scene.keep_mask.shape, scene.dense, np.uint8)
+    return np.stack([scene.keep_mask.astype(np.uint8), dense])
 
 
 def make_pool(
@@ -757,14 +773,13 @@ def make_pool(
     mix: Mix = DEFAULT_MIX,
 ) -> tuple[Array, Array, Array]:
     """``count`` pairs as two (count, 3, S, S) float32 arrays and their scenes'
-    ``keep_mask`` as (count, 1, S, S) uint8, reproducible from ``seed`` (an int, or a
+    :func:`crop_masks` as (count, 2, S, S) uint8, reproducible from ``seed`` (an int, or a
     list of ints as ``np.random.default_rng`` takes them)."""
     rng = np.random.default_rng(seed)
     orig = np.empty((count, 3, size_px, size_px), np.float32)
     clean = np.empty_like(orig)
-    keep = np.empty((count, 1, size_px, size_px), np.uint8)
+    masks = np.empty((count, len(MASK_CHANNELS), size_px, size_px), np.uint8)
     for i in range(count):
         orig[i], clean[i], scene = make_pair(rng, size_px, glow_cap=glow_cap, mix=mix)
-        assert scene.keep_mask is not None  # _render_pair always records it
-        keep[i, 0] = scene.keep_mask
-    return orig, clean, keep
+        masks[i] = crop_masks(scene)
+    return orig, clean, masks

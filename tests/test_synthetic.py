@@ -15,6 +15,8 @@ from starnet_core.synthetic import (
     _star_glow,
     fractal_noise,
     make_pair,
+    MASK_CHANNELS,
+    crop_masks,
     make_pool,
 )
 
@@ -309,9 +311,23 @@ def test_fractal_noise_is_normalised() -> None:
 
 
 def test_pool_shapes() -> None:
-    orig, clean, keep = make_pool(seed=1, count=3, size_px=32)
+    orig, clean, masks = make_pool(seed=1, count=3, size_px=32)
     assert orig.shape == clean.shape == (3, 3, 32, 32)
-    assert keep.shape == (3, 1, 32, 32) and keep.dtype == np.uint8
+    assert masks.shape == (3, len(MASK_CHANNELS), 32, 32) and masks.dtype == np.uint8
+
+
+def test_crop_masks_flag_dense_fields_whole() -> None:
+    """Channel 1 is the whole crop where the scene is a dense field, nothing elsewhere;
+    channel 0 is the scene's keep mask."""
+    rng = np.random.default_rng(3)
+    for dense in (True, False):
+        _, _, scene = make_pair(rng, 32, dense=dense)
+        assert scene.dense is dense
+        masks = crop_masks(scene)
+        assert masks.shape == (2, 32, 32)
+        assert MASK_CHANNELS == ("keep", "dense")
+        np.testing.assert_array_equal(masks[0], scene.keep_mask)
+        assert (masks[1] == int(dense)).all()
 
 
 def test_keep_mask_covers_the_galaxies_and_nothing_far_from_them() -> None:
