@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from starnet_core.synthetic import (
+    MASK_CHANNELS,
     MIXES,
     Mix,
     Scene,
@@ -13,10 +14,9 @@ from starnet_core.synthetic import (
     _colour_cast,
     _psf,
     _star_glow,
+    crop_masks,
     fractal_noise,
     make_pair,
-    MASK_CHANNELS,
-    crop_masks,
     make_pool,
 )
 
