@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from starnet_core.model import ModelConfig
+from starnet_core.model import ModelConfig, StarNetUNet
 from starnet_core.synthetic import MIXES, Mix, make_pool
 from starnet_core.train import (
     PairPool,
@@ -257,6 +258,15 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--w-galaxy must be a number >= 0, got -1" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--w-rel", "nan"]) == 2
     assert "--w-rel must be a number >= 0, got nan" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--w-anchor", "-1"]) == 2
+    assert "--w-anchor must be a number >= 0, got -1" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--anchor", "a.safetensors"]) == 2
+    assert "--anchor needs --w-anchor > 0" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.safetensors")
+    assert (
+        main(["train", "--synthetic", "--logs", logs, "--w-anchor", "1", "--anchor", missing]) == 2
+    )
+    assert f"--anchor: {missing}: weights file not found" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--ema", "1"]) == 2
     assert "--ema must be a decay in [0, 1), got 1" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--d-warmup", "-5"]) == 2
@@ -492,3 +502,47 @@ def test_cli_fine_tune_says_the_discriminator_warms_up(
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "adversarial terms from step 0 (--gan-start), after 2 discriminator-only steps" in out
+
+
+def test_anchor_term_holds_the_reference_on_dense_crops_only(tmp_path: Path) -> None:
+    """--w-anchor: on dense-field crops the fine-tune stays near the reference model's
+    output; on other crops the term is zero and changes nothing."""
+    torch.manual_seed(0)
+    ref = StarNetUNet(TINY)
+    with pytest.raises(ValueError, match="needs the reference model"):
+        train(tiny_config(w_anchor=1.0), tmp_path / "none", init=copy.deepcopy(ref))
+
+    def run(mix: Mix, w: float, name: str) -> tuple[StarNetUNet, list[dict[str, float]]]:
+        records: list[dict[str, float]] = []
+        cfg = tiny_config(
+            steps=40,
+            lr=3e-3,
+            warmup_steps=1,
+            mix=mix,
+            w_anchor=w,
+            gan_start_step=1000,
+            log_every=10,
+            checkpoint_every=1000,
+        )
+        state = train(
+            cfg, tmp_path / name, init=copy.deepcopy(ref), anchor=ref, on_log=records.append
+        )
+        return state.generator.eval(), records
+
+    dense = dataclasses.replace(MIXES["default"], dense_share=1.0)
+    free, _ = run(dense, 0.0, "free")
+    held, records = run(dense, 200.0, "held")
+    assert records[0]["l_g_anchor"] > 0 and all(np.isfinite(r["l_g_anchor"]) for r in records)
+    x = torch.from_numpy(make_pool(seed=99, count=4, size_px=32, mix=dense)[0])
+    with torch.no_grad():
+        target = ref.eval()(x)
+        drift_free = (free(x) - target).abs().mean().item()
+        drift_held = (held(x) - target).abs().mean().item()
+    assert drift_held < 0.5 * drift_free, (drift_held, drift_free)
+    # no dense crop, no anchor term: the same run as without it, step for step
+    sparse = dataclasses.replace(MIXES["default"], dense_share=0.0)
+    a, recs = run(sparse, 200.0, "sparse_held")
+    b, _ = run(sparse, 0.0, "sparse_free")
+    assert all(r["l_g_anchor"] == 0 for r in recs)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
