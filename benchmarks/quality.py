@@ -399,7 +399,15 @@ def run_benchmark(
         "torch_threads": torch.get_num_threads(),
         "tile_options": {
             k: getattr(options, k)
-            for k in ("tile_px", "overlap_px", "batch_size", "passes", "ensemble", "upsample")
+            for k in (
+                "tile_px",
+                "overlap_px",
+                "batch_size",
+                "passes",
+                "ensemble",
+                "upsample",
+                "lattice_px",
+            )
         },
         "glow_cap_sigma": glow_cap,
         "scene_mix": scene_mix,
@@ -529,6 +537,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="leave the diffraction spikes the network leaves (spikes.enabled: false)",
     )
+    parser.add_argument(
+        "--lattice",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="take the network's grid pattern of this period out of its output "
+        "(inference.lattice_px; default 0: left)",
+    )
     args = parser.parse_args(argv)
     if args.passes < 1:
         parser.error(f"--passes must be 1 or more, got {args.passes}")
@@ -563,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem += "_noskycolour" if args.no_sky_colour else ""
     stem += "_nocorefill" if args.no_core_fill else ""
     stem += "_nospikes" if args.no_spikes else ""
+    stem += f"_lattice{args.lattice}" if args.lattice else ""
     preview_dir = None if args.no_previews else args.out / "previews"
     if args.ensemble > 1:
         label += f", {args.ensemble}x self-ensemble"
@@ -576,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         label += ", burnt-out stars left as the network fills them"
     if args.no_spikes:
         label += ", diffraction spikes left as the network leaves them"
+    if args.lattice:
+        label += f", its {args.lattice} px grid pattern taken out"
     try:
         results = run_benchmark(
             model,
@@ -584,7 +603,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             real_dir=real_dir,
             preview_dir=preview_dir,
             tile_options=TileOptions(
-                ensemble=args.ensemble, passes=args.passes, upsample=args.upsample
+                ensemble=args.ensemble,
+                passes=args.passes,
+                upsample=args.upsample,
+                lattice_px=args.lattice,
             ),
             glow_cap=args.glow_cap,
             scene_mix=args.scene_mix,

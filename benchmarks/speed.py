@@ -5,7 +5,8 @@
 Measures, on a synthetic RGB frame of ``--size`` px (speed does not depend on
 the weights' values, so any weights of the shipped architecture will do):
 megapixels per second for several tile sizes, the model's MAC per pixel, and
-the peak resident memory of the process. Then the post-processing of the
+the peak resident memory of the process. Then the optional grid-pattern step
+(``inference.lattice_px`` 4) and the post-processing of the
 network's output (``starnet_core.masks.finish_starless``: background protection,
 the sky colour where stars were, the rim fill of burnt-out stars, the spike step),
 whose cost depends on the stars: on a
@@ -23,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from starnet_core.inference import TileOptions, remove_stars
+from starnet_core.inference import TileOptions, remove_fixed_pattern, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.model import StarNetUNet, load_model, macs_per_pixel
 from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions, SpikeOptions
@@ -104,6 +105,16 @@ def post_processing(model: torch.nn.Module, size_px: int, device: str) -> None:
     print(f"(best of {_POST_REPEATS} runs each)")
     print("| step | seconds | MP/s |")
     print("|---|---|---|")
+    times = []
+    for _ in range(_POST_REPEATS):
+        t0 = time.perf_counter()
+        remove_fixed_pattern(frame, net, 4)
+        times.append(time.perf_counter() - t0)
+    dt = min(times)
+    print(
+        f"| grid pattern, 4 px (inference.lattice_px 4; off by default) | {dt:.2f} "
+        f"| {mp / dt:.2f} |"
+    )
     off, on, forced = (
         SpikeOptions(enabled=False),
         SpikeOptions(),

@@ -82,6 +82,13 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         choices=(1, 2, 4, 8),
         help="average the network over N flips of each tile (N x slower, a little cleaner)",
     )
+    g.add_argument(
+        "--lattice",
+        type=int,
+        metavar="PX",
+        help="take out the faint pattern fixed to the pixel grid that the network leaves, "
+        "of this period (4 for the shipped model; inference.lattice_px, 0: off)",
+    )
     post = p.add_argument_group("after the network (defaults from config.yaml)")
     post.add_argument(
         "--no-protect",
@@ -119,6 +126,7 @@ def _apply_overrides(args: argparse.Namespace) -> None:
         ("device", "device"),
         ("passes", "passes"),
         ("ensemble", "ensemble"),
+        ("lattice", "lattice_px"),
     ):
         value = getattr(args, attr, None)
         if value is not None:

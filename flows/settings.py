@@ -59,6 +59,7 @@ class InferenceSettings:
     upsample: bool = _TILE.upsample
     ensemble: int = _TILE.ensemble  # 1 | 2 | 4 | 8: average over flips (costs that many x)
     mixed_precision: bool = _TILE.mixed_precision
+    lattice_px: int = _TILE.lattice_px  # the network's grid pattern taken out, period (0: off)
 
 
 @dataclass

@@ -15,11 +15,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from starnet_core.options import TileOptions
 from starnet_core.tiling import place_model, run_tiled, select_device
 
-__all__ = ["TileOptions", "check_stretched_image", "remove_stars"]
+__all__ = ["TileOptions", "check_stretched_image", "remove_fixed_pattern", "remove_stars"]
 
 log = logging.getLogger(__name__)
 
@@ -163,4 +164,47 @@ def remove_stars(
             progress=pass_progress,
         )
         np.clip(result, 0.0, 1.0, out=result)
+    if options.lattice_px:
+        result = remove_fixed_pattern(image, result, options.lattice_px)
     return result
+
+
+def remove_fixed_pattern(
+    image: np.ndarray, starless: np.ndarray, period_px: int, clip_sigmas: float = 3.0
+) -> np.ndarray:
+    """``starless`` without the network's pattern fixed to the pixel grid.
+
+    The network downsamples by strided convolutions and upsamples by pixel shuffle, so
+    its star layer ``image - starless`` carries a faint lattice of offsets that repeat
+    every ``period_px`` pixels (4 px for model 0.5.0: ``python -m benchmarks.lattice``),
+    where it takes away wide light most. Like a camera's fixed-pattern noise, it is
+    measured on the frame itself: per channel, the layer's mean at each of the
+    ``period_px x period_px`` grid positions (after a ``period_px`` running mean is taken
+    away, so smooth light and star halos do not count; pixels beyond ``clip_sigmas``
+    robust sigmas, i.e. stars, left out), less its mean over the positions. That pattern
+    is taken out of ``starless`` (added back: the layer holds it with the other sign).
+    One tiling puts every tile on the same grid phase (tile origins and strides are
+    multiples of the network's 32 px), so one pattern holds for the whole frame.
+    Returns a new ``(C, H, W) float32`` array clipped to [0, 1].
+    """
+    if isinstance(period_px, bool) or not isinstance(period_px, int) or period_px < 2:
+        raise ValueError(f"period_px must be an int >= 2, got {period_px!r}")
+    _, h, w = starless.shape
+    hp, wp = h - h % period_px, w - w % period_px
+    out = starless.copy()
+    if hp < 4 * period_px or wp < 4 * period_px:
+        return out  # too few grid cells to measure a pattern on
+    reps = (h // period_px + 1, w // period_px + 1)
+    for c in range(starless.shape[0]):
+        layer = image[c] - starless[c]
+        rest = layer - ndimage.uniform_filter(layer, period_px, mode="reflect")
+        sigma = 1.4826 * float(np.median(np.abs(rest[::3, ::3])))  # a ninth is plenty
+        if sigma == 0.0:
+            continue  # no network output to speak of (e.g. a protected or blank frame)
+        cells = rest[:hp, :wp].reshape(hp // period_px, period_px, wp // period_px, period_px)
+        quiet = np.abs(cells) <= clip_sigmas * sigma
+        pattern = (cells * quiet).sum(axis=(0, 2)) / np.maximum(quiet.sum(axis=(0, 2)), 1)
+        pattern -= pattern.mean()
+        out[c] += np.tile(pattern, reps)[:h, :w].astype(np.float32)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out

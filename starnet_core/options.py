@@ -72,6 +72,12 @@ class TileOptions:
             times the compute; measured on model 0.5.0 in BENCHMARKS.md.
         mixed_precision: autocast (bfloat16/float16) on CUDA.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        lattice_px: period in px of the faint pattern fixed to the pixel grid that the
+            network leaves in its output, measured on each frame and taken out
+            (:func:`starnet_core.inference.remove_fixed_pattern`; 0 = off, the
+            default). 4 px for the models so far (``python -m benchmarks.lattice``);
+            off by default because it cost the held-out residual p95 0.003 for +0.002
+            dB (BENCHMARKS.md, fifteenth session).
     """
 
     # The net sees ~200 px of context: 512 px tiles with 64 px overlap keep tiled
@@ -84,9 +90,13 @@ class TileOptions:
     ensemble: int = 1
     mixed_precision: bool = True
     device: str = "auto"
+    lattice_px: int = 0
 
     def __post_init__(self) -> None:
         validate_tile_params(self.tile_px, self.overlap_px, self.batch_size)
+        lat = self.lattice_px
+        if isinstance(lat, bool) or not isinstance(lat, int) or lat < 0 or lat == 1:
+            raise ValueError(f"lattice_px must be 0 (off) or an int >= 2, got {lat!r}")
         if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
             raise ValueError(f"passes must be an int >= 1, got {self.passes!r}")
         if isinstance(self.ensemble, bool) or self.ensemble not in ENSEMBLE_SIZES:

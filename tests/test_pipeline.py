@@ -218,15 +218,16 @@ def test_test_mode_writes_panels(tmp_path: Path, weights: Path, monkeypatch) -> 
 def test_transform_switches_off_the_steps_after_the_network(
     tmp_path: Path, weights: Path, monkeypatch, capsys
 ) -> None:
-    """--no-protect / --no-sky-colour / --no-core-fill / --no-spikes reach the pipeline,
-    and provenance records them."""
+    """--no-protect / --no-sky-colour / --no-core-fill / --no-spikes (and --lattice 4)
+    reach the pipeline, and provenance records them."""
     monkeypatch.setenv("STARNET_DATA_DIR", str(tmp_path / "data"))
     src = tmp_path / "m42.fits"
     fits.PrimaryHDU(star_field((3, 36, 40))).writeto(src)
     out_dir = tmp_path / "out"
     args = ("transform", str(src), "--weights", str(weights), "--quiet")
     assert run_cli(*args, "--out", str(out_dir / "default")) == 0
-    switches = ("--no-protect", "--no-sky-colour", "--no-core-fill", "--no-spikes")
+    switches = ("--lattice", "4", "--no-protect", "--no-sky-colour", "--no-core-fill")
+    switches += ("--no-spikes",)
     assert run_cli(*args, "--out", str(out_dir / "raw"), *switches) == 0
     capsys.readouterr()
 
@@ -240,3 +241,5 @@ def test_transform_switches_off_the_steps_after_the_network(
     # the rest of each section is the config's, untouched
     for key in sections:
         assert {**params[1][key], "enabled": True} == params[0][key]
+    assert params[0]["inference"]["lattice_px"] == 0
+    assert params[1]["inference"] == {**params[0]["inference"], "lattice_px": 4}

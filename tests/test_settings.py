@@ -84,6 +84,7 @@ def test_every_section_is_a_dataclass_with_defaults() -> None:
         ("inference:\n  passes: 0\n", r"c.yaml.inference: passes must be an int >= 1"),
         ("inference:\n  ensemble: 3\n", r"c.yaml.inference: ensemble must be one of"),
         ("inference:\n  overlap_px: 300\n", r"c.yaml.inference: overlap_px must be < tile_px"),
+        ("inference:\n  lattice_px: 1\n", r"c.yaml.inference: lattice_px must be 0 \(off\) or an"),
         ("mask:\n  threshold: 1.5\n", r"c.yaml.mask: threshold must be a number in \[0, 1\)"),
         ("stretch:\n  mode: sometimes\n", r"c.yaml.stretch: stretch mode must be one of"),
         ("sky_colour:\n  clip_level: 0.2\n", r"c.yaml.sky_colour: clip_level must be a number in"),

@@ -1,4 +1,5 @@
-"""Tiling: exactness against untiled runs, window normalisation, batching, progress, errors."""
+"""Tiling: exactness against untiled runs, window normalisation, batching, progress, errors;
+the optional grid-pattern step after the network."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from starnet_core import tiling
-from starnet_core.inference import TileOptions, remove_stars
+from starnet_core.inference import TileOptions, remove_fixed_pattern, remove_stars
 from starnet_core.model import Block, ModelConfig, StarNetUNet
 from starnet_core.tiling import (
     _axis_plan,
@@ -388,3 +389,76 @@ def test_self_ensemble_averages_the_net_over_flips(ensemble: int) -> None:
     assert np.abs(out - single).max() > 1e-4  # the net is not flip-invariant: it did average
     with pytest.raises(ValueError, match="ensemble"):
         TileOptions(ensemble=3)
+
+
+def _lattice(h: int, w: int, period: int, amp: float, seed: int = 5) -> np.ndarray:
+    cell = np.random.default_rng(seed).uniform(-1, 1, (period, period)).astype(np.float32)
+    cell = amp * (cell - cell.mean()) / np.ptp(cell)
+    return np.tile(cell, (h // period + 1, w // period + 1))[:h, :w]
+
+
+def _field(h: int = 128, w: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(original, starless truth): a smooth sky with grain, and 80 stars on it."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    sky = 0.2 + 0.1 * np.sin(xx / 40) * np.cos(yy / 30) + 0.005 * rng.standard_normal((h, w))
+    stars = np.zeros((h, w), np.float32)
+    xs, ys, amps = rng.uniform(0, w, 80), rng.uniform(0, h, 80), rng.uniform(0.1, 0.7, 80)
+    for x, y, a in zip(xs, ys, amps, strict=True):
+        stars += a * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.5**2))
+    truth = np.repeat(sky[None], 3, 0).astype(np.float32)
+    return np.clip(truth + stars, 0, 1).astype(np.float32), truth
+
+
+def test_fixed_pattern_is_taken_out_and_a_clean_output_kept() -> None:
+    original, truth = _field()
+    h, w = truth.shape[1:]
+    # a network's output: the stars gone (3% of each left), a 4 px lattice of 0.004 p-p
+    # in every channel
+    layer = original - truth
+    net_out = (truth + 0.03 * layer - _lattice(h, w, 4, 0.004)[None]).astype(np.float32)
+    fixed = remove_fixed_pattern(original, net_out, 4)
+    before = np.sqrt(((net_out - truth - 0.03 * layer) ** 2).mean())
+    after = np.sqrt(((fixed - truth - 0.03 * layer) ** 2).mean())
+    assert after < 0.2 * before, (before, after)
+    # no lattice: nothing but a noise-level pattern changes (the grain is 0.005)
+    clean = (truth + 0.03 * layer).astype(np.float32)
+    assert np.abs(remove_fixed_pattern(original, clean, 4) - clean).max() < 5e-4
+    # a frame with no output change at all (everything protected) is left as it is
+    np.testing.assert_array_equal(remove_fixed_pattern(original, original, 4), original)
+    with pytest.raises(ValueError, match="period_px must be an int >= 2"):
+        remove_fixed_pattern(original, net_out, 1)
+
+
+class LatticeNet(nn.Module):
+    """Takes 10% of every pixel and adds a 4 px pattern fixed to its own input grid."""
+
+    in_channels = 3
+    multiple = 8
+
+    def __init__(self, pattern: np.ndarray) -> None:
+        super().__init__()
+        self.pattern = torch.from_numpy(pattern)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return 0.9 * x - self.pattern[:h, :w]
+
+
+def test_remove_stars_takes_the_networks_grid_pattern_out() -> None:
+    """Every tile starts on the same 4 px phase, so the pattern the network adds per
+    tile is one pattern over the frame, and lattice_px=4 takes it out (0: left)."""
+    original, _ = _field(96, 136)
+    pattern = _lattice(256, 256, 4, 0.006)
+    net = LatticeNet(pattern).eval()
+    opts = dict(tile_px=32, overlap_px=8, device="cpu")
+    plain = np.clip(0.9 * original, 0, 1)
+    kept = remove_stars(net, original, TileOptions(**opts))
+    taken = remove_stars(net, original, TileOptions(lattice_px=4, **opts))
+    assert TileOptions().lattice_px == 0  # off by default (BENCHMARKS.md, fifteenth session)
+    # tiles start at -8 and step by 16: the per-tile pattern lands on one frame phase
+    np.testing.assert_allclose(kept, np.clip(plain - pattern[:96, :136][None], 0, 1), atol=1e-5)
+    err_kept = np.abs(kept - plain).mean()
+    assert np.abs(taken - plain).mean() < 0.2 * err_kept
+    with pytest.raises(ValueError, match="lattice_px must be 0"):
+        TileOptions(lattice_px=1)
