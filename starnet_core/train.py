@@ -178,7 +178,7 @@ class PairPool:
         self.mix = mix or Mix()
         self.orig = np.empty((size, 3, crop_px, crop_px), np.float32)
         self.clean = np.empty_like(self.orig)
-        self.keep = np.empty((size, len(MASK_CHANNELS), crop_px, crop_px), np.uint8)
+        self.masks = np.empty((size, len(MASK_CHANNELS), crop_px, crop_px), np.uint8)
         self._seed = seed
         self._task = 0
         self._pending: list[Future[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
@@ -193,7 +193,7 @@ class PairPool:
             for fut in futures:
                 o, c, k = fut.result()
                 at = slice(filled, filled + len(o))
-                self.orig[at], self.clean[at], self.keep[at] = o, c, k
+                self.orig[at], self.clean[at], self.masks[at] = o, c, k
                 filled += len(o)
             self._pending = [self._submit(self.CHUNK) for _ in range(2 * workers)]
         else:
@@ -210,7 +210,7 @@ class PairPool:
         self.orig[i], self.clean[i], scene = make_pair(
             self.rng, self.crop_px, glow_cap=self.glow_cap, mix=self.mix
         )
-        self.keep[i] = crop_masks(scene)
+        self.masks[i] = crop_masks(scene)
 
     def _submit(self, count: int) -> Future[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         assert self._executor is not None
@@ -235,7 +235,7 @@ class PairPool:
             self._pending.remove(fut)
             o, c, k = fut.result()
             idx = self.rng.integers(0, len(self.orig), len(o))
-            self.orig[idx], self.clean[idx], self.keep[idx] = o, c, k
+            self.orig[idx], self.clean[idx], self.masks[idx] = o, c, k
             replaced += len(o)
             self._pending.append(self._submit(self.CHUNK))
         return replaced
@@ -243,7 +243,7 @@ class PairPool:
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``n`` random crops: original, starless, masks (float32 0/1; MASK_CHANNELS)."""
         idx = self.rng.integers(0, len(self.orig), n)
-        return self.orig[idx], self.clean[idx], self.keep[idx].astype(np.float32)
+        return self.orig[idx], self.clean[idx], self.masks[idx].astype(np.float32)
 
     def close(self) -> None:
         if self._executor is not None:

@@ -170,9 +170,9 @@ def test_worker_pool_fills_and_refreshes_from_other_processes() -> None:
     try:
         assert np.isfinite(pool.orig).all() and np.isfinite(pool.clean).all()
         # filled from make_pool(task_seed(seed, k)): exactly the generator's crops
-        first, _, keep = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32)
+        first, _, masks = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32)
         np.testing.assert_array_equal(pool.orig[: PairPool.CHUNK], first)
-        np.testing.assert_array_equal(pool.keep[: PairPool.CHUNK], keep)
+        np.testing.assert_array_equal(pool.masks[: PairPool.CHUNK], masks)
         # every crop is a pair: starless never brighter than the original by more than noise
         assert (pool.orig - pool.clean).mean() > 0
         before = pool.orig.copy()
