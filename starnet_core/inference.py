@@ -183,8 +183,9 @@ def remove_fixed_pattern(
     away, so smooth light and star halos do not count; pixels beyond ``clip_sigmas``
     robust sigmas, i.e. stars, left out), less its mean over the positions. That pattern
     is taken out of ``starless`` (added back: the layer holds it with the other sign).
-    One tiling puts every tile on the same grid phase (tile origins and strides are
-    multiples of the network's 32 px), so one pattern holds for the whole frame.
+    With the default tiling (512 px tiles, 64 px overlap) every tile starts on the same
+    4 px phase, so one pattern holds for the whole frame; tilings whose tile starts
+    differ in phase mix their patterns, and less of them is taken out.
     Returns a new ``(C, H, W) float32`` array clipped to [0, 1].
     """
     if isinstance(period_px, bool) or not isinstance(period_px, int) or period_px < 2:
