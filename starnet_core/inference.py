@@ -183,9 +183,12 @@ def remove_fixed_pattern(
     away, so smooth light and star halos do not count; pixels beyond ``clip_sigmas``
     robust sigmas, i.e. stars, left out), less its mean over the positions. That pattern
     is taken out of ``starless`` (added back: the layer holds it with the other sign).
-    With the default tiling (512 px tiles, 64 px overlap) every tile starts on the same
-    4 px phase, so one pattern holds for the whole frame; tilings whose tile starts
-    differ in phase mix their patterns, and less of them is taken out.
+    One pattern is taken for the whole frame: the tiles start every 448 px (512 px
+    tiles, 64 px overlap), on one 4 px phase, except the last tile of each row and
+    column, which ends at the frame's edge and so starts on the phase of the frame's
+    width (height) less 512 px. Frames whose sides are multiples of 4 px, and frames
+    of one tile, have one phase throughout; in others the last tiles' strips keep
+    their own lattice, and the one measured over the rest is taken out of them too.
     Returns a new ``(C, H, W) float32`` array clipped to [0, 1].
     """
     if isinstance(period_px, bool) or not isinstance(period_px, int) or period_px < 2:

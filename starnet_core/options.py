@@ -77,7 +77,8 @@ class TileOptions:
             (:func:`starnet_core.inference.remove_fixed_pattern`; 0 = off, the
             default). 4 px for the models so far (``python -m benchmarks.lattice``);
             off by default because it cost the held-out residual p95 0.003 for +0.002
-            dB (BENCHMARKS.md, fifteenth session).
+            dB (BENCHMARKS.md, fifteenth session). One pattern per frame: exact for
+            frames whose sides are multiples of 4 px (see remove_fixed_pattern).
     """
 
     # The net sees ~200 px of context: 512 px tiles with 64 px overlap keep tiled
