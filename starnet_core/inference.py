@@ -185,9 +185,9 @@ def remove_fixed_pattern(
     is taken out of ``starless`` (added back: the layer holds it with the other sign).
     One pattern is taken for the whole frame: the tiles start every 448 px (512 px
     tiles, 64 px overlap), on one 4 px phase, except the last tile of each row and
-    column, which ends at the frame's edge and so starts on the phase of the frame's
-    width (height) less 512 px. Frames whose sides are multiples of 4 px, and frames
-    of one tile, have one phase throughout; in others the last tiles' strips keep
+    column, which ends where the frame's 64 px padding ends and so starts on the phase
+    of the frame's width (height). Frames whose sides are multiples of 4 px, and
+    frames of one tile, have one phase throughout; in others the last tiles' strips keep
     their own lattice, and the one measured over the rest is taken out of them too.
     Returns a new ``(C, H, W) float32`` array clipped to [0, 1].
     """
