@@ -361,7 +361,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.real_ratio = 0.5
     init = None
     if not args.new and not ckpt.exists():
-        init, info = load_model(args.settings.inference.weights)
+        try:
+            init, info = load_model(args.settings.inference.weights)
+        except (OSError, ValueError) as e:  # names the file: missing, not safetensors, ...
+            print(f"starnet train: inference.weights: {e}", file=sys.stderr)
+            return 2
         gan = (
             f"adversarial terms from step {cfg.gan_start_step} (--gan-start)"
             if cfg.w_gan > 0 or cfg.w_percep > 0

@@ -234,6 +234,13 @@ def test_unknown_device_is_refused(tmp_path: Path) -> None:
         train(tiny_config(device="gpu0"), tmp_path)
 
 
+def _config_with_weights(tmp_path: Path, weights: str) -> Path:
+    """A config file whose inference.weights is ``weights``."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"inference:\n  weights: {weights}\n")
+    return cfg
+
+
 def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from flows.cli import main
 
@@ -263,6 +270,20 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["train", "--synthetic", "--logs", logs, "--anchor", "a.safetensors"]) == 2
     assert "--anchor needs --w-anchor > 0" in capsys.readouterr().err
     missing = str(tmp_path / "missing.safetensors")
+    assert (
+        main(
+            [
+                "--config",
+                str(_config_with_weights(tmp_path, missing)),
+                "train",
+                "--synthetic",
+                "--logs",
+                logs,
+            ]
+        )
+        == 2
+    )
+    assert f"inference.weights: {missing}: weights file not found" in capsys.readouterr().err
     assert (
         main(["train", "--synthetic", "--logs", logs, "--w-anchor", "1", "--anchor", missing]) == 2
     )
