@@ -9,8 +9,9 @@ a bright star's halo) its star layer ``original - starless`` can carry a pattern
 to the pixel grid, with periods 2 to 32 px. This measures it per period ``P``:
 
 * **pattern** (P = 4): the peak-to-peak of the layer's mean over its P x P blocks,
-  smooth light and stars taken out (:func:`phase_pattern`): what a P-periodic lattice
-  adds (in a 512 px frame, too few larger blocks hold no star for this under grain);
+  smooth light and stars taken out (:func:`phase_pattern`, the estimate ``starnet
+  transform --lattice`` takes out): what a P-periodic lattice adds (in a 512 px
+  frame, too few larger blocks hold no star for this under grain);
 * **ratio**: the power on the spectral bins of a ``P``-periodic pattern over the
   power beside them, in the mean spectrum of the layer's 128 px tiles
   (:func:`line_ratio`): about 1 without a lattice;
@@ -30,10 +31,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from benchmarks.real_frames import as_seen
 from starnet_core.imageio import ImageError, read_image
+from starnet_core.inference import grid_pattern
 
 PATTERN_PERIODS = (4,)  # enough blocks per position for a mean under grain
 RATIO_PERIODS = (4, 8, 16, 32)
@@ -43,24 +44,12 @@ TILE_PX = 128  # line_ratio's tiles
 _BESIDE = ((0, 2), (0, -2), (2, 0), (-2, 0), (2, 2), (2, -2), (-2, 2), (-2, -2))
 
 
-def phase_pattern(layer: np.ndarray, period: int, clip: float = 3.0) -> np.ndarray:
-    """``(period, period)`` mean of an ``(H, W)`` layer's ``period``-px blocks, after its
-    ``period``-px running mean is taken away (smooth light and the blocks' levels go; a
-    ``period``-periodic pattern stays, less its own mean), per position in the block a
-    mean clipped at ``clip`` robust sigmas (stars go). A plain median over the blocks
-    reads a lattice under grain too low (0.7x at a grain 2.5x the lattice)."""
-    h, w = (s - s % period for s in layer.shape)
-    if h == 0 or w == 0:
+def phase_pattern(layer: np.ndarray, period: int) -> np.ndarray:
+    """``(period, period)`` pattern of an ``(H, W)`` layer fixed to the ``period``-px
+    grid: :func:`starnet_core.inference.grid_pattern`, what ``--lattice`` takes out."""
+    if min(layer.shape) < period:
         raise ValueError(f"the layer ({layer.shape}) is smaller than one {period} px block")
-    rest = layer - ndimage.uniform_filter(layer.astype(np.float64), period, mode="reflect")
-    dev = rest[:h, :w].reshape(h // period, period, w // period, period)
-    dev = dev.transpose(0, 2, 1, 3).reshape(-1, period, period)
-    centre = np.median(dev, axis=0)
-    sigma = 1.4826 * np.median(np.abs(dev - centre), axis=0) + 1e-12
-    for _ in range(3):
-        ok = np.abs(dev - centre) <= clip * sigma
-        centre = (dev * ok).sum(axis=0) / np.maximum(ok.sum(axis=0), 1)
-    return np.asarray(centre)
+    return grid_pattern(layer, period)
 
 
 def line_ratio(layer: np.ndarray, period: int, tile_px: int = TILE_PX) -> float:

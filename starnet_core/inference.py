@@ -20,7 +20,13 @@ from scipy import ndimage
 from starnet_core.options import TileOptions
 from starnet_core.tiling import place_model, run_tiled, select_device
 
-__all__ = ["TileOptions", "check_stretched_image", "remove_fixed_pattern", "remove_stars"]
+__all__ = [
+    "TileOptions",
+    "check_stretched_image",
+    "grid_pattern",
+    "remove_fixed_pattern",
+    "remove_stars",
+]
 
 log = logging.getLogger(__name__)
 
@@ -194,21 +200,31 @@ def remove_fixed_pattern(
     if isinstance(period_px, bool) or not isinstance(period_px, int) or period_px < 2:
         raise ValueError(f"period_px must be an int >= 2, got {period_px!r}")
     _, h, w = starless.shape
-    hp, wp = h - h % period_px, w - w % period_px
     out = starless.copy()
-    if hp < 4 * period_px or wp < 4 * period_px:
+    if h < 4 * period_px or w < 4 * period_px:
         return out  # too few grid cells to measure a pattern on
     reps = (h // period_px + 1, w // period_px + 1)
     for c in range(starless.shape[0]):
-        layer = image[c] - starless[c]
-        rest = layer - ndimage.uniform_filter(layer, period_px, mode="reflect")
-        sigma = 1.4826 * float(np.median(np.abs(rest[::3, ::3])))  # a ninth is plenty
-        if sigma == 0.0:
-            continue  # no network output to speak of (e.g. a protected or blank frame)
-        cells = rest[:hp, :wp].reshape(hp // period_px, period_px, wp // period_px, period_px)
-        quiet = np.abs(cells) <= clip_sigmas * sigma
-        pattern = (cells * quiet).sum(axis=(0, 2)) / np.maximum(quiet.sum(axis=(0, 2)), 1)
-        pattern -= pattern.mean()
-        out[c] += np.tile(pattern, reps)[:h, :w].astype(np.float32)
+        pattern = grid_pattern(image[c] - starless[c], period_px, clip_sigmas)
+        out[c] += np.tile(pattern, reps)[:h, :w]
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def grid_pattern(layer: np.ndarray, period_px: int, clip_sigmas: float = 3.0) -> np.ndarray:
+    """``(period_px, period_px)`` float32: an ``(H, W)`` star layer's mean at each
+    position of the ``period_px`` grid, after a ``period_px`` running mean is taken away
+    (smooth light and halos do not count), pixels beyond ``clip_sigmas`` robust sigmas
+    (stars) left out, less its mean over the positions; zeros for a layer without
+    structure. What :func:`remove_fixed_pattern` takes out and ``benchmarks.lattice``
+    reports."""
+    hp, wp = (s - s % period_px for s in layer.shape)
+    layer = layer.astype(np.float32)
+    rest = layer - ndimage.uniform_filter(layer, period_px, mode="reflect")
+    sigma = 1.4826 * float(np.median(np.abs(rest[::3, ::3])))  # a ninth is plenty
+    if sigma == 0.0:  # no network output to speak of (e.g. a protected or blank frame)
+        return np.zeros((period_px, period_px), np.float32)
+    cells = rest[:hp, :wp].reshape(hp // period_px, period_px, wp // period_px, period_px)
+    quiet = np.abs(cells) <= clip_sigmas * sigma
+    pattern = (cells * quiet).sum(axis=(0, 2)) / np.maximum(quiet.sum(axis=(0, 2)), 1)
+    return (pattern - pattern.mean()).astype(np.float32)
