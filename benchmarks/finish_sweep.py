@@ -4,8 +4,9 @@
 
 The steps after the network (``starnet_core.masks.finish_starless``: background
 protection, the sky's colour where stars were, the rim fill of burnt-out stars,
-the diffraction spikes the network left) have settings in config.yaml
-(``protect``, ``sky_colour``, ``core_fill``, ``spikes``). This
+the diffraction spikes the network left, the stars' remnants smoothed) have
+settings in config.yaml (``protect``, ``sky_colour``, ``core_fill``, ``spikes``,
+``remnants``). This
 tool measures candidate settings on development scenes: generator seeds
 6,000,000-6,000,047 at 384 px, drawn with the default and the hard mix
 (:data:`DEV_SEEDS`; far from training's ``1234 + step`` and from the held-out
@@ -38,7 +39,13 @@ from benchmarks.quality import Case, aggregate, evaluate_case
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.model import load_model
-from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions, SpikeOptions
+from starnet_core.options import (
+    CoreFillOptions,
+    ProtectOptions,
+    RemnantOptions,
+    SkyColourOptions,
+    SpikeOptions,
+)
 from starnet_core.synthetic import MIXES, make_pair
 
 DEV_SEEDS = range(6_000_000, 6_000_048)
@@ -48,6 +55,7 @@ SECTIONS: dict[str, type] = {
     "sky_colour": SkyColourOptions,
     "core_fill": CoreFillOptions,
     "spikes": SpikeOptions,
+    "remnants": RemnantOptions,
 }
 
 Finish = dict[str, Any]  # section name -> options object
@@ -113,6 +121,7 @@ def score(cases: list[Case], outputs: list[np.ndarray], finish: Finish) -> dict[
                 finish["sky_colour"],
                 finish["core_fill"],
                 finish["spikes"],
+                remnants=finish["remnants"],
             )
 
         record, raw, _ = evaluate_case(case, {"model": method})

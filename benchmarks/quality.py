@@ -58,7 +58,13 @@ from starnet_core.imageio import read_image
 from starnet_core.inference import TileOptions, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.model import load_model, macs_per_pixel
-from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions, SpikeOptions
+from starnet_core.options import (
+    CoreFillOptions,
+    ProtectOptions,
+    RemnantOptions,
+    SkyColourOptions,
+    SpikeOptions,
+)
 from starnet_core.synthetic import (
     DEFAULT_GLOW_CAP,
     DEFAULT_MIX,
@@ -359,6 +365,7 @@ def run_benchmark(
     sky_colour: SkyColourOptions | None = None,
     core_fill: CoreFillOptions | None = None,
     spikes: SpikeOptions | None = None,
+    remnants: RemnantOptions | None = None,
     cases: list[Case] | None = None,
     glow_cap: float = DEFAULT_GLOW_CAP,
     scene_mix: str = "default",
@@ -377,12 +384,20 @@ def run_benchmark(
     sky_colour = sky_colour or SkyColourOptions()
     core_fill = core_fill or CoreFillOptions()
     spikes = spikes or SpikeOptions()
+    remnants = remnants or RemnantOptions()
     methods: dict[str, Method] = {"input": lambda x: x, "classical": classical_remove_stars}
     if model is not None:
         # what users get: the network, then background protection, the sky colour in
-        # clipped cores and the rim fill of burnt-out stars (pipeline defaults)
+        # clipped cores, the rim fill of burnt-out stars, the spikes step and the
+        # remnants smoothed (pipeline defaults)
         methods["model"] = lambda x: finish_starless(
-            x, remove_stars(model, x, options), protect, sky_colour, core_fill, spikes
+            x,
+            remove_stars(model, x, options),
+            protect,
+            sky_colour,
+            core_fill,
+            spikes,
+            remnants=remnants,
         )
     size = QUICK_SIZE_PX if quick else FULL_SIZE_PX
     if not synthetic:
@@ -538,6 +553,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="leave the diffraction spikes the network leaves (spikes.enabled: false)",
     )
     parser.add_argument(
+        "--no-remnants",
+        action="store_true",
+        help="leave what the network leaves of the stars inside their footprints "
+        "(remnants.enabled: false)",
+    )
+    parser.add_argument(
         "--lattice",
         type=int,
         default=0,
@@ -579,6 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem += "_noskycolour" if args.no_sky_colour else ""
     stem += "_nocorefill" if args.no_core_fill else ""
     stem += "_nospikes" if args.no_spikes else ""
+    stem += "_noremnants" if args.no_remnants else ""
     stem += f"_lattice{args.lattice}" if args.lattice else ""
     preview_dir = None if args.no_previews else args.out / "previews"
     if args.ensemble > 1:
@@ -593,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         label += ", burnt-out stars left as the network fills them"
     if args.no_spikes:
         label += ", diffraction spikes left as the network leaves them"
+    if args.no_remnants:
+        label += ", star remnants left as the network leaves them"
     if args.lattice:
         label += f", its {args.lattice} px grid pattern taken out"
     try:
@@ -613,6 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sky_colour=SkyColourOptions(enabled=not args.no_sky_colour),
             core_fill=CoreFillOptions(enabled=not args.no_core_fill),
             spikes=SpikeOptions(enabled=not args.no_spikes),
+            remnants=RemnantOptions(enabled=not args.no_remnants),
             synthetic=not args.real_only,
         )
     except ValueError as e:  # a missing or unreadable real-pairs folder, named

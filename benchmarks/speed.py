@@ -27,7 +27,13 @@ import torch
 from starnet_core.inference import TileOptions, remove_fixed_pattern, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.model import StarNetUNet, load_model, macs_per_pixel
-from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions, SpikeOptions
+from starnet_core.options import (
+    CoreFillOptions,
+    ProtectOptions,
+    RemnantOptions,
+    SkyColourOptions,
+    SpikeOptions,
+)
 from starnet_core.synthetic import make_pair
 
 STARNET_V1_MAC_PER_PX = 92_000
@@ -120,12 +126,14 @@ def post_processing(model: torch.nn.Module, size_px: int, device: str) -> None:
         SpikeOptions(),
         SpikeOptions(min_score=0.0),
     )
-    for name, colour, fill, spikes in (
-        ("protection only", False, False, off),
-        ("protection + sky colour", True, False, off),
-        ("protection + sky colour + core fill", True, True, off),
-        ("all + spike step (runs where the frame's spike score passes)", True, True, on),
-        ("all + spike step made to run (min_score 0)", True, True, forced),
+    plain, smooth = RemnantOptions(enabled=False), RemnantOptions()
+    for name, colour, fill, spikes, remnants in (
+        ("protection only", False, False, off, plain),
+        ("protection + sky colour", True, False, off, plain),
+        ("protection + sky colour + core fill", True, True, off, plain),
+        ("+ spike step (runs where the frame's spike score passes)", True, True, on, plain),
+        ("+ spike step made to run (min_score 0)", True, True, forced, plain),
+        ("all: + remnants smoothed (the default pipeline)", True, True, on, smooth),
     ):
         times = []
         for _ in range(_POST_REPEATS):
@@ -137,6 +145,7 @@ def post_processing(model: torch.nn.Module, size_px: int, device: str) -> None:
                 SkyColourOptions(enabled=colour),
                 CoreFillOptions(enabled=fill),
                 spikes,
+                remnants=remnants,
             )
             times.append(time.perf_counter() - t0)
         dt = min(times)

@@ -114,6 +114,12 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         help="keep the diffraction spikes the network leaves, not lowered to the sky beside "
         "them (spikes.enabled: false)",
     )
+    post.add_argument(
+        "--no-remnants",
+        action="store_true",
+        help="keep what the network leaves of the stars inside their footprints, not "
+        "smoothed away (remnants.enabled: false)",
+    )
 
 
 def _apply_overrides(args: argparse.Namespace) -> None:
@@ -141,6 +147,8 @@ def _apply_overrides(args: argparse.Namespace) -> None:
         args.settings.core_fill = dataclasses.replace(args.settings.core_fill, enabled=False)
     if getattr(args, "no_spikes", False):
         args.settings.spikes = dataclasses.replace(args.settings.spikes, enabled=False)
+    if getattr(args, "no_remnants", False):
+        args.settings.remnants = dataclasses.replace(args.settings.remnants, enabled=False)
 
 
 class ProgressBar:
@@ -234,6 +242,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         core_fill_options,
         mask_options,
         protect_options,
+        remnant_options,
         sky_colour_options,
         spike_options,
         stretch_options,
@@ -271,6 +280,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             sky_colour=sky_colour_options(args.settings),
             core_fill=core_fill_options(args.settings),
             spikes=spike_options(args.settings),
+            remnants=remnant_options(args.settings),
         )
         panels = [patch, products.starless_stretched, products.mask]
         rgb = [np.repeat(a, 3, 0) if a.shape[0] == 1 else a for a in panels]

@@ -44,6 +44,7 @@ from flows.settings import (
     core_fill_options,
     mask_options,
     protect_options,
+    remnant_options,
     sky_colour_options,
     spike_options,
     stretch_options,
@@ -104,6 +105,7 @@ def frame_params(settings: Settings) -> dict[str, Any]:
         "sky_colour": dataclasses.asdict(settings.sky_colour),
         "core_fill": dataclasses.asdict(settings.core_fill),
         "spikes": dataclasses.asdict(settings.spikes),
+        "remnants": dataclasses.asdict(settings.remnants),
         "enhance": dataclasses.asdict(settings.enhance),
         "outputs": dataclasses.asdict(settings.outputs),
     }
@@ -263,6 +265,7 @@ def compute_outputs(
         sky_colour=sky_colour_options(settings),
         core_fill=core_fill_options(settings),
         spikes=spike_options(settings),
+        remnants=remnant_options(settings),
         enhance_strength=settings.enhance.strength,
         progress=progress,
     )

@@ -27,6 +27,7 @@ from starnet_core.options import (
     CoreFillOptions,
     MaskOptions,
     ProtectOptions,
+    RemnantOptions,
     SkyColourOptions,
     SpikeOptions,
     StretchOptions,
@@ -40,6 +41,7 @@ _PROTECT = ProtectOptions()
 _SKY_COLOUR = SkyColourOptions()
 _CORE_FILL = CoreFillOptions()
 _SPIKES = SpikeOptions()
+_REMNANTS = RemnantOptions()
 
 
 class SettingsError(ValueError):
@@ -147,6 +149,18 @@ class SpikeSettings:
 
 
 @dataclass
+class RemnantSettings:
+    """What the net leaves of the stars inside their footprints, smoothed away (see
+    RemnantOptions)."""
+
+    enabled: bool = _REMNANTS.enabled
+    threshold: float = _REMNANTS.threshold  # footprints: star layer above this
+    sigma_px: float = _REMNANTS.sigma_px  # blurred by a Gaussian of this sigma
+    dilate_px: int = _REMNANTS.dilate_px  # footprints grown by this
+    feather_px: float = _REMNANTS.feather_px  # and their edge feathered
+
+
+@dataclass
 class EnhanceSettings:
     """Screen-mask-invert nebula enhancement."""
 
@@ -240,6 +254,7 @@ class Settings:
     sky_colour: SkyColourSettings = field(default_factory=SkyColourSettings)
     core_fill: CoreFillSettings = field(default_factory=CoreFillSettings)
     spikes: SpikeSettings = field(default_factory=SpikeSettings)
+    remnants: RemnantSettings = field(default_factory=RemnantSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -342,6 +357,10 @@ def spike_options(settings: Settings) -> SpikeOptions:
     return SpikeOptions(**asdict(settings.spikes))
 
 
+def remnant_options(settings: Settings) -> RemnantOptions:
+    return RemnantOptions(**asdict(settings.remnants))
+
+
 def _check_options(settings: Settings, where: str) -> None:
     """Build every option group once, so a bad value is reported with the config file."""
     for section, build in (
@@ -352,6 +371,7 @@ def _check_options(settings: Settings, where: str) -> None:
         ("sky_colour", sky_colour_options),
         ("core_fill", core_fill_options),
         ("spikes", spike_options),
+        ("remnants", remnant_options),
     ):
         try:
             build(settings)

@@ -15,6 +15,7 @@ from starnet_core.options import (
     CoreFillOptions,
     MaskOptions,
     ProtectOptions,
+    RemnantOptions,
     SkyColourOptions,
     SpikeOptions,
 )
@@ -32,12 +33,14 @@ __all__ = [
     "mask_threshold",
     "protect_background",
     "screen",
+    "smooth_remnants",
     "star_layer",
     "star_mask",
     "unscreen_star_layer",
 ]
 
 DEFAULT_SPIKE_OPTIONS = SpikeOptions()
+DEFAULT_REMNANT_OPTIONS = RemnantOptions()
 
 # Smallest 1 - starless used as a divisor in unscreen_star_layer.
 UNSCREEN_EPS = 1e-6
@@ -373,6 +376,36 @@ def fill_burnt_stars(
     return np.clip(filled, 0.0, 1.0).astype(np.float32, copy=False)
 
 
+def smooth_remnants(
+    original: np.ndarray, starless: np.ndarray, options: RemnantOptions
+) -> np.ndarray:
+    """``starless`` blurred by a Gaussian of ``options.sigma_px`` inside the stars'
+    footprints (star layer, brightest channel, above ``options.threshold``; grown by
+    ``dilate_px``, edge feathered by ``feather_px``), unchanged outside them.
+
+    What the network leaves of a star inside its footprint (faint bumps, spike lines,
+    its 4 px grid) is pixel-scale; the sky under a star holds no grain the input could
+    give back. See :class:`starnet_core.options.RemnantOptions`.
+    ``(C, H, W)`` in stretched [0, 1]; returns ``(C, H, W) float32``. ``options.enabled``
+    False, or no footprint, returns ``starless``.
+    """
+    _check_pair(original, starless)
+    if not options.enabled:
+        return starless
+    footprint = star_layer(original, starless).max(axis=0) > options.threshold
+    if not footprint.any():
+        return starless
+    if options.dilate_px > 0:
+        footprint = ndimage.binary_dilation(footprint, iterations=options.dilate_px)
+    weight = footprint.astype(np.float32)
+    if options.feather_px > 0:
+        weight = ndimage.gaussian_filter(weight, options.feather_px)
+    s = starless.astype(np.float32)
+    blurred = ndimage.gaussian_filter(s, (0, options.sigma_px, options.sigma_px))
+    out = s + np.clip(weight, 0.0, 1.0)[None] * (blurred - s)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
 def finish_starless(
     original: np.ndarray,
     net_output: np.ndarray,
@@ -381,15 +414,18 @@ def finish_starless(
     core_fill: CoreFillOptions,
     spikes: SpikeOptions = DEFAULT_SPIKE_OPTIONS,
     figures: dict[str, float] | None = None,
+    remnants: RemnantOptions = DEFAULT_REMNANT_OPTIONS,
 ) -> np.ndarray:
     """The starless image users get from the network's output: background protection
     (:func:`protect_background`), the sky's colour where stars were
     (:func:`fill_sky_colour`), burnt-out stars filled from their rim
-    (:func:`fill_burnt_stars`), then the diffraction spikes the network left taken out
+    (:func:`fill_burnt_stars`), the diffraction spikes the network left taken out
     (:func:`starnet_core.spikes.remove_spikes`; its measurements go to ``figures`` if
-    given). ``(C, H, W) float32`` in stretched [0, 1]."""
+    given), then the stars' remnants smoothed away (:func:`smooth_remnants`).
+    ``(C, H, W) float32`` in stretched [0, 1]."""
     starless = fill_sky_colour(
         original, protect_background(original, net_output, protect), sky_colour
     )
     starless = fill_burnt_stars(original, starless, core_fill)
-    return remove_spikes(original, starless, spikes, figures)
+    starless = remove_spikes(original, starless, spikes, figures)
+    return smooth_remnants(original, starless, remnants)

@@ -36,6 +36,7 @@ from starnet_core.options import (
     CoreFillOptions,
     MaskOptions,
     ProtectOptions,
+    RemnantOptions,
     SkyColourOptions,
     SpikeOptions,
     StretchOptions,
@@ -62,6 +63,7 @@ DEFAULT_PROTECT_OPTIONS = ProtectOptions()
 DEFAULT_SKY_COLOUR_OPTIONS = SkyColourOptions()
 DEFAULT_CORE_FILL_OPTIONS = CoreFillOptions()
 DEFAULT_SPIKE_OPTIONS = SpikeOptions()
+DEFAULT_REMNANT_OPTIONS = RemnantOptions()
 
 
 @dataclass
@@ -128,6 +130,7 @@ def process_array(
     sky_colour: SkyColourOptions = DEFAULT_SKY_COLOUR_OPTIONS,
     core_fill: CoreFillOptions = DEFAULT_CORE_FILL_OPTIONS,
     spikes: SpikeOptions = DEFAULT_SPIKE_OPTIONS,
+    remnants: RemnantOptions = DEFAULT_REMNANT_OPTIONS,
     enhance_strength: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameProducts:
@@ -149,6 +152,7 @@ def process_array(
         core_fill,
         spikes,
         steps,
+        remnants,
     )
     timings["remove_stars"] = time.perf_counter() - t
 

@@ -397,16 +397,95 @@ def test_fill_burnt_stars_takes_near_white_cores_by_default() -> None:
     assert before > 0.05 and after < before / 2.5  # the rim still holds some glow
 
 
-def test_finish_starless_ends_with_the_core_fill() -> None:
-    from starnet_core.masks import fill_burnt_stars, finish_starless
-    from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
+def test_finish_starless_runs_the_core_fill_then_smooths_the_remnants() -> None:
+    from starnet_core.masks import fill_burnt_stars, finish_starless, smooth_remnants
+    from starnet_core.options import (
+        CoreFillOptions,
+        ProtectOptions,
+        RemnantOptions,
+        SkyColourOptions,
+    )
 
     original, _, net = _burnt_star_with_glow()
-    protect, colour = ProtectOptions(), SkyColourOptions()
-    without = finish_starless(original, net, protect, colour, CoreFillOptions(enabled=False))
-    done = finish_starless(original, net, protect, colour, CoreFillOptions())
-    assert np.array_equal(done, fill_burnt_stars(original, without, CoreFillOptions()))
-    assert not np.array_equal(done, without)
+    protect, colour, plain = ProtectOptions(), SkyColourOptions(), RemnantOptions(enabled=False)
+    without = finish_starless(
+        original, net, protect, colour, CoreFillOptions(enabled=False), remnants=plain
+    )
+    filled = finish_starless(original, net, protect, colour, CoreFillOptions(), remnants=plain)
+    assert np.array_equal(filled, fill_burnt_stars(original, without, CoreFillOptions()))
+    assert not np.array_equal(filled, without)
+    done = finish_starless(original, net, protect, colour, CoreFillOptions())  # all defaults
+    assert np.array_equal(done, smooth_remnants(original, filled, RemnantOptions()))
+    assert not np.array_equal(done, filled)
+
+
+def _remnants_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(original, net, truth, inside, outside): a grainy sky with one bright star the
+    network took out but for a faint one-pixel checker pattern and a bump (remnants) in
+    its footprint; the same bump on the sky far away is real structure (a knot)."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    truth = np.full((3, H, W), 0.2, np.float32) + rng.normal(0, 0.002, (3, H, W)).astype(np.float32)
+    star = 0.8 * np.exp(-((yy - 48) ** 2 + (xx - 40) ** 2) / (2 * 4.0**2))
+    original = np.clip(truth + star[None], 0, 1).astype(np.float32)
+    net = truth.copy()
+    inside = np.hypot(yy - 48, xx - 40) < 6
+    checker = 0.03 * ((yy.astype(int) + xx.astype(int)) % 2 * 2 - 1)
+    net[:, inside] += checker[inside]
+    knot = 0.05 * np.exp(-((yy - 48) ** 2 + (xx - 100) ** 2) / (2 * 1.0**2))
+    net += knot[None]
+    original += knot[None]
+    outside = np.hypot(yy - 48, xx - 100) < 12
+    return original, net.astype(np.float32), truth, inside, outside
+
+
+def test_smooth_remnants_smooths_inside_footprints_only() -> None:
+    from starnet_core.masks import smooth_remnants
+    from starnet_core.options import RemnantOptions
+
+    original, net, truth, inside, outside = _remnants_scene()
+    out = smooth_remnants(original, net, RemnantOptions())
+    assert out.dtype == np.float32 and out.shape == net.shape
+    before = np.sqrt(((net - truth)[:, inside] ** 2).mean())
+    after = np.sqrt(((out - truth)[:, inside] ** 2).mean())
+    assert after < before / 3  # the checker is pixel-scale: a 1 px blur takes most of it
+    # the knot on the sky has no star layer under it: untouched, bit for bit
+    assert np.array_equal(out[:, outside], net[:, outside])
+    # far from the footprint (grown 1 px, feathered 1 px) nothing moves
+    yy, xx = np.mgrid[0:H, 0:W]
+    far = np.hypot(yy - 48, xx - 40) > 20
+    assert np.array_equal(out[:, far], net[:, far])
+
+
+def test_smooth_remnants_disabled_or_without_stars_returns_its_input() -> None:
+    from starnet_core.masks import smooth_remnants
+    from starnet_core.options import RemnantOptions
+
+    original, net, _, _, _ = _remnants_scene()
+    assert smooth_remnants(original, net, RemnantOptions(enabled=False)) is net
+    assert smooth_remnants(net, net, RemnantOptions()) is net  # no star layer at all
+    with pytest.raises(ValueError, match="same shape"):
+        smooth_remnants(original, net[:, :-1], RemnantOptions())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"enabled": "yes"}, "enabled must be a bool"),
+        ({"threshold": 0.0}, "threshold must be > 0"),
+        ({"threshold": 1.5}, "threshold must be a number in"),
+        ({"sigma_px": 0.0}, "sigma_px must be > 0"),
+        ({"sigma_px": float("nan")}, "sigma_px must be a number in"),
+        ({"dilate_px": -1}, "dilate_px must be >= 0"),
+        ({"dilate_px": 1.5}, "dilate_px must be an int"),
+        ({"feather_px": -0.5}, "feather_px must be a number in"),
+    ],
+)
+def test_remnant_options_refuse_bad_values(kwargs: dict, match: str) -> None:
+    from starnet_core.options import RemnantOptions
+
+    with pytest.raises(ValueError, match=match):
+        RemnantOptions(**kwargs)
 
 
 @pytest.mark.parametrize(

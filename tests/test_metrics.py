@@ -406,6 +406,7 @@ def test_finish_sweep_parses_settings() -> None:
     from starnet_core.options import (
         CoreFillOptions,
         ProtectOptions,
+        RemnantOptions,
         SkyColourOptions,
         SpikeOptions,
     )
@@ -416,11 +417,14 @@ def test_finish_sweep_parses_settings() -> None:
         "sky_colour": SkyColourOptions(),
         "core_fill": CoreFillOptions(),
         "spikes": SpikeOptions(),
+        "remnants": RemnantOptions(),
     }
     s = parse_setting("core_fill.clip_level=0.8, protect.dilate_px=1,core_fill.grain=false")
     assert s["core_fill"] == CoreFillOptions(clip_level=0.8, grain=False)
     assert s["protect"] == ProtectOptions(dilate_px=1)
     assert s["sky_colour"] == SkyColourOptions()
+    off = parse_setting("remnants.enabled=false,remnants.sigma_px=1.5")
+    assert off["remnants"] == RemnantOptions(enabled=False, sigma_px=1.5)
     for bad, match in (
         ("core_fill.clip_level", "expected section.field=value"),
         ("fill.clip_level=0.8", "unknown section 'fill'"),

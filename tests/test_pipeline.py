@@ -14,7 +14,7 @@ from astropy.io import fits
 from flows.cli import main
 from starnet_core.imageio import read_image
 from starnet_core.model import ModelConfig, StarNetUNet, save_weights
-from starnet_core.options import CoreFillOptions, ProtectOptions
+from starnet_core.options import CoreFillOptions, ProtectOptions, RemnantOptions
 from starnet_core.pipeline import StretchOptions, needs_stretch, process_array
 from starnet_core.stretch import apply_stretch, normalize_linear
 
@@ -61,14 +61,16 @@ def test_needs_stretch_policy() -> None:
 def test_linear_frame_comes_back_linear() -> None:
     image = star_field((1, 40, 48))
     # the network's halving everywhere: without background protection (which keeps the
-    # input where the halved layer is faint) and without the rim fill of burnt-out stars
-    # (which would replace the halved clipped cores)
+    # input where the halved layer is faint), the rim fill of burnt-out stars (which would
+    # replace the halved clipped cores) and the remnants' smoothing (which blurs the
+    # halved stars)
     p = process_array(
         Halve(),
         image,
         is_linear=True,
         protect=ProtectOptions(enabled=False),
         core_fill=CoreFillOptions(enabled=False),
+        remnants=RemnantOptions(enabled=False),
     )
     assert p.stretch is not None and p.normalization is not None
     assert p.starless.shape == image.shape and p.starless.dtype == np.float32
@@ -85,8 +87,15 @@ def test_linear_frame_comes_back_linear() -> None:
 
 def test_stretched_frame_uses_unscreen_star_layer() -> None:
     image = np.random.default_rng(1).uniform(0.1, 0.9, (3, 20, 24)).astype(np.float32)
-    # random pixels that are near white in every channel would count as burnt-out cores
-    p = process_array(Halve(), image, is_linear=False, core_fill=CoreFillOptions(enabled=False))
+    # random pixels that are near white in every channel would count as burnt-out cores,
+    # and the halved pixels as star footprints to smooth
+    p = process_array(
+        Halve(),
+        image,
+        is_linear=False,
+        core_fill=CoreFillOptions(enabled=False),
+        remnants=RemnantOptions(enabled=False),
+    )
     assert p.stretch is None
     assert np.allclose(p.starless, image / 2, atol=1e-6)
     screened = 1 - (1 - p.starless) * (1 - p.stars)
@@ -218,8 +227,8 @@ def test_test_mode_writes_panels(tmp_path: Path, weights: Path, monkeypatch) -> 
 def test_transform_switches_off_the_steps_after_the_network(
     tmp_path: Path, weights: Path, monkeypatch, capsys
 ) -> None:
-    """--no-protect / --no-sky-colour / --no-core-fill / --no-spikes (and --lattice 4)
-    reach the pipeline, and provenance records them."""
+    """--no-protect / --no-sky-colour / --no-core-fill / --no-spikes / --no-remnants (and
+    --lattice 4) reach the pipeline, and provenance records them."""
     monkeypatch.setenv("STARNET_DATA_DIR", str(tmp_path / "data"))
     src = tmp_path / "m42.fits"
     fits.PrimaryHDU(star_field((3, 36, 40))).writeto(src)
@@ -227,7 +236,7 @@ def test_transform_switches_off_the_steps_after_the_network(
     args = ("transform", str(src), "--weights", str(weights), "--quiet")
     assert run_cli(*args, "--out", str(out_dir / "default")) == 0
     switches = ("--lattice", "4", "--no-protect", "--no-sky-colour", "--no-core-fill")
-    switches += ("--no-spikes",)
+    switches += ("--no-spikes", "--no-remnants")
     assert run_cli(*args, "--out", str(out_dir / "raw"), *switches) == 0
     capsys.readouterr()
 
@@ -235,7 +244,7 @@ def test_transform_switches_off_the_steps_after_the_network(
     for kind in ("default", "raw"):
         assert run_cli("history", str(out_dir / kind / "m42_starless.fits"), "--json") == 0
         params.append(json.loads(capsys.readouterr().out)["produced_by"]["params"])
-    sections = ("protect", "sky_colour", "core_fill", "spikes")
+    sections = ("protect", "sky_colour", "core_fill", "spikes", "remnants")
     assert all(params[0][key]["enabled"] for key in sections)
     assert not any(params[1][key]["enabled"] for key in sections)
     # the rest of each section is the config's, untouched

@@ -89,6 +89,8 @@ def test_every_section_is_a_dataclass_with_defaults() -> None:
         ("stretch:\n  mode: sometimes\n", r"c.yaml.stretch: stretch mode must be one of"),
         ("sky_colour:\n  clip_level: 0.2\n", r"c.yaml.sky_colour: clip_level must be a number in"),
         ("spikes:\n  min_arm_px: -2\n", r"c.yaml.spikes: min_arm_px must be >= 0"),
+        ("remnants:\n  sigma_px: 0\n", r"c.yaml.remnants: sigma_px must be > 0"),
+        ("remnants:\n  threshold: 2\n", r"c.yaml.remnants: threshold must be a number in"),
     ],
 )
 def test_bad_option_values_name_the_config_file(tmp_path: Path, text: str, match: str) -> None:
