@@ -27,4 +27,4 @@ test: $(STAMP)
 	eval "$$(.ci/postgres.sh)" && STARNET_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy starnet_core flows
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy starnet_core flows benchmarks

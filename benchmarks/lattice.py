@@ -66,8 +66,8 @@ def line_ratio(layer: np.ndarray, period: int, tile_px: int = TILE_PX) -> float:
     h, w = (s - s % tile_px for s in layer.shape)
     if h == 0 or w == 0:
         raise ValueError(f"the layer ({layer.shape}) is smaller than one {tile_px} px tile")
-    tiles = layer[:h, :w].reshape(h // tile_px, tile_px, w // tile_px, tile_px)
-    tiles = tiles.transpose(0, 2, 1, 3).reshape(-1, tile_px, tile_px)
+    grid = layer[:h, :w].reshape(h // tile_px, tile_px, w // tile_px, tile_px)
+    tiles = grid.transpose(0, 2, 1, 3).reshape(-1, tile_px, tile_px)
     tiles = tiles - tiles.mean(axis=(1, 2), keepdims=True)
     power = (np.abs(np.fft.fft2(tiles)) ** 2).mean(axis=0)
     step = tile_px // period
