@@ -66,6 +66,12 @@ _MIX_OPTIONS: dict[str, tuple[str, str, str]] = {
         "RATE",
         "small galaxies per crop, x the default count of 2 per 176 px square (1)",
     ),
+    "bright_rate": (
+        "--bright-rate",
+        "RATE",
+        "very bright (saturated, bloated) stars per crop that has them, x the default of 0.6 "
+        "per 128 px square (1)",
+    ),
     "large_galaxy_share": (
         "--large-galaxy-share",
         "SHARE",

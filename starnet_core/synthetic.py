@@ -108,10 +108,15 @@ class Mix:
     # small clipped cores inside halos 3-5 core radii wide, the default's about 2; 10x
     # headroom gives 2.9 (benchmarks.diagnose, "burnt-out stars' halos"; BENCHMARKS.md)
     clip_headroom: tuple[float, float] = (1.0, 1.0)
+    # how many very bright stars (saturated, bloated, with their own coloured glow) the
+    # crops that have them hold, x the default mean of 0.6 per 128 px square: the real
+    # pairs hold 3-20 star blobs over 10 px in radius per 256 px frame, the default mix
+    # 2.2 on average (BENCHMARKS.md, "Sixteenth session")
+    bright_rate: float = 1.0
 
     # the fields that are not shares: (low, high) ranges, and rates (a count's multiplier)
     RANGES: ClassVar[tuple[str, ...]] = ("spike_amp", "spike_decay", "clip_headroom")
-    RATES: ClassVar[tuple[str, ...]] = ("galaxy_rate",)
+    RATES: ClassVar[tuple[str, ...]] = ("galaxy_rate", "bright_rate")
 
     def __post_init__(self) -> None:
         for name in (f.name for f in fields(self) if f.name not in self.RANGES):
@@ -651,7 +656,7 @@ def _render_pair(
     a_min = 2.0 * noise_sigma
     peak = a_min * rng.random(count) ** (-1 / alpha)
     # and, in most frames, a few very bright stars: saturated, bloated, with long spikes
-    n_bright = int(rng.poisson(0.6 * (n / 128) ** 2)) if rng.random() < 0.7 else 0
+    n_bright = int(rng.poisson(0.6 * mix.bright_rate * (n / 128) ** 2)) if rng.random() < 0.7 else 0
     bright = np.exp(rng.uniform(np.log(2.0), np.log(100.0), n_bright))
     peak = np.concatenate([np.minimum(peak, 15.0), bright]).astype(np.float32)
     count += n_bright
