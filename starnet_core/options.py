@@ -279,7 +279,10 @@ class CoreFillOptions:
         grow_px: the footprint is then grown by this many pixels.
         grain: add Gaussian noise at the starless image's own pixel noise (robust,
             per channel, measured on a ring around the footprints) to the fill;
-            seeded, so a frame always gives the same result.
+            seeded, so a frame always gives the same result. The remnants step
+            (:class:`RemnantOptions`, on by default since the sixteenth session) runs
+            later and smooths most of this grain away again wherever the star layer is
+            above its threshold, which covers most of the fill.
     """
 
     enabled: bool = True
