@@ -174,7 +174,15 @@ class ProgressBar:
 
 def _engine_or_exit(args: argparse.Namespace) -> Any:
     from flows.frame import load_engine
+    from flows.settings import tile_options
 
+    try:
+        # the config's values were checked when it was read; the command line's overrides
+        # (--passes, --lattice, --tile, ...) are checked here, once, before any frame
+        tile_options(args.settings)
+    except ValueError as e:
+        print(f"starnet: bad engine option: {e}", file=sys.stderr)
+        return None
     try:
         return load_engine(args.settings)
     except (FileNotFoundError, ValueError) as e:

@@ -211,6 +211,30 @@ def test_transform_without_weights_says_what_to_do(tmp_path: Path, capsys) -> No
     assert "nope.safetensors: weights file not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        (("--passes", "0"), "passes must be an int >= 1, got 0"),
+        (("--lattice", "1"), "lattice_px must be 0 (off) or an int >= 2, got 1"),
+    ],
+)
+def test_transform_refuses_a_bad_engine_option_before_any_frame(
+    tmp_path: Path, weights: Path, capsys, option: tuple[str, str], match: str
+) -> None:
+    src = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8) + 30).save(src)
+    for mode in ("transform", "test"):
+        args = (mode, str(src), "--weights", str(weights), *option)
+        rc = run_cli(*args, *(("--no-db",) if mode == "transform" else ()))
+        err = capsys.readouterr().err
+        assert rc == 2
+        assert f"starnet: bad engine option: {match}" in err
+        assert "FAILED" not in err
+    assert not (tmp_path / "x_starless.png").exists()
+
+
 def test_test_mode_writes_panels(tmp_path: Path, weights: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     src = tmp_path / "field.fits"
