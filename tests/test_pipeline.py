@@ -14,8 +14,14 @@ from astropy.io import fits
 from flows.cli import main
 from starnet_core.imageio import read_image
 from starnet_core.model import ModelConfig, StarNetUNet, save_weights
-from starnet_core.options import CoreFillOptions, ProtectOptions, RemnantOptions
-from starnet_core.pipeline import StretchOptions, needs_stretch, process_array
+from starnet_core.options import (
+    CoreFillOptions,
+    ProtectOptions,
+    RemnantOptions,
+    SkyColourOptions,
+    SpikeOptions,
+)
+from starnet_core.pipeline import FrameProducts, StretchOptions, needs_stretch, process_array
 from starnet_core.stretch import apply_stretch, normalize_linear
 
 TINY = ModelConfig(widths=(8, 16), blocks=(1, 1))
@@ -29,6 +35,22 @@ class Halve(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x / 2
+
+
+def halved(image: np.ndarray, *, is_linear: bool) -> FrameProducts:
+    """:func:`process_array` with :class:`Halve` and every step after the network off
+    (protection, sky colour, rim fill, spikes, remnants), so the starless image is the
+    input halved: each of those steps would change some of it."""
+    return process_array(
+        Halve(),
+        image,
+        is_linear=is_linear,
+        protect=ProtectOptions(enabled=False),
+        sky_colour=SkyColourOptions(enabled=False),
+        core_fill=CoreFillOptions(enabled=False),
+        spikes=SpikeOptions(enabled=False),
+        remnants=RemnantOptions(enabled=False),
+    )
 
 
 def star_field(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -60,18 +82,7 @@ def test_needs_stretch_policy() -> None:
 
 def test_linear_frame_comes_back_linear() -> None:
     image = star_field((1, 40, 48))
-    # the network's halving everywhere: without background protection (which keeps the
-    # input where the halved layer is faint), the rim fill of burnt-out stars (which would
-    # replace the halved clipped cores) and the remnants' smoothing (which blurs the
-    # halved stars)
-    p = process_array(
-        Halve(),
-        image,
-        is_linear=True,
-        protect=ProtectOptions(enabled=False),
-        core_fill=CoreFillOptions(enabled=False),
-        remnants=RemnantOptions(enabled=False),
-    )
+    p = halved(image, is_linear=True)  # the network's halving everywhere
     assert p.stretch is not None and p.normalization is not None
     assert p.starless.shape == image.shape and p.starless.dtype == np.float32
     # the starless frame is in the input's units and can be stretched like the original:
@@ -87,15 +98,7 @@ def test_linear_frame_comes_back_linear() -> None:
 
 def test_stretched_frame_uses_unscreen_star_layer() -> None:
     image = np.random.default_rng(1).uniform(0.1, 0.9, (3, 20, 24)).astype(np.float32)
-    # random pixels that are near white in every channel would count as burnt-out cores,
-    # and the halved pixels as star footprints to smooth
-    p = process_array(
-        Halve(),
-        image,
-        is_linear=False,
-        core_fill=CoreFillOptions(enabled=False),
-        remnants=RemnantOptions(enabled=False),
-    )
+    p = halved(image, is_linear=False)
     assert p.stretch is None
     assert np.allclose(p.starless, image / 2, atol=1e-6)
     screened = 1 - (1 - p.starless) * (1 - p.stars)
