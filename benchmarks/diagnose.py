@@ -16,7 +16,9 @@ clipped cores; ``--no-sky-colour``: the network's own fill) and prints:
 * **Held-out scenes, residual star flux by aperture SNR**: the median and p95 of
   the residual figure over the stars whose own flux is at least k x the truth's
   pixel noise x sqrt(aperture pixels), k = 0, 3, 5, 10; and, per scene, how many
-  stars of SNR >= 10 keep more than 90% of their flux.
+  stars of SNR >= 10 keep more than 90% of their flux. Beside them, the same figure for
+  a perfect subtraction of every star's noiseless light (the truth plus the stars' own
+  shot noise, ``make_pair(star_noise_in_truth=True)``): the floor that noise alone sets.
 * **Held-out scenes, error on galaxies and knots**: per scene, the PSNR, the share of
   its squared error on the pixels where the generator's galaxies and knots carry a
   noise sigma of light (``Scene.keep_mask``, grown by ``--keep-grow`` px), and the PSNR
@@ -63,6 +65,7 @@ from benchmarks.quality import (
     FULL_SIZE_PX,
     KEPT_RADIUS_PX,
     REAL_TOL,
+    Case,
     real_cases,
     synthetic_cases,
 )
@@ -110,6 +113,16 @@ def aperture_snr(
     own, n = metrics.star_fluxes(original.mean(0) - truth.mean(0), star_xy, aperture_px)
     sigma = max(pixel_noise(truth.mean(0)), 1e-9)
     return own / (sigma * np.sqrt(np.maximum(n, 1)))
+
+
+def perfect_subtraction(case: Case) -> np.ndarray:
+    """The held-out ``case``'s original less every star's noiseless light: its truth plus
+    the stars' own shot noise, which no method can tell from the sky under a star."""
+    size = case.original.shape[-1]
+    o, ref, _ = make_pair(np.random.default_rng(case.seed), size, star_noise_in_truth=True)
+    if not np.array_equal(o, case.original):
+        raise RuntimeError(f"{case.name} (seed {case.seed}): the reference drew another scene")
+    return ref
 
 
 def keep_error(
@@ -383,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     by_level: dict[int, list[np.ndarray]] = {k: [] for k in SNR_LEVELS}
+    ref_level: dict[int, list[np.ndarray]] = {k: [] for k in SNR_LEVELS}
     psnrs: list[tuple[float, float]] = []
     bg_sse = [0.0, 0.0, 0]  # pooled background: all, on galaxies and knots, values
     galaxy_taken = np.zeros(4)  # pooled keep_error_taken
@@ -394,8 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         frac = metrics.residual_star_flux(o, out, t, scene.star_xy, aperture)
         snr = aperture_snr(o, t, scene.star_xy, aperture)
         ok = np.isfinite(frac)
+        ref = metrics.residual_star_flux(o, perfect_subtraction(case), t, scene.star_xy, aperture)
         for k in SNR_LEVELS:
             by_level[k].append(frac[ok & (snr >= k)])
+            ref_level[k].append(ref[ok & (snr >= k)])
         strong = ok & (snr >= 10)
         share, without = keep_error(out, t, scene.keep_mask, args.keep_grow)
         galaxy_taken += keep_error_taken(o, out, t, scene.keep_mask)
@@ -435,12 +451,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({galaxy_taken[3] / galaxy_taken[2]:.0%} of those pixels)"
         )
     print()
-    print("| stars counted | stars | median | p95 |")
-    print("|---|---|---|---|")
+    print("| stars counted | stars | median | p95 | perfect subtraction: median | p95 |")
+    print("|---|---|---|---|---|---|")
     for k, parts in by_level.items():
-        v = np.concatenate(parts)
+        v, r = np.concatenate(parts), np.concatenate(ref_level[k])
+        r = r[np.isfinite(r)]  # measurable in the original, so always; belt and braces
         label = "all (the figure)" if k == 0 else f"aperture SNR >= {k}"
-        print(f"| {label} | {v.size} | {np.median(v):.3f} | {np.percentile(v, 95):.2f} |")
+        print(
+            f"| {label} | {v.size} | {np.median(v):.3f} | {np.percentile(v, 95):.2f} "
+            f"| {np.median(r):.3f} | {np.percentile(r, 95):.3f} |"
+        )
     return 0
 
 

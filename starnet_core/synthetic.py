@@ -603,6 +603,7 @@ def make_pair(
     jpeg: bool = True,
     glow_cap: float = DEFAULT_GLOW_CAP,
     mix: Mix = DEFAULT_MIX,
+    star_noise_in_truth: bool = False,
 ) -> tuple[Array, Array, Scene]:
     """One (original, starless, scene) triple; both images (3, size_px, size_px) float32 in [0,1].
 
@@ -616,10 +617,17 @@ def make_pair(
     check above keeps a scene under one cap and redraws it under another: rare,
     the starless median must leave (0.01, 0.75)). ``mix`` shifts how often the
     harder cases come (:class:`Mix`); its default draws the scenes it always drew.
+    ``star_noise_in_truth`` adds the stars' own shot noise to the truth: what a perfect
+    subtraction of every star's noiseless light would leave, a reference for the residual
+    figures (``benchmarks.diagnose``), never a training target. It draws nothing, so the
+    original is the same, bit for bit (unless the truth's median moves across the
+    degenerate-stretch check).
     """
     check_glow_cap(glow_cap)
     for _ in range(20):
-        o, c, scene, med = _render_pair(rng, size_px, dense, jpeg, glow_cap, mix)
+        o, c, scene, med = _render_pair(
+            rng, size_px, dense, jpeg, glow_cap, mix, star_noise_in_truth
+        )
         if np.isfinite(o).all() and np.isfinite(c).all() and 0.01 < med < 0.75:
             return o, c, scene
     raise RuntimeError("synthetic generator kept producing degenerate scenes")
@@ -632,6 +640,7 @@ def _render_pair(
     jpeg: bool,
     glow_cap: float,
     mix: Mix,
+    star_noise_in_truth: bool = False,
 ) -> tuple[Array, Array, Scene, float]:
     """One pair, its scene and the starless median before JPEG and colour balance (what
     :func:`make_pair` judges, so ``jpeg`` never changes which scenes are kept)."""
@@ -706,6 +715,8 @@ def _render_pair(
     star_noise = rng.standard_normal((3, n, n)).astype(np.float32) * np.sqrt(gain * stars)
     clean = base + shared
     orig = clean + stars + star_noise
+    if star_noise_in_truth:  # the reference "perfect subtraction" (see make_pair)
+        clean = clean + star_noise
     if mono:  # a mono camera: one channel, shown as grey RGB
         clean = np.repeat(clean.mean(0, keepdims=True), 3, 0)
         orig = np.repeat(orig.mean(0, keepdims=True), 3, 0)

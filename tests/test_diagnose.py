@@ -154,3 +154,28 @@ def test_burnt_halos_measure_core_extent_and_glow() -> None:
     # a perfect output leaves no glow; no clipped core, no rows
     assert burnt_halos(original, truth, truth)[0, 2] == pytest.approx(0.0, abs=1e-6)
     assert burnt_halos(truth, truth, truth).shape == (0, 3)
+
+
+def test_perfect_subtraction_leaves_only_the_stars_shot_noise() -> None:
+    from benchmarks.diagnose import perfect_subtraction
+    from benchmarks.quality import Case
+    from starnet_core import metrics
+    from starnet_core.synthetic import make_pair
+
+    seed = 4242
+    o, t, scene = make_pair(np.random.default_rng(seed), 128)
+    ref = perfect_subtraction(Case("c", o, t, scene, seed))
+    stars = o.mean(0) - t.mean(0)
+    assert not np.array_equal(ref, t)  # the stars' shot noise is there ...
+    # ... and only under the stars: the reference is far closer to the truth than the input
+    assert np.abs(ref - t).mean() < 0.2 * np.abs(o - t).mean()
+    assert np.abs(ref - t).mean(0)[stars < 1e-4].max() < 0.02
+    # so the residual figure reads next to nothing for it, all for the input
+    aperture = max(2.0, 1.5 * scene.fwhm_px)
+    frac = metrics.residual_star_flux(o, ref, t, scene.star_xy, aperture)
+    ok = np.isfinite(frac)
+    assert ok.sum() > 10 and np.median(frac[ok]) < 0.05
+    assert np.median(metrics.residual_star_flux(o, o, t, scene.star_xy, aperture)[ok]) == 1.0
+    # a case whose seed draws another scene is refused, not measured
+    with pytest.raises(RuntimeError, match="seed 4243"):
+        perfect_subtraction(Case("c", o, t, scene, seed + 1))

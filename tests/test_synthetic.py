@@ -87,6 +87,17 @@ def test_the_glow_cap_changes_only_the_truth() -> None:
         make_pair(np.random.default_rng(seed), 32, glow_cap=-1.0)
 
 
+def test_the_stars_shot_noise_in_the_truth_changes_only_the_truth() -> None:
+    # the reference of benchmarks.diagnose draws nothing: same original, same scene;
+    # its truth differs from the plain truth only where stars shine
+    for seed in range(5):
+        o, t, sc = make_pair(np.random.default_rng(seed), 64)
+        o2, ref, sc2 = make_pair(np.random.default_rng(seed), 64, star_noise_in_truth=True)
+        assert np.array_equal(o, o2) and np.array_equal(sc.star_xy, sc2.star_xy)
+        assert not np.array_equal(t, ref)
+        assert float(np.abs(ref - t).mean()) < float(np.abs(o - t).mean())
+
+
 def test_the_mix_shifts_how_often_cases_come_and_its_default_draws_the_same_scenes() -> None:
     # the default mix is the generator's own: passing it changes nothing
     for seed in range(4):
