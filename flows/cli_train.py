@@ -223,6 +223,14 @@ def register(sub: Any) -> None:
         help="wall-clock budget: stop after this long, the learning rate decays over it",
     )
     p.add_argument("--export", help="after training, write the generator weights here")
+    p.add_argument(
+        "--keep-every",
+        type=int,
+        metavar="STEPS",
+        help="every this many steps (a multiple of 500, the checkpoint interval) also keep "
+        "the generator as weights-<step>.safetensors in --logs, to average with "
+        "`starnet soup` (default 0: none)",
+    )
     p.add_argument("--version", default="0.0.0-dev", help="version stored in exported weights")
     p.add_argument(
         "--ship",
@@ -281,6 +289,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("threads", "threads"),
         ("device", "device"),
         ("workers", "workers"),
+        ("keep_every", "keep_every"),
     ):
         value = getattr(args, attr)
         if value is not None:
@@ -309,6 +318,11 @@ def _config(args: argparse.Namespace) -> Any:
     ):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{option} must be a number >= 0, got {value:g}")
+    if cfg.keep_every < 0 or cfg.keep_every % cfg.checkpoint_every:
+        raise ValueError(
+            f"--keep-every must be 0 or a multiple of {cfg.checkpoint_every} steps (the "
+            f"checkpoint interval), got {cfg.keep_every}"
+        )
     if cfg.d_warmup_steps < 0:
         raise ValueError(f"--d-warmup must be 0 or more steps, got {cfg.d_warmup_steps}")
     if cfg.d_warmup_steps > 0 and cfg.w_gan == 0 and cfg.w_percep == 0:

@@ -128,6 +128,10 @@ class TrainConfig:
     seed: int = 1234
     log_every: int = 100
     checkpoint_every: int = 500
+    # every this many steps (a multiple of checkpoint_every) also keep the generator as
+    # weights-<step>.safetensors beside the checkpoint, for a checkpoint average
+    # (`starnet soup`); 0: none
+    keep_every: int = 0
     threads: int = 0  # torch CPU threads; 0 = torch default
     device: str = "cpu"  # auto, cpu, cuda, cuda:N, mps
     workers: int = 0  # processes generating synthetic crops; 0 = in the training loop
@@ -728,6 +732,13 @@ def _loop(
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             save_checkpoint(state, cfg, ckpt)
             saved = state.step
+            if cfg.keep_every and state.step % cfg.keep_every == 0:
+                export_generator(
+                    state,
+                    kept_weights_path(ckpt.parent, state.step),
+                    "0.0.0-dev",
+                    {"train_steps": str(state.step)},
+                )
             if on_showcase is not None:
                 n_show = min(4, x.shape[0])
                 strip = torch.cat(
@@ -829,6 +840,11 @@ def _warm_discriminator(
                 (time.perf_counter() - t0) / n,
             )
             acc, t0 = {}, time.perf_counter()
+
+
+def kept_weights_path(run_dir: Path, step: int) -> Path:
+    """Where ``keep_every`` keeps the generator of ``step``: names that sort by step."""
+    return run_dir / f"weights-{step:09d}.safetensors"
 
 
 def export_generator(state: TrainState, path: Path, version: str, extra: dict[str, str]) -> str:

@@ -292,6 +292,8 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--ema must be a decay in [0, 1), got 1" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--d-warmup", "-5"]) == 2
     assert "--d-warmup must be 0 or more steps, got -5" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--keep-every", "300"]) == 2
+    assert "--keep-every must be 0 or a multiple of 500 steps" in capsys.readouterr().err
     no_gan = ["--w-gan", "0", "--w-percep", "0", "--d-warmup", "10"]
     assert main(["train", "--synthetic", "--logs", logs, *no_gan]) == 2
     assert "--d-warmup needs the adversarial terms" in capsys.readouterr().err
@@ -433,6 +435,33 @@ def test_moving_average_is_kept_checkpointed_and_exported(tmp_path: Path) -> Non
     assert (
         load_generator_from_checkpoint(tmp_path / "plain" / "checkpoint.safetensors")[1]["weights"]
         == "generator"
+    )
+
+
+def test_keep_every_keeps_the_generator_for_a_checkpoint_average(tmp_path: Path) -> None:
+    from flows.cli import main
+    from starnet_core.model import load_weights
+    from starnet_core.train import kept_weights_path
+
+    state = train(tiny_config(steps=4, checkpoint_every=2, keep_every=2), tmp_path)
+    kept = sorted(tmp_path.glob("weights-*.safetensors"))
+    assert kept == [kept_weights_path(tmp_path, 2), kept_weights_path(tmp_path, 4)]
+    last, info = load_weights(kept[-1])
+    assert info.version == "0.0.0-dev"
+    flat = [torch.cat([p.flatten() for p in m.parameters()]) for m in (last, state.release)]
+    torch.testing.assert_close(flat[0], flat[1])  # the last one is the run's generator
+    first, _ = load_weights(kept[0])
+    assert not torch.equal(torch.cat([p.flatten() for p in first.parameters()]), flat[1])
+    # none without the option
+    train(tiny_config(steps=4, checkpoint_every=2), tmp_path / "plain")
+    assert not list((tmp_path / "plain").glob("weights-*"))
+    # and they average like any weights files
+    out = tmp_path / "soup.safetensors"
+    assert main(["soup", *map(str, kept), "--out", str(out)]) == 0
+    soup, _ = load_weights(out)
+    mean = torch.cat([p.flatten() for p in soup.parameters()])
+    torch.testing.assert_close(
+        mean, (torch.cat([p.flatten() for p in first.parameters()]) + flat[0]) / 2
     )
 
 
