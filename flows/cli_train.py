@@ -220,7 +220,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--minutes",
         type=float,
-        help="wall-clock budget: stop after this long, the learning rate decays over it",
+        help="wall-clock budget: stop after this long, the learning rate decays over it "
+        "(anew when the run resumes a checkpoint)",
     )
     p.add_argument("--export", help="after training, write the generator weights here")
     p.add_argument(

@@ -552,6 +552,13 @@ def train(
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, cfg)
         log.info("resumed from %s at step %d", ckpt, state.step)
+        if cfg.time_limit_s > 0:
+            log.info(
+                "the learning rate decays anew from %g to %g over this run's %.0f-minute budget",
+                cfg.lr,
+                cfg.lr_min,
+                cfg.time_limit_s / 60,
+            )
     else:
         state = build_state(cfg, init)
     _to_device(state, device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -89,13 +90,17 @@ def test_each_checkpoint_is_written_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert steps == [3, 6, 7]
 
 
-def test_resume_continues_from_checkpoint(tmp_path: Path) -> None:
+def test_resume_continues_from_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     train(tiny_config(steps=3), tmp_path)
     before = load_checkpoint(tmp_path / "checkpoint.safetensors", tiny_config())
     assert before.step == 3
     assert before.opt_g.state_dict()["state"], "optimizer state must be saved"
     state = train(tiny_config(steps=5), tmp_path)
     assert state.step == 5
+    # a time budget restarts the cosine on a resume: the log says so
+    with caplog.at_level(logging.INFO, logger="starnet_core.train"):
+        train(tiny_config(steps=6, time_limit_s=600.0), tmp_path)
+    assert "decays anew" in caplog.text and "10-minute budget" in caplog.text
 
 
 def test_stop_request_saves_checkpoint(tmp_path: Path) -> None:
