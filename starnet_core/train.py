@@ -746,6 +746,7 @@ def _loop(
                     "0.0.0-dev",
                     {"train_steps": str(state.step)},
                 )
+                state.generator.train()  # the export switched it to eval mode
             if on_showcase is not None:
                 n_show = min(4, x.shape[0])
                 strip = torch.cat(

@@ -449,6 +449,7 @@ def test_keep_every_keeps_the_generator_for_a_checkpoint_average(tmp_path: Path)
     from starnet_core.train import kept_weights_path
 
     state = train(tiny_config(steps=4, checkpoint_every=2, keep_every=2), tmp_path)
+    assert state.generator.training  # still in training mode after each keep
     kept = sorted(tmp_path.glob("weights-*.safetensors"))
     assert kept == [kept_weights_path(tmp_path, 2), kept_weights_path(tmp_path, 4)]
     last, info = load_weights(kept[-1])
