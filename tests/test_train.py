@@ -299,6 +299,11 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--d-warmup must be 0 or more steps, got -5" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--keep-every", "300"]) == 2
     assert "--keep-every must be 0 or a multiple of 500 steps" in capsys.readouterr().err
+    from flows.cli import build_parser
+    from flows.cli_train import _config
+
+    args = build_parser().parse_args(["train", "--synthetic", "--keep-every", "1000"])
+    assert _config(args).keep_every == 1000
     no_gan = ["--w-gan", "0", "--w-percep", "0", "--d-warmup", "10"]
     assert main(["train", "--synthetic", "--logs", logs, *no_gan]) == 2
     assert "--d-warmup needs the adversarial terms" in capsys.readouterr().err
