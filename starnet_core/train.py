@@ -746,7 +746,6 @@ def _loop(
                     "0.0.0-dev",
                     {"train_steps": str(state.step)},
                 )
-                state.generator.train()  # the export switched it to eval mode
             if on_showcase is not None:
                 n_show = min(4, x.shape[0])
                 strip = torch.cat(
@@ -856,9 +855,10 @@ def kept_weights_path(run_dir: Path, step: int) -> Path:
 
 
 def export_generator(state: TrainState, path: Path, version: str, extra: dict[str, str]) -> str:
-    """Write the generator alone as the shippable weights file; returns its sha256."""
+    """Write the generator alone as the shippable weights file; returns its sha256.
+    Its parameters only: the model's train/eval mode is left as it is (mid-run exports
+    of ``keep_every`` go on training it)."""
     model = state.release
-    model.eval()
     if state.ema is not None:
         extra = {**extra, "weights": "moving average of the generator (ema)"}
     return save_weights(model, path, version=version, extra=extra)

@@ -29,6 +29,11 @@ from starnet_core.train import (
 TINY = ModelConfig(widths=(8, 16), blocks=(1, 1))
 
 
+def flat_params(model: torch.nn.Module) -> torch.Tensor:
+    """All of a model's parameters as one vector, to compare models."""
+    return torch.cat([p.flatten() for p in model.parameters()])
+
+
 def tiny_config(**kw: object) -> TrainConfig:
     base = dict(
         steps=6,
@@ -359,7 +364,7 @@ def test_galaxy_term_guards_the_keep_mask(tmp_path: Path) -> None:
     for w in (0.0, 50.0):
         cfg = tiny_config(steps=2, log_every=2, mix=mix, w_galaxy=w, gan_start_step=100)
         state = train(cfg, tmp_path / f"w{w:g}", on_log=records.append)
-        weights.append(torch.cat([p.detach().flatten() for p in state.generator.parameters()]))
+        weights.append(flat_params(state.generator).detach())
     assert all("l_g_keep" in r and np.isfinite(r["l_g_keep"]) for r in records)
     assert records[0]["l_g_keep"] > 0, "an untrained net darkens some galaxy pixel"
     # same seed, same crops: only the galaxy term differs between the two runs
@@ -397,7 +402,7 @@ def test_relative_star_term_is_logged_and_trains(tmp_path: Path) -> None:
     for w in (0.0, 5.0):
         cfg = tiny_config(steps=2, log_every=2, w_rel=w, gan_start_step=100)
         state = train(cfg, tmp_path / f"w{w:g}", on_log=records.append)
-        weights.append(torch.cat([p.detach().flatten() for p in state.generator.parameters()]))
+        weights.append(flat_params(state.generator).detach())
     assert all(np.isfinite(r["l_g_rel"]) and r["l_g_rel"] > 0 for r in records)
     # same seed, same crops: only the relative term differs between the two runs
     assert not torch.equal(weights[0], weights[1])
@@ -418,27 +423,27 @@ def test_moving_average_is_kept_checkpointed_and_exported(tmp_path: Path) -> Non
 
     state = train(tiny_config(steps=4, ema_decay=0.9, gan_start_step=100), tmp_path)
     assert state.ema is not None and state.release is state.ema
-    g = torch.cat([p.flatten() for p in state.generator.parameters()])
-    e = torch.cat([p.flatten() for p in state.ema.parameters()])
+    g = flat_params(state.generator)
+    e = flat_params(state.ema)
     assert not torch.equal(g, e), "the average lags the generator"
     ckpt = tmp_path / "checkpoint.safetensors"
     # checkpoints load as the average by default, the raw generator on request
     loaded, meta = load_generator_from_checkpoint(ckpt)
     assert meta["weights"] == "ema"
-    torch.testing.assert_close(torch.cat([p.flatten() for p in loaded.parameters()]), e)
+    torch.testing.assert_close(flat_params(loaded), e)
     raw, meta = load_generator_from_checkpoint(ckpt, ema=False)
     assert meta["weights"] == "generator"
-    torch.testing.assert_close(torch.cat([p.flatten() for p in raw.parameters()]), g)
+    torch.testing.assert_close(flat_params(raw), g)
     assert "moving average" in load_any(ckpt)[1]
     # resumed with the average: it is restored, not restarted from the generator
     resumed = load_checkpoint(ckpt, tiny_config(ema_decay=0.9))
     assert resumed.ema is not None
-    torch.testing.assert_close(torch.cat([p.flatten() for p in resumed.ema.parameters()]), e)
+    torch.testing.assert_close(flat_params(resumed.ema), e)
     # resumed without it: dropped; exported weights are the average when kept
     assert load_checkpoint(ckpt, tiny_config()).ema is None
     export_generator(state, tmp_path / "w.safetensors", "0.0.1", {})
     exported, _ = load_weights(tmp_path / "w.safetensors")
-    torch.testing.assert_close(torch.cat([p.flatten() for p in exported.parameters()]), e)
+    torch.testing.assert_close(flat_params(exported), e)
     # a run without the average writes no ema tensors and loads its generator
     state = train(tiny_config(steps=2), tmp_path / "plain")
     assert state.ema is None
@@ -459,10 +464,10 @@ def test_keep_every_keeps_the_generator_for_a_checkpoint_average(tmp_path: Path)
     assert kept == [kept_weights_path(tmp_path, 2), kept_weights_path(tmp_path, 4)]
     last, info = load_weights(kept[-1])
     assert info.version == "0.0.0-dev"
-    flat = [torch.cat([p.flatten() for p in m.parameters()]) for m in (last, state.release)]
+    flat = [flat_params(last), flat_params(state.release)]
     torch.testing.assert_close(flat[0], flat[1])  # the last one is the run's generator
     first, _ = load_weights(kept[0])
-    assert not torch.equal(torch.cat([p.flatten() for p in first.parameters()]), flat[1])
+    assert not torch.equal(flat_params(first), flat[1])
     # none without the option
     train(tiny_config(steps=4, checkpoint_every=2), tmp_path / "plain")
     assert not list((tmp_path / "plain").glob("weights-*"))
@@ -470,10 +475,8 @@ def test_keep_every_keeps_the_generator_for_a_checkpoint_average(tmp_path: Path)
     out = tmp_path / "soup.safetensors"
     assert main(["soup", *map(str, kept), "--out", str(out)]) == 0
     soup, _ = load_weights(out)
-    mean = torch.cat([p.flatten() for p in soup.parameters()])
-    torch.testing.assert_close(
-        mean, (torch.cat([p.flatten() for p in first.parameters()]) + flat[0]) / 2
-    )
+    mean = flat_params(soup)
+    torch.testing.assert_close(mean, (flat_params(first) + flat[0]) / 2)
 
 
 def test_plot_draws_the_logged_terms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
