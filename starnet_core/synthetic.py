@@ -640,7 +640,7 @@ def _render_pair(
     jpeg: bool,
     glow_cap: float,
     mix: Mix,
-    star_noise_in_truth: bool = False,
+    star_noise_in_truth: bool,
 ) -> tuple[Array, Array, Scene, float]:
     """One pair, its scene and the starless median before JPEG and colour balance (what
     :func:`make_pair` judges, so ``jpeg`` never changes which scenes are kept)."""
