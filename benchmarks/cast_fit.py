@@ -24,13 +24,20 @@ import numpy as np
 import torch
 
 from benchmarks.diagnose import cast_scenes, grey_pull, load_weights_arg
-from starnet_core.train import TrainConfig
+from starnet_core.inference import width_conditioned
+from starnet_core.train import TrainConfig, star_widths
+
+
+def widths(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The star widths a width-conditioned model reads for the batch ``x`` (else None)."""
+    return torch.from_numpy(star_widths(x.numpy())) if width_conditioned(model) else None
 
 
 def mean_pull(model: torch.nn.Module, pairs: list[tuple[np.ndarray, ...]]) -> float:
     model.eval()
     with torch.no_grad():
-        outs = [model(torch.from_numpy(o[None]))[0].clamp(0, 1).numpy() for o, _ in pairs]
+        xs = [torch.from_numpy(o[None]) for o, _ in pairs]
+        outs = [model(x, widths(model, x))[0].clamp(0, 1).numpy() for x in xs]
     model.train()
     return float(np.mean([grey_pull(o, out, t) for (o, t), out in zip(pairs, outs, strict=True)]))
 
@@ -58,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = torch.from_numpy(np.stack([o for o, _ in fit]))
     y = torch.from_numpy(np.stack([t for _, t in fit]))
     core = (x >= 0.98).all(1, keepdim=True).expand_as(x)
+    hwhm = widths(model, x)
     cfg = TrainConfig()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     model.train()
@@ -65,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|---|")
     print(f"| 0 | – | {mean_pull(model, fit):+.3f} | {mean_pull(model, other):+.3f} |")
     for step in range(1, args.steps + 1):
-        out = model(x)
+        out = model(x, hwhm)
         err = (out - y).abs()
         star = (x - y).abs() > cfg.star_threshold
         loss = err.mean() + cfg.star_weight * (err * star).sum() / x.numel()

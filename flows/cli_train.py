@@ -187,6 +187,13 @@ def register(sub: Any) -> None:
         "--w-percep", type=float, help="weight of the discriminator-feature perceptual term"
     )
     p.add_argument(
+        "--width-cond",
+        action="store_true",
+        help="condition the generator on each frame's typical star width (a fresh model, "
+        "or the fine-tuned one made conditioned, starting exactly as it was); applies when "
+        "a run starts, a resumed run keeps its checkpoint's architecture",
+    )
+    p.add_argument(
         "--glow-cap",
         type=float,
         help="smooth star glow the synthetic truth keeps, in noise sigmas (default 1.5)",
@@ -295,6 +302,8 @@ def _config(args: argparse.Namespace) -> Any:
         value = getattr(args, attr)
         if value is not None:
             setattr(cfg, name, value)
+    if args.width_cond:
+        cfg.model = dataclasses.replace(cfg.model, width_cond=True)
     shifts = {f: getattr(args, f) for f in _MIX_OPTIONS if getattr(args, f) is not None}
     if args.scene_mix not in MIXES:
         raise ValueError(f"--scene-mix must be one of {', '.join(MIXES)}, got {args.scene_mix!r}")
@@ -338,7 +347,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from starnet_core.model import load_model
+    from starnet_core.model import load_model, with_width_conditioning
     from starnet_core.train import export_generator, read_pair_folder, train
 
     logs = Path(args.logs)
@@ -395,6 +404,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if cfg.d_warmup_steps:
             gan += f", after {cfg.d_warmup_steps} discriminator-only steps (--d-warmup)"
         print(f"fine-tuning model {info.version} ({info.sha256[:12]}) from step 0; {gan}")
+        if args.width_cond and not init.config.width_cond:
+            init = with_width_conditioning(init)
+            print("conditioned on the frames' typical star width (--width-cond)")
+    elif args.width_cond and ckpt.exists() and not args.new:
+        print(f"--width-cond: resuming {ckpt}, whose architecture is kept")
     anchor = None
     if cfg.w_anchor > 0:
         source = args.anchor or args.settings.inference.weights

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 from scipy import ndimage
@@ -61,6 +62,7 @@ __all__ = [
     "local_level",
     "pixel_noise",
     "push_pull",
+    "typical_star_hwhm",
 ]
 
 log = logging.getLogger(__name__)
@@ -277,14 +279,24 @@ def _measure(
     return _Peaks(cy, cx, amp, floor, hwhm, sigma_map[cy, cx], saturated)
 
 
+def _confident(p: _Peaks) -> np.ndarray:
+    """(N,) bool: peaks detected well above their noise and not burnt out."""
+    return (p.amp > 10 * p.sigma) & ~p.saturated
+
+
+def _typical_hwhm(p: _Peaks) -> float:
+    """The typical star half-width (px): a low percentile of the confident peaks' widths
+    (of all peaks when fewer than five are confident)."""
+    good = _confident(p)
+    return float(np.percentile(p.hwhm[good] if good.sum() >= 5 else p.hwhm, _TYPICAL_PCT))
+
+
 def _classify(
     p: _Peaks, smooth: np.ndarray, detect_sigma: float, max_star_px: int, psf_factor: float
 ) -> tuple[np.ndarray, float]:
     """(N,) bool: which peaks are stars; and the typical star half-width (px)."""
     H, W = smooth.shape
-    # typical star width from confidently detected, unsaturated peaks
-    good = (p.amp > 10 * p.sigma) & ~p.saturated
-    typical = float(np.percentile(p.hwhm[good] if good.sum() >= 5 else p.hwhm, _TYPICAL_PCT))
+    typical = _typical_hwhm(p)
     limit = max(psf_factor * typical, typical + 1.0)
     # nothing in the sky is sharper than the seeing either: much narrower peaks are
     # compact galaxy cores or knots; much wider ones are galaxies or nebula detail
@@ -337,23 +349,12 @@ def _subset(p: _Peaks, sel: np.ndarray) -> _Peaks:
     return _Peaks(*(getattr(p, f)[sel] for f in p.__dataclass_fields__))
 
 
-def detect_stars(
-    image: np.ndarray,
-    *,
-    detect_sigma: float = 3.0,
-    dilate_px: int = 2,
-    max_star_px: int = 25,
-    psf_factor: float = 1.6,
-    background_px: int = 48,
-) -> StarDetections:
-    """Find stars in a stretched ``(C, H, W) float32`` image and build the mask to inpaint.
-
-    Parameters as in :func:`classical_remove_stars`.
-    """
-    check_stretched_image(image)
-    _check_params(detect_sigma, dilate_px, max_star_px, psf_factor, background_px)
+def _find_peaks(
+    image: np.ndarray, detect_sigma: float, background_px: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, _Peaks]:
+    """Compact peaks of a stretched ``(C, H, W)`` image: (luminance, its smoothed
+    residual, the detection image, the detection sigma map, the pixel noise, the peaks)."""
     lum = image.mean(axis=0, dtype=np.float32)
-    H, W = lum.shape
     smooth = ndimage.gaussian_filter(lum - background(lum, background_px), 1.0, truncate=3.0)
     # detection image: white top-hat of the smoothed residual; nebulosity wider than
     # _TOPHAT_PX leaves it, compact things stay
@@ -372,6 +373,66 @@ def detect_stars(
     det -= level
     cy, cx = _peaks(det, detect_sigma * sigma_map)
     peaks = _measure(image, lum, smooth, sigma_map, cy, cx)
+    return lum, smooth, det, sigma_map, sigma_pix, peaks
+
+
+@overload
+def typical_star_hwhm(
+    image: np.ndarray, *, window_px: int = ..., background_px: int = ..., default: float
+) -> float: ...
+
+
+@overload
+def typical_star_hwhm(
+    image: np.ndarray, *, window_px: int = ..., background_px: int = ..., default: None = ...
+) -> float | None: ...
+
+
+def typical_star_hwhm(
+    image: np.ndarray,
+    *,
+    window_px: int = 1024,
+    background_px: int = 48,
+    default: float | None = None,
+) -> float | None:
+    """The typical star half-width at half-maximum (px) of a stretched ``(C, H, W)``
+    frame, as :func:`detect_stars` measures it (on the luminance smoothed by a unit
+    Gaussian, so a one-pixel star reads about 1.2 px); ``default`` when fewer than five
+    peaks stand well clear of the noise (an empty or starless frame).
+
+    Measured on the centred ``window_px`` square at most, so a large frame costs no
+    more than a small one.
+    """
+    check_stretched_image(image)
+    if isinstance(window_px, bool) or not isinstance(window_px, int) or window_px < 32:
+        raise ValueError(f"window_px must be an int >= 32, got {window_px!r}")
+    _, H, W = image.shape
+    y0, x0 = max(0, (H - window_px) // 2), max(0, (W - window_px) // 2)
+    window = np.ascontiguousarray(image[:, y0 : y0 + window_px, x0 : x0 + window_px])
+    _, _, _, _, _, peaks = _find_peaks(window, 3.0, background_px)
+    if _confident(peaks).sum() < 5:
+        return default
+    return _typical_hwhm(peaks)
+
+
+def detect_stars(
+    image: np.ndarray,
+    *,
+    detect_sigma: float = 3.0,
+    dilate_px: int = 2,
+    max_star_px: int = 25,
+    psf_factor: float = 1.6,
+    background_px: int = 48,
+) -> StarDetections:
+    """Find stars in a stretched ``(C, H, W) float32`` image and build the mask to inpaint.
+
+    Parameters as in :func:`classical_remove_stars`.
+    """
+    check_stretched_image(image)
+    _check_params(detect_sigma, dilate_px, max_star_px, psf_factor, background_px)
+    lum, smooth, det, sigma_map, sigma_pix, peaks = _find_peaks(image, detect_sigma, background_px)
+    H, W = lum.shape
+    cy, cx = peaks.cy, peaks.cx
     if cy.size == 0:
         is_star, typical = np.zeros(0, bool), 0.0
     else:

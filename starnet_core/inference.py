@@ -3,7 +3,9 @@
 Arrays are ``(C, H, W) float32`` in ``[0, 1]`` (stretched), ``C`` in ``{1, 3}``.
 The network contract: a ``torch.nn.Module`` mapping ``(B, 3, h, w)`` to
 ``(B, 3, h, w)`` starless, with ``h`` and ``w`` multiples of its int attribute
-``multiple`` and ``in_channels == 3``.
+``multiple`` and ``in_channels == 3``. A width-conditioned model
+(``model.config.width_cond``) is called as ``model(x, hwhm_px)`` with the frame's
+typical star half-width (``classical.typical_star_hwhm``) for every tile.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from starnet_core.model import WIDTH_REF_PX
 from starnet_core.options import TileOptions
 from starnet_core.tiling import place_model, run_tiled, select_device
 
@@ -26,6 +29,7 @@ __all__ = [
     "grid_pattern",
     "remove_fixed_pattern",
     "remove_stars",
+    "width_conditioned",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,19 +81,35 @@ def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
     return x
 
 
+def width_conditioned(model: torch.nn.Module) -> bool:
+    """Whether ``model`` reads the frame's typical star width (``ModelConfig.width_cond``)."""
+    return bool(getattr(getattr(model, "config", None), "width_cond", False))
+
+
 def _tile_fn(
-    model: torch.nn.Module, mono: bool, upsample: bool, ensemble: int = 1
+    model: torch.nn.Module,
+    mono: bool,
+    upsample: bool,
+    ensemble: int = 1,
+    hwhm_px: float | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-tile function: (B, C, t, t) -> (B, C, t, t), C = 1 for mono frames.
 
     ``ensemble`` > 1 averages the network over that many flips/transposes of the tile
     (geometric self-ensemble; tiles are square, so transposes keep their shape).
+    ``hwhm_px``: the frame's typical star half-width as the network sees it (upsampled
+    frames: twice the measured one), for a width-conditioned model; None for others.
     """
 
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if hwhm_px is None:
+            return model(x)
+        return model(x, torch.full((x.shape[0],), hwhm_px, device=x.device))
+
     def net(x: torch.Tensor) -> torch.Tensor:
-        acc = model(x)
+        acc = run(x)
         for k in range(1, ensemble):
-            acc = acc + _dihedral(model(_dihedral(x, k)), k, inverse=True)
+            acc = acc + _dihedral(run(_dihedral(x, k)), k, inverse=True)
         return acc if ensemble == 1 else acc / ensemble
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -138,11 +158,21 @@ def remove_stars(
     place_model(model, device)
     # With upsampling the network sees 2t x 2t tiles: t needs only multiple / gcd(multiple, 2).
     tile_multiple = multiple // math.gcd(multiple, 2) if options.upsample else multiple
+    hwhm = None
+    if width_conditioned(model):
+        # one width for the whole frame (every tile, every pass): no seams between tiles
+        from starnet_core.classical import typical_star_hwhm
+
+        hwhm = typical_star_hwhm(image, default=WIDTH_REF_PX) * (2 if options.upsample else 1)
     fn = _tile_fn(
-        model, mono=image.shape[0] == 1, upsample=options.upsample, ensemble=options.ensemble
+        model,
+        mono=image.shape[0] == 1,
+        upsample=options.upsample,
+        ensemble=options.ensemble,
+        hwhm_px=hwhm,
     )
     log.info(
-        "removing stars: %s frame on %s, tile %d px, overlap %d px, %d pass(es)%s%s",
+        "removing stars: %s frame on %s, tile %d px, overlap %d px, %d pass(es)%s%s%s",
         "x".join(map(str, image.shape)),
         device,
         options.tile_px,
@@ -150,6 +180,7 @@ def remove_stars(
         options.passes,
         ", 2x upsampled" if options.upsample else "",
         f", {options.ensemble}x self-ensemble" if options.ensemble > 1 else "",
+        "" if hwhm is None else f", typical star half-width {hwhm:.2f} px",
     )
     result = image
     for k in range(options.passes):

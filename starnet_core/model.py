@@ -10,6 +10,14 @@ with one cheap full-resolution 3x3 refinement of the star layer.
 Arrays: ``(B, 3, H, W)`` float32 stretched images in [0, 1]. ``H`` and ``W``
 must be multiples of ``model.multiple``; :mod:`starnet_core.tiling` pads to it.
 
+A generator built with ``ModelConfig.width_cond`` also takes the frame's typical
+star half-width (``starnet_core.classical.typical_star_hwhm``, one value per
+image): every block scales and shifts its hidden channels by a learnt function
+of it (FiLM, Perez et al. 2018). A soft blob three times wider than the frame's
+stars is a galaxy; the same blob in a frame of bloated stars is a star. Without
+it the network must guess the frame's seeing from what its receptive field
+shows, and learns to take away any compact blob.
+
 Weights are stored as ``safetensors`` with the :class:`ModelConfig` and the
 version in the metadata; loading never unpickles anything.
 """
@@ -19,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -42,6 +50,7 @@ class ModelConfig:
     blocks: tuple[int, ...] = (1, 1, 2, 1, 3)  # residual blocks per encoder level
     expand: int = 2  # channel expansion inside a block
     kernel_px: int = 3  # depthwise kernel size
+    width_cond: bool = False  # conditioned on the frame's typical star half-width
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.blocks) or not self.widths:
@@ -69,6 +78,7 @@ class ModelConfig:
             blocks=tuple(int(b) for b in raw.get("blocks", d.blocks)),
             expand=int(raw.get("expand", d.expand)),
             kernel_px=int(raw.get("kernel_px", d.kernel_px)),
+            width_cond=bool(raw.get("width_cond", d.width_cond)),
         )
 
 
@@ -88,10 +98,27 @@ class LayerNorm2d(nn.Module):
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 
-class Block(nn.Module):
-    """x + pw(act(dw(pw(norm(x))))): a depthwise-separable residual block."""
+# Star width conditioning: the network reads log2(hwhm / WIDTH_REF_PX) (WIDTH_REF_PX about
+# the median typical half-width of the generator's crops), clipped to +-WIDTH_RANGE, times
+# WIDTH_GAIN. The gain makes Adam's steps on the fresh, zero-started FiLM weights as
+# large in effect as on the trained layers (an update moves a weight by about the
+# learning rate whatever its gradient; its effect scales with its input).
+WIDTH_REF_PX = 1.8
+WIDTH_RANGE = 2.5
+WIDTH_GAIN = 8.0
 
-    def __init__(self, channels: int, expand: int, kernel_px: int) -> None:
+
+def width_code(hwhm_px: torch.Tensor) -> torch.Tensor:
+    """(B,) typical star half-widths in px -> (B, 1) the FiLM layers' input."""
+    ratio = torch.log2(hwhm_px.clamp(min=1e-3) / WIDTH_REF_PX).clamp(-WIDTH_RANGE, WIDTH_RANGE)
+    return (WIDTH_GAIN * ratio)[:, None]
+
+
+class Block(nn.Module):
+    """x + pw(act(film(dw(pw(norm(x)))))): a depthwise-separable residual block; ``film``
+    (width-conditioned blocks only) scales and shifts the hidden channels per image."""
+
+    def __init__(self, channels: int, expand: int, kernel_px: int, cond: bool = False) -> None:
         super().__init__()
         hidden = channels * expand
         self.norm = LayerNorm2d(channels)
@@ -101,9 +128,18 @@ class Block(nn.Module):
         # Start each block as the identity (scale 0) so the deep net trains stably;
         # small rather than zero so every parameter gets a gradient from step one.
         self.scale = nn.Parameter(torch.full((channels,), 1e-2))
+        # zero: a conditioned block starts as the unconditioned one (fine-tunes from it)
+        self.film = nn.Linear(1, 2 * hidden, bias=False) if cond else None
+        if self.film is not None:
+            nn.init.zeros_(self.film.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pw2(F.gelu(self.dw(self.pw1(self.norm(x)))))
+    def forward(self, x: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.dw(self.pw1(self.norm(x)))
+        if self.film is not None:
+            assert code is not None  # StarNetUNet.star_layer checks it
+            gamma, beta = self.film(code)[:, :, None, None].chunk(2, dim=1)
+            h = h * (1 + gamma) + beta
+        y = self.pw2(F.gelu(h))
         return x + y * self.scale[:, None, None]
 
 
@@ -118,13 +154,16 @@ class StarNetUNet(nn.Module):
         self.multiple = c.multiple
         w = c.widths
         self.stem = nn.Conv2d(4 * c.in_channels, w[0], 3, padding=1)
+        cond = c.width_cond
         self.enc = nn.ModuleList(
-            nn.Sequential(*[Block(w[i], c.expand, c.kernel_px) for _ in range(c.blocks[i])])
+            nn.ModuleList(Block(w[i], c.expand, c.kernel_px, cond) for _ in range(c.blocks[i]))
             for i in range(len(w))
         )
         self.down = nn.ModuleList(nn.Conv2d(w[i], w[i + 1], 2, stride=2) for i in range(len(w) - 1))
         self.up = nn.ModuleList(nn.Conv2d(w[i + 1], 4 * w[i], 1) for i in range(len(w) - 1))
-        self.dec = nn.ModuleList(Block(w[i], c.expand, c.kernel_px) for i in range(len(w) - 1))
+        self.dec = nn.ModuleList(
+            Block(w[i], c.expand, c.kernel_px, cond) for i in range(len(w) - 1)
+        )
         self.head = nn.Conv2d(w[0], 4 * c.in_channels, 1, bias=True)
         # A near-zero head starts the net near the identity (no stars removed, background
         # untouched) instead of at random colour shifts it must first unlearn.
@@ -143,28 +182,42 @@ class StarNetUNet(nn.Module):
             for ch in range(c_in):
                 self.refine.weight[ch, c_in + ch, 1, 1] = 1.0
 
-    def star_layer(self, x: torch.Tensor) -> torch.Tensor:
-        """The predicted star layer (B,3,H,W); may be negative where the net is unsure."""
-        _, _, h, wd = x.shape
+    def star_layer(self, x: torch.Tensor, hwhm_px: torch.Tensor | None = None) -> torch.Tensor:
+        """The predicted star layer (B,3,H,W); may be negative where the net is unsure.
+
+        ``hwhm_px``: (B,) each image's typical star half-width in px, needed by (and
+        only by) a width-conditioned model.
+        """
+        b, _, h, wd = x.shape
         if h % self.multiple or wd % self.multiple:
             raise ValueError(
                 f"input size {h}x{wd} must be a multiple of {self.multiple}; pad it first"
             )
+        code = None
+        if self.config.width_cond:
+            if hwhm_px is None or hwhm_px.shape != (b,):
+                got = None if hwhm_px is None else tuple(hwhm_px.shape)
+                raise ValueError(
+                    f"this model is conditioned on the star width: pass hwhm_px of shape "
+                    f"({b},), got {got}"
+                )
+            code = width_code(hwhm_px.to(x.device, x.dtype))
         y = self.stem(F.pixel_unshuffle(x, 2))
         skips = []
         for i, enc in enumerate(self.enc):
-            y = enc(y)
+            for block in enc.children():
+                y = block(y, code)
             if i < len(self.down):
                 skips.append(y)
                 y = self.down[i](y)
         for i in reversed(range(len(self.up))):
             y = F.pixel_shuffle(self.up[i](y), 2) + skips[i]
-            y = self.dec[i](y)
+            y = self.dec[i](y, code)
         coarse = F.pixel_shuffle(self.head(y), 2)
         return self.refine(torch.cat([x, coarse], 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x - self.star_layer(x)
+    def forward(self, x: torch.Tensor, hwhm_px: torch.Tensor | None = None) -> torch.Tensor:
+        return x - self.star_layer(x, hwhm_px)
 
 
 class _SamePadConv(nn.Conv2d):
@@ -325,6 +378,18 @@ def average_generators(
     return out
 
 
+def with_width_conditioning(model: StarNetUNet) -> StarNetUNet:
+    """A width-conditioned copy of an unconditioned generator that computes exactly what
+    it does (its FiLM layers start at zero), to fine-tune into using the star width."""
+    if model.config.width_cond:
+        raise ValueError("the model is already conditioned on the star width")
+    out = StarNetUNet(replace(model.config, width_cond=True))
+    missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith(".film.weight") for k in missing), missing
+    out.train(model.training)
+    return out
+
+
 def macs_per_pixel(model: nn.Module, size_px: int = 256) -> float:
     """Multiply-accumulates per output pixel, counted with hooks on every conv."""
     total = 0
@@ -338,7 +403,9 @@ def macs_per_pixel(model: nn.Module, size_px: int = 256) -> float:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, size_px, size_px))
+            x = torch.zeros(1, 3, size_px, size_px)
+            cond = isinstance(model, StarNetUNet) and model.config.width_cond
+            model(x, torch.full((1,), WIDTH_REF_PX)) if cond else model(x)
     finally:
         for h in handles:
             h.remove()

@@ -51,7 +51,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from starnet_core.checkpoint import EMA_PREFIX
-from starnet_core.model import ModelConfig, PatchDiscriminator, StarNetUNet, save_weights
+from starnet_core.classical import typical_star_hwhm
+from starnet_core.model import (
+    WIDTH_REF_PX,
+    ModelConfig,
+    PatchDiscriminator,
+    StarNetUNet,
+    save_weights,
+)
 from starnet_core.synthetic import (
     DEFAULT_GLOW_CAP,
     MASK_CHANNELS,
@@ -175,17 +182,21 @@ class PairPool:
         workers: int = 0,
         glow_cap: float = DEFAULT_GLOW_CAP,
         mix: Mix | None = None,
+        widths: bool = False,
     ) -> None:
         self.rng = np.random.default_rng(seed)
         self.crop_px = crop_px
         self.glow_cap = glow_cap
         self.mix = mix or Mix()
+        self.widths = widths
         self.orig = np.empty((size, 3, crop_px, crop_px), np.float32)
         self.clean = np.empty_like(self.orig)
         self.masks = np.empty((size, len(MASK_CHANNELS), crop_px, crop_px), np.uint8)
+        # each original's typical star half-width (star_widths; NaN: not measured)
+        self.hwhm = np.full(size, np.nan, np.float32)
         self._seed = seed
         self._task = 0
-        self._pending: list[Future[tuple[np.ndarray, np.ndarray, np.ndarray]]] = []
+        self._pending: list[Future[tuple[np.ndarray, ...]]] = []
         self._executor: ProcessPoolExecutor | None = None
         t0 = time.perf_counter()
         if workers > 0:
@@ -195,9 +206,9 @@ class PairPool:
             filled = 0
             futures = [self._submit(min(self.CHUNK, size - i)) for i in range(0, size, self.CHUNK)]
             for fut in futures:
-                o, c, k = fut.result()
+                o, c, k, w = fut.result()
                 at = slice(filled, filled + len(o))
-                self.orig[at], self.clean[at], self.masks[at] = o, c, k
+                self.orig[at], self.clean[at], self.masks[at], self.hwhm[at] = o, c, k, w
                 filled += len(o)
             self._pending = [self._submit(self.CHUNK) for _ in range(2 * workers)]
         else:
@@ -215,11 +226,15 @@ class PairPool:
             self.rng, self.crop_px, glow_cap=self.glow_cap, mix=self.mix
         )
         self.masks[i] = crop_masks(scene)
+        if self.widths:
+            self.hwhm[i] = star_widths(self.orig[i : i + 1])[0]
 
-    def _submit(self, count: int) -> Future[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _submit(self, count: int) -> Future[tuple[np.ndarray, ...]]:
         assert self._executor is not None
         seed = self.task_seed(self._seed, self._task)
-        fut = self._executor.submit(make_pool, seed, count, self.crop_px, self.glow_cap, self.mix)
+        fut = self._executor.submit(
+            _make_pool_task, seed, count, self.crop_px, self.glow_cap, self.mix, self.widths
+        )
         self._task += 1
         return fut
 
@@ -237,22 +252,41 @@ class PairPool:
         replaced = 0
         for fut in done:
             self._pending.remove(fut)
-            o, c, k = fut.result()
+            o, c, k, w = fut.result()
             idx = self.rng.integers(0, len(self.orig), len(o))
-            self.orig[idx], self.clean[idx], self.masks[idx] = o, c, k
+            self.orig[idx], self.clean[idx], self.masks[idx], self.hwhm[idx] = o, c, k, w
             replaced += len(o)
             self._pending.append(self._submit(self.CHUNK))
         return replaced
 
-    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``n`` random crops: original, starless, masks (float32 0/1; MASK_CHANNELS)."""
+    def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` random crops: original, starless, masks (float32 0/1; MASK_CHANNELS),
+        typical star half-widths (NaN unless the pool measures them)."""
         idx = self.rng.integers(0, len(self.orig), n)
-        return self.orig[idx], self.clean[idx], self.masks[idx].astype(np.float32)
+        return self.orig[idx], self.clean[idx], self.masks[idx].astype(np.float32), self.hwhm[idx]
 
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+def star_widths(images: np.ndarray) -> np.ndarray:
+    """(N,) float32 typical star half-widths of (N, C, H, W) stretched images, what a
+    width-conditioned generator reads (``classical.typical_star_hwhm``; its reference
+    width where too few stars are measurable), as inference measures whole frames."""
+    return np.array(
+        [typical_star_hwhm(im, default=WIDTH_REF_PX) for im in images], dtype=np.float32
+    )
+
+
+def _make_pool_task(
+    seed: list[int], count: int, crop_px: int, glow_cap: float, mix: Mix, widths: bool
+) -> tuple[np.ndarray, ...]:
+    """A worker's task: ``make_pool``'s crops, and their star widths when measured."""
+    orig, clean, masks = make_pool(seed, count, crop_px, glow_cap, mix)
+    hwhm = star_widths(orig) if widths else np.full(count, np.nan, np.float32)
+    return orig, clean, masks, hwhm
 
 
 def sample_crops(pairs: list[Pair], n: int, crop_px: int, rng: np.random.Generator) -> Pair:
@@ -319,9 +353,10 @@ def augment(
     gen: torch.Generator,
     scale_p: float,
     keep: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
     """Same random flips, 90° rotation, channel shuffle, colour gain and zoom on both
-    images; the geometric ones (flips, rotation, zoom) on the ``keep`` mask too."""
+    images; the geometric ones (flips, rotation, zoom) on the ``keep`` mask too. The
+    last value is the zoom factor (1: none), by which every width in the crops grew."""
 
     def r() -> float:
         return float(torch.rand((), generator=gen))
@@ -338,15 +373,18 @@ def augment(
     if r() < 0.3:  # colour balance: same gains on both, stay in [0,1]
         g = (0.85 + 0.3 * torch.rand(1, 3, 1, 1, generator=gen)).to(x.device)
         x, y = (x * g).clamp(0, 1), (y * g).clamp(0, 1)
+    zoom = 1.0
     if r() < scale_p:  # zoom in on a sub-window: stars and structures get bigger
         s = x.shape[-1]
         c = int(s * (0.5 + 0.4 * r()))
+        zoom = s / c
         oy, ox = int(r() * (s - c)), int(r() * (s - c))
         x = F.interpolate(x[..., oy : oy + c, ox : ox + c], size=(s, s), mode="bilinear")
         y = F.interpolate(y[..., oy : oy + c, ox : ox + c], size=(s, s), mode="bilinear")
         if keep is not None:
             keep = F.interpolate(keep[..., oy : oy + c, ox : ox + c], size=(s, s), mode="nearest")
-    return x.contiguous(), y.contiguous(), None if keep is None else keep.contiguous()
+    keep = None if keep is None else keep.contiguous()
+    return x.contiguous(), y.contiguous(), keep, zoom
 
 
 def star_metrics(
@@ -491,10 +529,11 @@ def lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
 
 
 def batches(
-    cfg: TrainConfig, file_pairs: list[Pair], pool: PairPool | None
+    cfg: TrainConfig, file_pairs: list[Pair], pool: PairPool | None, widths: bool = False
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Endless (original, starless, masks) batches: file-pair crops (whose masks are
-    unknown, all zero) and synthetic crops at ``cfg.real_ratio``."""
+    """Endless (original, starless, masks, star half-widths) batches: file-pair crops
+    (whose masks are unknown, all zero) and synthetic crops at ``cfg.real_ratio``. The
+    widths are measured (:func:`star_widths`) only with ``widths``, else NaN."""
     rng = np.random.default_rng(cfg.seed + 1)
     n_real = 0
     while True:
@@ -502,19 +541,23 @@ def batches(
             n_real = int(rng.binomial(cfg.batch_size, cfg.real_ratio))
         elif file_pairs:
             n_real = cfg.batch_size
-        parts_x, parts_y, parts_k = [], [], []
+        parts_x, parts_y, parts_k, parts_w = [], [], [], []
         if n_real:
             a, b = sample_crops(file_pairs, n_real, cfg.crop_px, rng)
             parts_x.append(a)
             parts_y.append(b)
             shape = (len(a), len(MASK_CHANNELS), *a.shape[2:])
             parts_k.append(np.zeros(shape, np.float32))  # not known
+            parts_w.append(star_widths(a) if widths else np.full(len(a), np.nan, np.float32))
         if cfg.batch_size - n_real and pool is not None:
-            a, b, k = pool.sample(cfg.batch_size - n_real)
+            a, b, k, w = pool.sample(cfg.batch_size - n_real)
             parts_x.append(a)
             parts_y.append(b)
             parts_k.append(k)
-        yield tuple(torch.from_numpy(np.concatenate(p)) for p in (parts_x, parts_y, parts_k))
+            parts_w.append(w)
+        yield tuple(
+            torch.from_numpy(np.concatenate(p)) for p in (parts_x, parts_y, parts_k, parts_w)
+        )
 
 
 def train(
@@ -581,6 +624,7 @@ def train(
             cfg.workers,
             cfg.glow_cap_sigma,
             cfg.mix,
+            widths=state.generator.config.width_cond,
         )
         if synthetic and todo
         else None
@@ -632,7 +676,8 @@ def _loop(
     g.train()
     d.train()
     gan_on = cfg.w_gan > 0 or cfg.w_percep > 0
-    data = batches(cfg, file_pairs, pool)
+    cond = g.config.width_cond
+    data = batches(cfg, file_pairs, pool, widths=cond)
     acc: dict[str, float] = {}
     n_acc = 0
     fresh = 0
@@ -646,7 +691,7 @@ def _loop(
         if cfg.time_limit_s > 0 and elapsed >= cfg.time_limit_s:
             log.info("time budget of %.0f s spent at step %d", cfg.time_limit_s, state.step)
             break
-        x, y, masks = _next_batch(data, device, gen, cfg.augment_scale)
+        x, y, masks, hwhm = _next_batch(data, device, gen, cfg.augment_scale, cond)
         keep, dense = masks[:, :1], masks[:, 1:2]
         lr = lr_at(state.step, cfg, elapsed)
         for opt in (state.opt_g, state.opt_d):
@@ -657,7 +702,7 @@ def _loop(
         # --- generator step (D frozen) ---
         for p in d.parameters():
             p.requires_grad_(False)
-        out = g(x)
+        out = g(x, hwhm)
         err = (out - y).abs()
         star_px = (x - y).abs() > cfg.star_threshold
         l_g_pix = err.mean() + cfg.star_weight * (err * star_px).sum() / x.numel()
@@ -676,7 +721,7 @@ def _loop(
             loss = loss + cfg.w_rel * l_g_rel
         if anchor is not None:
             with torch.no_grad():
-                ref = anchor(x)
+                ref = anchor(x, hwhm if anchor.config.width_cond else None)
             l_g_anchor = ((out - ref).abs() * dense).mean()
             loss = loss + cfg.w_anchor * l_g_anchor
         logs = {
@@ -776,10 +821,12 @@ def _next_batch(
     device: torch.device,
     gen: torch.Generator,
     scale_p: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The next (original, truth, masks) batch on ``device``, augmented."""
-    x, y, masks = next(data)
-    x, y, moved = augment(
+    widths: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The next (original, truth, masks, star half-widths) batch on ``device``,
+    augmented; the widths (grown with the zoom) only with ``widths``, else None."""
+    x, y, masks, hwhm = next(data)
+    x, y, moved, zoom = augment(
         x.to(device, non_blocking=True),
         y.to(device, non_blocking=True),
         gen,
@@ -788,7 +835,8 @@ def _next_batch(
     )
     assert moved is not None  # masks in, masks out
     fmt = memory_format_for(device)
-    return x.contiguous(memory_format=fmt), y.contiguous(memory_format=fmt), moved
+    w = (hwhm * zoom).to(device) if widths else None
+    return x.contiguous(memory_format=fmt), y.contiguous(memory_format=fmt), moved, w
 
 
 def _discriminator_step(
@@ -829,9 +877,9 @@ def _warm_discriminator(
         if should_stop is not None and should_stop():
             log.info("discriminator warm-up stopped after %d steps", i - 1)
             return
-        x, y, _ = _next_batch(data, device, gen, cfg.augment_scale)
+        x, y, _, hwhm = _next_batch(data, device, gen, cfg.augment_scale, g.config.width_cond)
         with torch.no_grad():
-            out = g(x)
+            out = g(x, hwhm)
         for k, v in _discriminator_step(state, x, y, out).items():
             acc[k] = acc.get(k, 0.0) + v
         if pool is not None and i % cfg.refresh_every == 0:

@@ -161,3 +161,35 @@ def test_speed_half_a_megapixel_per_second() -> None:
     t = time.process_time()
     classical_remove_stars(original)
     assert 0.262144 / (time.process_time() - t) >= 0.5
+
+
+def test_typical_star_hwhm_follows_the_frames_stars() -> None:
+    from starnet_core.classical import typical_star_hwhm
+
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(10, 246, (60, 2))
+
+    def field(fwhm_px: float, size: int = 256) -> np.ndarray:
+        img = 0.15 + rng.normal(0, 0.003, (size, size)).astype(np.float32)
+        for x, y in xy:
+            img += 0.4 * _gauss(size, x, y, fwhm_px)
+        return np.repeat(np.clip(img, 0, 1)[None], 3, 0).astype(np.float32)
+
+    widths = [typical_star_hwhm(field(f)) for f in (2.0, 3.5, 6.0)]
+    assert all(w is not None for w in widths)
+    assert widths[0] < widths[1] < widths[2]  # type: ignore[operator]
+    # about half the FWHM, widened a little by the detector's unit smoothing
+    assert 0.45 * 3.5 < widths[1] < 0.75 * 3.5  # type: ignore[operator]
+    # mono frames measure the same; a large frame on its centred window
+    frame = field(3.5)
+    assert typical_star_hwhm(frame[:1]) == pytest.approx(widths[1], rel=0.05)
+    big = np.pad(frame, ((0, 0), (300, 300), (300, 300)), mode="reflect")
+    assert typical_star_hwhm(big, window_px=256) == typical_star_hwhm(frame)
+    # no star: None, or the default asked for
+    flat = (0.2 + rng.normal(0, 0.01, (3, 128, 128))).astype(np.float32)
+    assert typical_star_hwhm(flat) is None
+    assert typical_star_hwhm(flat, default=1.8) == 1.8
+    with pytest.raises(ValueError, match="window_px"):
+        typical_star_hwhm(frame, window_px=8)
+    with pytest.raises(ValueError, match="finite"):
+        typical_star_hwhm(np.full((3, 64, 64), np.nan, np.float32))

@@ -18,6 +18,8 @@ from starnet_core.model import (
     load_weights,
     macs_per_pixel,
     save_weights,
+    width_code,
+    with_width_conditioning,
 )
 
 TINY = ModelConfig(widths=(8, 16), blocks=(1, 1))
@@ -197,3 +199,44 @@ def test_cli_soup_writes_the_average_and_refuses_bad_input(tmp_path: Path, capsy
     assert main([*args, "--mix", "0.9", "0.9", "--out", str(tmp_path / "y")]) == 2
     assert "sum to 1" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in ("x", "y", "z"))
+
+
+def test_width_conditioned_model_starts_as_the_model_it_was_made_from(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    base = StarNetUNet(TINY).eval()
+    cond = with_width_conditioning(base).eval()
+    assert cond.config.width_cond and not cond.training
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(cond(x, torch.tensor([0.8, 5.0])), base(x))
+    with pytest.raises(ValueError, match="already conditioned"):
+        with_width_conditioning(cond)
+    # it needs one width per image
+    for bad in (None, torch.tensor([1.0])):
+        with pytest.raises(ValueError, match="conditioned on the star width"):
+            cond(x, bad)
+    # once its FiLM weights move, the width changes the output; round-trips through a file
+    with torch.no_grad():
+        for name, p in cond.named_parameters():
+            if name.endswith(".film.weight"):
+                p.normal_(std=0.05)
+        a, b = cond(x, torch.tensor([1.0, 1.0])), cond(x, torch.tensor([4.0, 4.0]))
+    assert (a - b).abs().max() > 1e-6  # a fresh net is near the identity: small, not zero
+    digest = save_weights(cond, tmp_path / "c.safetensors", version="0.0.1")
+    again, info = load_weights(tmp_path / "c.safetensors", expected_sha256=digest)
+    assert info.config.width_cond
+    with torch.no_grad():
+        assert torch.equal(again(x, torch.tensor([1.0, 4.0])), cond(x, torch.tensor([1.0, 4.0])))
+    # the FiLM layers cost nothing per pixel that the MAC count sees
+    assert macs_per_pixel(cond) == macs_per_pixel(base)
+
+
+def test_width_code_is_a_clipped_log_ratio() -> None:
+    code = width_code(torch.tensor([1.8, 3.6, 0.9, 1e-6, 1e6]))[:, 0]
+    assert code.tolist() == pytest.approx([0.0, 8.0, -8.0, -20.0, 20.0])
+
+
+def test_old_weights_metadata_reads_as_unconditioned() -> None:
+    raw = json.loads(TINY.to_json())
+    del raw["width_cond"]
+    assert ModelConfig.from_json(json.dumps(raw)) == TINY

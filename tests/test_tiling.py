@@ -462,3 +462,38 @@ def test_remove_stars_takes_the_networks_grid_pattern_out() -> None:
     assert np.abs(taken - plain).mean() < 0.2 * err_kept
     with pytest.raises(ValueError, match="lattice_px must be 0"):
         TileOptions(lattice_px=1)
+
+
+@pytest.mark.parametrize("upsample", [False, True])
+def test_a_width_conditioned_net_gets_the_frames_star_width_on_every_tile(
+    upsample: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starnet_core.classical import typical_star_hwhm
+    from starnet_core.model import with_width_conditioning
+
+    torch.manual_seed(0)
+    net = with_width_conditioning(StarNetUNet(ModelConfig(widths=(8, 16), blocks=(1, 1))))
+    yy, xx = np.mgrid[:96, :96]
+    image = np.full((3, 96, 96), 0.1, np.float32)
+    for cx, cy in np.random.default_rng(1).uniform(6, 90, (25, 2)):
+        image += 0.5 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 4.5).astype(np.float32)
+    image = np.clip(image, 0, 1)
+    seen: list[torch.Tensor] = []
+    forward = StarNetUNet.forward
+
+    def spy(
+        self: StarNetUNet, x: torch.Tensor, hwhm_px: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        assert hwhm_px is not None
+        seen.append(hwhm_px)
+        return forward(self, x, hwhm_px)
+
+    monkeypatch.setattr(StarNetUNet, "forward", spy)
+    options = TileOptions(tile_px=32, overlap_px=8, batch_size=3, upsample=upsample, device="cpu")
+    out = remove_stars(net, image, options)
+    assert out.shape == image.shape and len(seen) > 1
+    measured = typical_star_hwhm(image)
+    assert measured is not None
+    want = measured * (2 if upsample else 1)  # the network sees the upsampled stars
+    for h in seen:
+        assert h.shape[0] <= 3 and torch.allclose(h, torch.full_like(h, want))

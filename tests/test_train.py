@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from starnet_core.model import ModelConfig, StarNetUNet
+from starnet_core.model import WIDTH_REF_PX, ModelConfig, StarNetUNet
 from starnet_core.synthetic import MIXES, Mix, make_pool
 from starnet_core.train import (
     PairPool,
@@ -23,6 +23,7 @@ from starnet_core.train import (
     read_pair_folder,
     relative_star_error,
     sample_crops,
+    star_widths,
     train,
 )
 
@@ -140,8 +141,9 @@ def test_augment_keeps_pairs_aligned() -> None:
     keep = blocks.float().repeat_interleave(8, 2).repeat_interleave(8, 3)
     grey = (0.1 + 0.5 * keep).repeat(1, 3, 1, 1)
     for _ in range(10):
-        a, b, k = augment(torch.cat([x, grey]), torch.cat([y, grey * 0.5]), gen, 0.5, keep)
+        a, b, k, zoom = augment(torch.cat([x, grey]), torch.cat([y, grey * 0.5]), gen, 0.5, keep)
         assert a.shape == (4, 3, 32, 32) and k is not None and k.shape == keep.shape
+        assert 1.0 <= zoom <= 2.0
         assert torch.allclose(b[:2], a[:2] * 0.5, atol=1e-5)
         assert set(k.unique().tolist()) <= {0.0, 1.0}
         # flips, rotations and zoom move the mask with the image (bilinear zoom blurs the
@@ -149,6 +151,21 @@ def test_augment_keeps_pairs_aligned() -> None:
         agree = ((a[2:].mean(dim=1, keepdim=True) > 0.3).float() == k).float().mean()
         assert agree > 0.93
     assert augment(x, y, gen, scale_p=0.5)[2] is None
+
+
+def test_augment_reports_the_zoom_that_widened_the_crops() -> None:
+    # one bright pixel column: its width after augmenting is the zoom (rotations and
+    # flips keep widths)
+    x = torch.zeros(1, 3, 64, 64)
+    x[..., 30:34] = 1.0
+    zooms = set()
+    for seed in range(40):
+        a, _, _, zoom = augment(x, x, torch.Generator().manual_seed(seed), scale_p=0.5)
+        zooms.add(zoom)
+        lit = (a[0, 0] > 0.5).float()
+        width = float(torch.minimum(lit.sum(0).max(), lit.sum(1).max()))
+        assert width == pytest.approx(4 * zoom, abs=1.5)
+    assert 1.0 in zooms and len(zooms) > 2
 
 
 def test_sample_crops_pads_small_and_mono() -> None:
@@ -183,6 +200,7 @@ def test_worker_pool_fills_and_refreshes_from_other_processes() -> None:
         first, _, masks = make_pool(PairPool.task_seed(7, 0), PairPool.CHUNK, 32)
         np.testing.assert_array_equal(pool.orig[: PairPool.CHUNK], first)
         np.testing.assert_array_equal(pool.masks[: PairPool.CHUNK], masks)
+        assert np.isnan(pool.hwhm).all()  # not measured: widths=False
         # every crop is a pair: starless never brighter than the original by more than noise
         assert (pool.orig - pool.clean).mean() > 0
         before = pool.orig.copy()
@@ -205,6 +223,35 @@ def test_worker_seeds_never_draw_a_single_int_seeds_scenes() -> None:
         for task in range(12):
             assert not np.array_equal(make_pool(PairPool.task_seed(seed, task), 1, 32)[0], held_out)
     assert PairPool.task_seed(5, 0) != PairPool.task_seed(5, 1) != PairPool.task_seed(6, 0)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_pool_measures_star_widths_when_asked(workers: int) -> None:
+    pool = PairPool(size=PairPool.CHUNK, crop_px=64, seed=3, workers=workers, widths=True)
+    try:
+        np.testing.assert_array_equal(pool.hwhm, star_widths(pool.orig))
+        assert np.isfinite(pool.hwhm).all() and (pool.hwhm > 0).all()
+        _, _, _, w = pool.sample(5)
+        assert w.shape == (5,) and np.isin(w, pool.hwhm).all()
+    finally:
+        pool.close()
+
+
+def test_star_widths_follow_the_stars_and_fall_back_on_empty_crops() -> None:
+    yy, xx = np.mgrid[:96, :96]
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(8, 88, (30, 2))
+
+    def field(sigma: float) -> np.ndarray:
+        img = 0.1 + rng.normal(0, 0.002, (96, 96))
+        for cx, cy in centres:
+            img += 0.5 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+        return np.repeat(np.clip(img, 0, 1)[None], 3, 0).astype(np.float32)
+
+    narrow, wide = star_widths(np.stack([field(1.0), field(2.5)]))
+    assert 1.0 < narrow < wide and wide / narrow > 1.6
+    empty = np.full((1, 3, 64, 64), 0.2, np.float32)
+    assert star_widths(empty)[0] == pytest.approx(WIDTH_REF_PX)
 
 
 def test_pool_workers_use_the_runs_glow_cap() -> None:
@@ -610,3 +657,48 @@ def test_anchor_term_holds_the_reference_on_dense_crops_only(tmp_path: Path) -> 
     assert all(r["l_g_anchor"] == 0 for r in recs)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb)
+
+
+def test_width_conditioned_run_feeds_each_crop_its_star_width(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_config(model=dataclasses.replace(TINY, width_cond=True), gan_start_step=1000)
+    seen: list[torch.Tensor | None] = []
+    forward = StarNetUNet.forward
+
+    def spy(
+        self: StarNetUNet, x: torch.Tensor, hwhm_px: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.training:
+            seen.append(hwhm_px)
+        return forward(self, x, hwhm_px)
+
+    monkeypatch.setattr(StarNetUNet, "forward", spy)
+    state = train(cfg, tmp_path)
+    assert len(seen) == cfg.steps
+    for h in seen:
+        assert h is not None and h.shape == (cfg.batch_size,) and bool((h > 0).all())
+    film = [p for n, p in state.generator.named_parameters() if n.endswith(".film.weight")]
+    assert film and any(bool(p.abs().sum() > 0) for p in film)  # they learn from zero
+    resumed = load_checkpoint(tmp_path / "checkpoint.safetensors", cfg)
+    assert resumed.generator.config.width_cond
+    torch.testing.assert_close(flat_params(resumed.generator), flat_params(state.generator))
+
+
+def test_cli_width_cond_makes_the_fine_tuned_model_conditioned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+    from starnet_core.model import load_model, load_weights
+
+    out = tmp_path / "w.safetensors"
+    args = ["train", "--synthetic", "--steps", "1", "--crop", "64", "--batch", "1", "--pool", "2"]
+    args += ["--threads", "1", "--width-cond", "--logs", str(tmp_path / "a"), "--export", str(out)]
+    assert main(args) == 0
+    assert "conditioned on the frames' typical star width" in capsys.readouterr().out
+    model, _ = load_weights(out)
+    base, _ = load_model()
+    assert model.config.width_cond and not base.config.width_cond
+    # a resumed run keeps its checkpoint's architecture, and says so
+    assert main([*args[:-4], "--logs", str(tmp_path / "a"), "--steps", "2"]) == 0
+    assert "whose architecture is kept" in capsys.readouterr().out
