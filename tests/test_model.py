@@ -233,7 +233,7 @@ def test_width_conditioned_model_starts_as_the_model_it_was_made_from(tmp_path: 
 
 def test_width_code_is_a_clipped_log_ratio() -> None:
     code = width_code(torch.tensor([1.8, 3.6, 0.9, 1e-6, 1e6]))[:, 0]
-    assert code.tolist() == pytest.approx([0.0, 8.0, -8.0, -20.0, 20.0])
+    assert code.tolist() == pytest.approx([0.0, 32.0, -32.0, -80.0, 80.0])
 
 
 def test_old_weights_metadata_reads_as_unconditioned() -> None:
