@@ -55,7 +55,7 @@ from benchmarks.report import finite_json, render_markdown
 from starnet_core import metrics
 from starnet_core.classical import classical_remove_stars
 from starnet_core.imageio import read_image
-from starnet_core.inference import TileOptions, remove_stars
+from starnet_core.inference import TileOptions, network_fn, remove_stars
 from starnet_core.masks import finish_starless
 from starnet_core.model import load_model, macs_per_pixel
 from starnet_core.options import (
@@ -460,7 +460,7 @@ def run_benchmark(
         place_model(model, select_device(seam_device))
         seams = [  # on the synthetic scenes: the real pairs are smaller than one tile
             seam_score(
-                model,
+                network_fn(model, c.original),
                 c.original,
                 tile_px=options.tile_px,
                 overlap_px=options.overlap_px,

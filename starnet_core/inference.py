@@ -26,7 +26,9 @@ from starnet_core.tiling import place_model, run_tiled, select_device
 __all__ = [
     "TileOptions",
     "check_stretched_image",
+    "frame_star_hwhm",
     "grid_pattern",
+    "network_fn",
     "remove_fixed_pattern",
     "remove_stars",
     "width_conditioned",
@@ -128,6 +130,28 @@ def _tile_fn(
     return fn
 
 
+def frame_star_hwhm(
+    model: torch.nn.Module, image: np.ndarray, upsample: bool = False
+) -> float | None:
+    """The star half-width a width-conditioned ``model`` reads for the whole of ``image``
+    (twice the measured one when the network sees it upsampled; the reference width
+    where too few stars are measurable); None for a model that reads none. One width
+    per frame, for every tile and pass: no seams between tiles."""
+    if not width_conditioned(model):
+        return None
+    from starnet_core.classical import typical_star_hwhm
+
+    return typical_star_hwhm(image, default=WIDTH_REF_PX) * (2 if upsample else 1)
+
+
+def network_fn(model: torch.nn.Module, image: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-tile function :func:`remove_stars` runs on ``image`` (one pass, no
+    upsampling or ensemble), for tools that tile it themselves (``tiling.seam_score``)."""
+    return _tile_fn(
+        model, mono=image.shape[0] == 1, upsample=False, hwhm_px=frame_star_hwhm(model, image)
+    )
+
+
 def remove_stars(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -158,12 +182,7 @@ def remove_stars(
     place_model(model, device)
     # With upsampling the network sees 2t x 2t tiles: t needs only multiple / gcd(multiple, 2).
     tile_multiple = multiple // math.gcd(multiple, 2) if options.upsample else multiple
-    hwhm = None
-    if width_conditioned(model):
-        # one width for the whole frame (every tile, every pass): no seams between tiles
-        from starnet_core.classical import typical_star_hwhm
-
-        hwhm = typical_star_hwhm(image, default=WIDTH_REF_PX) * (2 if options.upsample else 1)
+    hwhm = frame_star_hwhm(model, image, options.upsample)
     fn = _tile_fn(
         model,
         mono=image.shape[0] == 1,

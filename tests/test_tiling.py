@@ -497,3 +497,27 @@ def test_a_width_conditioned_net_gets_the_frames_star_width_on_every_tile(
     want = measured * (2 if upsample else 1)  # the network sees the upsampled stars
     for h in seen:
         assert h.shape[0] <= 3 and torch.allclose(h, torch.full_like(h, want))
+
+
+def test_network_fn_is_the_per_tile_function_remove_stars_runs() -> None:
+    from starnet_core.inference import frame_star_hwhm, network_fn
+    from starnet_core.model import with_width_conditioning
+
+    torch.manual_seed(3)
+    plain = StarNetUNet(ModelConfig(widths=(8, 16), blocks=(1, 1))).eval()
+    image = _image(3, 64, 64, seed=4)
+    x = torch.from_numpy(image[None, :, :32, :32].copy())
+    assert frame_star_hwhm(plain, image) is None
+    with torch.no_grad():
+        assert torch.equal(network_fn(plain, image)(x), plain(x))
+    cond = with_width_conditioning(plain).eval()
+    with torch.no_grad():
+        for name, p in cond.named_parameters():
+            if name.endswith(".film.weight"):
+                p.normal_(std=0.05)
+        hwhm = frame_star_hwhm(cond, image)
+        assert hwhm is not None
+        torch.testing.assert_close(network_fn(cond, image)(x), cond(x, torch.tensor([hwhm])))
+    assert frame_star_hwhm(cond, image, upsample=True) == 2 * hwhm
+    # tools that tile it themselves can run it
+    assert seam_score(network_fn(cond, image), image, tile_px=32, overlap_px=8) >= 0
