@@ -31,6 +31,7 @@ __all__ = [
     "network_fn",
     "remove_fixed_pattern",
     "remove_stars",
+    "star_hwhm",
     "width_conditioned",
 ]
 
@@ -130,6 +131,15 @@ def _tile_fn(
     return fn
 
 
+def star_hwhm(image: np.ndarray) -> float:
+    """The typical star half-width (px) a width-conditioned model reads for ``image``
+    (``classical.typical_star_hwhm``), or the model's reference width where too few stars
+    are measurable. Training measures its crops with it, inference whole frames."""
+    from starnet_core.classical import typical_star_hwhm  # it imports this module
+
+    return typical_star_hwhm(image, default=WIDTH_REF_PX)
+
+
 def frame_star_hwhm(
     model: torch.nn.Module, image: np.ndarray, upsample: bool = False
 ) -> float | None:
@@ -139,9 +149,7 @@ def frame_star_hwhm(
     per frame, for every tile and pass: no seams between tiles."""
     if not width_conditioned(model):
         return None
-    from starnet_core.classical import typical_star_hwhm
-
-    return typical_star_hwhm(image, default=WIDTH_REF_PX) * (2 if upsample else 1)
+    return star_hwhm(image) * (2 if upsample else 1)
 
 
 def network_fn(model: torch.nn.Module, image: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -103,7 +103,8 @@ class LayerNorm2d(nn.Module):
 # WIDTH_GAIN. The gain is the FiLM weights' learning rate multiplier: an Adam update moves
 # a weight by about the learning rate whatever its gradient, and its effect scales with
 # its input. At a fine-tune's 2e-5 and a gain of 8 they had moved by at most 0.005 after
-# 2,800 steps (gamma 0.04 for stars twice as wide): too slow to learn in a CPU run.
+# 2,800 steps (gamma 0.04 for stars twice as wide); at 32 they still random-walked, to
+# 0.006 at step 13,186 (run PC, BENCHMARKS.md "Eighteenth session").
 WIDTH_REF_PX = 1.8
 WIDTH_RANGE = 2.5
 WIDTH_GAIN = 32.0

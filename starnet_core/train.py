@@ -51,14 +51,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from starnet_core.checkpoint import EMA_PREFIX
-from starnet_core.classical import typical_star_hwhm
-from starnet_core.model import (
-    WIDTH_REF_PX,
-    ModelConfig,
-    PatchDiscriminator,
-    StarNetUNet,
-    save_weights,
-)
+from starnet_core.inference import star_hwhm
+from starnet_core.model import ModelConfig, PatchDiscriminator, StarNetUNet, save_weights
 from starnet_core.synthetic import (
     DEFAULT_GLOW_CAP,
     MASK_CHANNELS,
@@ -273,11 +267,8 @@ class PairPool:
 
 def star_widths(images: np.ndarray) -> np.ndarray:
     """(N,) float32 typical star half-widths of (N, C, H, W) stretched images, what a
-    width-conditioned generator reads (``classical.typical_star_hwhm``; its reference
-    width where too few stars are measurable), as inference measures whole frames."""
-    return np.array(
-        [typical_star_hwhm(im, default=WIDTH_REF_PX) for im in images], dtype=np.float32
-    )
+    width-conditioned generator reads (``inference.star_hwhm``, as for whole frames)."""
+    return np.array([star_hwhm(im) for im in images], dtype=np.float32)
 
 
 def _make_pool_task(
