@@ -70,8 +70,8 @@ from benchmarks.quality import (
     synthetic_cases,
 )
 from starnet_core import metrics
-from starnet_core.classical import pixel_noise
 from starnet_core.inference import TileOptions, remove_stars
+from starnet_core.inpaint import pixel_noise
 from starnet_core.masks import finish_starless
 from starnet_core.options import CoreFillOptions, ProtectOptions, SkyColourOptions
 from starnet_core.synthetic import DEFAULT_MIX, Mix, make_pair

@@ -52,7 +52,7 @@ import numpy as np
 from scipy import ndimage
 
 from starnet_core.inference import check_stretched_image
-from starnet_core.inpaint import add_grain, push_pull, robust_sigma
+from starnet_core.inpaint import add_grain, pixel_noise, push_pull
 
 __all__ = [
     "StarDetections",
@@ -116,13 +116,6 @@ def _check_params(
         raise ValueError(f"psf_factor must be >= 1, got {psf_factor!r}")
     if isinstance(background_px, bool) or not isinstance(background_px, int) or background_px < 6:
         raise ValueError(f"background_px must be an int >= 6, got {background_px!r}")
-
-
-def pixel_noise(channel: np.ndarray) -> float:
-    """Robust per-pixel noise sigma of an ``(H, W)`` image, from a 3x3 high-pass."""
-    hp = channel - ndimage.uniform_filter(channel, 3)
-    # removing the 3x3 mean (which holds 1/9 of the pixel) scales white noise by sqrt(8/9)
-    return robust_sigma(hp) * float(np.sqrt(9 / 8))
 
 
 def _upsample(coarse: np.ndarray, block: int, shape: tuple[int, int]) -> np.ndarray:

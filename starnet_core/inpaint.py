@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["add_grain", "push_pull", "robust_sigma"]
+__all__ = ["add_grain", "pixel_noise", "push_pull", "robust_sigma"]
 
 _MAD_TO_SIGMA = 1.4826
 
@@ -28,21 +28,27 @@ def robust_sigma(values: np.ndarray) -> float:
     return _MAD_TO_SIGMA * float(np.median(low))
 
 
+def pixel_noise(channel: np.ndarray, sample: np.ndarray | None = None) -> float:
+    """Robust per-pixel noise sigma of an ``(H, W)`` image, from a 3x3 high-pass (over
+    the ``sample`` pixels only, an ``(H, W)`` bool, when given)."""
+    hp = channel - ndimage.uniform_filter(channel, 3)
+    # removing the 3x3 mean (which holds 1/9 of the pixel) scales white noise by sqrt(8/9)
+    return robust_sigma(hp if sample is None else hp[sample]) * float(np.sqrt(9 / 8))
+
+
 def add_grain(
     fill: np.ndarray, image: np.ndarray, hole: np.ndarray, sample: np.ndarray, seed: int
 ) -> None:
     """Add Gaussian noise at ``image``'s own pixel noise to ``fill`` (both ``(C, H, W)``,
     ``fill`` float32, changed in place) on the ``hole`` pixels (``(H, W)`` bool), so that
     an inpainted area does not show as a smooth patch. Per channel, the sigma is the
-    robust spread (:func:`robust_sigma`) of ``image``'s 3x3 high-pass over the ``sample``
-    pixels; the noise comes from ``seed``, so the result is deterministic.
+    pixel noise of ``image`` (:func:`pixel_noise`) over the ``sample`` pixels; the noise
+    comes from ``seed``, so the result is deterministic.
     """
     rng = np.random.default_rng(seed)
     n = int(hole.sum())
     for c in range(image.shape[0]):
-        hp = image[c] - ndimage.uniform_filter(image[c], 3)
-        # removing the 3x3 mean (which holds 1/9 of the pixel) scales white noise by sqrt(8/9)
-        sigma = robust_sigma(hp[sample]) * np.sqrt(9 / 8)
+        sigma = pixel_noise(image[c], sample)
         fill[c][hole] += rng.standard_normal(n).astype(np.float32) * sigma
 
 

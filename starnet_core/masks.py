@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from starnet_core.inpaint import add_grain, push_pull
+from starnet_core.inpaint import add_grain, pixel_noise, push_pull
 from starnet_core.options import (
     CoreFillOptions,
     MaskOptions,
@@ -30,6 +30,7 @@ __all__ = [
     "fill_burnt_stars",
     "fill_sky_colour",
     "finish_starless",
+    "image_noise",
     "mask_threshold",
     "protect_background",
     "screen",
@@ -122,24 +123,51 @@ def mask_threshold(level: np.ndarray, options: MaskOptions = DEFAULT_MASK_OPTION
     return max(float(options.threshold), med + options.noise_sigmas * 1.4826 * mad)
 
 
-def star_mask(stars: np.ndarray, options: MaskOptions = DEFAULT_MASK_OPTIONS) -> np.ndarray:
+def star_mask(
+    stars: np.ndarray,
+    options: MaskOptions = DEFAULT_MASK_OPTIONS,
+    image_noise: float | None = None,
+) -> np.ndarray:
     """Where the stars are: ``(1, H, W) float32`` in ``[0, 1]``, 1 = star.
 
     ``stars`` is a ``(C, H, W)`` star layer (:func:`star_layer` or
     :func:`unscreen_star_layer`). Pixels whose maximum over channels exceeds
     ``threshold`` (raised to the layer's median + ``noise_sigmas`` robust sigmas
-    where the layer is noisy all over) are stars; the binary mask is dilated by a
+    when that option is on) are stars; the binary mask is dilated by a
     disc of radius ``dilate_px`` and blurred by a Gaussian of sigma ``feather_px``.
+
+    ``image_noise``: the pixel noise sigma of the image the layer was taken from
+    (:func:`image_noise`). With it and ``signal_sigmas > 0``, a star pixel must also
+    lie where the layer smoothed by a Gaussian of 1 px sigma exceeds ``signal_sigmas``
+    times that noise as the smoothing leaves it (x 0.282): a star is several pixels of
+    light that stand out of the noise, a speck of grain the network took is one.
     """
     _check_chw("stars", stars)
     level = stars.max(axis=0)
     binary = level > mask_threshold(level, options)
+    if image_noise is not None and options.signal_sigmas > 0 and binary.any():
+        floor = options.signal_sigmas * _SMOOTHED_NOISE * float(image_noise)
+        binary &= ndimage.gaussian_filter(level, _SIGNAL_SIGMA_PX, mode="nearest") > floor
     if options.dilate_px > 0 and binary.any():
         binary = ndimage.binary_dilation(binary, structure=_disc(options.dilate_px))
     mask = binary.astype(np.float32)
     if options.feather_px > 0:
         mask = ndimage.gaussian_filter(mask, sigma=options.feather_px, mode="nearest")
     return np.clip(mask, 0.0, 1.0)[None]
+
+
+# star_mask's significance test: the layer smoothed by a Gaussian of this sigma, whose
+# white-noise gain is 1 / (2 sqrt(pi) sigma)
+_SIGNAL_SIGMA_PX = 1.0
+_SMOOTHED_NOISE = 1.0 / (2.0 * np.sqrt(np.pi) * _SIGNAL_SIGMA_PX)
+
+
+def image_noise(image: np.ndarray) -> float:
+    """The largest per-channel pixel noise sigma of a ``(C, H, W)`` image
+    (:func:`starnet_core.inpaint.pixel_noise`): what :func:`star_mask` measures
+    the star layer against."""
+    _check_chw("image", image)
+    return max(pixel_noise(channel) for channel in image)
 
 
 def enhance(

@@ -26,7 +26,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from starnet_core.classical import pixel_noise
+from starnet_core.inpaint import pixel_noise
 
 __all__ = [
     "BRIGHTNESS_BINS",

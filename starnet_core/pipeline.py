@@ -27,6 +27,7 @@ from starnet_core.inference import remove_stars
 from starnet_core.masks import (
     enhance,
     finish_starless,
+    image_noise,
     star_layer,
     star_mask,
     unscreen_star_layer,
@@ -166,7 +167,7 @@ def process_array(
         starless = starless_s
         stars = unscreen_star_layer(stretched, starless_s)
     display_stars = star_layer(stretched, starless_s)
-    star_m = star_mask(display_stars, mask)
+    star_m = star_mask(display_stars, mask, image_noise(stretched))
     enhanced = enhance(stretched, starless_s, star_m, enhance_strength)
     timings["products"] = time.perf_counter() - t
     figures = {

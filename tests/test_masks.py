@@ -11,6 +11,7 @@ from scipy import ndimage
 from starnet_core.masks import (
     MaskOptions,
     enhance,
+    image_noise,
     mask_threshold,
     screen,
     star_layer,
@@ -170,26 +171,68 @@ def test_protect_background_keeps_input_away_from_stars() -> None:
         ProtectOptions(threshold=2.0)
 
 
-def test_mask_threshold_rises_on_a_grainy_layer() -> None:
-    # a network that smoothed a grainy plate leaves grain all over the star layer: the
-    # mask must still show the stars, not the grain
+def test_mask_leaves_out_grain_the_network_smoothed_all_over() -> None:
+    # a network that smoothed a grainy plate leaves the grain's positive half all over the
+    # star layer: the mask must still show the stars, not the grain. The image's noise
+    # (signal_sigmas, the default) sees it; the layer's own spread (noise_sigmas) only
+    # when the grain lifts the layer's median (all of it positive)
     rng = np.random.default_rng(3)
-    grain = np.abs(rng.normal(0, 0.03, (1, 128, 128))).astype(np.float32)
-    layer = grain.copy()
+    noise = rng.normal(0, 0.03, (1, 128, 128)).astype(np.float32)
     yy, xx = np.mgrid[0:128, 0:128]
     centres = [(20, 30), (64, 64), (100, 90)]
+    stars = np.zeros_like(noise)
     for cy, cx in centres:
-        layer[0] += 0.6 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0).astype(np.float32)
-    fixed = star_mask(layer, MaskOptions(noise_sigmas=0.0))[0] > 0.5
-    relative = star_mask(layer, MaskOptions())[0] > 0.5
-    assert fixed.mean() > 0.4  # 0.04 is below the grain: most of the frame
-    assert relative.mean() < 0.05
-    assert all(relative[cy, cx] for cy, cx in centres)
+        stars[0] += 0.6 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0).astype(np.float32)
+    half, whole = stars + np.maximum(noise, 0), stars + np.abs(noise)
+    fixed = star_mask(half, MaskOptions(signal_sigmas=0.0))[0] > 0.5
+    assert fixed.mean() > 0.4  # 0.04 is inside the grain: most of the frame
+    for relative in (
+        star_mask(half, image_noise=image_noise(0.3 + noise))[0] > 0.5,
+        star_mask(whole, MaskOptions(noise_sigmas=3.0))[0] > 0.5,
+    ):
+        assert relative.mean() < 0.05
+        assert all(relative[cy, cx] for cy, cx in centres)
+    assert (star_mask(half, MaskOptions(noise_sigmas=3.0))[0] > 0.5).mean() > 0.4
     # on a clean layer the fixed threshold rules, as before
-    clean = layer - grain
-    assert mask_threshold(clean.max(axis=0)) == MaskOptions().threshold
+    assert mask_threshold(stars.max(axis=0), MaskOptions(noise_sigmas=3.0)) == 0.04
     with pytest.raises(ValueError, match="noise_sigmas"):
         MaskOptions(noise_sigmas=-1)
+
+
+def test_star_mask_leaves_out_the_grain_a_network_took_from_a_noisy_frame() -> None:
+    # a network that takes some of a noisy frame's grain away leaves specks on a minority of
+    # the layer's pixels: the layer's own median and MAD stay at zero, so only the image's
+    # noise can tell them from stars (a survey plate's mask covered a third of the frame)
+    rng = np.random.default_rng(5)
+    sigma = 0.06
+    original = (0.25 + rng.normal(0, sigma, (1, 160, 160))).astype(np.float32)
+    yy, xx = np.mgrid[0:160, 0:160]
+    centres = [(30, 40), (80, 80), (120, 130), (40, 130)]
+    stars = np.zeros((1, 160, 160), np.float32)
+    for i, (cy, cx) in enumerate(centres):  # faint to bright: 3 to 12 noise sigmas
+        peak = sigma * (3 + 3 * i)
+        stars[0] += peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.3**2))
+    specks = (rng.random((1, 160, 160)) < 0.15) * np.abs(rng.normal(0, sigma, (1, 160, 160)))
+    layer = (stars + specks).astype(np.float32)
+    noise = image_noise(original + stars)
+    assert noise == pytest.approx(sigma, rel=0.1)
+    plain = star_mask(layer)[0] > 0.5
+    tested = star_mask(layer, image_noise=noise)[0] > 0.5
+    # the layer's own median and spread see nothing
+    assert mask_threshold(layer[0], MaskOptions(noise_sigmas=3.0)) == MaskOptions().threshold
+    assert plain.mean() > 0.3  # the specks, dilated, cover much of the frame
+    assert all(tested[cy, cx] for cy, cx in centres)  # every star, even at 3 sigma
+    far = np.ones((160, 160), bool)
+    for cy, cx in centres:
+        far &= (yy - cy) ** 2 + (xx - cx) ** 2 > 8**2
+    assert tested[far].mean() < 0.01
+    # off, or on a clean frame, the mask is as before
+    off = star_mask(layer, MaskOptions(signal_sigmas=0.0), image_noise=noise)
+    assert np.array_equal(off, star_mask(layer))
+    clean = image_noise(np.full((1, 64, 64), 0.25, np.float32) + 1e-4 * rng.random((1, 64, 64)))
+    assert np.array_equal(star_mask(stars, image_noise=clean), star_mask(stars))
+    with pytest.raises(ValueError, match="signal_sigmas"):
+        MaskOptions(signal_sigmas=-1)
 
 
 def _clipped_star_on_magenta(
