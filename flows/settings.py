@@ -103,6 +103,7 @@ class ProtectSettings:
     threshold: float = _PROTECT.threshold
     dilate_px: int = _PROTECT.dilate_px
     feather_px: float = _PROTECT.feather_px
+    signal_sigmas: float = _PROTECT.signal_sigmas  # also keep the input where not significant
 
 
 @dataclass

@@ -7,6 +7,8 @@ All images are ``(C, H, W)`` float arrays in ``[0, 1]`` (stretched); results are
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy import ndimage
 
@@ -223,9 +225,10 @@ def protect_background(
     if not options.enabled:
         return starless
     layer = star_layer(original, starless)
+    noise = image_noise(original) if options.signal_sigmas > 0 else None
     # feather outward only: a star's own pixels always take the network's output
-    core = (layer.max(axis=0) > options.threshold)[None]
-    mask = np.maximum(star_mask(layer, options.mask), core)
+    core = star_mask(layer, replace(options.mask, dilate_px=0, feather_px=0.0), noise)
+    mask = np.maximum(star_mask(layer, options.mask, noise), core)
     return (original - mask * (original - starless)).astype(np.float32)
 
 

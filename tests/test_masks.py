@@ -171,6 +171,38 @@ def test_protect_background_keeps_input_away_from_stars() -> None:
         ProtectOptions(threshold=2.0)
 
 
+def test_protect_background_gives_back_the_grain_a_network_took() -> None:
+    # on a noisy frame a network also takes specks of grain far from any star; protection
+    # with the significance test (protect.signal_sigmas) puts the input back there, and
+    # leaves the network's output on the stars, however faint
+    from starnet_core.masks import protect_background
+    from starnet_core.options import ProtectOptions
+
+    rng = np.random.default_rng(7)
+    sigma = 0.05
+    yy, xx = np.mgrid[0:128, 0:128]
+    stars = np.zeros((1, 128, 128), np.float32)
+    centres = [(30, 30), (90, 40), (60, 100)]
+    for i, (cy, cx) in enumerate(centres):  # 5, 10 and 20 noise sigmas
+        peak = sigma * 5 * 2**i
+        stars[0] += peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.3**2))
+    original = (0.25 + rng.normal(0, sigma, stars.shape) + stars).astype(np.float32)
+    peaks = original - ndimage.uniform_filter(original, (1, 3, 3)) > 1.5 * sigma
+    net = original - stars - peaks * 0.5 * sigma  # takes every star and grain peaks too
+    plain = protect_background(original, net, ProtectOptions(signal_sigmas=0.0))
+    tested = protect_background(original, net, ProtectOptions(signal_sigmas=4.0))
+    far = np.ones((128, 128), bool)
+    for cy, cx in centres:
+        far &= (yy - cy) ** 2 + (xx - cx) ** 2 > 10**2
+        assert tested[0, cy, cx] == pytest.approx(net[0, cy, cx], abs=1e-6)
+    grain = peaks[0] & far
+    assert grain.sum() > 500
+    assert np.abs(plain[0][grain] - original[0][grain]).mean() > 0.02  # taken
+    assert np.abs(tested[0][grain] - original[0][grain]).mean() < 0.002  # given back
+    with pytest.raises(ValueError, match="signal_sigmas"):
+        ProtectOptions(signal_sigmas=-1.0)
+
+
 def test_mask_leaves_out_grain_the_network_smoothed_all_over() -> None:
     # a network that smoothed a grainy plate leaves the grain's positive half all over the
     # star layer: the mask must still show the stars, not the grain. The image's noise
