@@ -89,9 +89,7 @@ class MaskSettings:
     threshold: float = _MASK.threshold
     dilate_px: int = _MASK.dilate_px
     feather_px: float = _MASK.feather_px
-    noise_sigmas: float = (
-        _MASK.noise_sigmas
-    )  # threshold >= median + N robust sigmas of the layer (0: off)
+    noise_sigmas: float = _MASK.noise_sigmas  # >= median + N robust sigmas of the layer (0: off)
     signal_sigmas: float = _MASK.signal_sigmas  # smoothed layer >= N x the image's pixel noise
 
 

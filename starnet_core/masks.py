@@ -128,7 +128,7 @@ def mask_threshold(level: np.ndarray, options: MaskOptions = DEFAULT_MASK_OPTION
 def star_mask(
     stars: np.ndarray,
     options: MaskOptions = DEFAULT_MASK_OPTIONS,
-    image_noise: float | None = None,
+    noise: float | None = None,
 ) -> np.ndarray:
     """Where the stars are: ``(1, H, W) float32`` in ``[0, 1]``, 1 = star.
 
@@ -138,7 +138,7 @@ def star_mask(
     when that option is on) are stars; the binary mask is dilated by a
     disc of radius ``dilate_px`` and blurred by a Gaussian of sigma ``feather_px``.
 
-    ``image_noise``: the pixel noise sigma of the image the layer was taken from
+    ``noise``: the pixel noise sigma of the image the layer was taken from
     (:func:`image_noise`). With it and ``signal_sigmas > 0``, a star pixel must also
     lie where the layer smoothed by a Gaussian of 1 px sigma exceeds ``signal_sigmas``
     times that noise as the smoothing leaves it (x 0.282): a star is several pixels of
@@ -147,8 +147,8 @@ def star_mask(
     _check_chw("stars", stars)
     level = stars.max(axis=0)
     binary = level > mask_threshold(level, options)
-    if image_noise is not None and options.signal_sigmas > 0 and binary.any():
-        floor = options.signal_sigmas * _SMOOTHED_NOISE * float(image_noise)
+    if noise is not None and options.signal_sigmas > 0 and binary.any():
+        floor = options.signal_sigmas * _SMOOTHED_NOISE * float(noise)
         binary &= ndimage.gaussian_filter(level, _SIGNAL_SIGMA_PX, mode="nearest") > floor
     if options.dilate_px > 0 and binary.any():
         binary = ndimage.binary_dilation(binary, structure=_disc(options.dilate_px))

@@ -219,7 +219,7 @@ def test_mask_leaves_out_grain_the_network_smoothed_all_over() -> None:
     fixed = star_mask(half, MaskOptions(signal_sigmas=0.0))[0] > 0.5
     assert fixed.mean() > 0.4  # 0.04 is inside the grain: most of the frame
     for relative in (
-        star_mask(half, image_noise=image_noise(0.3 + noise))[0] > 0.5,
+        star_mask(half, noise=image_noise(0.3 + noise))[0] > 0.5,
         star_mask(whole, MaskOptions(noise_sigmas=3.0))[0] > 0.5,
     ):
         assert relative.mean() < 0.05
@@ -249,7 +249,7 @@ def test_star_mask_leaves_out_the_grain_a_network_took_from_a_noisy_frame() -> N
     noise = image_noise(original + stars)
     assert noise == pytest.approx(sigma, rel=0.1)
     plain = star_mask(layer)[0] > 0.5
-    tested = star_mask(layer, image_noise=noise)[0] > 0.5
+    tested = star_mask(layer, noise=noise)[0] > 0.5
     # the layer's own median and spread see nothing
     assert mask_threshold(layer[0], MaskOptions(noise_sigmas=3.0)) == MaskOptions().threshold
     assert plain.mean() > 0.3  # the specks, dilated, cover much of the frame
@@ -259,10 +259,10 @@ def test_star_mask_leaves_out_the_grain_a_network_took_from_a_noisy_frame() -> N
         far &= (yy - cy) ** 2 + (xx - cx) ** 2 > 8**2
     assert tested[far].mean() < 0.01
     # off, or on a clean frame, the mask is as before
-    off = star_mask(layer, MaskOptions(signal_sigmas=0.0), image_noise=noise)
+    off = star_mask(layer, MaskOptions(signal_sigmas=0.0), noise=noise)
     assert np.array_equal(off, star_mask(layer))
     clean = image_noise(np.full((1, 64, 64), 0.25, np.float32) + 1e-4 * rng.random((1, 64, 64)))
-    assert np.array_equal(star_mask(stars, image_noise=clean), star_mask(stars))
+    assert np.array_equal(star_mask(stars, noise=clean), star_mask(stars))
     with pytest.raises(ValueError, match="signal_sigmas"):
         MaskOptions(signal_sigmas=-1)
 
