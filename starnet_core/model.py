@@ -136,11 +136,23 @@ class Block(nn.Module):
             nn.init.zeros_(self.film.weight)
 
     def forward(self, x: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.dw(self.pw1(self.norm(x)))
-        if self.film is not None:
+        h = self.pw1(self.norm(x))
+        if self.film is None:
+            h = self.dw(h)
+        else:
             assert code is not None  # StarNetUNet.star_layer checks it
-            gamma, beta = self.film(code)[:, :, None, None].chunk(2, dim=1)
-            h = h * (1 + gamma) + beta
+            gamma, beta = self.film(code).chunk(2, dim=1)
+            if not torch.is_grad_enabled() and bool((code == code[:1]).all()):
+                # one width for the whole batch (every tile of one frame): fold the
+                # per-channel scale and shift into the depthwise conv, which costs as
+                # much as the unconditioned block (two full-size elementwise passes
+                # less: about a fifth of the network's time on a CPU)
+                scale = 1 + gamma[0]
+                bias = beta[0] if self.dw.bias is None else self.dw.bias * scale + beta[0]
+                weight = self.dw.weight * scale[:, None, None, None]
+                h = F.conv2d(h, weight, bias, padding=self.dw.padding, groups=self.dw.groups)
+            else:
+                h = self.dw(h) * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
         y = self.pw2(F.gelu(h))
         return x + y * self.scale[:, None, None]
 
@@ -404,7 +416,9 @@ def macs_per_pixel(model: nn.Module, size_px: int = 256) -> float:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
-        with torch.no_grad():
+        # gradients on: the plain path, every conv through its module (without them a
+        # conditioned block folds its FiLM terms into a functional depthwise conv)
+        with torch.enable_grad():
             x = torch.zeros(1, 3, size_px, size_px)
             cond = isinstance(model, StarNetUNet) and model.config.width_cond
             model(x, torch.full((1,), WIDTH_REF_PX)) if cond else model(x)

@@ -231,6 +231,27 @@ def test_width_conditioned_model_starts_as_the_model_it_was_made_from(tmp_path: 
     assert macs_per_pixel(cond) == macs_per_pixel(base)
 
 
+def test_one_width_per_batch_folds_film_into_the_depthwise_conv() -> None:
+    # at inference every tile of a frame shares its width: the FiLM scale and shift are
+    # folded into the depthwise conv (as fast as an unconditioned block); the result is
+    # the unfolded one's, with or without the batch sharing a width, and for training
+    torch.manual_seed(4)
+    cond = with_width_conditioning(StarNetUNet(TINY)).eval()
+    with torch.no_grad():
+        for name, p in cond.named_parameters():
+            if name.endswith(".film.weight"):
+                p.normal_(std=0.05)
+            elif name.endswith("scale"):
+                p.fill_(0.5)  # blocks that matter, so the FiLM terms show in the output
+    x = torch.rand(3, 3, 32, 32)
+    for widths in (torch.full((3,), 2.5), torch.tensor([0.9, 2.5, 6.0])):
+        unfolded = cond(x, widths)  # gradients on: the plain path
+        with torch.inference_mode():
+            folded = cond(x, widths)
+        torch.testing.assert_close(folded, unfolded.detach(), rtol=1e-5, atol=1e-6)
+        assert (unfolded.detach() - cond(x, torch.full((3,), 1.8)).detach()).abs().max() > 1e-4
+
+
 def test_width_code_is_a_clipped_log_ratio() -> None:
     code = width_code(torch.tensor([1.8, 3.6, 0.9, 1e-6, 1e6]))[:, 0]
     assert code.tolist() == pytest.approx([0.0, 32.0, -32.0, -80.0, 80.0])
