@@ -407,6 +407,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.width_cond and not init.config.width_cond:
             init = with_width_conditioning(init)
             print("conditioned on the frames' typical star width (--width-cond)")
+        elif args.width_cond:
+            print(f"--width-cond: model {info.version} is conditioned on the star width already")
     elif args.width_cond and ckpt.exists() and not args.new:
         print(f"--width-cond: resuming {ckpt}, whose architecture is kept")
     anchor = None

@@ -689,16 +689,21 @@ def test_cli_width_cond_makes_the_fine_tuned_model_conditioned(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from flows.cli import main
-    from starnet_core.model import load_model, load_weights
+    from starnet_core.model import StarNetUNet, load_weights, save_weights
 
+    plain = tmp_path / "plain.safetensors"  # an unconditioned model to fine-tune
+    save_weights(StarNetUNet(), plain, version="0.0.1")
+    config = ["--config", str(_config_with_weights(tmp_path, str(plain)))]
     out = tmp_path / "w.safetensors"
     args = ["train", "--synthetic", "--steps", "1", "--crop", "64", "--batch", "1", "--pool", "2"]
     args += ["--threads", "1", "--width-cond", "--logs", str(tmp_path / "a"), "--export", str(out)]
-    assert main(args) == 0
+    assert main([*config, *args]) == 0
     assert "conditioned on the frames' typical star width" in capsys.readouterr().out
     model, _ = load_weights(out)
-    base, _ = load_model()
-    assert model.config.width_cond and not base.config.width_cond
+    assert model.config.width_cond
+    # the packaged model (0.9.0) is conditioned already, and the run says so
+    assert main([*args[:-4], "--logs", str(tmp_path / "b"), "--export", str(out)]) == 0
+    assert "is conditioned on the star width already" in capsys.readouterr().out
     # a resumed run keeps its checkpoint's architecture, and says so
     assert main([*args[:-4], "--logs", str(tmp_path / "a"), "--steps", "2"]) == 0
     assert "whose architecture is kept" in capsys.readouterr().out
