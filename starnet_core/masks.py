@@ -7,8 +7,6 @@ All images are ``(C, H, W)`` float arrays in ``[0, 1]`` (stretched); results are
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 from scipy import ndimage
 
@@ -145,11 +143,20 @@ def star_mask(
     light that stand out of the noise, a speck of grain the network took is one.
     """
     _check_chw("stars", stars)
-    level = stars.max(axis=0)
+    return _soften(_star_pixels(stars.max(axis=0), options, noise), options)
+
+
+def _star_pixels(level: np.ndarray, options: MaskOptions, noise: float | None) -> np.ndarray:
+    """``(H, W)`` bool: :func:`star_mask`'s star pixels of a layer's channel maximum."""
     binary = level > mask_threshold(level, options)
     if noise is not None and options.signal_sigmas > 0 and binary.any():
         floor = options.signal_sigmas * _SMOOTHED_NOISE * float(noise)
         binary &= ndimage.gaussian_filter(level, _SIGNAL_SIGMA_PX, mode="nearest") > floor
+    return binary
+
+
+def _soften(binary: np.ndarray, options: MaskOptions) -> np.ndarray:
+    """``(1, H, W) float32``: star pixels dilated and feathered as ``options`` say."""
     if options.dilate_px > 0 and binary.any():
         binary = ndimage.binary_dilation(binary, structure=_disc(options.dilate_px))
     mask = binary.astype(np.float32)
@@ -226,9 +233,9 @@ def protect_background(
         return starless
     layer = star_layer(original, starless)
     noise = image_noise(original) if options.signal_sigmas > 0 else None
+    core = _star_pixels(layer.max(axis=0), options.mask, noise)
     # feather outward only: a star's own pixels always take the network's output
-    core = star_mask(layer, replace(options.mask, dilate_px=0, feather_px=0.0), noise)
-    mask = np.maximum(star_mask(layer, options.mask, noise), core)
+    mask = np.maximum(_soften(core, options.mask), core[None])
     return (original - mask * (original - starless)).astype(np.float32)
 
 

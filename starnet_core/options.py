@@ -201,9 +201,7 @@ class ProtectOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ValueError(f"enabled must be a bool, got {self.enabled!r}")
-        MaskOptions(  # the same checks
-            self.threshold, self.dilate_px, self.feather_px, signal_sigmas=self.signal_sigmas
-        )
+        _ = self.mask  # the mask's own checks, on the fields it takes from here
 
     @property
     def mask(self) -> MaskOptions:
