@@ -178,6 +178,13 @@ def register(sub: Any) -> None:
         "and export it; checkpoints are then evaluated as it (0: none)",
     )
     p.add_argument(
+        "--film-lr-mult",
+        type=float,
+        metavar="M",
+        help="a width-conditioned model's FiLM weights learn at M times --lr (default 1); "
+        "at 1 they stay near zero in a fine-tune",
+    )
+    p.add_argument(
         "--over-threshold",
         type=float,
         help="the over-removal term applies where |original - starless| is at most this",
@@ -291,6 +298,7 @@ def _config(args: argparse.Namespace) -> Any:
         ("w_galaxy", "w_galaxy"),
         ("w_anchor", "w_anchor"),
         ("ema", "ema_decay"),
+        ("film_lr_mult", "film_lr_mult"),
         ("over_threshold", "over_threshold"),
         ("w_gan", "w_gan"),
         ("w_percep", "w_percep"),
@@ -337,6 +345,8 @@ def _config(args: argparse.Namespace) -> Any:
         raise ValueError(f"--d-warmup must be 0 or more steps, got {cfg.d_warmup_steps}")
     if cfg.d_warmup_steps > 0 and cfg.w_gan == 0 and cfg.w_percep == 0:
         raise ValueError("--d-warmup needs the adversarial terms (--w-gan or --w-percep > 0)")
+    if not (math.isfinite(cfg.film_lr_mult) and cfg.film_lr_mult > 0):
+        raise ValueError(f"--film-lr-mult must be a number > 0, got {cfg.film_lr_mult:g}")
     if not (math.isfinite(cfg.ema_decay) and 0 <= cfg.ema_decay < 1):
         raise ValueError(f"--ema must be a decay in [0, 1), got {cfg.ema_decay:g}")
     if args.minutes is not None:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,6 +109,11 @@ class TrainConfig:
     # 0.999): what checkpoints are evaluated and exported as; smooths the swings of the
     # adversarial game. 0: none
     ema_decay: float = 0.0
+    # the FiLM weights' learning rate as a multiple of ``lr`` (width-conditioned models):
+    # at a fine-tune's rate they random-walked (BENCHMARKS.md "Eighteenth session",
+    # "Nineteenth session"); trained alone at 10x they lowered a held-out loss that
+    # shuffled widths raised ("Twentieth session")
+    film_lr_mult: float = 1.0
     lowfreq_px: int = 8
     w_pix: float = 1.0
     w_percep: float = 0.1
@@ -390,25 +396,50 @@ def star_metrics(
     return {"residual_star_flux": float(left), "bg_l1": float(bg_err)}
 
 
-def _adam_to_tensors(opt: torch.optim.Adam, prefix: str) -> dict[str, torch.Tensor]:
+def _module_positions(opt: torch.optim.Optimizer, module: nn.Module) -> list[int]:
+    """For each of the optimizer's parameters (its state's index), that parameter's
+    position in ``module.parameters()``: checkpoints key the Adam state by the latter, so
+    a run resumes whatever parameter groups it builds (``film_lr_mult``)."""
+    where = {id(p): j for j, p in enumerate(module.parameters())}
+    return [where[id(p)] for group in opt.param_groups for p in group["params"]]
+
+
+def _adam_to_tensors(
+    opt: torch.optim.Adam, module: nn.Module, prefix: str
+) -> dict[str, torch.Tensor]:
+    pos = _module_positions(opt, module)
     out = {}
     for i, st in opt.state_dict()["state"].items():
         for k, v in st.items():
-            out[f"{prefix}.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+            out[f"{prefix}.{pos[i]}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
     return out
 
 
 def _adam_from_tensors(
-    opt: torch.optim.Adam, tensors: dict[str, torch.Tensor], prefix: str
+    opt: torch.optim.Adam, module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str
 ) -> None:
+    index = {j: i for i, j in enumerate(_module_positions(opt, module))}
     sd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
         if key.startswith(prefix + "."):
-            _, i, k = key.split(".", 2)
-            state.setdefault(int(i), {})[k] = v
+            _, j, k = key.split(".", 2)
+            state.setdefault(index[int(j)], {})[k] = v
     sd["state"] = state
     opt.load_state_dict(sd)
+
+
+def _generator_optimizer(g: StarNetUNet, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam over the generator; a conditioned one's FiLM weights in a group of their own
+    whose rate is ``cfg.film_lr_mult`` times the others' (``lr_mult``, read by the loop)."""
+    film = [p for n, p in g.named_parameters() if n.endswith(".film.weight")]
+    ids = {id(p) for p in film}
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in g.parameters() if id(p) not in ids], "lr_mult": 1.0}
+    ]
+    if film:
+        groups.append({"params": film, "lr_mult": cfg.film_lr_mult})
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.99))
 
 
 @dataclass
@@ -453,7 +484,7 @@ def build_state(cfg: TrainConfig, generator: StarNetUNet | None = None) -> Train
         0,
         g,
         d,
-        torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(0.9, 0.99)),
+        _generator_optimizer(g, cfg),
         torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.5, 0.99)),
         _new_ema(g) if cfg.ema_decay > 0 else None,
     )
@@ -467,7 +498,8 @@ def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
     tensors |= {
         f"d.{k}": v.detach().cpu().contiguous() for k, v in state.discriminator.state_dict().items()
     }
-    tensors |= _adam_to_tensors(state.opt_g, "opt_g") | _adam_to_tensors(state.opt_d, "opt_d")
+    tensors |= _adam_to_tensors(state.opt_g, state.generator, "opt_g")
+    tensors |= _adam_to_tensors(state.opt_d, state.discriminator, "opt_d")
     if state.ema is not None:
         tensors |= {
             f"{EMA_PREFIX}{k}": v.detach().cpu().contiguous()
@@ -495,8 +527,8 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> TrainState:
     state.discriminator.load_state_dict(
         {k[2:]: v for k, v in tensors.items() if k.startswith("d.")}
     )
-    _adam_from_tensors(state.opt_g, tensors, "opt_g")
-    _adam_from_tensors(state.opt_d, tensors, "opt_d")
+    _adam_from_tensors(state.opt_g, state.generator, tensors, "opt_g")
+    _adam_from_tensors(state.opt_d, state.discriminator, tensors, "opt_d")
     state.step = int(meta["step"])
     ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
     if cfg.ema_decay > 0:
@@ -687,7 +719,7 @@ def _loop(
         lr = lr_at(state.step, cfg, elapsed)
         for opt in (state.opt_g, state.opt_d):
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
         use_gan = gan_on and state.step >= cfg.gan_start_step
 
         # --- generator step (D frozen) ---
