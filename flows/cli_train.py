@@ -2,7 +2,8 @@
 
 ``starnet train`` resumes: from the run's checkpoint when one exists, else from
 the current weights (``inference.weights`` or the packaged model).
-``starnet train --new`` starts a fresh model (asks first, or ``--yes``).
+``starnet train --new`` starts a fresh model (asks first, or ``--yes``); it is
+unconditioned unless ``--width-cond`` is given (the packaged model is conditioned).
 Pairs come from ``train/original/`` and ``train/starless/`` (identical names)
 and/or the synthetic generator (``--synthetic``). Logs, showcase images and the
 checkpoint go to ``./logs`` (``--logs``).
@@ -105,7 +106,12 @@ def register(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--new", action="store_true", help="start a fresh model instead of resuming")
+    p.add_argument(
+        "--new",
+        action="store_true",
+        help="start a fresh model instead of resuming (unconditioned unless --width-cond, "
+        "although the packaged model is width-conditioned)",
+    )
     p.add_argument(
         "--yes", action="store_true", help="do not ask before --new discards a checkpoint"
     )

@@ -726,34 +726,13 @@ def _loop(
         for p in d.parameters():
             p.requires_grad_(False)
         out = g(x, hwhm)
-        err = (out - y).abs()
-        star_px = (x - y).abs() > cfg.star_threshold
-        l_g_pix = err.mean() + cfg.star_weight * (err * star_px).sum() / x.numel()
-        l_g_rel = relative_star_error(out, x, y, cfg.star_threshold)
-        # A net unsure how much diffuse starlight to take away learns to darken (and tint)
-        # the whole crop; per-pixel L1 barely sees a small offset, the block mean does.
-        l_g_low = F.avg_pool2d(out - y, cfg.lowfreq_px).abs().mean()
-        no_star = (x - y).abs() <= cfg.over_threshold
-        l_g_over = (F.relu(y - out) * no_star).mean()
-        # galaxies and knots: darkening them is over-removal even under a star's wing
-        l_g_keep = (F.relu(y - out) * keep).mean()
-        loss = cfg.w_pix * l_g_pix + cfg.w_lowfreq * l_g_low + cfg.w_over * l_g_over
-        if cfg.w_galaxy > 0:
-            loss = loss + cfg.w_galaxy * l_g_keep
-        if cfg.w_rel > 0:
-            loss = loss + cfg.w_rel * l_g_rel
+        loss, terms = pixel_losses(out, x, y, keep, cfg)
         if anchor is not None:
             with torch.no_grad():
                 ref = anchor(x, hwhm if anchor.config.width_cond else None)
             l_g_anchor = ((out - ref).abs() * dense).mean()
             loss = loss + cfg.w_anchor * l_g_anchor
-        logs = {
-            "l_g_pix": l_g_pix.item(),
-            "l_g_rel": l_g_rel.item(),
-            "l_g_low": l_g_low.item(),
-            "l_g_over": l_g_over.item(),
-            "l_g_keep": l_g_keep.item(),
-        }
+        logs = {k: v.item() for k, v in terms.items()}
         if anchor is not None:
             logs["l_g_anchor"] = l_g_anchor.item()
         if use_gan:
@@ -821,6 +800,38 @@ def _loop(
                 )
                 on_showcase(state.step, torch.cat(list(strip), dim=1).cpu().numpy())
     return saved
+
+
+def pixel_losses(
+    out: torch.Tensor, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, cfg: TrainConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The generator's loss against the truth ``y`` (no anchor, adversarial or perceptual
+    term) and its terms (``l_g_pix``, ``l_g_rel``, ``l_g_low``, ``l_g_over``, ``l_g_keep``);
+    ``keep``: (B, 1, H, W) the galaxies and knots (``MASK_CHANNELS``' first)."""
+    err = (out - y).abs()
+    star_px = (x - y).abs() > cfg.star_threshold
+    l_g_pix = err.mean() + cfg.star_weight * (err * star_px).sum() / x.numel()
+    l_g_rel = relative_star_error(out, x, y, cfg.star_threshold)
+    # A net unsure how much diffuse starlight to take away learns to darken (and tint)
+    # the whole crop; per-pixel L1 barely sees a small offset, the block mean does.
+    l_g_low = F.avg_pool2d(out - y, cfg.lowfreq_px).abs().mean()
+    no_star = (x - y).abs() <= cfg.over_threshold
+    l_g_over = (F.relu(y - out) * no_star).mean()
+    # galaxies and knots: darkening them is over-removal even under a star's wing
+    l_g_keep = (F.relu(y - out) * keep).mean()
+    loss = cfg.w_pix * l_g_pix + cfg.w_lowfreq * l_g_low + cfg.w_over * l_g_over
+    if cfg.w_galaxy > 0:
+        loss = loss + cfg.w_galaxy * l_g_keep
+    if cfg.w_rel > 0:
+        loss = loss + cfg.w_rel * l_g_rel
+    terms = {
+        "l_g_pix": l_g_pix,
+        "l_g_rel": l_g_rel,
+        "l_g_low": l_g_low,
+        "l_g_over": l_g_over,
+        "l_g_keep": l_g_keep,
+    }
+    return loss, terms
 
 
 def relative_star_error(

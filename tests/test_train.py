@@ -322,6 +322,8 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--w-galaxy must be a number >= 0, got -1" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--w-rel", "nan"]) == 2
     assert "--w-rel must be a number >= 0, got nan" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--logs", logs, "--film-lr-mult", "0"]) == 2
+    assert "--film-lr-mult must be a number > 0, got 0" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--w-anchor", "-1"]) == 2
     assert "--w-anchor must be a number >= 0, got -1" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--anchor", "a.safetensors"]) == 2
@@ -683,6 +685,34 @@ def test_width_conditioned_run_feeds_each_crop_its_star_width(
     resumed = load_checkpoint(tmp_path / "checkpoint.safetensors", cfg)
     assert resumed.generator.config.width_cond
     torch.testing.assert_close(flat_params(resumed.generator), flat_params(state.generator))
+
+
+def test_film_weights_learn_at_their_own_rate_and_resume_across_layouts(tmp_path: Path) -> None:
+    cond = dataclasses.replace(TINY, width_cond=True)
+    cfg = tiny_config(model=cond, gan_start_step=1000, steps=3, film_lr_mult=10.0)
+    state = train(cfg, tmp_path)
+    groups = state.opt_g.param_groups
+    film = {id(p) for n, p in state.generator.named_parameters() if n.endswith(".film.weight")}
+    assert [g["lr_mult"] for g in groups] == [1.0, 10.0]
+    assert {id(p) for p in groups[1]["params"]} == film
+    assert not film & {id(p) for p in groups[0]["params"]}
+    assert groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    # the Adam state follows each parameter, whatever groups the resuming run builds
+    path = tmp_path / "checkpoint.safetensors"
+    names = [n for n, _ in state.generator.named_parameters()]
+    for mult in (10.0, 1.0):
+        resumed = load_checkpoint(path, tiny_config(model=cond, film_lr_mult=mult))
+        assert len(resumed.opt_g.param_groups) == 2
+        for name, p, q in zip(
+            names, state.generator.parameters(), resumed.generator.parameters(), strict=True
+        ):
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(
+                    resumed.opt_g.state[q][key], state.opt_g.state[p][key], msg=name
+                )
+    # an unconditioned generator keeps one group
+    plain = train(tiny_config(steps=1), tmp_path / "plain")
+    assert len(plain.opt_g.param_groups) == 1
 
 
 def test_cli_width_cond_makes_the_fine_tuned_model_conditioned(
