@@ -10,7 +10,8 @@ explanations: the width tells the network nothing it can use on this data, or th
 weights learn too slowly to find it. This benchmark separates them. It freezes every
 weight but the FiLM layers' and trains those alone, at ``--lr``, on a fixed pool of
 galaxy-heavy 256 px crops (compact nucleated galaxies and large galaxies: where a
-network that knows the stars' size could tell a galaxy from a star), twice:
+network that knows the stars' size could tell a galaxy from a star; ``--pool recipe``:
+the fine-tunes' own training mix instead), twice:
 
 * **true**: each crop with its own measured width (``train.star_widths``, as in training);
 * **shuffled**: the same widths permuted among the crops, so the FiLM input varies as
@@ -43,6 +44,13 @@ from starnet_core.train import TrainConfig, pixel_losses, star_widths
 CROP_PX = 256
 POOL_SEED = [4242, 7]  # not a training stream (1234 + step) nor a held-out range
 MIX = Mix(nucleus_share=0.6, dense_share=0.1, large_galaxy_share=0.3)
+# --pool recipe: the crops the fine-tunes of models 0.7.0-0.9.0 trained on (their options
+# --glow-cap 0.5 --group-share 0.5 --cast-share 0.5 --large-galaxy-share 0.3
+# --dense-share 0.4 --bright-rate 5)
+RECIPE_MIX = Mix(
+    group_share=0.5, cast_share=0.5, large_galaxy_share=0.3, dense_share=0.4, bright_rate=5.0
+)
+RECIPE_GLOW_CAP = 0.5
 LOSS = TrainConfig(w_over=10.0, w_galaxy=10.0)
 BATCH = 4
 EVAL_EVERY = 150
@@ -117,6 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--train", type=int, default=200, help="crops to train on")
     p.add_argument("--eval", type=int, default=40, help="held-back crops")
+    p.add_argument(
+        "--pool",
+        choices=("galaxies", "recipe"),
+        default="galaxies",
+        help="the crops: galaxy-heavy (default), or the fine-tunes' own training mix",
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.steps < 1 or args.train < BATCH or args.eval < 1 or not args.lr > 0:
@@ -136,7 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     n = args.train + args.eval
-    o, c, k = make_pool(POOL_SEED, n, CROP_PX, mix=MIX)
+    if args.pool == "recipe":
+        o, c, k = make_pool(POOL_SEED, n, CROP_PX, RECIPE_GLOW_CAP, RECIPE_MIX)
+    else:
+        o, c, k = make_pool(POOL_SEED, n, CROP_PX, mix=MIX)
     w = star_widths(o)
     print(
         f"{n} crops of {CROP_PX} px in {time.perf_counter() - t0:.0f} s; star half-widths: "
