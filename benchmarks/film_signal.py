@@ -156,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         o, c, k = make_pool(POOL_SEED, n, CROP_PX, mix=MIX)
     w = star_widths(o)
     print(
-        f"{n} crops of {CROP_PX} px in {time.perf_counter() - t0:.0f} s; star half-widths: "
-        f"median {np.nanmedian(w):.2f} px, 10-90% {np.nanpercentile(w, 10):.2f}-"
+        f"{n} {args.pool} crops of {CROP_PX} px in {time.perf_counter() - t0:.0f} s; "
+        f"star half-widths: median {np.nanmedian(w):.2f} px, 10-90% {np.nanpercentile(w, 10):.2f}-"
         f"{np.nanpercentile(w, 90):.2f}, unmeasured {int(np.isnan(w).sum())}",
         flush=True,
     )
