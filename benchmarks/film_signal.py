@@ -24,6 +24,10 @@ steps, the galaxy term (``l_g_keep``) beside it, and the largest FiLM weight. If
 true run's held-back loss falls and the shuffled run's does not, the width carries a
 usable signal and a fine-tune should give the FiLM weights a higher rate
 (``starnet train --film-lr-mult``).
+
+``--compare W...`` trains nothing: per conditioned generator, its loss over all the crops
+with their own widths, with the shuffled widths and with the reference width (where the
+FiLM input is zero): whether a trained model uses the width, and whether for the better.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from starnet_core.model import StarNetUNet
+from starnet_core.model import WIDTH_REF_PX, StarNetUNet
 from starnet_core.synthetic import Mix, make_pool
 from starnet_core.train import TrainConfig, pixel_losses, star_widths
 
@@ -131,6 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="galaxies",
         help="the crops: galaxy-heavy (default), or the fine-tunes' own training mix",
     )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="WEIGHTS",
+        help="no training: each conditioned generator's loss over all the crops with their "
+        "own widths, shuffled widths and the reference width (FiLM input zero)",
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.steps < 1 or args.train < BATCH or args.eval < 1 or not args.lr > 0:
@@ -139,15 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from starnet_core.checkpoint import load_any
     from starnet_core.model import load_model
 
-    base, label = (
-        load_any(args.weights) if args.weights else (load_model(None)[0], "packaged model")
-    )
-    if not base.config.width_cond:
-        print(
-            f"{args.weights or label}: not width-conditioned (no FiLM layers to train)",
-            file=sys.stderr,
-        )
-        return 2
+    models = {}
+    for path in args.compare or [args.weights]:
+        model = load_any(path)[0] if path else load_model(None)[0]
+        if not model.config.width_cond:
+            print(
+                f"{path or 'the packaged model'}: not width-conditioned (no FiLM layers)",
+                file=sys.stderr,
+            )
+            return 2
+        models[path or "packaged model"] = model
     t0 = time.perf_counter()
     n = args.train + args.eval
     if args.pool == "recipe":
@@ -161,10 +173,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{np.nanpercentile(w, 90):.2f}, unmeasured {int(np.isnan(w).sum())}",
         flush=True,
     )
-    w = np.where(np.isnan(w), 1.8, w).astype(np.float32)  # starless crops: the reference
+    w = np.where(np.isnan(w), WIDTH_REF_PX, w).astype(np.float32)  # starless crops: the reference
     data = (torch.from_numpy(o), torch.from_numpy(c), torch.from_numpy(k[:, :1].astype(np.float32)))
     true_w = torch.from_numpy(w)
     shuffled_w = true_w[torch.from_numpy(np.random.default_rng(1).permutation(n))]
+    if args.compare:
+        print("\n| generator | own widths | shuffled | reference width | galaxy term, own / ref |")
+        print("|---|---|---|---|---|")
+        ref_w = torch.full_like(true_w, WIDTH_REF_PX)
+        for path, model in models.items():
+            (lt, gt), (ls, _), (lref, gr) = (
+                held_back_loss(model, *data, w_) for w_ in (true_w, shuffled_w, ref_w)
+            )
+            print(f"| {path} | {lt:.5f} | {ls:.5f} | {lref:.5f} | {gt:.6f} / {gr:.6f} |")
+        print(f"\n{time.perf_counter() - t0:.0f} s, {args.threads} thread(s)")
+        return 0
+    (base,) = models.values()
     runs = {}
     for name, widths in (("true", true_w), ("shuffled", shuffled_w)):
         runs[name] = film_only_run(

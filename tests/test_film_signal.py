@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +50,31 @@ def test_an_unconditioned_model_is_refused(
     save_weights(StarNetUNet(ModelConfig(widths=(8, 16), blocks=(1, 1))), path, version="0.0.1")
     assert main(["--weights", str(path)]) == 2
     assert f"{path}: not width-conditioned" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_compare_reads_whether_a_model_uses_the_width(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(0)
+    blind = StarNetUNet(TINY)  # FiLM weights zero: the width changes nothing
+    using = copy.deepcopy(blind)
+    with torch.no_grad():
+        for name, p in using.named_parameters():
+            if name.endswith(".film.weight"):
+                p.normal_(0, 0.05)
+            elif name.endswith(".scale"):  # blocks start near the identity: open them
+                p.fill_(1.0)
+    paths = [tmp_path / "blind.safetensors", tmp_path / "using.safetensors"]
+    for model, path in zip((blind, using), paths, strict=True):
+        save_weights(model, path, version="0.0.1")
+    assert main(["--compare", *map(str, paths), "--train", "4", "--eval", "4"]) == 0
+    rows = {
+        line.split(" | ")[0].strip("| "): [float(v) for v in line.split(" | ")[1:4]]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| /")
+    }
+    own, shuffled, ref = rows[str(paths[0])]
+    assert own == shuffled == ref
+    own, shuffled, ref = rows[str(paths[1])]
+    assert own != ref and shuffled != ref
