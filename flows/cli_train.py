@@ -191,6 +191,11 @@ def register(sub: Any) -> None:
         "at 1 they stay near zero in a fine-tune",
     )
     p.add_argument(
+        "--film-only",
+        action="store_true",
+        help="train a width-conditioned model's FiLM weights alone, every other weight frozen",
+    )
+    p.add_argument(
         "--over-threshold",
         type=float,
         help="the over-removal term applies where |original - starless| is at most this",
@@ -318,6 +323,7 @@ def _config(args: argparse.Namespace) -> Any:
             setattr(cfg, name, value)
     if args.width_cond:
         cfg.model = dataclasses.replace(cfg.model, width_cond=True)
+    cfg.film_only = bool(args.film_only)
     shifts = {f: getattr(args, f) for f in _MIX_OPTIONS if getattr(args, f) is not None}
     if args.scene_mix not in MIXES:
         raise ValueError(f"--scene-mix must be one of {', '.join(MIXES)}, got {args.scene_mix!r}")
@@ -427,6 +433,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"--width-cond: model {info.version} is conditioned on the star width already")
     elif args.width_cond and ckpt.exists() and not args.new:
         print(f"--width-cond: resuming {ckpt}, whose architecture is kept")
+    if cfg.film_only and not (init.config if init is not None else cfg.model).width_cond:
+        what = f"model {info.version}" if init is not None else "a fresh model"
+        print(
+            f"starnet train: --film-only: {what} is not width-conditioned (add --width-cond)",
+            file=sys.stderr,
+        )
+        return 2
     anchor = None
     if cfg.w_anchor > 0:
         source = args.anchor or args.settings.inference.weights
@@ -461,17 +474,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, handler)
     if args.new and ckpt.exists():
         ckpt.unlink()
-    state = train(
-        cfg,
-        logs,
-        file_pairs=pairs,
-        synthetic=args.synthetic,
-        init=init,
-        anchor=anchor,
-        on_log=on_log,
-        on_showcase=on_showcase,
-        should_stop=lambda: stop["flag"],
-    )
+    try:
+        state = train(
+            cfg,
+            logs,
+            file_pairs=pairs,
+            synthetic=args.synthetic,
+            init=init,
+            anchor=anchor,
+            on_log=on_log,
+            on_showcase=on_showcase,
+            should_stop=lambda: stop["flag"],
+        )
+    except ValueError as e:  # e.g. --film-only on a checkpoint of an unconditioned model
+        print(f"starnet train: {e}", file=sys.stderr)
+        return 2
     print(f"stopped at step {state.step}; checkpoint {ckpt}")
     if args.ship:
         from starnet_core.model import ship_weights

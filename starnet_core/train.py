@@ -114,6 +114,9 @@ class TrainConfig:
     # "Nineteenth session"); trained alone at 10x they lowered a held-out loss that
     # shuffled widths raised ("Twentieth session")
     film_lr_mult: float = 1.0
+    # train the FiLM weights alone (everything else frozen): what the width adds to a
+    # trained conditioned model, without moving what it learnt ("Twentieth session")
+    film_only: bool = False
     lowfreq_px: int = 8
     w_pix: float = 1.0
     w_percep: float = 0.1
@@ -424,19 +427,25 @@ def _adam_from_tensors(
     for key, v in tensors.items():
         if key.startswith(prefix + "."):
             _, j, k = key.split(".", 2)
-            state.setdefault(index[int(j)], {})[k] = v
+            if int(j) in index:  # a parameter this optimizer trains (film_only: FiLM alone)
+                state.setdefault(index[int(j)], {})[k] = v
     sd["state"] = state
     opt.load_state_dict(sd)
 
 
 def _generator_optimizer(g: StarNetUNet, cfg: TrainConfig) -> torch.optim.Adam:
     """Adam over the generator; a conditioned one's FiLM weights in a group of their own
-    whose rate is ``cfg.film_lr_mult`` times the others' (``lr_mult``, read by the loop)."""
+    whose rate is ``cfg.film_lr_mult`` times the others' (``lr_mult``, read by the loop);
+    with ``cfg.film_only`` that group alone, the other weights frozen."""
     film = [p for n, p in g.named_parameters() if n.endswith(".film.weight")]
     ids = {id(p) for p in film}
-    groups: list[dict[str, Any]] = [
-        {"params": [p for p in g.parameters() if id(p) not in ids], "lr_mult": 1.0}
-    ]
+    rest = [p for p in g.parameters() if id(p) not in ids]
+    groups: list[dict[str, Any]] = [] if cfg.film_only else [{"params": rest, "lr_mult": 1.0}]
+    if cfg.film_only:
+        if not film:
+            raise ValueError("--film-only needs a width-conditioned generator (FiLM layers)")
+        for p in rest:
+            p.requires_grad_(False)
     if film:
         groups.append({"params": film, "lr_mult": cfg.film_lr_mult})
     return torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.99))
