@@ -715,6 +715,36 @@ def test_film_weights_learn_at_their_own_rate_and_resume_across_layouts(tmp_path
     assert len(plain.opt_g.param_groups) == 1
 
 
+def test_film_only_trains_the_film_weights_alone(tmp_path: Path) -> None:
+    cond = dataclasses.replace(TINY, width_cond=True)
+    first = train(tiny_config(model=cond, gan_start_step=1000, steps=3), tmp_path)
+    before = {n: p.detach().clone() for n, p in first.generator.named_parameters()}
+    # resumed with the FiLM weights alone: the Adam state of the frozen ones is skipped
+    cfg = tiny_config(model=cond, gan_start_step=1000, steps=6, film_only=True)
+    state = train(cfg, tmp_path)
+    assert state.step == 6 and len(state.opt_g.param_groups) == 1
+    for name, p in state.generator.named_parameters():
+        if name.endswith(".film.weight"):
+            assert not torch.equal(p, before[name]), name
+        else:
+            torch.testing.assert_close(p, before[name], msg=name)
+    with pytest.raises(ValueError, match="--film-only needs a width-conditioned generator"):
+        train(tiny_config(film_only=True), tmp_path / "plain")
+
+
+def test_cli_film_only_refuses_an_unconditioned_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    logs = str(tmp_path / "logs")
+    args = ["train", "--synthetic", "--new", "--yes", "--logs", logs, "--film-only"]
+    assert main(args) == 2
+    assert "--film-only: a fresh model is not width-conditioned (add --width-cond)" in (
+        capsys.readouterr().err
+    )
+
+
 def test_cli_width_cond_makes_the_fine_tuned_model_conditioned(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
