@@ -111,8 +111,10 @@ class TrainConfig:
     ema_decay: float = 0.0
     # the FiLM weights' learning rate as a multiple of ``lr`` (width-conditioned models):
     # at a fine-tune's rate they random-walked (BENCHMARKS.md "Eighteenth session",
-    # "Nineteenth session"); trained alone at 10x they lowered a held-out loss that
-    # shuffled widths raised ("Twentieth session")
+    # "Nineteenth session"); trained alone at 10x on galaxy-heavy crops they lowered a
+    # held-back loss that shuffled widths raised, on the fine-tunes' own mix they did not,
+    # and a fine-tune at 10x fitted the generator better and the real pairs worse
+    # ("Twentieth session", benchmarks.film_signal)
     film_lr_mult: float = 1.0
     # train the FiLM weights alone (everything else frozen): what the width adds to a
     # trained conditioned model, without moving what it learnt ("Twentieth session")
