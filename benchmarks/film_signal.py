@@ -41,7 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from starnet_core.model import WIDTH_REF_PX, StarNetUNet
+from starnet_core.model import WIDTH_REF_PX, StarNetUNet, film_weights
 from starnet_core.synthetic import Mix, make_pool
 from starnet_core.train import TrainConfig, pixel_losses, star_widths
 
@@ -90,12 +90,10 @@ def film_only_run(
 ) -> list[tuple[int, float, float, float]]:
     """(step, held-back loss, galaxy term, largest FiLM weight) every EVAL_EVERY steps."""
     x, y, keep = data
-    model = copy.deepcopy(base)
-    film = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.endswith(".film.weight"))
-        if p.requires_grad:
-            film.append(p)
+    model = copy.deepcopy(base).requires_grad_(False)
+    film = film_weights(model)
+    for p in film:
+        p.requires_grad_(True)
     opt = torch.optim.Adam(film, lr=lr)
     rng = np.random.default_rng(0)
     held = slice(n_train, len(x))

@@ -392,6 +392,11 @@ def average_generators(
     return out
 
 
+def film_weights(model: nn.Module) -> list[torch.Tensor]:
+    """A width-conditioned generator's FiLM weights, block by block (none: unconditioned)."""
+    return [m.film.weight for m in model.modules() if isinstance(m, Block) and m.film is not None]
+
+
 def with_width_conditioning(model: StarNetUNet) -> StarNetUNet:
     """A width-conditioned copy of an unconditioned generator that computes exactly what
     it does (its FiLM layers start at zero), to fine-tune into using the star width."""

@@ -53,7 +53,13 @@ from torch import nn
 
 from starnet_core.checkpoint import EMA_PREFIX
 from starnet_core.inference import star_hwhm
-from starnet_core.model import ModelConfig, PatchDiscriminator, StarNetUNet, save_weights
+from starnet_core.model import (
+    ModelConfig,
+    PatchDiscriminator,
+    StarNetUNet,
+    film_weights,
+    save_weights,
+)
 from starnet_core.synthetic import (
     DEFAULT_GLOW_CAP,
     MASK_CHANNELS,
@@ -439,7 +445,7 @@ def _generator_optimizer(g: StarNetUNet, cfg: TrainConfig) -> torch.optim.Adam:
     """Adam over the generator; a conditioned one's FiLM weights in a group of their own
     whose rate is ``cfg.film_lr_mult`` times the others' (``lr_mult``, read by the loop);
     with ``cfg.film_only`` that group alone, the other weights frozen."""
-    film = [p for n, p in g.named_parameters() if n.endswith(".film.weight")]
+    film = film_weights(g)
     ids = {id(p) for p in film}
     rest = [p for p in g.parameters() if id(p) not in ids]
     groups: list[dict[str, Any]] = [] if cfg.film_only else [{"params": rest, "lr_mult": 1.0}]
