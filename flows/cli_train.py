@@ -433,7 +433,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"--width-cond: model {info.version} is conditioned on the star width already")
     elif args.width_cond and ckpt.exists() and not args.new:
         print(f"--width-cond: resuming {ckpt}, whose architecture is kept")
-    if cfg.film_only and not (init.config if init is not None else cfg.model).width_cond:
+    # a resumed checkpoint keeps its own architecture: build_state checks that one
+    fresh = args.new or not ckpt.exists()
+    if cfg.film_only and fresh and not (init.config if init is not None else cfg.model).width_cond:
         what = f"model {info.version}" if init is not None else "a fresh model"
         print(
             f"starnet train: --film-only: {what} is not width-conditioned (add --width-cond)",
@@ -487,7 +489,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             should_stop=lambda: stop["flag"],
         )
     except ValueError as e:  # e.g. --film-only on a checkpoint of an unconditioned model
-        print(f"starnet train: {e}", file=sys.stderr)
+        where = f"{ckpt}: " if ckpt.exists() else ""
+        print(f"starnet train: {where}{e}", file=sys.stderr)
         return 2
     print(f"stopped at step {state.step}; checkpoint {ckpt}")
     if args.ship:

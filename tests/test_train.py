@@ -745,6 +745,23 @@ def test_cli_film_only_refuses_an_unconditioned_model(
     )
 
 
+def test_cli_film_only_resumes_a_conditioned_checkpoint_and_names_an_unconditioned_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+
+    base = ["train", "--synthetic", "--threads", "1", "--pool", "4", "--crop", "64"]
+    base += ["--batch", "2"]
+    plain, cond = tmp_path / "plain", tmp_path / "cond"
+    assert main([*base, "--new", "--yes", "--logs", str(plain), "--steps", "1"]) == 0
+    assert main([*base, "--logs", str(plain), "--steps", "2", "--film-only"]) == 2
+    err = capsys.readouterr().err
+    assert f"{plain / 'checkpoint.safetensors'}: --film-only needs a width-conditioned" in err
+    assert main([*base, "--new", "--yes", "--width-cond", "--logs", str(cond), "--steps", "1"]) == 0
+    assert main([*base, "--logs", str(cond), "--steps", "2", "--film-only"]) == 0
+    assert "stopped at step 2" in capsys.readouterr().out
+
+
 def test_cli_width_cond_makes_the_fine_tuned_model_conditioned(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
