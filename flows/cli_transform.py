@@ -246,16 +246,7 @@ def _pick_patches(stretched: np.ndarray, count: int, size_px: int) -> list[tuple
 def cmd_test(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from flows.settings import (
-        core_fill_options,
-        mask_options,
-        protect_options,
-        remnant_options,
-        sky_colour_options,
-        spike_options,
-        stretch_options,
-        tile_options,
-    )
+    from flows.settings import pipeline_options
     from starnet_core.imageio import ImageError, read_image
     from starnet_core.pipeline import StretchOptions, process_array, stretch_for_network
 
@@ -270,7 +261,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         return 1
 
     # stretch the whole frame once, so every patch shows as in the full result
-    data, _, _, _ = stretch_for_network(img.data, img.is_linear, stretch_options(args.settings))
+    options = pipeline_options(args.settings)
+    data, _, _, _ = stretch_for_network(img.data, img.is_linear, options["stretch"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.input).name.split(".")[0]
@@ -281,14 +273,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             engine.model,
             patch,
             is_linear=False,
-            stretch=StretchOptions(mode="never"),
-            tiles=tile_options(args.settings),
-            mask=mask_options(args.settings),
-            protect=protect_options(args.settings),
-            sky_colour=sky_colour_options(args.settings),
-            core_fill=core_fill_options(args.settings),
-            spikes=spike_options(args.settings),
-            remnants=remnant_options(args.settings),
+            **(options | {"stretch": StretchOptions(mode="never")}),
         )
         panels = [patch, products.starless_stretched, products.mask]
         rgb = [np.repeat(a, 3, 0) if a.shape[0] == 1 else a for a in panels]

@@ -39,17 +39,7 @@ from flows.provenance_records import (
     param_hash,
     sha256_file,
 )
-from flows.settings import (
-    Settings,
-    core_fill_options,
-    mask_options,
-    protect_options,
-    remnant_options,
-    sky_colour_options,
-    spike_options,
-    stretch_options,
-    tile_options,
-)
+from flows.settings import Settings, pipeline_options
 from starnet_core.imageio import (
     ImageData,
     ImageError,
@@ -258,14 +248,7 @@ def compute_outputs(
         engine.model,
         img.data,
         is_linear=img.is_linear,
-        stretch=stretch_options(settings),
-        tiles=tile_options(settings),
-        mask=mask_options(settings),
-        protect=protect_options(settings),
-        sky_colour=sky_colour_options(settings),
-        core_fill=core_fill_options(settings),
-        spikes=spike_options(settings),
-        remnants=remnant_options(settings),
+        **pipeline_options(settings),
         enhance_strength=settings.enhance.strength,
         progress=progress,
     )

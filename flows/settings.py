@@ -363,6 +363,21 @@ def remnant_options(settings: Settings) -> RemnantOptions:
     return RemnantOptions(**asdict(settings.remnants))
 
 
+def pipeline_options(settings: Settings) -> dict[str, Any]:
+    """Every option group of ``starnet_core.pipeline.process_array``, keyed by its keyword:
+    what the pipeline's settings make of one frame, for every entry point that runs it."""
+    return {
+        "stretch": stretch_options(settings),
+        "tiles": tile_options(settings),
+        "mask": mask_options(settings),
+        "protect": protect_options(settings),
+        "sky_colour": sky_colour_options(settings),
+        "core_fill": core_fill_options(settings),
+        "spikes": spike_options(settings),
+        "remnants": remnant_options(settings),
+    }
+
+
 def _check_options(settings: Settings, where: str) -> None:
     """Build every option group once, so a bad value is reported with the config file."""
     for section, build in (
