@@ -348,6 +348,29 @@ def _config(args: argparse.Namespace) -> Any:
     ):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{option} must be a number >= 0, got {value:g}")
+    for option, count, least in (
+        ("--steps", cfg.steps, 1),
+        ("--batch", cfg.batch_size, 1),
+        ("--crop", cfg.crop_px, cfg.model.multiple),
+        ("--pool", cfg.pool_size, 1),
+        ("--gan-start", cfg.gan_start_step, 0),
+        ("--threads", cfg.threads, 0),
+    ):
+        if count < least:
+            raise ValueError(f"{option} must be at least {least}, got {count}")
+    if cfg.crop_px % cfg.model.multiple:
+        raise ValueError(
+            f"--crop must be a multiple of {cfg.model.multiple} px (the network's input "
+            f"size step), got {cfg.crop_px}"
+        )
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ValueError(f"--lr must be a number > 0, got {cfg.lr:g}")
+    if not (math.isfinite(cfg.lr_min) and 0 <= cfg.lr_min <= cfg.lr):
+        raise ValueError(
+            f"--lr-min must be a number from 0 to --lr ({cfg.lr:g}), got {cfg.lr_min:g}"
+        )
+    if not 0 <= cfg.real_ratio <= 1:
+        raise ValueError(f"--real-ratio must be a share in [0, 1], got {cfg.real_ratio:g}")
     if cfg.keep_every < 0 or cfg.keep_every % cfg.checkpoint_every:
         raise ValueError(
             f"--keep-every must be 0 or a multiple of {cfg.checkpoint_every} steps (the "

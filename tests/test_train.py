@@ -326,6 +326,21 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "--film-lr-mult must be a number > 0, got 0" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--logs", logs, "--w-anchor", "-1"]) == 2
     assert "--w-anchor must be a number >= 0, got -1" in capsys.readouterr().err
+    for option, value, message in (
+        ("--lr", "-1", "--lr must be a number > 0, got -1"),
+        ("--lr", "nan", "--lr must be a number > 0, got nan"),
+        ("--lr-min", "1", "--lr-min must be a number from 0 to --lr (0.0005), got 1"),
+        ("--batch", "0", "--batch must be at least 1, got 0"),
+        ("--crop", "16", "--crop must be at least 32, got 16"),
+        ("--crop", "100", "--crop must be a multiple of 32 px"),
+        ("--pool", "0", "--pool must be at least 1, got 0"),
+        ("--steps", "0", "--steps must be at least 1, got 0"),
+        ("--threads", "-2", "--threads must be at least 0, got -2"),
+        ("--real-ratio", "1.5", "--real-ratio must be a share in [0, 1], got 1.5"),
+    ):
+        assert main(["train", "--synthetic", "--logs", logs, option, value]) == 2, option
+        assert message in capsys.readouterr().err, option
+    assert not (tmp_path / "logs").exists(), "a refused run writes nothing"
     assert main(["train", "--synthetic", "--logs", logs, "--anchor", "a.safetensors"]) == 2
     assert "--anchor needs --w-anchor > 0" in capsys.readouterr().err
     missing = str(tmp_path / "missing.safetensors")
