@@ -793,7 +793,7 @@ def test_cli_width_cond_makes_the_fine_tuned_model_conditioned(
     assert "conditioned on the frames' typical star width" in capsys.readouterr().out
     model, _ = load_weights(out)
     assert model.config.width_cond
-    # the packaged model (0.9.0) is conditioned already, and the run says so
+    # the packaged model (0.9.0 and later) is conditioned already, and the run says so
     assert main([*args[:-4], "--logs", str(tmp_path / "b"), "--export", str(out)]) == 0
     assert "is conditioned on the star width already" in capsys.readouterr().out
     # a resumed run keeps its checkpoint's architecture, and says so
