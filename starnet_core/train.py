@@ -595,8 +595,10 @@ def batches(
             parts_y.append(b)
             parts_k.append(k)
             parts_w.append(w)
+        # one part (the usual case) is a fresh array already: no second copy of the batch
         yield tuple(
-            torch.from_numpy(np.concatenate(p)) for p in (parts_x, parts_y, parts_k, parts_w)
+            torch.from_numpy(p[0] if len(p) == 1 else np.concatenate(p))
+            for p in (parts_x, parts_y, parts_k, parts_w)
         )
 
 
