@@ -157,8 +157,8 @@ def claim_frame(
 ) -> FrameClaim:
     """Hash and register the input, claim its run. Without a DB the caller always owns it."""
     p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise ImageError(p, "no such file")
+    if not p.is_file():  # the same reasons as read_image gives
+        raise ImageError(p, "not a regular file" if p.exists() else "no such file")
     digest = sha256_file(p)
     params = frame_params(settings)
     if db is None:

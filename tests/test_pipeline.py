@@ -183,12 +183,15 @@ def test_transform_bad_inputs_fail_clearly_and_others_go_on(
     data = star_field((1, 20, 20))
     data[0, :5, :5] = np.nan
     fits.PrimaryHDU(data[0]).writeto(nan)
+    folder = tmp_path / "folder.fits"  # a directory named like a frame
+    folder.mkdir()
     rc = run_cli(
         "transform",
         str(bad),
         str(good),
         str(nan),
         str(tmp_path / "missing.tif"),
+        str(folder),
         "--weights",
         str(weights),
         "--no-db",
@@ -199,7 +202,8 @@ def test_transform_bad_inputs_fail_clearly_and_others_go_on(
     assert f"FAILED {bad}:" in err
     assert "25 NaN" in err or "25 non-finite" in err
     assert "missing.tif: no such file" in err
-    assert "3 of 4 input(s) failed" in err
+    assert "folder.fits: not a regular file" in err
+    assert "4 of 5 input(s) failed" in err
     assert (tmp_path / "good_starless.png").exists()
     assert not (tmp_path / "bad_starless.fits").exists()
 
