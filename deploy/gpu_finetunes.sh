@@ -64,12 +64,13 @@ for name in "${NAMES[@]}"; do
   tail -n 3 "$W/$name.log"
   [ -f "$W/$name/final.safetensors" ] || { echo "$name: no weights"; continue; }
   cp "$W/$name/final.safetensors" "$OUT/$name-final.safetensors"
-  mapfile -t kept < <(ls "$W/$name"/weights-*.safetensors 2>/dev/null | sort)
+  mapfile -t kept < <(find "$W/$name" -maxdepth 1 -name 'weights-*.safetensors' | sort)
   half=("${kept[@]:$(( ${#kept[@]} / 2 ))}")
   if [ ${#half[@]} -ge 1 ]; then
     $PY -m flows.cli soup "${half[@]}" "$W/$name/final.safetensors" \
       --out "$OUT/$name-avg.safetensors" >/dev/null && echo "$name-avg: ${half[*]##*/} + final"
   fi
 done
-(cd "$W" && tar czf "$OUT/logs.tgz" ./*.log $(ls ./*/train_log.jsonl 2>/dev/null))
+mapfile -t logs < <(cd "$W" && find . -name '*.log' -o -name train_log.jsonl | sort)
+(cd "$W" && tar czf "$OUT/logs.tgz" "${logs[@]}")
 ls -l "$OUT"; echo "total $(( $(date +%s) - T0 )) s"

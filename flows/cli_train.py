@@ -126,7 +126,11 @@ def register(sub: Any) -> None:
     p.add_argument("--batch", type=int, help="batch size")
     p.add_argument("--crop", type=int, help="crop size in px")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--lr-min", type=float, help="learning rate at the end of the cosine decay")
+    p.add_argument(
+        "--lr-min",
+        type=float,
+        help="learning rate at the end of the cosine decay (default 5e-5, or --lr / 10 if lower)",
+    )
     p.add_argument("--real-ratio", type=float, help="share of file pairs in a batch when mixing")
     p.add_argument(
         "--gan-start", type=int, help="step at which adversarial + perceptual terms start"
@@ -365,6 +369,8 @@ def _config(args: argparse.Namespace) -> Any:
         )
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ValueError(f"--lr must be a number > 0, got {cfg.lr:g}")
+    if args.lr_min is None and cfg.lr_min > cfg.lr:  # --lr alone, below the default floor
+        cfg.lr_min = cfg.lr / 10
     if not (math.isfinite(cfg.lr_min) and 0 <= cfg.lr_min <= cfg.lr):
         raise ValueError(
             f"--lr-min must be a number from 0 to --lr ({cfg.lr:g}), got {cfg.lr_min:g}"

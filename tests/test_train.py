@@ -341,6 +341,12 @@ def test_cli_train_checks_its_options(tmp_path: Path, capsys: pytest.CaptureFixt
         assert main(["train", "--synthetic", "--logs", logs, option, value]) == 2, option
         assert message in capsys.readouterr().err, option
     assert not (tmp_path / "logs").exists(), "a refused run writes nothing"
+    # --lr alone below the default floor: the decay ends at a tenth of it
+    from flows.cli import build_parser
+    from flows.cli_train import _config
+
+    cfg = _config(build_parser().parse_args(["train", "--synthetic", "--lr", "1e-5"]))
+    assert cfg.lr == 1e-5 and cfg.lr_min == pytest.approx(1e-6)
     assert main(["train", "--synthetic", "--logs", logs, "--anchor", "a.safetensors"]) == 2
     assert "--anchor needs --w-anchor > 0" in capsys.readouterr().err
     missing = str(tmp_path / "missing.safetensors")
