@@ -375,6 +375,8 @@ def _config(args: argparse.Namespace) -> Any:
         raise ValueError(
             f"--lr-min must be a number from 0 to --lr ({cfg.lr:g}), got {cfg.lr_min:g}"
         )
+    if cfg.workers < 0:
+        raise ValueError(f"--workers must be 0 or more, got {cfg.workers}")
     if not 0 <= cfg.real_ratio <= 1:
         raise ValueError(f"--real-ratio must be a share in [0, 1], got {cfg.real_ratio:g}")
     if cfg.keep_every < 0 or cfg.keep_every % cfg.checkpoint_every:
@@ -391,6 +393,8 @@ def _config(args: argparse.Namespace) -> Any:
     if not (math.isfinite(cfg.ema_decay) and 0 <= cfg.ema_decay < 1):
         raise ValueError(f"--ema must be a decay in [0, 1), got {cfg.ema_decay:g}")
     if args.minutes is not None:
+        if not args.minutes > 0:
+            raise ValueError(f"--minutes must be positive, got {args.minutes}")
         cfg.time_limit_s = 60.0 * args.minutes
         if args.steps is None:  # the budget alone ends the run
             cfg.steps = 2**62
@@ -414,10 +418,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = _config(args)
         select_device(cfg.device)
-        if cfg.workers < 0:
-            raise ValueError(f"--workers must be 0 or more, got {cfg.workers}")
-        if args.minutes is not None and args.minutes <= 0:
-            raise ValueError(f"--minutes must be positive, got {args.minutes}")
         check_glow_cap(cfg.glow_cap_sigma, "--glow-cap")
     except ValueError as e:
         print(f"starnet train: {e}", file=sys.stderr)
