@@ -397,14 +397,32 @@ def augment(
 
 def star_metrics(
     x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, thr: float
-) -> dict[str, float]:
-    """Residual star flux fraction and background error: what the loss alone hides."""
+) -> dict[str, torch.Tensor]:
+    """Residual star flux fraction and background error: what the loss alone hides.
+
+    0-d tensors on the batch's device, not floats: reading one waits for the device,
+    so the loop reads its sums once per log (:func:`_read_logs`)."""
     stars = (x - y).clamp(min=0)
     mask = stars > thr
-    left = ((out - y) * mask).sum() / stars[mask].sum().clamp(min=1e-6)
+    left = ((out - y) * mask).sum() / (stars * mask).sum().clamp(min=1e-6)
     bg = (x - y).abs() < thr / 4
     bg_err = ((out - y).abs() * bg).sum() / bg.sum().clamp(min=1)
-    return {"residual_star_flux": float(left), "bg_l1": float(bg_err)}
+    return {"residual_star_flux": left.detach(), "bg_l1": bg_err.detach()}
+
+
+def _add_logs(acc: dict[str, torch.Tensor], logs: dict[str, torch.Tensor]) -> None:
+    """Add a step's 0-d log tensors to the running sums (in float64, on their device)."""
+    for k, v in logs.items():
+        v = v.detach().double()
+        acc[k] = acc[k] + v if k in acc else v
+
+
+def _read_logs(acc: dict[str, torch.Tensor], n: int) -> dict[str, float]:
+    """The means of the running sums over ``n`` steps, as floats: one device sync."""
+    if not acc:
+        return {}
+    values = (torch.stack(list(acc.values())) / n).tolist()
+    return dict(zip(acc, values, strict=True))
 
 
 def _module_positions(opt: torch.optim.Optimizer, module: nn.Module) -> list[int]:
@@ -720,7 +738,7 @@ def _loop(
     gan_on = cfg.w_gan > 0 or cfg.w_percep > 0
     cond = g.config.width_cond
     data = batches(cfg, file_pairs, pool, widths=cond)
-    acc: dict[str, float] = {}
+    acc: dict[str, torch.Tensor] = {}
     n_acc = 0
     fresh = 0
     if gan_on and cfg.d_warmup_steps > 0 and state.step < cfg.steps:
@@ -751,9 +769,9 @@ def _loop(
                 ref = anchor(x, hwhm if anchor.config.width_cond else None)
             l_g_anchor = ((out - ref).abs() * dense).mean()
             loss = loss + cfg.w_anchor * l_g_anchor
-        logs = {k: v.item() for k, v in terms.items()}
+        logs = dict(terms)
         if anchor is not None:
-            logs["l_g_anchor"] = l_g_anchor.item()
+            logs["l_g_anchor"] = l_g_anchor
         if use_gan:
             logit_fake, feat_fake = d(x, out)
             with torch.no_grad():
@@ -763,7 +781,7 @@ def _loop(
             ).sum()
             l_g_gan = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
             loss = loss + cfg.w_percep * l_g_percep + cfg.w_gan * l_g_gan
-            logs |= {"l_g_percep": float(l_g_percep.detach()), "l_g_gan": l_g_gan.item()}
+            logs |= {"l_g_percep": l_g_percep, "l_g_gan": l_g_gan}
         state.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         state.opt_g.step()
@@ -775,15 +793,14 @@ def _loop(
             logs |= _discriminator_step(state, x, y, out)
 
         logs |= star_metrics(x, y, out.detach(), cfg.star_threshold)
-        for k, v in logs.items():
-            acc[k] = acc.get(k, 0.0) + v
+        _add_logs(acc, logs)  # no read-back here: the host queues the next step meanwhile
         n_acc += 1
         state.step += 1
         if pool is not None and state.step % cfg.refresh_every == 0:
             fresh += pool.refresh(cfg.refresh_count)
         if state.step % cfg.log_every == 0:
             dt = time.perf_counter() - t0
-            record = {k: v / n_acc for k, v in acc.items()}
+            record = _read_logs(acc, n_acc)
             record |= {
                 "step": state.step,
                 "lr": lr,
@@ -894,8 +911,9 @@ def _next_batch(
 
 def _discriminator_step(
     state: TrainState, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor
-) -> dict[str, float]:
-    """One update of the patch discriminator: truth real, the generator's output fake."""
+) -> dict[str, torch.Tensor]:
+    """One update of the patch discriminator: truth real, the generator's output fake;
+    its losses as detached 0-d tensors (:func:`_add_logs`)."""
     d = state.discriminator
     for p in d.parameters():
         p.requires_grad_(True)
@@ -906,7 +924,7 @@ def _discriminator_step(
     state.opt_d.zero_grad(set_to_none=True)
     ((l_d_real + l_d_fake) / 2).backward()
     state.opt_d.step()
-    return {"l_d_real": l_d_real.item(), "l_d_fake": l_d_fake.item()}
+    return {"l_d_real": l_d_real.detach(), "l_d_fake": l_d_fake.detach()}
 
 
 def _warm_discriminator(
@@ -924,7 +942,7 @@ def _warm_discriminator(
     g = state.generator
     for group in state.opt_d.param_groups:
         group["lr"] = cfg.d_warmup_lr
-    acc: dict[str, float] = {}
+    acc: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
     for i in range(1, cfg.d_warmup_steps + 1):
         if should_stop is not None and should_stop():
@@ -933,18 +951,18 @@ def _warm_discriminator(
         x, y, _, hwhm = _next_batch(data, device, gen, cfg.augment_scale, g.config.width_cond)
         with torch.no_grad():
             out = g(x, hwhm)
-        for k, v in _discriminator_step(state, x, y, out).items():
-            acc[k] = acc.get(k, 0.0) + v
+        _add_logs(acc, _discriminator_step(state, x, y, out))
         if pool is not None and i % cfg.refresh_every == 0:
             pool.refresh(cfg.refresh_count)
         if i % cfg.log_every == 0 or i == cfg.d_warmup_steps:
             n = cfg.log_every if i % cfg.log_every == 0 else i % cfg.log_every
+            means = _read_logs(acc, n)
             log.info(
                 "discriminator warm-up %d/%d  l_d_real %.3f  l_d_fake %.3f  %.3f s/step",
                 i,
                 cfg.d_warmup_steps,
-                acc["l_d_real"] / n,
-                acc["l_d_fake"] / n,
+                means["l_d_real"],
+                means["l_d_fake"],
                 (time.perf_counter() - t0) / n,
             )
             acc, t0 = {}, time.perf_counter()

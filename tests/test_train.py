@@ -72,6 +72,35 @@ def test_tiny_run_logs_and_checkpoints(tmp_path: Path) -> None:
     assert strips and strips[0].shape == (3, 2 * 32, 3 * 32)
 
 
+def test_logged_records_are_float_means_of_each_steps_terms(tmp_path: Path) -> None:
+    """The loop keeps each step's terms on the device and reads them once per log: the
+    record is still the plain-float mean of the steps since the last one."""
+    from starnet_core import train as train_mod
+
+    seen: list[dict[str, float]] = []
+    real_metrics = train_mod.star_metrics
+
+    def spy(*args: object, **kw: object) -> dict[str, torch.Tensor]:
+        out = real_metrics(*args, **kw)  # type: ignore[arg-type]
+        assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in out.values())
+        seen.append({k: float(v) for k, v in out.items()})
+        return out
+
+    records: list[dict[str, float]] = []
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train_mod, "star_metrics", spy)
+    try:
+        train(tiny_config(steps=4, log_every=2, gan_start_step=0), tmp_path, on_log=records.append)
+    finally:
+        mp.undo()
+    assert len(seen) == 4 and len(records) == 2
+    for r, steps in zip(records, (seen[:2], seen[2:]), strict=True):
+        assert all(type(v) is float for k, v in r.items() if k not in ("step", "fresh_crops")), r
+        for key in ("residual_star_flux", "bg_l1"):
+            assert r[key] == pytest.approx(np.mean([s[key] for s in steps]), rel=1e-6), key
+        assert {"l_d_real", "l_d_fake", "l_g_gan", "l_g_percep"} <= set(r)
+
+
 def test_each_checkpoint_is_written_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import starnet_core.train as train_module
 
