@@ -77,3 +77,22 @@ def test_output_piped_into_a_closed_reader_ends_quietly(tmp_path) -> None:
     os.close(write)
     assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr
     assert proc.returncode == 1
+
+
+def test_demo_frame_is_a_readable_field_that_is_not_dense(tmp_path) -> None:
+    """`starnet demo`'s frame: a colour FITS the pipeline reads, written atomically, and
+    never a dense field (whose star mask would be white all over)."""
+    import re
+
+    from astropy.io import fits
+
+    from flows.cli_pipeline import write_demo_frame
+    from starnet_core.imageio import read_image
+
+    path = write_demo_frame(tmp_path / "incoming", 512)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no .part left
+    image = read_image(path)
+    assert image.data.shape == (3, 512, 512)
+    history = " ".join(str(h) for h in fits.getheader(path)["HISTORY"])
+    stars = int(re.search(r"(\d+) stars", history).group(1))  # type: ignore[union-attr]
+    assert 0 < stars < 512 * 512 / 50, history
