@@ -443,7 +443,9 @@ class ProvenanceDB:
         The frame must be registered; an unknown model version is registered as a
         candidate. ``status="queued"`` records a submission (a later ``running`` claim
         takes it over). A failed run, or one stuck longer than ``stale_after_s``, is
-        claimed again with ``attempts + 1`` unless ``max_attempts`` is reached.
+        claimed again with ``attempts + 1`` unless ``max_attempts`` is reached; a stale
+        run that has had its ``max_attempts`` (a frame that kills its worker) is then
+        marked failed, with an error saying so, and not claimed again.
         """
         frame_digest = check_sha256("frame_sha256", frame_sha256)
         weights = check_sha256("weights_sha256", weights_sha256)
@@ -504,8 +506,19 @@ class ProvenanceDB:
             return "busy"
         if row.status == "queued" and not stale and status == "queued":
             return "busy"
-        if row.status == "failed" and max_attempts is not None and row.attempts >= max_attempts:
-            return "exhausted"
+        if max_attempts is not None and row.attempts >= max_attempts:
+            if row.status == "failed":
+                return "exhausted"
+            if row.status == "running":  # stale: its worker died (OOM kill, crash, power cut)
+                row.status = "failed"
+                row.finished_at = now
+                row.error = (
+                    f"no end recorded: attempt {row.attempts} of {max_attempts}, started "
+                    f"{row.started_at:%Y-%m-%d %H:%M:%S} UTC, was given up after "
+                    f"{self.stale_after_s:.0f} s without a heartbeat (its worker died?)"
+                )
+                log.warning("run %s: %s", row.run_key[:12], row.error)
+                return "exhausted"
         if row.status != "queued" or stale:  # a queued run starting is the same attempt
             row.attempts += 1
         if row.status == "running":
@@ -632,7 +645,9 @@ class ProvenanceDB:
     ) -> list[Frame]:
         """Frames the (promoted) model has not processed yet: no run of it succeeded, none is
         in progress, and it has not failed ``max_attempts`` times — so frames last made by
-        an older model, and failed frames still worth a retry. Oldest first."""
+        an older model, and failed frames still worth a retry. Oldest first. A frame whose
+        last allowed attempt went stale (its worker died) comes once more: claiming it
+        records that run as failed (``claim_run``), which settles it."""
         with self._session() as s:
             if promoted_version is None:
                 promoted_version = s.scalar(

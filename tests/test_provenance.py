@@ -194,6 +194,32 @@ def test_failed_and_stale_runs_are_claimed_again(
         db.finish_run(key, "succeeded", outputs=[("mask", tmp_path / "missing.fits")])
 
 
+def test_a_frame_that_kills_its_worker_gets_max_attempts_then_is_failed(
+    provenance_db: ProvenanceDB, tmp_path: Path
+) -> None:
+    """A run that never ends (worker killed) is taken over when stale, each takeover an
+    attempt; after the last allowed one it is recorded failed, and the nightly's
+    selection stops offering the frame."""
+    db = provenance_db
+    frame = db.register_frame(_file(tmp_path / "a.fits", seed=8))
+    db.register_model("v1", W1, {}, status="promoted")
+    impatient = ProvenanceDB(db.url, stale_after_s=1e-6)
+    states = []
+    for _night in range(5):
+        if not impatient.frames_needing_rerun("v1", max_attempts=3):
+            break
+        claim = impatient.claim_run(frame.sha256, "v1", W1, PARAMS, max_attempts=3)
+        states.append((claim.state, claim.run.attempts))
+        # ... the worker is killed here: no finish_run
+    assert states == [("owned", 1), ("owned", 2), ("owned", 3), ("exhausted", 3)]
+    run = db.get_run(claim.run_key)
+    assert run is not None and run.status == "failed" and run.finished_at is not None
+    assert run.error is not None and "no end recorded: attempt 3 of 3" in run.error
+    assert impatient.frames_needing_rerun("v1", max_attempts=3) == []
+    # a human may still ask again (no bound), as for any failed run
+    assert impatient.claim_run(frame.sha256, "v1", W1, PARAMS).owned
+
+
 def test_queued_then_started(provenance_db: ProvenanceDB, tmp_path: Path) -> None:
     db = provenance_db
     frame = db.register_frame(_file(tmp_path / "a.fits", seed=5))
