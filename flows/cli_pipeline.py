@@ -13,18 +13,18 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, cast
 
 from flows.provenance_records import TrainingPair
-from flows.settings import Settings
+from flows.settings import SUBMIT_MODES, Settings
 from flows.watcher import Watcher, emit_pair_event, matches
 
 log = logging.getLogger("starnet.pipeline")
 
 PROCESS_DEPLOYMENT = "starnet-process-frame"
-SUBMIT_MODES = ("auto", "local", "deployment")
 
 
 # Defaults for the embedded API when the environment says nothing: a slow or busy machine
@@ -180,15 +180,24 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    if bool(args.original) != bool(args.starless):
+        print("starnet retrain: --original and --starless go together", file=sys.stderr)
+        return 2
+    for option, raw in (("--original", args.original), ("--starless", args.starless)):
+        if raw and not Path(raw).expanduser().is_file():  # before Prefect starts
+            print(f"starnet retrain: {option} {raw}: no such file", file=sys.stderr)
+            return 2
+    from flows.provenance_records import ProvenanceError
     from flows.retraining import retrain
 
-    if bool(args.original) != bool(args.starless):
-        print("starnet retrain: --original and --starless go together")
-        return 2
-    result = retrain(
-        original=args.original, starless=args.starless, config=args.config,
-        steps=args.steps, force=args.force,
-    )  # fmt: skip
+    try:
+        result = retrain(
+            original=args.original, starless=args.starless, config=args.config,
+            steps=args.steps, force=args.force,
+        )  # fmt: skip
+    except (ProvenanceError, ValueError) as e:  # bad pairs: the flow run's log has the details
+        print(f"starnet retrain: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2, default=str))
     return 0
 

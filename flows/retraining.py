@@ -46,10 +46,14 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from flows.pipeline import ensure_concurrency_limit, load_run_engine, model_record
-from flows.provenance import ProvenanceDB, TrainingPair
-from flows.settings import RetrainSettings, Settings, load_settings, tile_options
-
-PROMOTE_POLICIES = ("better", "always", "never")
+from flows.provenance import ProvenanceDB, TrainingPair, sha256_file
+from flows.settings import (
+    PROMOTE_POLICIES,
+    RetrainSettings,
+    Settings,
+    load_settings,
+    tile_options,
+)
 
 
 def train_config(r: RetrainSettings, architecture: dict[str, Any]) -> Any:
@@ -81,20 +85,66 @@ def train_config(r: RetrainSettings, architecture: dict[str, Any]) -> Any:
     )
 
 
+def pair_problem(pair: TrainingPair) -> str | None:
+    """Why ``pair`` cannot be trained on as recorded (a file missing, or its content no longer
+    the recorded sha256, e.g. re-saved under the same name), naming the file; None if it can."""
+    for side, path, recorded in (
+        ("original", pair.original_path, pair.original_sha256),
+        ("starless", pair.starless_path, pair.starless_sha256),
+    ):
+        try:
+            digest = sha256_file(path)
+        except OSError as e:
+            return f"{path}: {side} of training pair {pair.id} cannot be read ({e.strerror or e})"
+        if digest != recorded:
+            return (
+                f"{path}: {side} of training pair {pair.id} changed since it was recorded "
+                f"(sha256 {digest[:12]}, recorded {recorded[:12]})"
+            )
+    return None
+
+
+def usable_pairs(pairs: list[TrainingPair]) -> tuple[list[TrainingPair], list[str]]:
+    """The pairs whose files still hold the recorded content, and why each other one is
+    left out (its new content, if any, is a pair of its own once registered)."""
+    usable, problems = [], []
+    for p in pairs:
+        problem = pair_problem(p)
+        if problem is None:
+            usable.append(p)
+        else:
+            problems.append(problem)
+    return usable, problems
+
+
 def read_pairs(pairs: list[TrainingPair]) -> list[tuple[np.ndarray, np.ndarray]]:
     """The pairs' images, stretched ``(C, H, W)`` float32, read the way ``starnet train``
-    reads a pair folder (a temporary folder of links to the registered files)."""
+    reads a pair folder (a temporary folder of links to the registered files).
+
+    Each pair's files must still hold their recorded content: a missing or changed file
+    is a ``ValueError`` naming it (never trained as if it were the recorded pair)."""
     from starnet_core.train import read_pair_folder
 
     with tempfile.TemporaryDirectory(prefix="starnet-pairs-") as tmp:
         root = Path(tmp)
         for side in ("original", "starless"):
             (root / side).mkdir()
+        links: dict[str, str] = {}
         for p in pairs:
+            problem = pair_problem(p)
+            if problem is not None:
+                raise ValueError(problem)
             name = f"{p.id:06d}_{Path(p.original_path).name}"
-            (root / "original" / name).symlink_to(p.original_path)
-            (root / "starless" / name).symlink_to(p.starless_path)
-        return read_pair_folder(root)
+            for side, target in (("original", p.original_path), ("starless", p.starless_path)):
+                (root / side / name).symlink_to(target)
+                links[str(root / side / name)] = target
+        try:
+            return read_pair_folder(root)
+        except (OSError, ValueError) as e:  # name the user's files, not the links
+            message = str(e)
+            for link, target in sorted(links.items(), key=lambda kv: -len(kv[0])):
+                message = message.replace(link, target)
+            raise ValueError(message) from e
 
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
@@ -252,10 +302,18 @@ def retrain(
         if original and starless:
             db.add_training_pair(original, starless)
         register_folder_pairs(settings, db)
-        pairs = db.list_training_pairs()
-        if not pairs:
+        registered = db.list_training_pairs()
+        if not registered:
             logger.info("no training pairs registered: nothing to do")
             return {"status": "no-pairs"}
+        pairs, problems = usable_pairs(registered)
+        for problem in problems:
+            logger.warning("left out: %s", problem)
+        if not pairs:
+            raise ValueError(
+                f"no training pair to train on: every registered pair's files are missing "
+                f"or changed: {'; '.join(problems)}"
+            )
         ids = {p.id for p in pairs}
         trained = [m for m in db.list_models() if m.training_pair_ids]
         if trained and ids <= set(trained[-1].training_pair_ids) and not force:

@@ -48,6 +48,12 @@ class SettingsError(ValueError):
     """A configuration file is unreadable or holds an unknown key or a bad value."""
 
 
+# The choices of the settings that name one of a few policies, checked when the file is read
+# (the science's own choices, e.g. stretch.mode, are checked by its option classes).
+PROMOTE_POLICIES = ("better", "always", "never")  # retrain.promote
+SUBMIT_MODES = ("auto", "local", "deployment")  # prefect.submit
+
+
 @dataclass
 class InferenceSettings:
     """Tiled star removal (see ``starnet_core.tiling``)."""
@@ -78,7 +84,7 @@ class StretchSettings:
 class ValidationSettings:
     """Checks on every input frame before anything is computed."""
 
-    nan_policy: str = "error"  # error | zero | median
+    nan_policy: str = "error"  # error | zero | median (starnet_core.imageio.NAN_POLICIES)
     max_nonfinite_fraction: float = 0.01
 
 
@@ -396,6 +402,22 @@ def _check_options(settings: Settings, where: str) -> None:
             raise SettingsError(f"{where}.{section}: {e}") from e
 
 
+def _check_choices(settings: Settings, where: str) -> None:
+    """Every setting that names one of a few choices holds one of them, so a typo is reported
+    with the config file and the key, never later by each frame or after a whole retrain."""
+    from starnet_core.imageio import NAN_POLICIES
+
+    for key, value, allowed in (
+        ("validation.nan_policy", settings.validation.nan_policy, NAN_POLICIES),
+        ("retrain.promote", settings.retrain.promote, PROMOTE_POLICIES),
+        ("prefect.submit", settings.prefect.submit, SUBMIT_MODES),
+    ):
+        if value not in allowed:
+            raise SettingsError(
+                f"{where}.{key}: expected one of {', '.join(allowed)}, got {value!r}"
+            )
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read settings from ``path`` (or the default lookup) and apply environment overrides."""
     p = Path(path) if path is not None else default_config_path()
@@ -413,6 +435,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
     where = str(p) if p else "<defaults>"
     settings = _build(Settings, raw, where)
     _check_options(settings, where)
+    _check_choices(settings, where)
     if os.environ.get("STARNET_DATA_DIR"):
         settings.data_dir = os.environ["STARNET_DATA_DIR"]
     if os.environ.get("STARNET_DATABASE_URL"):

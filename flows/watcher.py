@@ -10,6 +10,9 @@ Frames are deduplicated by content: a file whose sha256 already has a
 succeeded run in the provenance DB, or that this watcher dispatched already,
 is not dispatched again (the nightly rerun takes care of newer models). The
 flow's own claim is the final guard, so two watchers on one folder are safe.
+A file whose handling fails (the DB briefly unreachable, the dispatch or
+``on_pair`` raising) is logged with its path and tried again after ``retry_s``;
+the other files of that step go on.
 
 Training pairs are ``training/original/X`` + ``training/starless/X`` (identical
 names). A complete pair is registered in the DB and announced with the Prefect
@@ -154,6 +157,7 @@ class Watcher:
         self.training_done: set[Path] = set()
         self.frame_digest: dict[Path, str] = {}  # frames of the batch being dispatched
         self.retry_at: dict[Path, float] = {}
+        self.pairs_unannounced: set[int] = set()  # new pairs whose on_pair has not succeeded
 
     # ---- classification --------------------------------------------------------------
 
@@ -208,24 +212,38 @@ class Watcher:
                 del self.retry_at[p]
                 self.tracker.note(p)
         frames: list[Path] = []
-        for p in self.tracker.ready():
-            if self._pair_side(p) is not None:
-                self._training_file(p)
-            elif self._new_frame(p):
-                frames.append(p)
+        for p in self.tracker.ready():  # no longer pending: a failure must put it back
+            try:
+                if self._pair_side(p) is not None:
+                    self._training_file(p)
+                elif self._new_frame(p):
+                    frames.append(p)
+            except Exception:  # e.g. the DB is briefly unreachable: this file, later
+                log.exception("%s: cannot handle it now; retrying in %g s", p, self.retry_s)
+                self._retry_later(p)
         if frames:
             log.info("dispatching %d frame(s): %s", len(frames), ", ".join(p.name for p in frames))
             try:
                 self.on_frames(frames)
             except Exception:  # API down, flow crashed: try these again later
-                log.exception("dispatch failed; retrying in %.0f s", self.retry_s)
+                log.exception(
+                    "dispatch of %s failed; retrying in %g s",
+                    ", ".join(str(p) for p in frames), self.retry_s,
+                )  # fmt: skip
                 for p in frames:
-                    self.dispatched.discard(self.frame_digest.pop(p))
-                    self.retry_at[p] = self.clock() + self.retry_s
+                    self._retry_later(p)
                 return []
             for p in frames:
                 del self.frame_digest[p]
         return frames
+
+    def _retry_later(self, path: Path) -> None:
+        """Hand ``path`` on again after ``retry_s``: it is noted anew then, and its content
+        counts as not dispatched."""
+        digest = self.frame_digest.pop(path, None)
+        if digest is not None:
+            self.dispatched.discard(digest)
+        self.retry_at[path] = self.clock() + self.retry_s
 
     def _new_frame(self, path: Path) -> bool:
         try:
@@ -238,13 +256,13 @@ class Watcher:
                 "%s: same content as a frame already dispatched (%s); skipped", path, digest[:12]
             )
             return False
-        self.dispatched.add(digest)
-        self.frame_digest[path] = digest
         if self.db.is_known_input(digest) and self.db.list_runs(
             status="succeeded", frame_sha256=digest, limit=1
         ):
             log.info("%s: already processed (sha256 %s); skipped", path, digest[:12])
             return False
+        self.dispatched.add(digest)
+        self.frame_digest[path] = digest
         return True
 
     def _training_file(self, path: Path) -> None:
@@ -257,9 +275,13 @@ class Watcher:
             return
         original, starless = (path, other) if side == "original" else (other, path)
         pair, is_new = self.db.add_training_pair(original, starless)
+        is_new = is_new or pair.id in self.pairs_unannounced  # on_pair failed on it before
         log.info("training pair %d %s (%s)", pair.id, path.name, "new" if is_new else "known")
+        if is_new:
+            self.pairs_unannounced.add(pair.id)
         if self.on_pair is not None:
             self.on_pair(pair, is_new)
+        self.pairs_unannounced.discard(pair.id)
 
     # ---- the loop --------------------------------------------------------------------
 

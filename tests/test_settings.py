@@ -99,3 +99,31 @@ def test_bad_option_values_name_the_config_file(tmp_path: Path, text: str, match
     p.write_text(text)
     with pytest.raises(SettingsError, match=match):
         load_settings(p)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (
+            "validation:\n  nan_policy: zeros\n",
+            r"c.yaml.validation.nan_policy: expected one of error, zero, median, got 'zeros'",
+        ),
+        (
+            "retrain:\n  promote: sometimes\n",
+            r"c.yaml.retrain.promote: expected one of better, always, never, got 'sometimes'",
+        ),
+        (
+            "prefect:\n  submit: remote\n",
+            r"c.yaml.prefect.submit: expected one of auto, local, deployment, got 'remote'",
+        ),
+    ],
+)
+def test_bad_choices_name_the_config_file_key_and_choices(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    # a typo in a policy is the config file's fault: reported when it is read, not by
+    # every frame (nan_policy) or after a whole fine-tune (promote)
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(SettingsError, match=match):
+        load_settings(p)

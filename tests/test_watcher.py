@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from prefect_fixtures import PipelineEnv, write_fits
+from sqlalchemy.exc import OperationalError
 
 from flows.provenance import ProvenanceDB, TrainingPair
 from flows.watcher import CompletionTracker, Watcher, matches
@@ -167,6 +168,91 @@ def test_training_pair_needs_both_sides(tmp_path: Path, provenance_db: Provenanc
     ]
     assert batches == []  # training images are not frames
     assert len(provenance_db.list_training_pairs()) == 1
+
+
+class FailOnce:
+    """Wraps one method of the real DB (or a callback) so that its first call raises: a brief
+    outage (PostgreSQL restarting), everything else real."""
+
+    def __init__(self, real: object) -> None:
+        self.real, self.calls = real, 0
+
+    def __call__(self, *args: object) -> object:
+        self.calls += 1
+        if self.calls == 1:
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return self.real(*args)  # type: ignore[operator]
+
+
+def test_db_outage_while_checking_frames_loses_none(
+    tmp_path: Path, provenance_db: ProvenanceDB, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    w, batches = _watcher(tmp_path, provenance_db, clock=clock, retry_s=10.0)
+    w.stable_s = w.tracker.stable_s = 0.0
+    a = write_fits(tmp_path / "incoming" / "A.fits", seed=1).resolve()
+    b = write_fits(tmp_path / "incoming" / "B.fits", seed=2).resolve()
+    provenance_db.is_known_input = FailOnce(provenance_db.is_known_input)  # type: ignore[method-assign]
+    assert w.scan() == 2
+    assert w.step() == [b]  # A's check failed; B, the other file of the step, goes on
+    assert f"{a}: cannot handle it now" in caplog.text
+    assert "server closed the connection" in caplog.text
+    clock.t = 5.0
+    assert w.step() == []  # not before retry_s
+    clock.t = 11.0
+    assert w.step() == [a]  # tried again: not lost
+    assert batches == [[b], [a]]
+
+
+def test_db_outage_leaves_no_hash_behind_so_a_touch_brings_the_file_back(
+    tmp_path: Path, provenance_db: ProvenanceDB
+) -> None:
+    clock = Clock()
+    w, batches = _watcher(tmp_path, provenance_db, clock=clock, retry_s=1000.0)
+    w.stable_s = w.tracker.stable_s = 0.0
+    a = write_fits(tmp_path / "incoming" / "A.fits", seed=1).resolve()
+    provenance_db.is_known_input = FailOnce(provenance_db.is_known_input)  # type: ignore[method-assign]
+    w.inbox.put(a)
+    assert w.step() == []
+    assert w.dispatched == set()
+    w.inbox.put(a)  # touched again before the retry is due
+    assert w.step() == [a]
+    assert batches == [[a]]
+
+
+def test_failed_pair_registration_or_retrain_is_retried_as_new(
+    tmp_path: Path, provenance_db: ProvenanceDB, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    w, batches = _watcher(tmp_path, provenance_db, clock=clock, retry_s=10.0)
+    w.stable_s = w.tracker.stable_s = 0.0
+    seen: list[tuple[int, bool]] = []
+
+    def on_pair(pair: TrainingPair, is_new: bool) -> None:
+        seen.append((pair.id, is_new))
+        if len(seen) == 1:
+            raise RuntimeError("retrain crashed")
+
+    w.on_pair = on_pair
+    provenance_db.add_training_pair = FailOnce(provenance_db.add_training_pair)  # type: ignore[method-assign]
+    orig = write_fits(tmp_path / "training" / "original" / "p1.fits", seed=3).resolve()
+    star = write_fits(tmp_path / "training" / "starless" / "p1.fits", seed=4).resolve()
+    frame = write_fits(tmp_path / "incoming" / "F.fits", seed=5).resolve()
+    assert w.scan() == 3
+    assert w.step() == [frame]  # the pair's registration failed; the frame goes on
+    assert f"{star}: cannot handle it now" in caplog.text and seen == []
+    clock.t = 11.0
+    w.step()  # registered now, but on_pair (local mode: the retrain) fails
+    assert seen == [(1, True)] and "retrain crashed" in caplog.text
+    assert len(provenance_db.list_training_pairs()) == 1
+    clock.t = 22.0
+    w.step()  # the pair is known to the DB by now, but on_pair never succeeded on it
+    assert seen == [(1, True), (1, True)]
+    clock.t = 40.0
+    w.inbox.put(orig)
+    w.step()
+    assert seen[-1] == (1, False)  # announced once it went through
+    assert batches == [[frame]]
 
 
 # ---- end to end: watchdog + in-process flows ----------------------------------------------
