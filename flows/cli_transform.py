@@ -3,7 +3,9 @@
 ``starnet transform image.tif`` writes ``image_starless.tif`` and
 ``image_mask.tif`` next to the input (the original StarNet's names), plus
 ``image_stars.tif`` / ``image_enhanced.tif`` with ``--stars`` / ``--enhance``.
-Every run is recorded in the provenance DB unless ``--no-db``.
+Every run is recorded in the provenance DB unless ``--no-db``; an input the DB
+has already is processed again as a new attempt of its run, and its new outputs
+are the recorded ones.
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ Remove the stars from each INPUT (FITS, TIFF, PNG, JPEG) and write, next to it
   <stem>_enhanced<ext>   nebulosity boosted, stars not (with --enhance)
 Linear data (FITS, float TIFF) is auto-stretched for the network and the
 starless result returned to linear; 8/16-bit images are used as they are.
-Outputs keep the input's format and bit depth. The exit code is non-zero if
-any input failed; the others are still processed.
+Outputs keep the input's format and bit depth; <stem>_preview is always JPEG.
+An input whose outputs would overwrite those of another input (e.fits and
+e.fits.gz, or M42.fits and M42.tif, into one folder) fails before anything of
+it is written: rename it or use --out. The exit code is non-zero if any input
+failed or was not processed (another run of it in progress); the others are
+still processed.
 
 examples:
   starnet transform M42.tif
@@ -191,7 +197,7 @@ def _engine_or_exit(args: argparse.Namespace) -> Any:
 
 
 def cmd_transform(args: argparse.Namespace) -> int:
-    from flows.frame import process_file
+    from flows.frame import OutputGuard, process_file
     from flows.provenance import ProvenanceDB
 
     _apply_overrides(args)
@@ -204,15 +210,17 @@ def cmd_transform(args: argparse.Namespace) -> int:
         return 2
     db = None if args.no_db else ProvenanceDB.from_settings(s)
     failures = 0
+    guard = OutputGuard()  # no input of this command overwrites another's outputs
     for name in args.inputs:
         bar = ProgressBar(Path(name).name, enabled=not args.quiet)
         t0 = time.perf_counter()
         result = process_file(
-            name, s, engine, out_dir=args.out, db=db, skip_done=False, progress=bar
+            name, s, engine, out_dir=args.out, db=db, guard=guard, skip_done=False, progress=bar
         )
-        if result.status == "failed":
+        if result.status != "succeeded":  # failed, or busy / exhausted: not processed
             failures += 1
-            print(f"FAILED {result.error}", file=sys.stderr)
+            print(f"FAILED {result.error or f'{name}: not processed ({result.status})'}",
+                  file=sys.stderr)  # fmt: skip
             continue
         outs = ", ".join(Path(p).name for k, p in result.outputs.items())
         print(f"{name}: {outs} ({time.perf_counter() - t0:.1f} s)")

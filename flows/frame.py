@@ -12,7 +12,17 @@ them one to one; the CLI calls :func:`process_file`, which chains them):
    and its reason.
 
 A bad input never crashes the caller: :func:`process_file` returns a failed
-:class:`FrameResult` naming the file and the reason, and the DB keeps it.
+:class:`FrameResult` naming the file and the reason, and the DB keeps it. So does
+an output that cannot be written (the folder is a file, not writable, the disk
+is full): the next frames are still tried.
+
+Outputs never overwrite those of another input (see :class:`OutputGuard`): a
+frame whose output names are taken by a different input (``e.fits`` and
+``e.fits.gz``; ``M42.fits`` and ``M42.tif``, which share ``M42_preview.jpg``;
+two nights' ``M42.fits`` in one flat folder) fails with both files named, before
+anything of it is written. The flows keep a frame's sub-folder of ``incoming/``
+under the output folder (:func:`output_folder`), so the last case does not arise
+there.
 """
 
 from __future__ import annotations
@@ -103,13 +113,15 @@ def frame_params(settings: Settings) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class FrameClaim:
-    """Who processes this frame. ``decision``: process | skip (done) | busy | exhausted."""
+    """Who processes this frame. ``decision``: process | skip (done) | busy | exhausted;
+    ``reason``: why it is not processed, for busy and exhausted (names the file)."""
 
     path: str
     sha256: str
     decision: str
     record: ProvenanceRecord
     attempt: int = 1
+    reason: str | None = None
 
     @property
     def run_key(self) -> str:
@@ -131,7 +143,7 @@ class FrameResult:
     """The end of one frame, for the CLI and flow summaries."""
 
     path: str
-    status: str  # succeeded | failed | skipped | busy
+    status: str  # succeeded | failed | skipped | busy | exhausted (error: why)
     run_key: str | None
     outputs: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -154,12 +166,24 @@ def claim_frame(
     *,
     flow_run_id: str | None = None,
     max_attempts: int | None = None,
+    expect_sha256: str | None = None,
+    redo: bool = False,
 ) -> FrameClaim:
-    """Hash and register the input, claim its run. Without a DB the caller always owns it."""
+    """Hash and register the input, claim its run. Without a DB the caller always owns it.
+
+    ``expect_sha256``: the frame the caller means (the nightly rerun picks frames by
+    content, and finds them at their last-seen path). When the file there is gone or
+    holds other content, it is not processed as that frame: the frame's run is
+    recorded as failed with the reason (so it counts toward ``max_attempts`` and is
+    not picked forever) and an :class:`ImageError` is raised.
+    """
     p = Path(path).expanduser().resolve()
-    if not p.is_file():  # the same reasons as read_image gives
+    now = sha256_file(p) if p.is_file() else None
+    if expect_sha256 is not None and db is not None and now != expect_sha256:
+        _record_gone(p, expect_sha256, now, settings, db, engine, flow_run_id, max_attempts)
+    if now is None:  # the same reasons as read_image gives
         raise ImageError(p, "not a regular file" if p.exists() else "no such file")
-    digest = sha256_file(p)
+    digest = now
     params = frame_params(settings)
     if db is None:
         record = ProvenanceRecord(
@@ -178,17 +202,145 @@ def claim_frame(
         )
         return FrameClaim(str(p), digest, "process", record)
     db.register_frame(p, _header_facts(p), sha256=digest)
+    return _claim_run(db, p, digest, settings, engine, flow_run_id, max_attempts, redo)
+
+
+def _claim_run(
+    db: ProvenanceDB,
+    path: Path,
+    digest: str,
+    settings: Settings,
+    engine: Engine,
+    flow_run_id: str | None,
+    max_attempts: int | None,
+    redo: bool = False,
+) -> FrameClaim:
+    """Claim the run of the registered frame ``digest`` (found at ``path``); ``redo``: a
+    done run too, as its next attempt (``ProvenanceDB.claim_run``)."""
     claim = db.claim_run(
         digest,
         engine.version,
         engine.weights_sha256,
-        params,
+        frame_params(settings),
         device=engine.device,
         flow_run_id=flow_run_id,
         max_attempts=max_attempts,
+        redo=redo,
     )
+    run = claim.run
+    reason = None
+    if claim.state == "busy":
+        reason = (
+            f"{path}: another run of this frame is in progress (run key {run.run_key[:12]}, "
+            f"attempt {run.attempts}, started {run.started_at:%Y-%m-%d %H:%M:%S} UTC on "
+            f"{run.host}); it is taken over {db.stale_after_s:g} s after its start "
+            "(database.stale_run_s)"
+        )
+    elif claim.state == "exhausted":
+        reason = (
+            f"{path}: its run {run.run_key[:12]} failed {run.attempts} time(s), the most "
+            f"allowed (max_attempts {max_attempts}); last error: {run.error}"
+        )
     decision = {"owned": "process", "done": "skip"}.get(claim.state, claim.state)
-    return FrameClaim(str(p), digest, decision, claim.record(), claim.run.attempts)
+    return FrameClaim(str(path), digest, decision, claim.record(), run.attempts, reason)
+
+
+def _record_gone(
+    path: Path,
+    recorded: str,
+    now: str | None,
+    settings: Settings,
+    db: ProvenanceDB,
+    engine: Engine,
+    flow_run_id: str | None,
+    max_attempts: int | None,
+) -> None:
+    """The frame ``recorded`` is no longer at ``path``: fail its run (when this caller
+    gets it) with the reason, then raise that reason as an :class:`ImageError`."""
+    error = ImageError(
+        path,
+        f"input moved, deleted or replaced (sha256 now {now or 'none: no such file'}, "
+        f"recorded {recorded}); not processed as that frame",
+    )
+    claim = _claim_run(db, path, recorded, settings, engine, flow_run_id, max_attempts)
+    if claim.decision == "process":
+        finish_frame(db, claim, None, str(error))
+    raise error
+
+
+def output_folder(
+    path: str | Path, out_dir: str | Path | None, incoming: str | Path | None = None
+) -> Path:
+    """The folder for the outputs of the frame ``path``: ``out_dir``, and below it the
+    frame's sub-folder of ``incoming`` when the frame lies under ``incoming``
+    (``incoming/n1/M42.fits`` -> ``<out_dir>/n1/M42_starless.fits``), so that frames of
+    one name from different nights or cameras never share outputs. A frame outside
+    ``incoming`` (or ``incoming`` None) gets ``out_dir`` itself; ``out_dir`` None: the
+    input's own folder."""
+    p = Path(path).expanduser().resolve()
+    if out_dir is None:
+        return p.parent
+    target = Path(out_dir)
+    if incoming is not None:
+        root = Path(incoming).expanduser().resolve()
+        if p.is_relative_to(root):
+            target = target / p.parent.relative_to(root)
+    return target
+
+
+def planned_outputs(path: str | Path, settings: Settings, target: Path) -> dict[str, Path]:
+    """Every output file the frame ``path`` gets in the folder ``target``, by kind."""
+    kinds = ["starless", "mask"]
+    kinds += ["stars"] if settings.outputs.stars else []
+    kinds += ["enhanced"] if settings.outputs.enhanced else []
+    paths = {kind: output_path(path, kind, target) for kind in kinds}
+    if settings.outputs.preview:  # always JPEG, whatever the input's format
+        paths["preview"] = output_path(path, "preview", target).with_suffix(".jpg")
+    return paths
+
+
+class OutputGuard:
+    """Keeps a frame from overwriting the outputs of a different input.
+
+    Output names come from the input's name, so different inputs can map to the same
+    files (``e.fits`` and ``e.fits.gz``; ``M42.fits`` and ``M42.tif``, which share
+    ``M42_preview.jpg``; two ``M42.fits`` from different folders into one ``--out``).
+    The rule: a frame may write a file only when it is new, already its own, or
+    unknown. Its own means written earlier in this command / flow run for the same
+    input content (the guard remembers), or, where a provenance DB is used, recorded
+    as an output (or input) of the same input sha256 — so a frame re-processed with
+    another model or settings overwrites its own outputs. Otherwise the frame fails,
+    naming both files, before any of its outputs is written. A file the DB knows
+    nothing about (``--no-db`` outputs, the user's own) is overwritten, as StarNet did.
+
+    One guard lives as long as one command or flow run; it is not shared between runs
+    (the DB is what they share).
+    """
+
+    def __init__(self) -> None:
+        self._owners: dict[Path, tuple[str, str]] = {}  # output -> (input path, sha256)
+
+    def reserve(
+        self, paths: dict[str, Path], path: str, sha256: str, db: ProvenanceDB | None
+    ) -> None:
+        """Check every file of ``paths`` for the input ``path`` (content ``sha256``), then
+        remember them as its own; raises :class:`ImageError` naming both inputs."""
+        resolved = [Path(out).expanduser().resolve() for out in paths.values()]
+        for out in resolved:
+            owner = self._owners.get(out)
+            if owner is None and db is not None and out.is_file():
+                frame = db.history(out).frame
+                owner = None if frame is None else (frame.path, frame.sha256)
+            if owner is not None and owner[1] != sha256:
+                other = owner[0] if owner[0] != path else f"{owner[0]} as it was before"
+                raise ImageError(
+                    path,
+                    f"its outputs would overwrite those of {other} (sha256 "
+                    f"{owner[1][:12]}): {out} is that input's output; rename it, move "
+                    "the old outputs away or use --out",
+                )
+        for out in resolved:
+            self._owners[out] = (path, sha256)
 
 
 def _jpeg(strip: np.ndarray, quality: int = 80) -> bytes:
@@ -203,29 +355,31 @@ def _jpeg(strip: np.ndarray, quality: int = 80) -> bytes:
 def _write_products(
     img: ImageData,
     products: FrameProducts,
-    settings: Settings,
     record: ProvenanceRecord,
-    out_dir: Path,
+    paths: dict[str, Path],
 ) -> dict[str, str]:
-    arrays = {"starless": products.starless, "mask": products.mask}
-    if settings.outputs.stars:
-        arrays["stars"] = products.stars
-    if settings.outputs.enhanced:
-        arrays["enhanced"] = products.enhanced
+    arrays = {
+        "starless": products.starless,
+        "mask": products.mask,
+        "stars": products.stars,
+        "enhanced": products.enhanced,
+    }
     cards = record.to_header_cards()
     history = record.to_history()
     written: dict[str, str] = {}
-    for kind, data in arrays.items():
-        out = output_path(img.source, kind, out_dir)
+    for kind, out in paths.items():
+        data = preview_strip(products, max_px=512) if kind == "preview" else arrays[kind]
         write_image(out, data, like=img, header_cards=cards | {"KIND": kind}, history=history)
         written[kind] = str(out)
-    if settings.outputs.preview:
-        out = output_path(img.source, "preview", out_dir).with_suffix(".jpg")
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_bytes(_jpeg(preview_strip(products, max_px=512), quality=90))
-        tmp.replace(out)
-        written["preview"] = str(out)
     return written
+
+
+def _make_folder(target: Path) -> None:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = "not a folder" if target.exists() else (e.strerror or str(e))
+        raise ImageError(target, f"cannot write outputs here: {reason}") from e
 
 
 def compute_outputs(
@@ -235,9 +389,18 @@ def compute_outputs(
     claim: FrameClaim,
     *,
     out_dir: str | Path | None = None,
+    db: ProvenanceDB | None = None,
+    guard: OutputGuard | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameOutputs:
-    """Read, validate, remove stars and write every output. Raises ImageError on bad input."""
+    """Read, validate, remove stars and write every output into ``out_dir`` (None: next
+    to the input).
+
+    Raises :class:`ImageError` on bad input, on outputs that would overwrite those of a
+    different input (checked by ``guard``, and against ``db``, before anything is
+    written; see :class:`OutputGuard`) and on outputs that cannot be written (the
+    output path and the reason).
+    """
     p = Path(path)
     img = read_image(
         p,
@@ -258,8 +421,10 @@ def compute_outputs(
         timings=dict(products.timings_s),
     )
     target = Path(out_dir) if out_dir is not None else p.parent
-    target.mkdir(parents=True, exist_ok=True)
-    outputs = _write_products(img, products, settings, record, target)
+    paths = planned_outputs(img.source, settings, target)
+    (guard or OutputGuard()).reserve(paths, claim.path, claim.sha256, db)
+    _make_folder(target)
+    outputs = _write_products(img, products, record, paths)
     figures: dict[str, float | str] = dict(products.figures)
     figures["model_version"] = engine.version
     if img.notes:
@@ -302,28 +467,33 @@ def process_file(
     *,
     out_dir: str | Path | None = None,
     db: ProvenanceDB | None = None,
+    guard: OutputGuard | None = None,
     flow_run_id: str | None = None,
     skip_done: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameResult:
     """Claim, compute and finish one frame; bad input gives a failed result, not an exception.
 
-    ``skip_done=False`` (the CLI) recomputes a frame the DB already has, without
-    recording a second run of the same identity.
+    ``skip_done=False`` (the CLI) recomputes a frame the DB already has as a new attempt
+    of its run (``redo``), so the new outputs are the recorded ones. A
+    frame another worker holds (busy) or that failed too often (exhausted) is not
+    processed: its result says why in ``error``. ``guard``: one per command, so that
+    its inputs never overwrite each other's outputs (:class:`OutputGuard`).
     """
     try:
-        claim = claim_frame(path, settings, db, engine, flow_run_id=flow_run_id)
+        claim = claim_frame(path, settings, db, engine, flow_run_id=flow_run_id, redo=not skip_done)
     except ImageError as e:
         return FrameResult(str(path), "failed", None, error=str(e))
-    if claim.decision == "skip" and skip_done:
+    if claim.decision == "skip":
         return FrameResult(claim.path, "skipped", claim.run_key)
     if claim.decision in ("busy", "exhausted"):
-        return FrameResult(claim.path, claim.decision, claim.run_key)
+        return FrameResult(claim.path, claim.decision, claim.run_key, error=claim.reason)
     try:
-        outputs = compute_outputs(path, settings, engine, claim, out_dir=out_dir, progress=progress)
+        outputs = compute_outputs(
+            path, settings, engine, claim, out_dir=out_dir, db=db, guard=guard, progress=progress
+        )
     except (ImageError, ValueError) as e:
-        # ValueError: validation inside the core (shapes, ranges) names the parameter
-        message = str(e) if isinstance(e, ImageError) else f"{path}: {e}"
+        message = frame_error(path, e)
         finish_frame(db, claim, None, message)
         return FrameResult(claim.path, "failed", claim.run_key, error=message)
     except BaseException as e:
@@ -333,3 +503,13 @@ def process_file(
     return FrameResult(
         claim.path, "succeeded", claim.run_key, outputs.outputs, outputs.timings_s, outputs.figures
     )
+
+
+def frame_error(path: str | Path, e: ValueError) -> str:
+    """The failure text of a frame, always naming the input first: an :class:`ImageError`
+    about the input as it is; one about an output (a folder or file that cannot be
+    written) and any other ValueError (validation inside the core names the parameter)
+    after the input's path."""
+    if isinstance(e, ImageError) and e.path.resolve() == Path(path).resolve():
+        return str(e)
+    return f"{path}: {e}"

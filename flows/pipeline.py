@@ -50,10 +50,13 @@ from flows.frame import (
     FrameClaim,
     FrameOutputs,
     FrameResult,
+    OutputGuard,
     claim_frame,
     compute_outputs,
     finish_frame,
+    frame_error,
     load_engine,
+    output_folder,
 )
 from flows.provenance import ProvenanceDB
 from flows.settings import Settings, load_settings
@@ -181,22 +184,35 @@ def _io_error(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
     retry_condition_fn=_io_error,
 )  # fmt: skip
 def claim_task(
-    path: str, settings: Settings, db: ProvenanceDB, engine: Engine, max_attempts: int | None
+    path: str,
+    settings: Settings,
+    db: ProvenanceDB,
+    engine: Engine,
+    max_attempts: int | None,
+    expect_sha256: str | None = None,
 ) -> FrameClaim:
-    """Hash and register the frame, claim its run (process / skip / busy / exhausted)."""
+    """Hash and register the frame, claim its run (process / skip / busy / exhausted).
+    ``expect_sha256``: the frame meant; a file gone or replaced is recorded failed."""
     run_id = flow_run.id
     return claim_frame(
         path, settings, db, engine, flow_run_id=str(run_id) if run_id else None,
-        max_attempts=max_attempts,
+        max_attempts=max_attempts, expect_sha256=expect_sha256,
     )  # fmt: skip
 
 
 @task(name="compute", cache_policy=NO_CACHE)
 def compute_task(
-    path: str, settings: Settings, engine: Engine, claim: FrameClaim, out_dir: str
+    path: str,
+    settings: Settings,
+    engine: Engine,
+    claim: FrameClaim,
+    out_dir: str,
+    db: ProvenanceDB,
+    guard: OutputGuard,
 ) -> FrameOutputs:
-    """Read, stretch, remove stars, write the outputs (atomically, provenance in headers)."""
-    return compute_outputs(path, settings, engine, claim, out_dir=out_dir)
+    """Read, stretch, remove stars, write the outputs (atomically, provenance in headers;
+    never over another input's outputs)."""
+    return compute_outputs(path, settings, engine, claim, out_dir=out_dir, db=db, guard=guard)
 
 
 @task(
@@ -220,24 +236,34 @@ def run_frame(
     engine: Engine,
     out_dir: str,
     *,
+    guard: OutputGuard,
     max_attempts: int | None = None,
+    expect_sha256: str | None = None,
 ) -> FrameResult:
-    """Claim -> compute (holding a GPU slot) -> finish, inside a flow run. A bad input is a
-    failed result naming the file and the reason, never an exception."""
+    """Claim -> compute (holding a GPU slot) -> finish, inside a flow run. A bad input (or
+    an output that cannot be written) is a failed result naming the file and the
+    reason, never an exception.
+
+    Outputs go to ``out_dir``, in the frame's sub-folder of ``incoming_dir`` when it lies
+    there (:func:`flows.frame.output_folder`); ``guard`` (one per flow run) keeps frames
+    from overwriting each other's outputs. ``expect_sha256``: the frame meant (the
+    nightly rerun): a file moved, deleted or replaced is a failed run, not that frame.
+    """
     try:
-        claim = claim_task(path, settings, db, engine, max_attempts)
+        claim = claim_task(path, settings, db, engine, max_attempts, expect_sha256)
     except ImageError as e:
         return FrameResult(path, "failed", None, error=str(e))
     if claim.decision != "process":
         status = "skipped" if claim.decision == "skip" else claim.decision
-        _logger().info("%s: %s (run %s)", path, status, claim.run_key[:12])
-        return FrameResult(claim.path, status, claim.run_key)
+        _logger().info("%s: %s (run %s)", path, claim.reason or status, claim.run_key[:12])
+        return FrameResult(claim.path, status, claim.run_key, error=claim.reason)
+    target = str(output_folder(path, out_dir, settings.resolve(settings.incoming_dir)))
     try:
         with concurrency(gpu_limit(settings), occupy=1, strict=True):
             db.start_run(claim.run_key)  # running from now: the wait for the slot is over
-            outputs = compute_task(path, settings, engine, claim, out_dir)
+            outputs = compute_task(path, settings, engine, claim, target, db, guard)
     except (ImageError, ValueError) as e:  # bad input: record it, go on with the next frame
-        message = str(e) if isinstance(e, ImageError) else f"{path}: {e}"
+        message = frame_error(path, e)
         finish_task(db, claim, None, message)
         _logger().error("%s", message)
         create_markdown_artifact(
@@ -325,7 +351,11 @@ def _frames(
     db = ProvenanceDB.from_settings(settings)
     engine, _ = load_run_engine(settings, db)
     target = out_dir or str(settings.resolve(settings.output_dir))
-    return [run_frame(p, settings, db, engine, target, max_attempts=max_attempts) for p in paths]
+    guard = OutputGuard()
+    return [
+        run_frame(p, settings, db, engine, target, guard=guard, max_attempts=max_attempts)
+        for p in paths
+    ]
 
 
 class FramesFailedError(RuntimeError):
@@ -393,7 +423,11 @@ def nightly_rerun(
     config: str | None = None, out_dir: str | None = None, max_frames: int | None = None
 ) -> dict[str, int]:
     """Reprocess every frame the current model has not made yet (frames an older model made,
-    frames never processed) and retry failed ones below ``prefect.max_attempts``."""
+    frames never processed) and retry failed ones below ``prefect.max_attempts``.
+
+    Frames are picked by content and found at their last-seen path: a frame whose file
+    is gone or holds other content there is not processed; its run is recorded failed
+    ("input moved, deleted or replaced"), so it stops being picked after max_attempts."""
     logger = get_run_logger()
     settings = load_settings(config)
     ensure_concurrency_limit(gpu_limit(settings), settings.prefect.gpu_slots)
@@ -411,9 +445,19 @@ def nightly_rerun(
         ),
     )
     results = []
+    guard = OutputGuard()
     for i, frame in enumerate(frames, 1):
         results.append(
-            run_frame(frame.path, settings, db, engine, target, max_attempts=max_attempts)
+            run_frame(
+                frame.path,
+                settings,
+                db,
+                engine,
+                target,
+                guard=guard,
+                max_attempts=max_attempts,
+                expect_sha256=frame.sha256,
+            )  # fmt: skip
         )
         update_progress_artifact(progress, 100.0 * i / len(frames))
     if not frames:

@@ -437,6 +437,7 @@ class ProvenanceDB:
         flow_run_id: str | None = None,
         status: RunStatus = "running",
         max_attempts: int | None = None,
+        redo: bool = False,
     ) -> Claim:
         """Claim the run of (frame, weights, params); exactly one caller gets ``owned``.
 
@@ -445,7 +446,9 @@ class ProvenanceDB:
         takes it over). A failed run, or one stuck longer than ``stale_after_s``, is
         claimed again with ``attempts + 1`` unless ``max_attempts`` is reached; a stale
         run that has had its ``max_attempts`` (a frame that kills its worker) is then
-        marked failed, with an error saying so, and not claimed again.
+        marked failed, with an error saying so, and not claimed again. ``redo``: a
+        succeeded run is claimed again too, as its next attempt (a user recomputing a
+        frame on purpose); its new outputs replace the recorded ones when it finishes.
         """
         frame_digest = check_sha256("frame_sha256", frame_sha256)
         weights = check_sha256("weights_sha256", weights_sha256)
@@ -487,7 +490,7 @@ class ProvenanceDB:
             ).scalar_one()
             state: ClaimState = "owned"
             if new_id is None:
-                state = self._take_over(row, status, max_attempts, now, owner)
+                state = self._take_over(row, status, max_attempts, now, owner, redo)
             s.flush()
             return Claim(state=state, run=to_run(row))
 
@@ -498,9 +501,10 @@ class ProvenanceDB:
         max_attempts: int | None,
         now: datetime,
         owner: dict[str, Any],
+        redo: bool = False,
     ) -> ClaimState:
         stale = row.started_at < now - timedelta(seconds=self.stale_after_s)
-        if row.status == "succeeded":
+        if row.status == "succeeded" and not redo:
             return "done"
         if row.status == "running" and not stale:
             return "busy"

@@ -15,7 +15,7 @@ from prefect_fixtures import PipelineEnv, save_tiny_model, write_fits
 
 from flows.frame import load_engine
 from flows.pipeline import artifact_key, claim_task, load_run_engine, small_jpeg
-from flows.provenance import ProvenanceDB
+from flows.provenance import ProvenanceDB, sha256_file
 from flows.retraining import candidate_version, promotion
 from flows.settings import RetrainSettings, load_settings
 
@@ -221,3 +221,74 @@ def test_retrain_registers_a_candidate_once_per_new_pair(pipeline_env: PipelineE
     assert Path(result["weights"]).is_file()
     assert db.promoted_model().version == "tiny-a"  # type: ignore[union-attr]
     assert retrain(config=config)["status"] == "up-to-date"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_frames_of_one_name_keep_their_incoming_sub_folder(pipeline_env: PipelineEnv) -> None:
+    from flows.pipeline import process_folder
+
+    env = pipeline_env
+    night1 = write_fits(env.incoming / "n1" / "M42.fits", seed=1)
+    night2 = write_fits(env.incoming / "n2" / "M42.fits", seed=2)
+    elsewhere = write_fits(env.root / "elsewhere" / "x.fits", seed=3)
+    results = process_folder(paths=[str(night1), str(night2), str(elsewhere)], config=env.config)
+    assert [r["status"] for r in results] == ["succeeded"] * 3
+    starless = [Path(r["outputs"]["starless"]) for r in results]
+    assert starless == [
+        env.outputs / "n1" / "M42_starless.fits",
+        env.outputs / "n2" / "M42_starless.fits",
+        env.outputs / "x_starless.fits",  # outside incoming/: in output_dir itself
+    ]
+    db = ProvenanceDB.from_settings(env.settings)
+    for frame, r in zip((night1, night2, elsewhere), results, strict=True):
+        run = db.get_run(r["run_key"])
+        assert run is not None and run.frame_path == str(frame)
+        assert all(sha256_file(o.path) == o.sha256 for o in run.outputs)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_output_folder_that_is_a_file_fails_each_frame_not_the_flow(
+    pipeline_env: PipelineEnv,
+) -> None:
+    from flows.pipeline import FramesFailedError, process_folder
+
+    env = pipeline_env
+    frames = [str(write_fits(env.incoming / f"{n}.fits", seed=i)) for i, n in enumerate("cd")]
+    not_a_folder = env.root / "notadir"
+    not_a_folder.touch()
+    with pytest.raises(FramesFailedError, match="2 of 2") as caught:
+        process_folder(paths=frames, out_dir=str(not_a_folder), config=env.config)
+    assert [r["status"] for r in caught.value.results] == ["failed", "failed"]
+    db = ProvenanceDB.from_settings(env.settings)
+    runs = db.list_runs()
+    assert [r.status for r in runs] == ["failed", "failed"]
+    assert all(f"{not_a_folder}: cannot write outputs here: not a folder" in (r.error or "")
+               for r in runs)  # fmt: skip
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_nightly_does_not_take_a_moved_or_replaced_file_for_its_frame(
+    pipeline_env: PipelineEnv,
+) -> None:
+    from flows.pipeline import nightly_rerun, process_folder
+
+    env = pipeline_env
+    config = _config(env, prefect={"max_attempts": 2})
+    moved = write_fits(env.incoming / "x.fits", seed=1)
+    replaced = write_fits(env.incoming / "y.fits", seed=2)
+    process_folder(paths=[str(moved), str(replaced)], config=config)
+    db = ProvenanceDB.from_settings(load_settings(config))
+    old_sha = {p.name: sha256_file(p) for p in (moved, replaced)}
+    b = env.root / "models" / "tiny-b.safetensors"
+    db.register_model("tiny-b", save_tiny_model(b, "tiny-b", seed=1), {"weights_path": str(b)})
+    db.promote("tiny-b")
+    moved.rename(env.root / "x_archived.fits")
+    replaced.unlink()
+    write_fits(replaced, seed=99)  # re-stacked under the same name
+    assert nightly_rerun(config=config) == {"frames": 2, "failed": 2}
+    failed = db.list_runs(model="tiny-b", status="failed")
+    assert {r.frame_sha256 for r in failed} == set(old_sha.values())
+    assert all("input moved, deleted or replaced" in (r.error or "") for r in failed)
+    assert not db.is_known_input(sha256_file(replaced))  # not processed as that frame
+    assert nightly_rerun(config=config) == {"frames": 2, "failed": 2}  # attempt 2 of 2
+    assert nightly_rerun(config=config) == {"frames": 0}

@@ -220,6 +220,26 @@ def test_a_frame_that_kills_its_worker_gets_max_attempts_then_is_failed(
     assert impatient.claim_run(frame.sha256, "v1", W1, PARAMS).owned
 
 
+def test_redo_claims_a_done_run_as_its_next_attempt(
+    provenance_db: ProvenanceDB, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user recomputing a frame on purpose: the succeeded run becomes its next attempt,
+    and its new outputs replace the recorded ones, without a 'finished again' warning."""
+    db = provenance_db
+    frame = db.register_frame(_file(tmp_path / "a.fits", seed=9))
+    key = db.claim_run(frame.sha256, "v1", W1, PARAMS).run_key
+    db.finish_run(key, "succeeded", outputs=[("starless", _file(tmp_path / "o1.fits", seed=10))])
+    assert db.claim_run(frame.sha256, "v1", W1, PARAMS).state == "done"
+    again = db.claim_run(frame.sha256, "v1", W1, PARAMS, redo=True)
+    assert again.owned and again.run.attempts == 2 and again.run.status == "running"
+    assert db.claim_run(frame.sha256, "v1", W1, PARAMS, redo=True).state == "busy"
+    new = _file(tmp_path / "o2.fits", seed=11)
+    with caplog.at_level("WARNING", logger="flows.provenance"):
+        run = db.finish_run(key, "succeeded", outputs=[("starless", new)], attempt=2)
+    assert not caplog.records
+    assert [o.path for o in run.outputs] == [str(new.resolve())]
+
+
 def test_queued_then_started(provenance_db: ProvenanceDB, tmp_path: Path) -> None:
     db = provenance_db
     frame = db.register_frame(_file(tmp_path / "a.fits", seed=5))

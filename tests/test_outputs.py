@@ -1,0 +1,144 @@
+"""Where outputs go, and that they are never lost: ``starnet transform`` with the tiny model and
+the real SQLite provenance DB of :class:`PipelineEnv` (the flows' side is in test_flows.py)."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from astropy.io import fits
+from prefect_fixtures import PipelineEnv, write_fits
+
+from flows.cli import main
+from flows.frame import claim_frame, load_engine, output_folder
+from flows.provenance import ProvenanceDB, sha256_file
+
+
+def transform(env: PipelineEnv, *args: str) -> int:
+    return main(["--config", env.config, "transform", *args, "--quiet"])
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
+
+
+def test_output_folder_keeps_the_sub_path_under_incoming(tmp_path: Path) -> None:
+    incoming, out = tmp_path / "incoming", tmp_path / "outputs"
+    assert output_folder(incoming / "n1" / "M42.fits", out, incoming) == out / "n1"
+    assert output_folder(incoming / "a" / "b" / "M42.fits", out, incoming) == out / "a" / "b"
+    assert output_folder(incoming / "M42.fits", out, incoming) == out
+    assert output_folder(tmp_path / "elsewhere" / "x.fits", out, incoming) == out
+    assert output_folder(incoming / "n1" / "M42.fits", out) == out  # no incoming: flat
+    assert output_folder(tmp_path / "d" / "x.fits", None, incoming) == tmp_path / "d"
+
+
+def test_inputs_of_one_command_never_overwrite_each_others_outputs(
+    pipeline_env: PipelineEnv, capsys
+) -> None:
+    env = pipeline_env
+    src = env.root / "src"
+    plain = write_fits(src / "e.fits", seed=1)
+    packed = src / "e.fits.gz"  # another frame whose outputs have the same names
+    packed.write_bytes(gzip.compress(write_fits(env.root / "tmp" / "e.fits", seed=2).read_bytes()))
+    m42 = write_fits(src / "M42.fits", seed=3)
+    tif = src / "M42.tif"  # its own starless is M42_starless.tif, but both make M42_preview.jpg
+    tifffile.imwrite(tif, (np.random.default_rng(4).random((32, 32)) * 255).astype(np.uint8))
+    out = env.root / "out"
+    assert (
+        transform(env, str(plain), str(packed), str(m42), str(tif), "--out", str(out), "--preview")
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert f"FAILED {packed}: its outputs would overwrite those of {plain}" in err
+    assert f"FAILED {tif}: its outputs would overwrite those of {m42}" in err
+    assert "M42_preview.jpg" in err and "2 of 4 input(s) failed" in err
+    # the first frame's outputs hold its own data, and nothing of the refused ones was written
+    assert not (out / "M42_starless.tif").exists() and not (out / "M42_mask.tif").exists()
+    db = ProvenanceDB.from_settings(env.settings)
+    for name, frame in (("e_starless.fits", plain), ("M42_preview.jpg", m42)):
+        h = db.history(out / name)
+        assert h.role == "output" and h.frame is not None and h.frame.path == str(frame)
+    failed = {Path(r.frame_path).name for r in db.list_runs(status="failed")}
+    assert failed == {"e.fits.gz", "M42.tif"}
+
+
+def test_outputs_recorded_for_another_input_are_not_overwritten(
+    pipeline_env: PipelineEnv, capsys
+) -> None:
+    env = pipeline_env
+    night1 = write_fits(env.root / "n1" / "M42.fits", seed=1)
+    night2 = write_fits(env.root / "n2" / "M42.fits", seed=2)
+    out = env.root / "out"
+    assert transform(env, str(night1), "--out", str(out)) == 0
+    before = digests(out)
+    assert transform(env, str(night2), "--out", str(out)) == 1  # another command, same folder
+    assert f"its outputs would overwrite those of {night1}" in capsys.readouterr().err
+    assert digests(out) == before
+    # the same input again (e.g. other settings or a new model) may overwrite its own outputs
+    assert transform(env, str(night1), "--out", str(out)) == 0
+    # the old outputs moved away: nothing is lost any more, the other frame may write there
+    shutil.move(out, env.root / "kept")
+    assert transform(env, str(night2), "--out", str(out)) == 0
+
+
+def test_a_frame_another_run_holds_is_reported_not_processed(
+    pipeline_env: PipelineEnv, capsys
+) -> None:
+    env = pipeline_env
+    frame = write_fits(env.root / "in" / "b.fits")
+    settings = env.settings  # transform's default outputs: no stars, enhanced or preview
+    settings.outputs.stars = settings.outputs.enhanced = settings.outputs.preview = False
+    db = ProvenanceDB.from_settings(settings)
+    crashed = claim_frame(frame, settings, db, load_engine(settings))  # killed after its claim
+    assert crashed.decision == "process"
+    out = env.root / "out"
+    assert transform(env, str(frame), "--out", str(out)) == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {frame}: another run of this frame is in progress" in err
+    assert crashed.run_key[:12] in err and "stale_run_s" in err
+    assert not out.exists()
+
+
+def test_an_output_that_cannot_be_written_fails_that_frame_and_the_next_goes_on(
+    pipeline_env: PipelineEnv, capsys
+) -> None:
+    env = pipeline_env
+    c = write_fits(env.root / "in" / "c.fits", seed=1)
+    d = write_fits(env.root / "in" / "d.fits", seed=2)
+    not_a_folder = env.root / "notadir"
+    not_a_folder.touch()
+    assert transform(env, str(c), str(d), "--out", str(not_a_folder)) == 1
+    err = capsys.readouterr().err
+    for frame in (c, d):
+        assert f"FAILED {frame}: {not_a_folder}: cannot write outputs here: not a folder" in err
+    assert "Traceback" not in err
+    db = ProvenanceDB.from_settings(env.settings)
+    runs = db.list_runs()
+    assert [r.status for r in runs] == ["failed", "failed"]
+    assert all("not a folder" in (r.error or "") for r in runs)
+    # the preview, written last, goes the same way: failed with the output named, then d
+    out = env.root / "out"
+    (out / "c_preview.jpg").mkdir(parents=True)  # something that is not a file in its place
+    assert transform(env, str(c), str(d), "--out", str(out), "--preview") == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {c}: {out / 'c_preview.jpg'}: cannot write" in err
+    assert (out / "d_preview.jpg").is_file() and "1 of 2 input(s) failed" in err
+
+
+def test_a_recompute_records_its_outputs(pipeline_env: PipelineEnv) -> None:
+    env = pipeline_env
+    frame = write_fits(env.root / "in" / "a.fits")
+    assert transform(env, str(frame), "--out", str(env.root / "out1")) == 0
+    assert transform(env, str(frame), "--out", str(env.root / "out3")) == 0
+    db = ProvenanceDB.from_settings(env.settings)
+    h = db.history(env.root / "out3" / "a_starless.fits")
+    assert h.role == "output" and h.note is None and h.frame is not None
+    assert h.frame.path == str(frame)
+    assert h.produced_by is not None and h.produced_by.status == "succeeded"
+    assert h.produced_by.attempts == 2  # a new attempt of the one run of this identity
+    assert len(db.list_runs()) == 1
+    with fits.open(env.root / "out3" / "a_starless.fits") as hdul:
+        assert hdul[0].header["HIERARCH STARNET RUNKEY"] == h.produced_by.run_key
