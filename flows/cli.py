@@ -106,7 +106,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout goes to devnull so the interpreter's last flush cannot fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except _IO_ERRORS + _database_errors() as e:
+        # a folder that cannot be made, a database file that is not one, a server down:
+        # one line naming it (--verbose: the whole traceback)
+        if args.verbose:
+            raise
+        print(
+            f"starnet {args.command}: {_one_line(e, args.settings.database_url)}", file=sys.stderr
+        )
+        return 1
     return rc
+
+
+_IO_ERRORS: tuple[type[Exception], ...] = (OSError,)
+
+
+def _database_errors() -> tuple[type[Exception], ...]:
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+    except ImportError:  # a bare GPU image: training needs no database
+        return ()
+    return (SQLAlchemyError,)
+
+
+def _one_line(e: BaseException, database_url: str) -> str:
+    """An I/O or database error as one line; a database error names the database."""
+    if isinstance(e, OSError):
+        return str(e)
+    from flows.db_engine import safe_url
+
+    cause = getattr(e, "orig", None) or e  # the driver's own message, without SQL and links
+    return f"provenance database {safe_url(database_url)}: {str(cause).splitlines()[0]}"
 
 
 if __name__ == "__main__":

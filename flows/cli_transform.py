@@ -210,7 +210,8 @@ def cmd_transform(args: argparse.Namespace) -> int:
         return 2
     db = None if args.no_db else ProvenanceDB.from_settings(s)
     failures = 0
-    guard = OutputGuard()  # no input of this command overwrites another's outputs
+    guard = OutputGuard()  # no input of this command overwrites another input or its outputs
+    guard.protect_inputs(args.inputs)
     for name in args.inputs:
         bar = ProgressBar(Path(name).name, enabled=not args.quiet)
         t0 = time.perf_counter()
@@ -230,7 +231,9 @@ def cmd_transform(args: argparse.Namespace) -> int:
 
 
 def _pick_patches(stretched: np.ndarray, count: int, size_px: int) -> list[tuple[int, int]]:
-    """Top-left corners: around the brightest pixel, the busiest patch, then spread out."""
+    """Top-left corners of ``count`` patches: around the brightest pixel, then the busiest
+    patch (the most fine detail, i.e. stars: mean |luminance - its 5 px box mean|, on a
+    grid of half-patch steps), then random ones (seeded: a rerun shows the same)."""
     _, h, w = stretched.shape
     lum = stretched.mean(0)
     size_px = min(size_px, h, w)
@@ -243,12 +246,26 @@ def _pick_patches(stretched: np.ndarray, count: int, size_px: int) -> list[tuple
 
     y, x = np.unravel_index(int(np.argmax(lum)), lum.shape)
     corners.append(clamp(int(y), int(x)))
+    if count > 1:
+        step = max(1, size_px // 2)
+        grid = [
+            (gy, gx)
+            for gy in sorted({*range(0, h - size_px + 1, step), h - size_px})
+            for gx in sorted({*range(0, w - size_px + 1, step), w - size_px})
+            if (gy, gx) != corners[0]
+        ]
+        if grid:
+            from scipy import ndimage
+
+            detail = np.abs(lum - ndimage.uniform_filter(lum, 5, mode="nearest"))
+            busy = [float(detail[gy : gy + size_px, gx : gx + size_px].mean()) for gy, gx in grid]
+            corners.append(grid[int(np.argmax(busy))])
     rng = np.random.default_rng(0)
     while len(corners) < count:
         corners.append(
             (int(rng.integers(0, h - size_px + 1)), int(rng.integers(0, w - size_px + 1)))
         )
-    return corners
+    return corners[:count]
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -262,8 +279,17 @@ def cmd_test(args: argparse.Namespace) -> int:
     engine = _engine_or_exit(args)
     if engine is None:
         return 2
+    for option, value, least in (("--patches", args.patches, 1), ("--patch", args.patch, 16)):
+        if value < least:
+            print(f"starnet test: {option} must be at least {least}, got {value}", file=sys.stderr)
+            return 2
+    validation = args.settings.validation
     try:
-        img = read_image(args.input)
+        img = read_image(
+            args.input,
+            nan_policy=validation.nan_policy,
+            max_nonfinite_fraction=validation.max_nonfinite_fraction,
+        )
     except ImageError as e:
         print(f"FAILED {e}", file=sys.stderr)
         return 1

@@ -31,7 +31,7 @@ import dataclasses
 import io
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -319,6 +319,13 @@ class OutputGuard:
 
     def __init__(self) -> None:
         self._owners: dict[Path, tuple[str, str]] = {}  # output -> (input path, sha256)
+        self._inputs: set[Path] = set()
+
+    def protect_inputs(self, paths: Sequence[str | Path]) -> None:
+        """The inputs of the command (``starnet transform a.tif a_mask.tif``): none of them
+        is overwritten by another's outputs, unless the DB records the file as that
+        other input's own output (``*.tif`` run again takes in last run's outputs)."""
+        self._inputs |= {Path(p).expanduser().resolve() for p in paths}
 
     def reserve(
         self, paths: dict[str, Path], path: str, sha256: str, db: ProvenanceDB | None
@@ -328,9 +335,19 @@ class OutputGuard:
         resolved = [Path(out).expanduser().resolve() for out in paths.values()]
         for out in resolved:
             owner = self._owners.get(out)
+            recorded_output = False
             if owner is None and db is not None and out.is_file():
-                frame = db.history(out).frame
-                owner = None if frame is None else (frame.path, frame.sha256)
+                history = db.history(out)
+                if history.frame is not None:
+                    owner = (history.frame.path, history.frame.sha256)
+                    recorded_output = history.role == "output"
+            own = owner is not None and owner[1] == sha256
+            if out in self._inputs and not (own and recorded_output):
+                raise ImageError(
+                    path,
+                    f"its output {out} would overwrite an input of this command; rename one "
+                    "of them or use --out",
+                )
             if owner is not None and owner[1] != sha256:
                 other = owner[0] if owner[0] != path else f"{owner[0]} as it was before"
                 raise ImageError(

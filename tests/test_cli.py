@@ -96,3 +96,27 @@ def test_demo_frame_is_a_readable_field_that_is_not_dense(tmp_path) -> None:
     history = " ".join(str(h) for h in fits.getheader(path)["HISTORY"])
     stars = int(re.search(r"(\d+) stars", history).group(1))  # type: ignore[union-attr]
     assert 0 < stars < 512 * 512 / 50, history
+
+
+def test_a_database_that_cannot_be_used_is_one_line_naming_it(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database file that is not one, or a data folder that cannot be made: one line
+    naming it and exit code 1, not a traceback (--verbose gives the traceback)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "provenance.db").write_text("garbage\n")
+    monkeypatch.setenv("STARNET_DATA_DIR", str(data))
+    assert cli.main(["runs"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"starnet runs: provenance database sqlite:///{data / 'provenance.db'}: "
+        "file is not a database"
+    )
+    with pytest.raises(Exception, match="file is not a database"):
+        cli.main(["--verbose", "runs"])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("STARNET_DATA_DIR", str(blocker / "data"))
+    assert cli.main(["runs"]) == 1
+    assert str(blocker) in capsys.readouterr().err

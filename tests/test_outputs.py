@@ -142,3 +142,29 @@ def test_a_recompute_records_its_outputs(pipeline_env: PipelineEnv) -> None:
     assert len(db.list_runs()) == 1
     with fits.open(env.root / "out3" / "a_starless.fits") as hdul:
         assert hdul[0].header["HIERARCH STARNET RUNKEY"] == h.produced_by.run_key
+
+
+def test_an_input_of_the_command_is_never_overwritten_by_another_inputs_outputs(
+    pipeline_env: PipelineEnv, capsys
+) -> None:
+    """`starnet transform M42.tif M42_mask.tif`: the user's own M42_mask.tif is an input,
+    not M42's mask to overwrite. A file the DB records as M42's own output (the same
+    command run again over `*.tif`) is M42's to rewrite."""
+    env = pipeline_env
+    src = env.root / "ov"
+    src.mkdir()
+    rng = np.random.default_rng(5)
+    m42, users = src / "M42.tif", src / "M42_mask.tif"
+    for p in (m42, users):
+        tifffile.imwrite(p, (rng.random((32, 32)) * 200 + 20).astype(np.uint8))
+    before = sha256_file(users)
+    assert transform(env, str(m42), str(users)) == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {m42}: its output {users.resolve()} would overwrite an input" in err
+    assert sha256_file(users) == before and not (src / "M42_starless.tif").exists()
+    assert (src / "M42_mask_starless.tif").is_file()  # the other input went on
+    # once M42 made its own outputs, they may be inputs of a rerun and are rewritten
+    users.rename(src.parent / "kept.tif")
+    assert transform(env, str(m42)) == 0
+    assert transform(env, str(m42), str(src / "M42_starless.tif")) == 0
+    assert (src / "M42_starless_starless.tif").is_file()

@@ -255,6 +255,39 @@ def test_test_mode_writes_panels(tmp_path: Path, weights: Path, monkeypatch) -> 
     assert img.data.shape == (3, 64, 3 * 64)
 
 
+def test_test_mode_picks_the_brightest_then_the_busiest_patch() -> None:
+    from flows.cli_transform import _pick_patches
+
+    lum = np.full((1, 200, 300), 0.1, np.float32)
+    lum[0, 20, 280] = 1.0  # the brightest pixel, alone
+    rng = np.random.default_rng(1)
+    lum[0, 100:164, 32:96] += 0.5 * rng.random((64, 64), dtype=np.float32)  # the busy block
+    corners = _pick_patches(lum, 3, 64)
+    assert corners[0] == (0, 236)  # centred on the bright pixel, clamped to the frame
+    assert corners[1] == (96, 32)  # the grid (steps of 32 px) window that holds the block
+    assert len(corners) == 3 and len(_pick_patches(lum, 1, 64)) == 1
+
+
+def test_test_mode_refuses_bad_counts_and_reads_with_the_nan_policy(
+    tmp_path: Path, weights: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "nan.fits"
+    data = star_field((1, 70, 70))[0]
+    data[5, 5] = np.nan
+    fits.PrimaryHDU(data).writeto(src)
+    for option in (("--patches", "0"), ("--patch", "0")):
+        assert run_cli("test", str(src), "--weights", str(weights), *option) == 2
+        assert f"starnet test: {option[0]} must be at least" in capsys.readouterr().err
+    assert not (tmp_path / "test").exists()
+    assert run_cli("test", str(src), "--weights", str(weights), "--patches", "1") == 1
+    assert "validation.nan_policy" in capsys.readouterr().err  # the default: error
+    (tmp_path / "zero.yaml").write_text("validation:\n  nan_policy: zero\n")
+    args = ("--config", str(tmp_path / "zero.yaml"), "test", str(src), "--weights", str(weights))
+    assert run_cli(*args, "--patches", "1", "--patch", "64") == 0
+    assert len(list((tmp_path / "test").glob("nan_patch*.png"))) == 1
+
+
 def test_transform_switches_off_the_steps_after_the_network(
     tmp_path: Path, weights: Path, monkeypatch, capsys
 ) -> None:
