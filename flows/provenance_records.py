@@ -97,9 +97,60 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _ascii_pieces(text: str) -> list[str]:
+    """``text`` one character at a time, as printable ASCII (see :func:`ascii_text`)."""
+    pieces = []
+    for ch in text:
+        n = ord(ch)
+        if 0x20 <= n <= 0x7E:
+            pieces.append(ch)
+        elif n <= 0xFF:
+            pieces.append(f"\\x{n:02x}")
+        elif n <= 0xFFFF:
+            pieces.append(f"\\u{n:04x}")
+        else:
+            pieces.append(f"\\U{n:08x}")
+    return pieces
+
+
+def ascii_text(text: str) -> str:
+    """``text`` as printable ASCII, for FITS cards, HISTORY and the other image metadata.
+
+    Printable ASCII is kept as it is; every other character (accents, other scripts,
+    control characters, the surrogates of undecodable file-name bytes) becomes a Python
+    escape, ``\\xNN`` (up to U+00FF), ``\\uNNNN`` or ``\\UNNNNNNNN`` in lowercase hex, so
+    ``/data/Nébuleuse/M42.fits`` is written ``/data/N\\xe9buleuse/M42.fits``.
+    ``text.encode("ascii").decode("unicode_escape")`` gives the original back (exactly,
+    unless the original itself held a backslash). The database keeps the real text.
+    """
+    return "".join(_ascii_pieces(text))
+
+
 def _short(text: str, limit: int = HEADER_VALUE_MAX) -> str:
-    """``text`` cut to ``limit`` characters, keeping the end (the file name) of a long path."""
-    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
+    """:func:`ascii_text` of ``text`` cut to ``limit`` characters, keeping the end (the file
+    name) of a long path; an escape is never cut in half."""
+    pieces = _ascii_pieces(text)
+    if sum(map(len, pieces)) <= limit:
+        return "".join(pieces)
+    kept: list[str] = []
+    size = 3  # the "..."
+    for piece in reversed(pieces):
+        if size + len(piece) > limit:
+            break
+        kept.append(piece)
+        size += len(piece)
+    return "..." + "".join(reversed(kept))
+
+
+def _wrap(text: str, limit: int = HISTORY_LINE_MAX) -> list[str]:
+    """:func:`ascii_text` of ``text`` in fixed-width pieces of at most ``limit`` characters
+    (no whitespace folding, an escape never split): their concatenation is the whole text."""
+    lines = [""]
+    for piece in _ascii_pieces(text):
+        if len(lines[-1]) + len(piece) > limit:
+            lines.append("")
+        lines[-1] += piece
+    return lines
 
 
 def _card_key(stage: str) -> str:
@@ -326,6 +377,8 @@ class ProvenanceRecord:
     def to_header_cards(self) -> dict[str, str | int | float]:
         """Cards for ``HIERARCH STARNET <KEY>``: short keys, values of at most 68 characters.
 
+        Texts are printable ASCII (:func:`ascii_text`: a non-ASCII input path is written
+        with Python escapes, e.g. ``N\\xe9buleuse``); long ones keep their end.
         The parameters go in as their hash (``PHASH``); the full set is in :meth:`to_history`.
         Timings are ``T_<STAGE>`` in seconds.
         """
@@ -351,7 +404,11 @@ class ProvenanceRecord:
         return cards
 
     def to_history(self) -> list[str]:
-        """``HISTORY`` lines (at most 72 characters each), the full parameters included."""
+        """``HISTORY`` lines (at most 72 characters each), the full parameters included.
+
+        The lines are printable ASCII, escaped as in :meth:`to_header_cards`
+        (:func:`ascii_text`); the input path is written whole, wrapped over lines.
+        """
         lines = [
             "starnet provenance (the HIERARCH STARNET cards hold the same)",
             f"run {self.run_key}",
@@ -371,6 +428,5 @@ class ProvenanceRecord:
         lines.append(f"phash {self.param_hash}")
         lines.append("params " + canonical_params(self.params))
         # fixed-width pieces (no whitespace folding): concatenating the ``params`` lines
-        # gives back the exact canonical JSON
-        n = HISTORY_LINE_MAX
-        return [line[i : i + n] for line in lines for i in range(0, max(len(line), 1), n)]
+        # gives back the exact canonical JSON (ASCII already: json.dumps escapes the rest)
+        return [piece for line in lines for piece in _wrap(line)]

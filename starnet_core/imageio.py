@@ -20,6 +20,11 @@ Layout decisions:
   with a note; any other 4-D data is an error.
 - The image is the primary HDU if it has data, otherwise the first image HDU
   (``ImageHDU`` or tile-compressed ``CompImageHDU``) with data.
+- An image in an extension inherits the primary header's non-structural cards
+  (OBJECT, DATE-OBS, ...; the extension's own cards win), as the FITS ``INHERIT``
+  convention says; an extension with ``INHERIT = F`` does not.
+- JPEG/PNG EXIF and TIFF Orientation tags (2-8) are applied on read, so the pixels
+  (and the outputs, written without the tag) look as viewers show the input.
 - A truncated FITS file is an error, never zero-padded data: a watcher may see
   a file that is still being copied.
 
@@ -30,6 +35,7 @@ directory, fsynced, then ``os.replace``. The input is never overwritten.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -70,13 +76,20 @@ _PILLOW_CONVERT = {
     "CMYK": "RGB",
     "YCbCr": "RGB",
 }
+_EXIF_ORIENTATION = 0x0112  # the EXIF and TIFF Orientation tag (274)
 _INT_SCALE = {"uint8": 255.0, "uint16": 65535.0, "uint32": 4294967295.0}
 _BITPIX_DTYPE = {8: "uint8", 16: "int16", 32: "int32", 64: "int64", -32: "float32", -64: "float64"}
 _UNSIGNED_BZERO = {16: ("uint16", 2**15), 32: ("uint32", 2**31), 64: ("uint64", 2**63)}
-# Header keys that describe the stored array, not the image: rebuilt on write.
+# Header keys that describe the stored array, not the image: rebuilt on write. The Z
+# keys are exactly those of the FITS tiled image (and table) compression convention
+# (FITS standard 4.0, section 10; astropy's COMPRESSION_KEYWORDS): other Z keys such
+# as ZD, ZEROPT or ZMAG are image metadata and are kept.
 _STRUCTURAL_KEYS = re.compile(
     r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|BZERO|BSCALE|BLANK|"
-    r"CHECKSUM|DATASUM|EXTNAME|EXTVER|DATAMIN|DATAMAX|Z[A-Z]+\d*)$"
+    r"CHECKSUM|DATASUM|EXTNAME|EXTVER|INHERIT|DATAMIN|DATAMAX|"
+    r"ZIMAGE|ZSIMPLE|ZTENSION|ZBITPIX|ZNAXIS\d*|ZEXTEND|ZBLOCKED|ZPCOUNT|ZGCOUNT|"
+    r"ZHECKSUM|ZDATASUM|ZCMPTYPE|ZTILE\d+|ZNAME\d+|ZVAL\d+|ZMASKCMP|ZQUANTIZ|ZDITHER0|"
+    r"ZBLANK|ZSCALE|ZZERO|ZTABLE|ZTILELEN|ZFORM\d+|ZCTYP\d+|ZTHEAP)$"
 )
 _CARD_KEY = re.compile(r"^[A-Z0-9_\-]+$")
 _STARNET_PREFIX = "STARNET "
@@ -209,7 +222,7 @@ def _read_fits(p: Path, notes: list[str]) -> tuple[np.ndarray, str, fits.Header,
         try:
             with fits.open(p, memmap=False) as hdul:
                 hdu = _find_image_hdu(p, hdul)
-                header = hdu.header.copy()
+                header = _image_header(hdul, hdu, notes)
                 raw = hdu.data
         except _READ_ERRORS as e:
             truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
@@ -233,7 +246,8 @@ def _read_fits(p: Path, notes: list[str]) -> tuple[np.ndarray, str, fits.Header,
 
 
 def read_fits_header(path: str | os.PathLike[str]) -> fits.Header | None:
-    """The image HDU's header of a FITS file, without decoding its pixels.
+    """The image HDU's header of a FITS file (with the primary header's cards merged in
+    when the image is an extension, as ``read_image`` does), without decoding its pixels.
 
     None for non-FITS files and for files that do not read (``read_image`` then
     gives the reason). For the provenance DB's header facts at claim time.
@@ -245,7 +259,7 @@ def read_fits_header(path: str | os.PathLike[str]) -> fits.Header | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with fits.open(p, memmap=False) as hdul:
-                return _find_image_hdu(p, hdul).header.copy()
+                return _image_header(hdul, _find_image_hdu(p, hdul), [])
     except (ImageError, *_READ_ERRORS):
         return None
 
@@ -262,6 +276,40 @@ def _find_image_hdu(
             return hdu
     kinds = ", ".join(type(h).__name__ for h in hdul)
     raise ImageError(p, f"no image HDU with data (HDUs: {kinds})")
+
+
+def _image_header(
+    hdul: fits.HDUList,
+    hdu: fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU,
+    notes: list[str],
+) -> fits.Header:
+    """A copy of ``hdu``'s header; for an extension, with the primary header's cards added.
+
+    As in the FITS ``INHERIT`` convention, the primary header's non-structural cards
+    (OBJECT, DATE-OBS, TELESCOP, ...) apply to the extension: they are appended after the
+    extension's own cards, which win where both have a keyword. Structural cards
+    (``_STRUCTURAL_KEYS``: SIMPLE, BITPIX, NAXISn, EXTEND, BZERO, CHECKSUM, INHERIT, ...)
+    are not copied. An extension with ``INHERIT = F`` asks for no merge and gets none.
+    """
+    header = fits.Header(copy.copy(card) for card in hdu.header.cards)  # plain, detached
+    primary = hdul[0]
+    if hdu is primary or header.get("INHERIT", True) is False:
+        return header
+    merged = 0
+    for card in primary.header.copy().cards:
+        key = card.keyword
+        if _STRUCTURAL_KEYS.match(key) or key.startswith(_STARNET_PREFIX):
+            continue
+        if key in ("", "COMMENT", "HISTORY"):
+            if key == "" and not str(card.value).strip():
+                continue  # blank padding
+        elif key in header:
+            continue
+        header.append(card, end=True)
+        merged += 1
+    if merged:
+        notes.append(f"{merged} primary header card(s) merged into the extension's (INHERIT)")
+    return header
 
 
 def _fits_dtype(header: fits.Header) -> str:
@@ -310,6 +358,8 @@ def _read_tiff(p: Path, page: int, notes: list[str]) -> tuple[np.ndarray, str]:
             notes.append(f"page {page} of {n_pages} used")
         arr = tpage.asarray()
         axes = tpage.axes
+        orientation_tag = tpage.tags.get(_EXIF_ORIENTATION)
+        orientation = orientation_tag.value if orientation_tag is not None else 1
         photometric = tpage.photometric
         n_extra = len(tpage.extrasamples)
         colormap = tpage.colormap
@@ -346,13 +396,14 @@ def _read_tiff(p: Path, page: int, notes: list[str]) -> tuple[np.ndarray, str]:
     if keep < n_samples:
         notes.append(f"{n_samples - keep} extra sample(s) (alpha) dropped")
         arr = arr[:keep]
-    return _scale_integers(p, arr)
+    return _scale_integers(p, _apply_orientation(arr, orientation, "TIFF", notes))
 
 
 def _read_pillow(p: Path, notes: list[str]) -> tuple[np.ndarray, str]:
     with Image.open(p) as im:
         im.load()
         mode, fmt = im.mode, im.format
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
         n_frames = int(getattr(im, "n_frames", 1))
         if n_frames > 1:
             notes.append(f"frame 0 of {n_frames} used")
@@ -378,7 +429,33 @@ def _read_pillow(p: Path, notes: list[str]) -> tuple[np.ndarray, str]:
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("="))
     arr = arr[np.newaxis] if arr.ndim == 2 else np.moveaxis(arr, 2, 0)
-    return _scale_integers(p, arr)
+    return _scale_integers(p, _apply_orientation(arr, orientation, "EXIF", notes))
+
+
+def _apply_orientation(
+    arr: np.ndarray, orientation: object, tag: str, notes: list[str]
+) -> np.ndarray:
+    """``(C, H, W)`` samples turned the way viewers show them, per the EXIF/TIFF Orientation
+    tag (1-8; the same transforms as ``PIL.ImageOps.exif_transpose``). Outputs carry no
+    Orientation tag, so they then look like the input. Other values are ignored (noted)."""
+    if isinstance(orientation, int) and not isinstance(orientation, bool):
+        orientation = int(orientation)  # tifffile may give an IntEnum
+    if orientation == 1:
+        return arr
+    transforms: dict[object, Callable[[np.ndarray], np.ndarray]] = {
+        2: lambda a: a[:, :, ::-1],  # mirrored left-right
+        3: lambda a: a[:, ::-1, ::-1],  # rotated 180
+        4: lambda a: a[:, ::-1, :],  # mirrored top-bottom
+        5: lambda a: a.transpose(0, 2, 1),  # transposed
+        6: lambda a: np.rot90(a, k=-1, axes=(1, 2)),  # shown rotated 90 clockwise
+        7: lambda a: a.transpose(0, 2, 1)[:, ::-1, ::-1],  # transversed
+        8: lambda a: np.rot90(a, k=1, axes=(1, 2)),  # shown rotated 90 anticlockwise
+    }
+    if orientation not in transforms:
+        notes.append(f"{tag} orientation {orientation!r} is not 1-8: ignored")
+        return arr
+    notes.append(f"{tag} orientation {orientation} applied")
+    return np.ascontiguousarray(transforms[orientation](arr))
 
 
 def _scale_integers(p: Path, arr: np.ndarray) -> tuple[np.ndarray, str]:
@@ -488,7 +565,7 @@ def write_image(
     if _same_file(out, like.source):
         raise ImageError(out, "refusing to overwrite the input image")
     cards = _check_cards(header_cards or {})
-    history = [str(h) for h in history]
+    history = _check_history(history)
     provenance = json.dumps({"starnet": {"cards": cards, "history": history}}, ensure_ascii=True)
     writer: Callable[[BinaryIO], None]
     if fmt == "fits":
@@ -581,6 +658,16 @@ def _check_cards(
             raise ValueError(f"header_cards[{key!r}]: {e}") from e
         checked[k] = value
     return checked
+
+
+def _check_history(history: Sequence[str]) -> list[str]:
+    lines = [str(line) for line in history]
+    for i, line in enumerate(lines):
+        if not (line.isascii() and line.isprintable()):
+            raise ValueError(
+                f"history[{i}]: FITS strings must be printable ASCII, got {line[:80]!r}"
+            )
+    return lines
 
 
 def _fits_hdu(

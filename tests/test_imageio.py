@@ -13,7 +13,7 @@ import pytest
 import tifffile
 from astropy.io import fits
 from astropy.wcs import WCS
-from PIL import Image
+from PIL import Image, ImageOps
 
 from starnet_core import imageio
 from starnet_core.imageio import ImageData, ImageError, output_path, read_image, write_image
@@ -476,3 +476,58 @@ def test_read_fits_header_without_pixels(tmp_path: Path) -> None:
     png = tmp_path / "x.png"
     png.write_bytes(b"")
     assert read_fits_header(png) is None
+
+
+# --------------------------------------------------------------------------- orientation
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_png_exif_orientation_applied_like_viewers(
+    tmp_path: Path, orientation: int, mode: str
+) -> None:
+    samples = _ints("uint8", (H, W, 3) if mode == "RGB" else (H, W))
+    src = tmp_path / "rotated.png"
+    Image.fromarray(samples).save(src, exif=_exif(orientation))
+    with Image.open(src) as im:
+        shown = np.asarray(ImageOps.exif_transpose(im))  # what a viewer shows
+    img = read_image(src)
+    expected = shown[None] if shown.ndim == 2 else np.moveaxis(shown, 2, 0)
+    np.testing.assert_array_equal(img.data, expected / np.float32(255))
+    assert (f"EXIF orientation {orientation} applied" in img.notes) == (orientation != 1)
+    out = tmp_path / "out.png"
+    write_image(out, img.data, like=img)
+    with Image.open(out) as im:
+        assert im.getexif().get(0x0112) is None
+        np.testing.assert_array_equal(np.asarray(im), shown)
+
+
+def test_jpeg_exif_orientation_6_comes_out_upright(tmp_path: Path) -> None:
+    yy, xx = np.mgrid[0:48, 0:64]
+    stored = np.stack([xx * 3, yy * 4, (xx + yy) * 2], axis=2).astype(np.uint8)
+    src = tmp_path / "camera.jpg"
+    Image.fromarray(stored).save(src, quality=98, exif=_exif(6))
+    img = read_image(src)
+    assert img.data.shape == (3, 64, 48)  # shown rotated 90 degrees clockwise
+    assert "EXIF orientation 6 applied" in img.notes
+    upright = np.rot90(stored, k=-1)
+    assert np.abs(np.moveaxis(img.data, 0, 2) - upright / 255.0).mean() < 0.01
+    out = tmp_path / "out.jpg"
+    write_image(out, img.data, like=img)
+    with Image.open(out) as im:
+        assert im.size == (48, 64) and im.getexif().get(0x0112) is None
+
+
+def test_tiff_orientation_tag_applied(tmp_path: Path) -> None:
+    samples = _ints("uint16", (H, W))
+    src = tmp_path / "rotated.tif"
+    tifffile.imwrite(src, samples, photometric="minisblack", extratags=[(274, "H", 1, 8, False)])
+    img = read_image(src)
+    np.testing.assert_array_equal(img.data[0], np.rot90(samples, k=1) / np.float32(65535))
+    assert "TIFF orientation 8 applied" in img.notes
