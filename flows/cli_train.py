@@ -6,20 +6,27 @@ the current weights (``inference.weights`` or the packaged model).
 unconditioned unless ``--width-cond`` is given (the packaged model is conditioned).
 Pairs come from ``train/original/`` and ``train/starless/`` (identical names)
 and/or the synthetic generator (``--synthetic``). Logs, showcase images and the
-checkpoint go to ``./logs`` (``--logs``).
+checkpoint go to ``./logs`` (``--logs``). A resumed run's log loses the records of the
+steps after its checkpoint (they are trained again); a run that starts over moves the
+previous run's log, showcase images and kept weights into ``previous-<time>/`` there.
+Ctrl-C (or SIGTERM) stops at the next step and saves the checkpoint; a second Ctrl-C
+aborts at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import re
 import signal
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -401,17 +408,89 @@ def _config(args: argparse.Namespace) -> Any:
     return cfg
 
 
+# What a run leaves in --logs besides its checkpoint (which --new discards): set aside
+# when a run starts over. training.png: `starnet plot`'s default output, drawn from the log.
+_RUN_FILES = re.compile(
+    r"train_log\.jsonl|training\.png|showcase_\d{7}\.png|weights-\d{9}\.safetensors"
+)
+
+
+def _set_aside_previous_run(logs: Path) -> Path | None:
+    """Move the files a previous run left in ``logs`` (:data:`_RUN_FILES`) into a new
+    ``logs/previous-<time>/``, so a run that starts over never mixes with them; returns
+    that folder, None when there were none. Nothing else in ``logs`` is touched."""
+    files = sorted(p for p in logs.iterdir() if _RUN_FILES.fullmatch(p.name) and p.is_file())
+    if not files:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = logs / f"previous-{stamp}", 1
+    while dest.exists():
+        n += 1
+        dest = logs / f"previous-{stamp}-{n}"
+    dest.mkdir()
+    for p in files:
+        p.rename(dest / p.name)
+    return dest
+
+
+def _log_step(line: str) -> int | None:
+    """The step of one train_log.jsonl line; None when it is not a record (torn by a
+    run killed mid-write)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
+
+
+def _trim_log(log_file: Path, step: int) -> int:
+    """Drop the records of the steps after ``step`` (those past the checkpoint a run
+    resumes: they are trained and logged again) from ``log_file``, rewritten atomically;
+    other lines stay. Returns how many records were dropped."""
+    if not log_file.exists():
+        return 0
+    from starnet_core.imageio import _atomic_write
+
+    text = log_file.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    kept = [line for line in lines if (_log_step(line) or 0) <= step]
+    if len(kept) < len(lines) or (text and not text.endswith("\n")):
+        # a torn last line gets its newline: the next record starts a line of its own
+        data = "".join(line + "\n" for line in kept).encode("utf-8")
+
+        def write(fh: BinaryIO) -> None:
+            fh.write(data)
+
+        _atomic_write(log_file, write)
+    return len(lines) - len(kept)
+
+
+def _ask_new(ckpt: Path) -> bool:
+    """Whether the user confirms that --new discards ``ckpt``; no answer (stdin closed,
+    Ctrl-C) is a no."""
+    try:
+        answer = input(f"--new discards the checkpoint {ckpt}. Continue? [y/N] ")
+    except (EOFError, KeyboardInterrupt):
+        print(
+            f"\nstarnet train: --new: no answer, nothing done; pass --yes to discard {ckpt}",
+            file=sys.stderr,
+        )
+        return False
+    if answer.strip().lower() not in ("y", "yes"):
+        print("nothing done")
+        return False
+    return True
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from starnet_core.model import load_model, with_width_conditioning
     from starnet_core.train import export_generator, read_pair_folder, train
 
     logs = Path(args.logs)
     ckpt = logs / "checkpoint.safetensors"
-    if args.new and ckpt.exists() and not args.yes:
-        answer = input(f"--new discards the checkpoint {ckpt}. Continue? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing done")
-            return 1
+    if args.new and ckpt.exists() and not args.yes and not _ask_new(ckpt):
+        return 1
     from starnet_core.synthetic import check_glow_cap
     from starnet_core.tiling import select_device
 
@@ -422,6 +501,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"starnet train: {e}", file=sys.stderr)
         return 2
+    resume_step = None
+    if not args.new and ckpt.exists():
+        from starnet_core.checkpoint import checkpoint_step
+
+        try:
+            resume_step = checkpoint_step(ckpt)
+        except ValueError as e:  # truncated, corrupt, not a checkpoint: names the file
+            print(
+                f"starnet train: {e}; restore it, or start over with --new",
+                file=sys.stderr,
+            )
+            return 2
     pairs = []
     data = Path(args.data)
     if (data / "original").is_dir():
@@ -484,8 +575,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.anchor:
         print("starnet train: --anchor needs --w-anchor > 0", file=sys.stderr)
         return 2
-    logs.mkdir(parents=True, exist_ok=True)
     log_file = logs / "train_log.jsonl"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:  # a run from step 0: the previous run's files go aside
+            aside = _set_aside_previous_run(logs)
+            if aside is not None:
+                print(f"the previous run's log, showcase images and kept weights: {aside}")
+        elif dropped := _trim_log(log_file, resume_step):
+            print(
+                f"{log_file}: dropped {dropped} records after step {resume_step}, the checkpoint's"
+            )
+    except OSError as e:  # --logs is a file, not writable, ...
+        print(f"starnet train: --logs {logs}: {e}", file=sys.stderr)
+        return 2
 
     def on_log(record: dict[str, float]) -> None:
         with log_file.open("a", encoding="utf-8") as f:
@@ -500,11 +603,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     stop = {"flag": False}
 
     def handler(signum: int, frame: Any) -> None:
+        if stop["flag"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: at once
         stop["flag"] = True
+        with contextlib.suppress(RuntimeError):  # print interrupted mid-print
+            print(
+                f"\nstopping after this step, then saving {ckpt} (Ctrl-C again: abort at once)",
+                file=sys.stderr,
+            )
 
-    signal.signal(signal.SIGTERM, handler)
     if args.new and ckpt.exists():
         ckpt.unlink()
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         state = train(
             cfg,
@@ -518,9 +628,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             should_stop=lambda: stop["flag"],
         )
     except ValueError as e:  # e.g. --film-only on a checkpoint of an unconditioned model
-        where = f"{ckpt}: " if ckpt.exists() else ""
+        where = f"{ckpt}: " if ckpt.exists() and not str(e).startswith(str(ckpt)) else ""
         print(f"starnet train: {where}{e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        kept = f"{ckpt} holds the last checkpoint saved" if ckpt.exists() else "no checkpoint"
+        print(f"starnet train: aborted; {kept}", file=sys.stderr)
+        return 130
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
     print(f"stopped at step {state.step}; checkpoint {ckpt}")
     if args.ship:
         from starnet_core.model import ship_weights
@@ -546,7 +663,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not log_file.exists():
         print(f"starnet plot: {log_file}: no training log found", file=sys.stderr)
         return 2
-    records = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+    records = []
+    for n, line in enumerate(log_file.read_text(encoding="utf-8").splitlines(), 1):
+        if _log_step(line) is not None:
+            records.append(json.loads(line))
+        elif line.strip():  # e.g. torn by a run killed mid-write
+            print(f"starnet plot: {log_file} line {n}: not a log record, skipped", file=sys.stderr)
     if not records:
         print(f"starnet plot: {log_file}: the log is empty", file=sys.stderr)
         return 2
@@ -578,7 +700,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     np.atleast_1d(axes)[-1].set_xlabel("step")
     fig.tight_layout()
     out = Path(args.out) if args.out else Path(args.logs) / "training.png"
-    fig.savefig(out, dpi=90)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=90)
+    except (OSError, ValueError) as e:  # not writable, unknown format (--out p.xyz)
+        print(f"starnet plot: {out}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        plt.close(fig)
     print(f"wrote {out}")
     return 0
 

@@ -15,7 +15,13 @@ from safetensors import safe_open
 
 from starnet_core.model import WEIGHTS_FORMAT, ModelConfig, StarNetUNet, load_weights
 
-__all__ = ["is_checkpoint", "load_any", "load_generator_from_checkpoint"]
+__all__ = [
+    "checkpoint_metadata",
+    "checkpoint_step",
+    "is_checkpoint",
+    "load_any",
+    "load_generator_from_checkpoint",
+]
 
 GENERATOR_PREFIX = "g."
 EMA_PREFIX = "ema."  # the generator's moving average (TrainConfig.ema_decay > 0)
@@ -29,6 +35,27 @@ def _metadata(path: Path) -> dict[str, str]:
             return dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{path}: not a safetensors file ({e})") from e
+
+
+def checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    """A training checkpoint's metadata (``step``, ``train_config``, ``model_config``).
+
+    Raises ``ValueError`` naming the file when it is missing, not a safetensors file
+    (truncated, corrupt) or not a training checkpoint; only its header is read.
+    """
+    path = Path(path)
+    meta = _metadata(path)
+    for key in ("step", "model_config"):
+        if key not in meta:
+            raise ValueError(f"{path}: no {key!r} in the metadata; not a training checkpoint")
+    if not meta["step"].isdigit():
+        raise ValueError(f"{path}: step {meta['step']!r} in the metadata is not a step number")
+    return meta
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a training checkpoint was saved at (see :func:`checkpoint_metadata`)."""
+    return int(checkpoint_metadata(path)["step"])
 
 
 def is_checkpoint(path: str | Path) -> bool:

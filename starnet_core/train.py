@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import multiprocessing
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from starnet_core.checkpoint import EMA_PREFIX
+from starnet_core.checkpoint import EMA_PREFIX, checkpoint_metadata
 from starnet_core.inference import star_hwhm
 from starnet_core.model import (
     ModelConfig,
@@ -213,7 +214,9 @@ class PairPool:
         if workers > 0:
             # spawn, not fork: the parent may already hold CUDA or OpenMP state
             ctx = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(workers, mp_context=ctx)
+            self._executor = ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_ignore_sigint
+            )
             filled = 0
             futures = [self._submit(min(self.CHUNK, size - i)) for i in range(0, size, self.CHUNK)]
             for fut in futures:
@@ -280,6 +283,12 @@ class PairPool:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+def _ignore_sigint() -> None:
+    """A pool worker's start: Ctrl-C reaches the whole process group, and the training
+    process (which stops at the next step and saves) needs its workers alive until then."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def star_widths(images: np.ndarray) -> np.ndarray:
@@ -551,12 +560,13 @@ def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig) -> TrainState:
-    """Resume from a checkpoint written by :func:`save_checkpoint`."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    tensors = load_file(str(path))
+    """Resume from a checkpoint written by :func:`save_checkpoint`. Raises ``ValueError``
+    naming the file when it is not one (truncated, corrupt, an exported weights file)."""
+    meta = checkpoint_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path}: unreadable checkpoint ({e})") from e
     state = build_state(cfg, StarNetUNet(ModelConfig.from_json(meta["model_config"])))
     state.generator.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("g.")})
     state.discriminator.load_state_dict(
@@ -642,8 +652,8 @@ def train(
     ``file_pairs``: (original, starless) ``(C,H,W)`` float32 stretched arrays.
     ``init``: start from these weights (fine-tuning) when no checkpoint resumes.
     ``anchor``: the reference model of ``cfg.w_anchor`` (needed when it is > 0).
-    ``on_log`` gets a record every ``log_every`` steps; ``on_showcase`` a
-    (3, S, 3*S) original|output|truth strip at each checkpoint.
+    ``on_log`` gets a record every ``log_every`` steps and at the run's last step;
+    ``on_showcase`` a (3, S, 3*S) original|output|truth strip at each checkpoint.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -741,6 +751,32 @@ def _loop(
     acc: dict[str, torch.Tensor] = {}
     n_acc = 0
     fresh = 0
+    lr = t0 = 0.0  # both set before the first record
+
+    def log_steps() -> None:
+        """Log the means over the steps since the last record (``n_acc`` of them)."""
+        nonlocal acc, n_acc, fresh, t0
+        dt = time.perf_counter() - t0
+        record = _read_logs(acc, n_acc)
+        record |= {
+            "step": state.step,
+            "lr": lr,
+            "s_per_step": dt / n_acc,
+            "fresh_crops": fresh,
+            "time": time.time(),
+        }
+        log.info(
+            "step %d  l_g_pix %.4f  residual star flux %.3f  bg_l1 %.4f  %.3f s/step",
+            state.step,
+            record["l_g_pix"],
+            record["residual_star_flux"],
+            record["bg_l1"],
+            record["s_per_step"],
+        )
+        if on_log is not None:
+            on_log(record)
+        acc, n_acc, fresh, t0 = {}, 0, 0, time.perf_counter()
+
     if gan_on and cfg.d_warmup_steps > 0 and state.step < cfg.steps:
         _warm_discriminator(cfg, state, device, data, pool, gen, should_stop)
     t_start = t0 = time.perf_counter()
@@ -799,26 +835,7 @@ def _loop(
         if pool is not None and state.step % cfg.refresh_every == 0:
             fresh += pool.refresh(cfg.refresh_count)
         if state.step % cfg.log_every == 0:
-            dt = time.perf_counter() - t0
-            record = _read_logs(acc, n_acc)
-            record |= {
-                "step": state.step,
-                "lr": lr,
-                "s_per_step": dt / n_acc,
-                "fresh_crops": fresh,
-                "time": time.time(),
-            }
-            log.info(
-                "step %d  l_g_pix %.4f  residual star flux %.3f  bg_l1 %.4f  %.3f s/step",
-                state.step,
-                record["l_g_pix"],
-                record["residual_star_flux"],
-                record["bg_l1"],
-                record["s_per_step"],
-            )
-            if on_log is not None:
-                on_log(record)
-            acc, n_acc, fresh, t0 = {}, 0, 0, time.perf_counter()
+            log_steps()
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             save_checkpoint(state, cfg, ckpt)
             saved = state.step
@@ -835,6 +852,8 @@ def _loop(
                     [x[:n_show], out.detach()[:n_show].clamp(0, 1), y[:n_show]], dim=3
                 )
                 on_showcase(state.step, torch.cat(list(strip), dim=1).cpu().numpy())
+    if n_acc:  # the run ended, stopped or ran out of time between two log steps
+        log_steps()
     return saved
 
 

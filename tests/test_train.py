@@ -138,6 +138,17 @@ def test_resume_continues_from_checkpoint(tmp_path: Path, caplog: pytest.LogCapt
     assert "decays anew" in caplog.text and "10-minute budget" in caplog.text
 
 
+def test_unreadable_checkpoint_is_a_value_error_naming_it(tmp_path: Path) -> None:
+    train(tiny_config(steps=1), tmp_path)
+    ckpt = tmp_path / "checkpoint.safetensors"
+    ckpt.write_bytes(ckpt.read_bytes()[:-10])  # truncated
+    with pytest.raises(ValueError, match=f"{ckpt}: not a safetensors file"):
+        load_checkpoint(ckpt, tiny_config())
+    with pytest.raises(ValueError, match=f"{ckpt}: not a safetensors file"):
+        train(tiny_config(steps=2), tmp_path)
+    assert ckpt.exists(), "left for the user to restore"
+
+
 def test_stop_request_saves_checkpoint(tmp_path: Path) -> None:
     calls = {"n": 0}
 
@@ -148,6 +159,30 @@ def test_stop_request_saves_checkpoint(tmp_path: Path) -> None:
     state = train(tiny_config(steps=100), tmp_path, should_stop=stop)
     assert state.step == 2
     assert load_checkpoint(tmp_path / "checkpoint.safetensors", tiny_config()).step == 2
+
+
+def test_the_last_step_of_a_run_is_logged(tmp_path: Path) -> None:
+    """A run that ends (or stops) between two log steps logs its last steps too: a
+    short run has a log to plot, a stopped one shows where it stopped."""
+    records: list[dict[str, float]] = []
+    train(tiny_config(steps=5, log_every=2), tmp_path / "a", on_log=records.append)
+    assert [r["step"] for r in records] == [2, 4, 5]
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    records.clear()
+    state = train(
+        tiny_config(steps=100, log_every=2), tmp_path / "b", on_log=records.append, should_stop=stop
+    )
+    assert state.step == 3
+    assert [r["step"] for r in records] == [2, 3]
+    assert np.isfinite(records[-1]["l_g_pix"]) and records[-1]["s_per_step"] > 0
+    records.clear()
+    train(tiny_config(steps=4, log_every=2), tmp_path / "c", on_log=records.append)
+    assert [r["step"] for r in records] == [2, 4], "a logged last step is not logged twice"
 
 
 def test_file_pairs_only(tmp_path: Path) -> None:
@@ -240,6 +275,20 @@ def test_worker_pool_fills_and_refreshes_from_other_processes() -> None:
             time.sleep(0.05)
         assert replaced >= PairPool.CHUNK, "finished worker tasks must be swapped in"
         assert not np.array_equal(before, pool.orig)
+    finally:
+        pool.close()
+
+
+def test_pool_workers_ignore_ctrl_c() -> None:
+    """Ctrl-C reaches the workers too (one process group): they ignore it, and the
+    training process stops cleanly (its checkpoint saved) instead of a broken pool."""
+    import signal
+
+    pool = PairPool(size=1, crop_px=32, seed=7, workers=1)
+    try:
+        assert pool._executor is not None
+        handler = pool._executor.submit(signal.getsignal, signal.SIGINT).result()
+        assert handler == signal.SIG_IGN
     finally:
         pool.close()
 
