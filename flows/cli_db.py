@@ -14,6 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from flows.db_models import RUN_STATUSES
 from flows.provenance import ProvenanceDB, ProvenanceError, as_json, safe_url
@@ -249,6 +250,12 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 def cmd_model_promote(args: argparse.Namespace) -> int:
     db = _db(args)
     before = db.promoted_model()
+    wanted = db.get_model(args.version)
+    path = wanted.config.get("weights_path") if wanted is not None else None
+    if wanted is not None and not (path and Path(str(path)).is_file()):
+        # the pipeline would warn and quietly run inference.weights instead
+        where = f"its weights file {path} is not here" if path else "no weights file recorded"
+        return _fail(f"model {args.version}: {where}; the pipeline could not run it")
     try:
         model = db.promote(args.version)
     except ProvenanceError as e:

@@ -77,6 +77,7 @@ class Engine:
     weights_sha256: str
     device: str
     config: dict[str, Any]
+    weights_path: str  # the file it was loaded from, resolved
 
 
 def load_engine(settings: Settings) -> Engine:
@@ -84,7 +85,29 @@ def load_engine(settings: Settings) -> Engine:
     model, info = load_model(settings.inference.weights)
     device = select_device(settings.inference.device)
     place_model(model, device)
-    return Engine(model, info.version, info.sha256, str(device), dataclasses.asdict(info.config))
+    return Engine(
+        model,
+        info.version,
+        info.sha256,
+        str(device),
+        dataclasses.asdict(info.config),
+        weights_path(settings),
+    )
+
+
+def weights_path(settings: Settings) -> str:
+    """The weights file ``inference.weights`` names (the packaged one when None)."""
+    if settings.inference.weights:
+        return str(Path(settings.inference.weights).expanduser().resolve())
+    from starnet_core.model import packaged_weights
+
+    return str(packaged_weights()[0])
+
+
+def model_record(engine: Engine, path: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The ``config`` a model version is registered with: its file (``path``, default the
+    engine's) and architecture, so that it can be promoted and run later."""
+    return {"weights_path": path or engine.weights_path, "architecture": engine.config, **extra}
 
 
 def frame_params(settings: Settings) -> dict[str, Any]:
@@ -202,6 +225,9 @@ def claim_frame(
         )
         return FrameClaim(str(p), digest, "process", record)
     db.register_frame(p, _header_facts(p), sha256=digest)
+    # a model first met here (`starnet transform --weights X`) is recorded with its file,
+    # so that `starnet model promote` of it gives the pipeline something to run
+    db.register_model(engine.version, engine.weights_sha256, model_record(engine))
     return _claim_run(db, p, digest, settings, engine, flow_run_id, max_attempts, redo)
 
 

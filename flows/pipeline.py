@@ -56,6 +56,7 @@ from flows.frame import (
     finish_frame,
     frame_error,
     load_engine,
+    model_record,
     output_folder,
 )
 from flows.provenance import ProvenanceDB
@@ -113,20 +114,6 @@ def gpu_limit(settings: Settings) -> str:
     return settings.prefect.gpu_limit_name.format(host=socket.gethostname().split(".")[0])
 
 
-def weights_path(settings: Settings) -> str:
-    """The weights file ``inference.weights`` names (the packaged one when None)."""
-    if settings.inference.weights:
-        return str(Path(settings.inference.weights).expanduser().resolve())
-    from starnet_core.model import packaged_weights
-
-    return str(packaged_weights()[0])
-
-
-def model_record(engine: Engine, path: str, **extra: Any) -> dict[str, Any]:
-    """The ``config`` a model version is registered with: its file and architecture."""
-    return {"weights_path": path, "architecture": engine.config, **extra}
-
-
 def load_run_engine(settings: Settings, db: ProvenanceDB) -> tuple[Engine, str]:
     """The model this run uses (see the module docstring) and its weights file."""
     promoted = db.promoted_model()
@@ -142,8 +129,8 @@ def load_run_engine(settings: Settings, db: ProvenanceDB) -> tuple[Engine, str]:
                 "promoted model %s has no weights file here (%r); using inference.weights",
                 promoted.version, path,
             )  # fmt: skip
-    path = weights_path(chosen)
     engine = load_engine(chosen)
+    path = engine.weights_path
     if (
         promoted is not None
         and chosen is not settings
@@ -156,7 +143,7 @@ def load_run_engine(settings: Settings, db: ProvenanceDB) -> tuple[Engine, str]:
     db.register_model(
         engine.version,
         engine.weights_sha256,
-        model_record(engine, path),
+        model_record(engine),
         status="promoted" if promoted is None else None,
     )
     if promoted is None:
@@ -190,13 +177,15 @@ def claim_task(
     engine: Engine,
     max_attempts: int | None,
     expect_sha256: str | None = None,
+    redo: bool = False,
 ) -> FrameClaim:
     """Hash and register the frame, claim its run (process / skip / busy / exhausted).
-    ``expect_sha256``: the frame meant; a file gone or replaced is recorded failed."""
+    ``expect_sha256``: the frame meant; a file gone or replaced is recorded failed.
+    ``redo``: a done run is claimed again (the nightly, after a rollback)."""
     run_id = flow_run.id
     return claim_frame(
         path, settings, db, engine, flow_run_id=str(run_id) if run_id else None,
-        max_attempts=max_attempts, expect_sha256=expect_sha256,
+        max_attempts=max_attempts, expect_sha256=expect_sha256, redo=redo,
     )  # fmt: skip
 
 
@@ -239,6 +228,7 @@ def run_frame(
     guard: OutputGuard,
     max_attempts: int | None = None,
     expect_sha256: str | None = None,
+    redo: bool = False,
 ) -> FrameResult:
     """Claim -> compute (holding a GPU slot) -> finish, inside a flow run. A bad input (or
     an output that cannot be written) is a failed result naming the file and the
@@ -248,9 +238,11 @@ def run_frame(
     there (:func:`flows.frame.output_folder`); ``guard`` (one per flow run) keeps frames
     from overwriting each other's outputs. ``expect_sha256``: the frame meant (the
     nightly rerun): a file moved, deleted or replaced is a failed run, not that frame.
+    ``redo``: the run is done again even if it succeeded before (the nightly picks only
+    frames whose outputs another model made since: a rolled-back promotion).
     """
     try:
-        claim = claim_task(path, settings, db, engine, max_attempts, expect_sha256)
+        claim = claim_task(path, settings, db, engine, max_attempts, expect_sha256, redo)
     except ImageError as e:
         return FrameResult(path, "failed", None, error=str(e))
     if claim.decision != "process":
@@ -457,6 +449,7 @@ def nightly_rerun(
                 guard=guard,
                 max_attempts=max_attempts,
                 expect_sha256=frame.sha256,
+                redo=True,  # picked because another model made its outputs since
             )  # fmt: skip
         )
         update_progress_artifact(progress, 100.0 * i / len(frames))

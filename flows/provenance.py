@@ -37,11 +37,11 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from sqlalchemy import exists, or_, select, text
+from sqlalchemy import exists, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from flows.db_engine import (
     alembic_config,
@@ -647,11 +647,14 @@ class ProvenanceDB:
     def frames_needing_rerun(
         self, promoted_version: str | None = None, max_attempts: int = 3
     ) -> list[Frame]:
-        """Frames the (promoted) model has not processed yet: no run of it succeeded, none is
-        in progress, and it has not failed ``max_attempts`` times — so frames last made by
-        an older model, and failed frames still worth a retry. Oldest first. A frame whose
-        last allowed attempt went stale (its worker died) comes once more: claiming it
-        records that run as failed (``claim_run``), which settles it."""
+        """Frames whose outputs the (promoted) model did not make: their latest succeeded run
+        is another model's (or they have none), none of its runs is in progress, and it
+        has not failed ``max_attempts`` times — so frames last made by an older model, or
+        by a newer one since rolled back (``starnet model promote`` an earlier version),
+        and failed frames still worth a retry. Oldest first. A frame whose last allowed
+        attempt went stale (its worker died) comes once more: claiming it records that
+        run as failed (``claim_run``), which settles it. The rerun claims with ``redo``:
+        the promoted model's own earlier run of a rolled-back frame is done again."""
         with self._session() as s:
             if promoted_version is None:
                 promoted_version = s.scalar(
@@ -662,15 +665,24 @@ class ProvenanceDB:
                     return []
             model = self._require_model(s, promoted_version, "promoted_version")
             cutoff = utcnow() - timedelta(seconds=self.stale_after_s)
-            settled = exists().where(
+            done = aliased(RunRow)
+            latest_maker = (
+                select(done.model_version_id)
+                .where(done.frame_id == FrameRow.id, done.status == "succeeded")
+                .order_by(done.finished_at.desc(), done.id.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+            busy_or_exhausted = exists().where(
                 RunRow.frame_id == FrameRow.id,
                 RunRow.model_version_id == model.id,
                 or_(
-                    RunRow.status == "succeeded",
                     RunRow.status.in_(("running", "queued")) & (RunRow.started_at >= cutoff),
                     (RunRow.status == "failed") & (RunRow.attempts >= max_attempts),
                 ),
             )
+            # (coalesce: a frame nothing succeeded on has no maker, and NULL = id is NULL)
+            settled = or_(func.coalesce(latest_maker, -1) == model.id, busy_or_exhausted)
             rows = s.scalars(select(FrameRow).where(~settled).order_by(FrameRow.first_seen)).all()
             return [to_frame(r) for r in rows]
 

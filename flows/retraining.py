@@ -45,7 +45,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
-from flows.pipeline import ensure_concurrency_limit, load_run_engine, model_record
+from flows.frame import model_record
+from flows.pipeline import ensure_concurrency_limit, load_run_engine
 from flows.provenance import ProvenanceDB, TrainingPair, sha256_file
 from flows.settings import (
     PROMOTE_POLICIES,

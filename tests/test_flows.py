@@ -202,6 +202,14 @@ def test_nightly_reruns_retired_models_frames_and_bounds_retries(pipeline_env: P
     second = nightly_rerun(config=config)
     assert second == {"frames": 1, "failed": 1}  # bad.fits: attempt 2 of 2
     assert nightly_rerun(config=config) == {"frames": 0}
+    # rolled back: tiny-a is promoted again, and old.fits's outputs are tiny-b's
+    starless = env.outputs / "old_starless.fits"
+    assert db.history(starless).produced_by.model_version == "tiny-b"  # type: ignore[union-attr]
+    db.promote("tiny-a")  # (bad.fits: tiny-a's second and last attempt)
+    assert nightly_rerun(config=config) == {"frames": 2, "succeeded": 1, "failed": 1}
+    made_by = db.history(starless).produced_by
+    assert made_by is not None and made_by.model_version == "tiny-a" and made_by.attempts == 2
+    assert nightly_rerun(config=config) == {"frames": 0}
 
 
 @pytest.mark.usefixtures("prefect_harness")

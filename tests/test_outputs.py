@@ -168,3 +168,19 @@ def test_an_input_of_the_command_is_never_overwritten_by_another_inputs_outputs(
     assert transform(env, str(m42)) == 0
     assert transform(env, str(m42), str(src / "M42_starless.tif")) == 0
     assert (src / "M42_starless_starless.tif").is_file()
+
+
+def test_transform_records_a_new_model_with_its_weights_file(pipeline_env: PipelineEnv) -> None:
+    """`starnet transform --weights X` registers X's version with its file, so that
+    `starnet model promote` of it gives the pipeline a model it can load."""
+    from prefect_fixtures import save_tiny_model
+
+    env = pipeline_env
+    other = env.root / "models" / "tiny-c.safetensors"
+    save_tiny_model(other, "tiny-c", seed=3)
+    frame = write_fits(env.root / "in" / "c.fits", seed=6)
+    assert transform(env, str(frame), "--weights", str(other)) == 0
+    model = ProvenanceDB.from_settings(env.settings).get_model("tiny-c")
+    assert model is not None and model.status == "candidate"
+    assert model.config["weights_path"] == str(other.resolve())
+    assert main(["--config", env.config, "model", "promote", "tiny-c"]) == 0

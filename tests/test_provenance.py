@@ -442,7 +442,9 @@ def test_cli_answers_what_made_this_file(
     assert "schema revision" in capsys.readouterr().out
     db = ProvenanceDB(db_url)
     db.register_model("v1", W1, {}, status="promoted")
-    db.register_model("v2", W2, {}, parent="v1")
+    v2_file = _file(tmp_path / "models" / "v2.safetensors", seed=60)
+    db.register_model("v2", W2, {"weights_path": str(v2_file)}, parent="v1")
+    db.register_model("v3", "3" * 64, {})  # met through `transform --weights` long ago
     frames = [_file(tmp_path / "incoming" / f"ngc{i}.fits", seed=50 + i) for i in range(3)]
     for f in frames:
         _process(db, f, "v1", W1, tmp_path / "out")
@@ -466,10 +468,17 @@ def test_cli_answers_what_made_this_file(
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["STARTED", "STATUS", "MODEL"] and len(table) == 3
 
+    # a version without its weights file here cannot be run, so it is not promoted
+    assert main(["model", "promote", "v3"]) == 1
+    assert "model v3: no weights file recorded" in capsys.readouterr().err
+    v2_file.rename(tmp_path / "moved.safetensors")
+    assert main(["model", "promote", "v2"]) == 1
+    assert f"its weights file {v2_file} is not here" in capsys.readouterr().err
+    (tmp_path / "moved.safetensors").rename(v2_file)
     assert main(["model", "promote", "v2"]) == 0
     assert capsys.readouterr().out.strip() == "model v2 promoted; v1 retired"
     assert main(["model", "list"]) == 0
     listing = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:]]
-    assert listing == [["v1", "retired"], ["v2", "promoted"]]
+    assert listing == [["v1", "retired"], ["v2", "promoted"], ["v3", "candidate"]]
     assert main(["model", "promote", "nope"]) == 1
     assert "unknown model version 'nope'" in capsys.readouterr().err
