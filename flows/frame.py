@@ -203,7 +203,7 @@ def claim_frame(
     p = Path(path).expanduser().resolve()
     now = sha256_file(p) if p.is_file() else None
     if expect_sha256 is not None and db is not None and now != expect_sha256:
-        _record_gone(p, expect_sha256, now, settings, db, engine, flow_run_id, max_attempts)
+        _record_gone(p, expect_sha256, now, settings, db, engine, flow_run_id, max_attempts, redo)
     if now is None:  # the same reasons as read_image gives
         raise ImageError(p, "not a regular file" if p.exists() else "no such file")
     digest = now
@@ -280,15 +280,17 @@ def _record_gone(
     engine: Engine,
     flow_run_id: str | None,
     max_attempts: int | None,
+    redo: bool,
 ) -> None:
     """The frame ``recorded`` is no longer at ``path``: fail its run (when this caller
-    gets it) with the reason, then raise that reason as an :class:`ImageError`."""
+    gets it, ``redo`` as the caller claims) with the reason, then raise that reason as
+    an :class:`ImageError`."""
     error = ImageError(
         path,
         f"input moved, deleted or replaced (sha256 now {now or 'none: no such file'}, "
         f"recorded {recorded}); not processed as that frame",
     )
-    claim = _claim_run(db, path, recorded, settings, engine, flow_run_id, max_attempts)
+    claim = _claim_run(db, path, recorded, settings, engine, flow_run_id, max_attempts, redo)
     if claim.decision == "process":
         finish_frame(db, claim, None, str(error))
     raise error
@@ -340,7 +342,10 @@ class OutputGuard:
     nothing about (``--no-db`` outputs, the user's own) is overwritten, as StarNet did.
 
     One guard lives as long as one command or flow run; it is not shared between runs
-    (the DB is what they share).
+    (the DB is what they share). Limit: the DB learns a run's outputs when it finishes,
+    so two runs computing at the same time (two workers) whose outputs share names are
+    not caught. With the flows' sub-folders that takes two inputs of one stem in one
+    folder (``e.fits`` and ``e.fits.gz``) dispatched to two workers at once.
     """
 
     def __init__(self) -> None:
@@ -363,7 +368,14 @@ class OutputGuard:
             owner = self._owners.get(out)
             recorded_output = False
             if owner is None and db is not None and out.is_file():
-                history = db.history(out)
+                try:
+                    history = db.history(out)  # hashes the file
+                except OSError as e:
+                    raise ImageError(
+                        out,
+                        f"an output of {path} is here and cannot be read to check whose "
+                        f"it is ({e.strerror or e}); move it away or use --out",
+                    ) from e
                 if history.frame is not None:
                     owner = (history.frame.path, history.frame.sha256)
                     recorded_output = history.role == "output"

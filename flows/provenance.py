@@ -448,7 +448,8 @@ class ProvenanceDB:
         run that has had its ``max_attempts`` (a frame that kills its worker) is then
         marked failed, with an error saying so, and not claimed again. ``redo``: a
         succeeded run is claimed again too, as its next attempt (a user recomputing a
-        frame on purpose); its new outputs replace the recorded ones when it finishes.
+        frame on purpose), counting its attempts from 1 again; its new outputs replace the
+        recorded ones when it succeeds, and a failed redo keeps them.
         """
         frame_digest = check_sha256("frame_sha256", frame_sha256)
         weights = check_sha256("weights_sha256", weights_sha256)
@@ -523,7 +524,9 @@ class ProvenanceDB:
                 )
                 log.warning("run %s: %s", row.run_key[:12], row.error)
                 return "exhausted"
-        if row.status != "queued" or stale:  # a queued run starting is the same attempt
+        if row.status == "succeeded":  # redo: attempts count the tries since a success
+            row.attempts = 1
+        elif row.status != "queued" or stale:  # a queued run starting is the same attempt
             row.attempts += 1
         if row.status == "running":
             log.warning("run %s stale since %s: claimed again", row.run_key[:12], row.started_at)
@@ -599,8 +602,11 @@ class ProvenanceDB:
             row.error = error[:_ERROR_MAX_CHARS] if error else None
             row.finished_at = now
             row.duration_s = (now - row.started_at).total_seconds()
-            row.outputs.clear()
-            s.flush()  # old outputs go before the new ones take their (run, kind) slots
+            if status == "succeeded":
+                # a failed run keeps what an earlier success recorded (a failed redo):
+                # those files are still there, and still that run's
+                row.outputs.clear()
+                s.flush()  # old outputs go before the new ones take their (run, kind) slots
             for kind, path, digest, size in facts:
                 row.outputs.append(OutputRow(kind=kind, path=path, sha256=digest, size_bytes=size))
             s.flush()
@@ -665,10 +671,15 @@ class ProvenanceDB:
                     return []
             model = self._require_model(s, promoted_version, "promoted_version")
             cutoff = utcnow() - timedelta(seconds=self.stale_after_s)
-            done = aliased(RunRow)
-            latest_maker = (
+            done, maker = aliased(RunRow), aliased(ModelVersionRow)
+            latest_maker = (  # among models ever promoted: a candidate's try is no rollback
                 select(done.model_version_id)
-                .where(done.frame_id == FrameRow.id, done.status == "succeeded")
+                .join(maker, maker.id == done.model_version_id)
+                .where(
+                    done.frame_id == FrameRow.id,
+                    done.status == "succeeded",
+                    maker.promoted_at.is_not(None),
+                )
                 .order_by(done.finished_at.desc(), done.id.desc())
                 .limit(1)
                 .scalar_subquery()

