@@ -45,6 +45,7 @@ MEAN_DEV_TO_SIGMA = 1.2533  # mean absolute deviation of a Gaussian -> sigma (MA
 MAX_SAMPLES_PER_CHANNEL = 1 << 20  # statistics come from at most ~1 M pixels per channel
 _BLOCK_PX = 1 << 18  # float64 scratch per block: 2 MB
 _EPS = 1e-6
+_MIN_RESCALED = 1e-15  # smallest (median - shadows) / (1 - shadows) the auto-stretch fits
 
 
 def _mtf64(m: float | np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -227,7 +228,10 @@ def fit_auto_stretch(
         shadows = [float(np.mean(shadows))] * len(shadows)
     midtones = []
     for med, s in zip(medians, shadows, strict=True):
-        rescaled = min(max((med - s) / (1.0 - s), _EPS), 1.0 - _EPS)
+        # the floor is far below _EPS: one hot pixel (a flat divided by a dead pixel's ~0)
+        # can put the normalised background at 1e-8 or less, and it must still land on
+        # target_background (m ~ 3 * rescaled stays a positive float64)
+        rescaled = min(max((med - s) / (1.0 - s), _MIN_RESCALED), 1.0 - _EPS)
         midtones.append(float(_mtf64(target_background, np.array(rescaled))))
     params = StretchParams(tuple(shadows), tuple(midtones), (1.0,) * len(shadows))
     logger.debug("auto-stretch fitted: %s", params.to_dict())

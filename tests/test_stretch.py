@@ -87,6 +87,19 @@ def test_fit_puts_background_at_target() -> None:
     assert fit_auto_stretch(x01) == p  # deterministic
 
 
+@pytest.mark.parametrize("hot", [1e8, 1e10, 1e12])
+def test_one_hot_pixel_does_not_leave_the_frame_black(hot: float) -> None:
+    """A flat divided by a dead pixel's ~0 gives one enormous value: the normalised
+    background falls to 1e-8 or below, and the stretch must still put it on target
+    (it used to floor at 1e-6 and hand the network a black frame)."""
+    frame = _linear_frame()
+    frame[0, 7, 9] = hot
+    x01, _ = normalize_linear(frame)
+    y = apply_stretch(x01, fit_auto_stretch(x01))
+    assert abs(float(np.median(y)) - 0.25) < 0.01
+    assert float(np.percentile(y, 99.9)) > 0.5  # the stars still stand out
+
+
 def test_linked_and_unlinked() -> None:
     frame = _linear_frame(seed=2, shape=(3, 64, 80))
     frame[2] *= 3.0  # a strong colour cast in the blue channel
