@@ -126,12 +126,32 @@ def test_structure_kept_shared_background_ignores_stars_in_the_annulus() -> None
     d = np.hypot(xx - 32, yy - 32)
     orig[:, (d >= 8) & (d <= 14)] += 0.1  # a crowded annulus, as in a dense field
     gxy = np.array([[32.0, 32.0]])
-    assert metrics.structure_kept(orig, orig, truth, gxy, 6.0)[0] < 0.5
+    # no starless pixel left in the ring: the truth's level is shared by default too
+    assert metrics.structure_kept(orig, orig, truth, gxy, 6.0)[0] == pytest.approx(1.0, abs=0.01)
     shared = metrics.structure_kept(orig, orig, truth, gxy, 6.0, shared_background=True)
     assert shared[0] == pytest.approx(1.0, abs=0.01)
     halved = truth - 0.5 * _star(32, 32, 0.3, fwhm_px=8.0)
     half = metrics.structure_kept(orig, halved, truth, gxy, 6.0, shared_background=True)
     assert half[0] == pytest.approx(0.5, abs=0.1)
+
+
+def test_structure_kept_levels_on_the_rings_starless_pixels() -> None:
+    """Stars an output leaves in the annulus do not lift its level: the input itself keeps
+    the whole galaxy (it read 0.58 with the plain ring median), and so does an output
+    with no star at all; a darkened galaxy still counts as lost."""
+    rng = np.random.default_rng(3)
+    truth = (0.2 + rng.normal(0, 0.0005, (3, SIZE, SIZE))).astype(np.float32)
+    galaxy = _star(32, 32, 0.3, fwhm_px=8.0)
+    truth += galaxy
+    orig = truth.copy()
+    for k in range(10):  # ten stars in the ring 8-14 px from the galaxy
+        a = 2 * np.pi * k / 10
+        orig += _star(32 + 11 * np.cos(a), 32 + 11 * np.sin(a), 0.5)
+    gxy = np.array([[32.0, 32.0]])
+    assert metrics.structure_kept(orig, orig, truth, gxy, 6.0)[0] == pytest.approx(1.0, abs=0.02)
+    assert metrics.structure_kept(orig, truth, truth, gxy, 6.0)[0] == pytest.approx(1.0, abs=0.02)
+    halved = orig - 0.5 * galaxy
+    assert metrics.structure_kept(orig, halved, truth, gxy, 6.0)[0] == pytest.approx(0.5, abs=0.1)
 
 
 def test_detectable_fraction() -> None:
