@@ -197,7 +197,7 @@ def _engine_or_exit(args: argparse.Namespace) -> Any:
 
 
 def cmd_transform(args: argparse.Namespace) -> int:
-    from flows.frame import OutputGuard, process_file
+    from flows.frame import OutputGuard, model_record, process_file
     from flows.provenance import ProvenanceDB
 
     _apply_overrides(args)
@@ -209,6 +209,10 @@ def cmd_transform(args: argparse.Namespace) -> int:
     if engine is None:
         return 2
     db = None if args.no_db else ProvenanceDB.from_settings(s)
+    if db is not None:  # once per command (the flows do it in load_run_engine): a model
+        # first met here (--weights X) is recorded with its file, so that `starnet model
+        # promote` of it gives the pipeline something to run
+        db.register_model(engine.version, engine.weights_sha256, model_record(engine))
     failures = 0
     guard = OutputGuard()  # no input of this command overwrites another input or its outputs
     guard.protect_inputs(args.inputs)

@@ -225,9 +225,6 @@ def claim_frame(
         )
         return FrameClaim(str(p), digest, "process", record)
     db.register_frame(p, _header_facts(p), sha256=digest)
-    # a model first met here (`starnet transform --weights X`) is recorded with its file,
-    # so that `starnet model promote` of it gives the pipeline something to run
-    db.register_model(engine.version, engine.weights_sha256, model_record(engine))
     return _claim_run(db, p, digest, settings, engine, flow_run_id, max_attempts, redo)
 
 
