@@ -883,3 +883,32 @@ def test_cli_width_cond_makes_the_fine_tuned_model_conditioned(
     # a resumed run keeps its checkpoint's architecture, and says so
     assert main([*args[:-4], "--logs", str(tmp_path / "a"), "--steps", "2"]) == 0
     assert "whose architecture is kept" in capsys.readouterr().out
+
+
+def test_worker_pool_is_collected_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With crop workers the loop collects their finished tasks at every step: collected
+    only every ``refresh_every`` steps, a worker whose two queued tasks were done idled
+    until then (one CPU worker filled 32 crops per 50 steps, a twentieth of its rate).
+    In-process crops, which cost the loop their making, keep the interval."""
+    calls: list[int] = []
+    real_refresh = PairPool.refresh
+
+    def counting(self: PairPool, count: int) -> int:
+        calls.append(count)
+        return real_refresh(self, count)
+
+    monkeypatch.setattr(PairPool, "refresh", counting)
+    train(tiny_config(workers=1, refresh_every=1000), tmp_path / "w")
+    assert len(calls) == 6
+    calls.clear()
+    train(tiny_config(refresh_every=3), tmp_path / "p")
+    assert len(calls) == 2
+    with_workers = PairPool(size=2, crop_px=32, seed=1, workers=1)
+    try:
+        assert all(with_workers.refresh_due(s, 50) for s in (1, 2, 49))
+    finally:
+        with_workers.close()
+    in_process = PairPool(size=2, crop_px=32, seed=1)
+    assert [s for s in range(1, 101) if in_process.refresh_due(s, 50)] == [50, 100]
