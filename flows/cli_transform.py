@@ -164,6 +164,7 @@ class ProgressBar:
         self.label = label
         self.enabled = enabled and sys.stderr.isatty()
         self.t0 = time.perf_counter()
+        self.open = False  # a bar line is shown and not ended yet
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled:
@@ -173,9 +174,16 @@ class ProgressBar:
         bar = "#" * filled + "-" * (width - filled)
         dt = time.perf_counter() - self.t0
         sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total} tiles {dt:5.1f}s")
-        if done >= total:
+        self.open = done < total
+        if not self.open:
             sys.stderr.write("\n")
         sys.stderr.flush()
+
+    def end(self) -> None:
+        """End the bar's line (a frame that failed half-way), so the next line starts clean."""
+        if self.open:
+            sys.stderr.write("\n")
+            self.open = False
 
 
 def _engine_or_exit(args: argparse.Namespace) -> Any:
@@ -221,7 +229,8 @@ def cmd_transform(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         result = process_file(
             name, s, engine, out_dir=args.out, db=db, guard=guard, skip_done=False, progress=bar
-        )
+        )  # a frame that fails (bad input, out of memory, ...) is a result: go on
+        bar.end()
         if result.status != "succeeded":  # failed, or busy / exhausted: not processed
             failures += 1
             print(f"FAILED {result.error or f'{name}: not processed ({result.status})'}",
@@ -300,7 +309,11 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     # stretch the whole frame once, so every patch shows as in the full result
     options = pipeline_options(args.settings)
-    data, _, _, _ = stretch_for_network(img.data, img.is_linear, options["stretch"])
+    try:
+        data, _, _, _ = stretch_for_network(img.data, img.is_linear, options["stretch"])
+    except ValueError as e:  # data outside [0, 1] that stretch.mode never would clip
+        print(f"FAILED {args.input}: {e}", file=sys.stderr)
+        return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.input).name.split(".")[0]

@@ -14,7 +14,8 @@ them one to one; the CLI calls :func:`process_file`, which chains them):
 A bad input never crashes the caller: :func:`process_file` returns a failed
 :class:`FrameResult` naming the file and the reason, and the DB keeps it. So does
 an output that cannot be written (the folder is a file, not writable, the disk
-is full): the next frames are still tried.
+is full), and a frame that runs out of memory or crashes in its computation: the
+next frames are still tried.
 
 Outputs never overwrite those of another input (see :class:`OutputGuard`): a
 frame whose output names are taken by a different input (``e.fits`` and
@@ -524,7 +525,9 @@ def process_file(
     skip_done: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameResult:
-    """Claim, compute and finish one frame; bad input gives a failed result, not an exception.
+    """Claim, compute and finish one frame; bad input gives a failed result, not an exception,
+    and so does any other error in its computation (out of memory: :func:`frame_error`).
+    Only KeyboardInterrupt and SystemExit propagate, the run recorded failed first.
 
     ``skip_done=False`` (the CLI) recomputes a frame the DB already has as a new attempt
     of its run (``redo``), so the new outputs are the recorded ones. A
@@ -544,11 +547,13 @@ def process_file(
         outputs = compute_outputs(
             path, settings, engine, claim, out_dir=out_dir, db=db, guard=guard, progress=progress
         )
-    except (ImageError, ValueError) as e:
+    except Exception as e:  # bad input, out of memory, a crash in this frame's computation
         message = frame_error(path, e)
+        if not isinstance(e, ValueError) and not out_of_memory(e):  # unexpected: keep its trace
+            log.error("%s", message, exc_info=e)
         finish_frame(db, claim, None, message)
         return FrameResult(claim.path, "failed", claim.run_key, error=message)
-    except BaseException as e:
+    except BaseException as e:  # Ctrl-C, SystemExit: the run is failed, then re-raised
         finish_frame(db, claim, None, f"{path}: interrupted: {type(e).__name__}: {e}")
         raise
     finish_frame(db, claim, outputs, None)
@@ -557,11 +562,27 @@ def process_file(
     )
 
 
-def frame_error(path: str | Path, e: ValueError) -> str:
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is the host or the device running out of memory (torch raises a
+    plain RuntimeError for MPS, and for CUDA before it had OutOfMemoryError)."""
+    return isinstance(e, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e)
+    )
+
+
+def frame_error(path: str | Path, e: Exception) -> str:
     """The failure text of a frame, always naming the input first: an :class:`ImageError`
     about the input as it is; one about an output (a folder or file that cannot be
     written) and any other ValueError (validation inside the core names the parameter)
-    after the input's path."""
+    after the input's path; running out of memory with what to change; anything else
+    with its type."""
     if isinstance(e, ImageError) and e.path.resolve() == Path(path).resolve():
         return str(e)
-    return f"{path}: {e}"
+    if isinstance(e, ValueError):
+        return f"{path}: {e}"
+    if out_of_memory(e):
+        return (
+            f"{path}: out of memory (try a smaller inference.tile_px or batch_size, --tile"
+            f" / --batch, or --device cpu): {type(e).__name__}: {e}"
+        )
+    return f"{path}: {type(e).__name__}: {e}"

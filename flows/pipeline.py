@@ -254,7 +254,7 @@ def run_frame(
         with concurrency(gpu_limit(settings), occupy=1, strict=True):
             db.start_run(claim.run_key)  # running from now: the wait for the slot is over
             outputs = compute_task(path, settings, engine, claim, target, db, guard)
-    except (ImageError, ValueError) as e:  # bad input: record it, go on with the next frame
+    except Exception as e:  # bad input, out of memory, ...: record it, go on with the next frame
         message = frame_error(path, e)
         finish_task(db, claim, None, message)
         _logger().error("%s", message)

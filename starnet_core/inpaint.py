@@ -91,7 +91,11 @@ def push_pull(values: np.ndarray, known: np.ndarray) -> np.ndarray:
     """
     num = [values * known]
     den = [known.astype(np.float32)]
-    while min(den[-1].shape) > 2:
+    # down to at most 2 x 2, so that some level spans every hole: on a frame a few px
+    # high, stopping when the short side is 2 left its holes black (``_down`` keeps a
+    # side of 1 px). A level whose coarser estimate gets no weight (every pixel with a
+    # quarter coverage) is exactly what it was when the pyramid stopped there.
+    while max(den[-1].shape) > 2:
         num.append(_down(num[-1]))
         den.append(_down(den[-1]))
     est = num[-1] / np.maximum(den[-1], 1e-12)

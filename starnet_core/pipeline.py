@@ -65,6 +65,9 @@ DEFAULT_SKY_COLOUR_OPTIONS = SkyColourOptions()
 DEFAULT_CORE_FILL_OPTIONS = CoreFillOptions()
 DEFAULT_SPIKE_OPTIONS = SpikeOptions()
 DEFAULT_REMNANT_OPTIONS = RemnantOptions()
+# how far outside [0, 1] data that skips the stretch may lie (float rounding, a little
+# resampling overshoot): a quarter of an 8-bit step
+UNIT_RANGE_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -104,9 +107,19 @@ def stretch_for_network(
 
     Linear data (per ``stretch.mode``) is normalised to [0, 1] (``x01``) and
     auto-stretched; anything else is only clipped to [0, 1] and ``params`` /
-    ``normalization`` are None.
+    ``normalization`` are None. Data that skips the stretch must already be in
+    [0, 1] (within ``UNIT_RANGE_TOLERANCE``): a linear frame in ADU would clip to a
+    white frame, so it is a ValueError naming the fix.
     """
     if not needs_stretch(is_linear, stretch.mode):
+        lo, hi = float(image.min()), float(image.max())
+        if lo < -UNIT_RANGE_TOLERANCE or hi > 1.0 + UNIT_RANGE_TOLERANCE:
+            skips = "skips" if stretch.mode == "never" else "skips for stretched data"
+            use = "auto or always" if stretch.mode == "never" else "always"
+            raise ValueError(
+                f"data in [{lo:.6g}, {hi:.6g}], outside [0, 1], needs the stretch, which "
+                f"stretch.mode {stretch.mode} {skips}: use stretch.mode {use}"
+            )
         x01 = np.clip(image, 0.0, 1.0).astype(np.float32)
         return x01, x01, None, None
     x01, norm = normalize_linear(image)

@@ -233,3 +233,72 @@ def test_an_unreadable_old_output_fails_that_frame_only(
     err = capsys.readouterr().err
     assert "a_starless.fits: an output of" in err and "cannot be read" in err
     assert (env.root / "in" / "b_starless.fits").is_file()
+
+
+def test_a_frame_that_runs_out_of_memory_fails_alone(
+    pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch, capsys, caplog
+) -> None:
+    """Out of memory on the device (torch.OutOfMemoryError, a RuntimeError) or the host
+    (MemoryError), or any other crash in one frame's computation, fails that frame only:
+    recorded with the reason, the next inputs processed, the exit code 1."""
+    import torch
+
+    import flows.frame as frame
+
+    env = pipeline_env
+    frames = [write_fits(env.root / "in" / f"{n}.fits", seed=i) for i, n in enumerate("abcd", 20)]
+    errors = iter(
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB"),
+            MemoryError("Unable to allocate 3.00 GiB for an array"),
+            IndexError("index 7 is out of bounds"),
+            None,
+        )
+    )
+    real = frame.process_array
+
+    def failing(*args: object, **kwargs: object) -> object:
+        error = next(errors)
+        if error is not None:
+            raise error
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(frame, "process_array", failing)
+    assert transform(env, *map(str, frames)) == 1
+    err = capsys.readouterr().err
+    advice = "out of memory (try a smaller inference.tile_px or batch_size, --tile / --batch"
+    assert f"FAILED {frames[0]}: {advice}" in err and "OutOfMemoryError: CUDA out of" in err
+    assert f"FAILED {frames[1]}: {advice}" in err and "MemoryError: Unable to allocate" in err
+    assert f"FAILED {frames[2]}: IndexError: index 7 is out of bounds" in err
+    assert "3 of 4 input(s) failed" in err
+    assert (env.root / "in" / "d_starless.fits").is_file()
+    # only the unexpected error's traceback is logged, for whoever has to fix it
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [IndexError]
+    db = ProvenanceDB.from_settings(env.settings)
+    runs = {Path(r.frame_path).name: r for r in db.list_runs()}
+    assert {name: r.status for name, r in runs.items()} == {
+        "a.fits": "failed", "b.fits": "failed", "c.fits": "failed", "d.fits": "succeeded",
+    }  # fmt: skip
+    assert advice in (runs["a.fits"].error or "") and advice in (runs["b.fits"].error or "")
+    assert "IndexError" in (runs["c.fits"].error or "")
+
+
+@pytest.mark.parametrize("signal", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_frame_is_recorded_and_stops_the_command(
+    pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch, signal: type[BaseException]
+) -> None:
+    import flows.frame as frame
+
+    env = pipeline_env
+    first = write_fits(env.root / "in" / "a.fits", seed=30)
+    second = write_fits(env.root / "in" / "b.fits", seed=31)
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        raise signal()
+
+    monkeypatch.setattr(frame, "process_array", interrupted)
+    with pytest.raises(signal):
+        transform(env, str(first), str(second))
+    (run,) = ProvenanceDB.from_settings(env.settings).list_runs()
+    assert run.status == "failed" and f"interrupted: {signal.__name__}" in (run.error or "")
+    assert Path(run.frame_path).name == "a.fits"

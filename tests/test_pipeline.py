@@ -111,6 +111,21 @@ def test_forced_stretch_on_8bit_data() -> None:
     assert p.stretch is not None
 
 
+def test_a_skipped_stretch_refuses_data_outside_0_1() -> None:
+    """stretch.mode never on a frame in ADU used to clip it to an all-white frame."""
+    adu = star_field((1, 24, 24))
+    for mode, use in (("never", "use stretch.mode auto or always"), ("auto", "always")):
+        with pytest.raises(ValueError, match=f"outside \\[0, 1\\], needs the stretch.*{use}"):
+            process_array(Halve(), adu, is_linear=mode == "never", stretch=StretchOptions(mode))
+    # [0, 1] data, give or take float rounding, is taken as it is (clipped)
+    unit = np.random.default_rng(3).uniform(0.0, 1.0, (1, 16, 16)).astype(np.float32)
+    unit[0, 0, :2] = (1.0005, -0.0005)
+    p = halved(unit, is_linear=False)
+    assert p.stretched.min() == 0.0 and p.stretched.max() == 1.0
+    with pytest.raises(ValueError, match="data in \\[0, 1.01\\]"):
+        halved(np.where(unit > 0.5, 1.01, 0.0).astype(np.float32), is_linear=False)
+
+
 def run_cli(*args: str) -> int:
     return main(list(args))
 
@@ -253,6 +268,28 @@ def test_test_mode_writes_panels(tmp_path: Path, weights: Path, monkeypatch) -> 
     assert len(panels) == 2
     img = read_image(panels[0])
     assert img.data.shape == (3, 64, 3 * 64)
+
+
+def test_stretch_mode_never_on_a_linear_fits_fails_that_frame_naming_the_fix(
+    tmp_path: Path, weights: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    adu = tmp_path / "adu.fits"
+    fits.PrimaryHDU(star_field((1, 40, 40))[0]).writeto(adu)
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, (np.random.default_rng(5).random((20, 20)) * 255).astype(np.uint8))
+    (tmp_path / "never.yaml").write_text("stretch:\n  mode: never\n")
+    config = ("--config", str(tmp_path / "never.yaml"))
+    args = ("transform", str(adu), str(good), "--weights", str(weights), "--no-db", "--quiet")
+    assert run_cli(*config, *args) == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {adu}: data in [" in err and "use stretch.mode auto or always" in err
+    assert "1 of 2 input(s) failed" in err
+    assert not (tmp_path / "adu_starless.fits").exists()
+    assert (tmp_path / "good_starless.tif").exists()
+    assert run_cli(*config, "test", str(adu), "--weights", str(weights), "--patches", "1") == 1
+    assert "use stretch.mode auto or always" in capsys.readouterr().err
+    assert not (tmp_path / "test").exists()
 
 
 def test_test_mode_picks_the_brightest_then_the_busiest_patch() -> None:
