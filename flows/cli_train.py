@@ -147,7 +147,8 @@ def register(sub: Any) -> None:
         type=int,
         metavar="STEPS",
         help="discriminator-only steps against the frozen generator before it trains (a "
-        "fine-tune starts with a fresh discriminator); not counted in --steps or --minutes",
+        "fine-tune starts with a fresh discriminator); not counted in --steps, but part of the "
+        "--minutes budget",
     )
     p.add_argument(
         "--star-weight",
@@ -256,10 +257,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--minutes",
         type=float,
-        help="wall-clock budget: stop after this long, the learning rate decays over it "
-        "(anew when the run resumes a checkpoint)",
+        help="wall-clock budget of the whole run, building the synthetic pool and any "
+        "--d-warmup included: stop when it is spent; the learning rate decays over what "
+        "is left of it once training starts (anew when the run resumes a checkpoint)",
     )
-    p.add_argument("--export", help="after training, write the generator weights here")
+    p.add_argument(
+        "--export",
+        help="after training, write the generator weights (its moving average with --ema) here",
+    )
     p.add_argument(
         "--keep-every",
         type=int,
@@ -272,7 +277,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--ship",
         action="store_true",
-        help="after training, make the generator the packaged default model (with --version)",
+        help="after training, make the generator (its moving average with --ema) the "
+        "packaged default model (with --version)",
     )
     p.set_defaults(func=cmd_train)
 
@@ -485,7 +491,7 @@ def _ask_new(ckpt: Path) -> bool:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from starnet_core.model import load_model, with_width_conditioning
-    from starnet_core.train import export_generator, read_pair_folder, train
+    from starnet_core.train import export_generator, read_pair_folder, release_generator, train
 
     logs = Path(args.logs)
     ckpt = logs / "checkpoint.safetensors"
@@ -642,9 +648,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.ship:
         from starnet_core.model import ship_weights
 
-        state.generator.eval()
-        path = ship_weights(state.generator, args.version, {"train_steps": str(state.step)})
-        print(f"shipped {path} as the default model {args.version}")
+        # what --export writes: the moving average when --ema keeps one, marked so
+        model, extra = release_generator(state, {"train_steps": str(state.step)})
+        path = ship_weights(model, args.version, extra)
+        kind = " (the generator's moving average)" if state.ema is not None else ""
+        print(f"shipped {path} as the default model {args.version}{kind}")
     if args.export:
         digest = export_generator(
             state, Path(args.export), args.version, {"train_steps": str(state.step)}

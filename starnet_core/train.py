@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -70,6 +70,9 @@ from starnet_core.synthetic import (
     make_pool,
 )
 from starnet_core.tiling import memory_format_for, place_model, select_device
+
+if TYPE_CHECKING:
+    from starnet_core.imageio import ImageData
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +136,8 @@ class TrainConfig:
     gan_start_step: int = 16000
     # discriminator-only steps (generator frozen) before the generator trains: a fine-tune
     # of exported weights starts with a fresh discriminator whose first verdicts are noise.
-    # Not counted in ``steps`` or the time budget; repeated if a killed run is restarted
+    # Not counted in ``steps`` (the time budget, though, runs); repeated if a killed run
+    # is restarted
     d_warmup_steps: int = 0
     # the warm-up's Adam rate (pix2pix's): at a fine-tune's 4e-5 a fresh discriminator
     # still answered chance (BCE 0.693) after 200 steps
@@ -154,8 +158,10 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch default
     device: str = "cpu"  # auto, cpu, cuda, cuda:N, mps
     workers: int = 0  # processes generating synthetic crops; 0 = in the training loop
-    # wall-clock budget in seconds (0 = none): the run stops when it is spent and the
-    # cosine decay follows the elapsed fraction of it instead of the step count
+    # wall-clock budget in seconds for the whole train() call (0 = none): building the
+    # synthetic pool and the discriminator warm-up spend it too; the run stops when it
+    # is spent, and the cosine decay follows the elapsed fraction of what the training
+    # loop has left of it instead of the step count
     time_limit_s: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -337,15 +343,9 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".fits", ".fit", ".f
 
 
 def read_pair_folder(root: Path) -> list[Pair]:
-    """Pairs from ``root/original/X`` and ``root/starless/X`` (identical names), stretched (C,H,W).
-
-    Linear inputs (FITS, float TIFF) are auto-stretched with parameters fitted
-    on the original and applied to both, as the network works on stretched data.
-    Raises ``ValueError`` naming the file for a missing partner or a size mismatch.
-    """
-    from starnet_core.imageio import read_image
-    from starnet_core.stretch import apply_stretch, fit_auto_stretch, normalize_linear
-
+    """Pairs from ``root/original/X`` and ``root/starless/X`` (identical names), stretched
+    (C,H,W), each read by :func:`read_pair`. Raises ``ValueError`` naming the file for a
+    missing partner and for what :func:`read_pair` refuses."""
     orig_dir, clean_dir = root / "original", root / "starless"
     names = sorted(
         p.name
@@ -357,19 +357,62 @@ def read_pair_folder(root: Path) -> list[Pair]:
         partner = clean_dir / name
         if not partner.exists():
             raise ValueError(f"{orig_dir / name}: no starless partner {partner}")
-        a, b = read_image(orig_dir / name), read_image(partner)
-        if a.data.shape != b.data.shape:
-            raise ValueError(
-                f"{partner}: shape {b.data.shape} differs from its original's {a.data.shape}"
-            )
-        x, y = a.data, b.data
-        if a.is_linear:
-            x, norm = normalize_linear(x)
-            y = np.clip((y - norm.offset) / norm.scale, 0, 1).astype(np.float32)
-            p = fit_auto_stretch(x)
-            x, y = apply_stretch(x, p), apply_stretch(y, p)
-        pairs.append((np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)))
+        pairs.append(read_pair(orig_dir / name, partner))
     return pairs
+
+
+def read_pair(original: str | Path, starless: str | Path) -> Pair:
+    """One (original, hand-made starless) pair, stretched ``(C, H, W)`` float32, each file
+    read in the format of its own name (a FITS original may have a TIFF starless): what
+    ``starnet train`` reads from a pair folder and the retraining flow from its pairs.
+
+    Linear inputs (FITS, float TIFF) are auto-stretched with parameters fitted on the
+    original and applied to both, as the network works on stretched data. A
+    ``ValueError`` names the starless file and what is wrong when the sides differ in
+    size or channels (mono vs RGB), when one side is linear and the other stretched (a
+    float TIFF original with a 16-bit export of the stretched starless frame: its
+    starless side would be stretched a second time), and when linear sides are in other
+    units (its target would be clipped to black)."""
+    from starnet_core.imageio import read_image
+    from starnet_core.stretch import apply_stretch, fit_auto_stretch, normalize_linear
+
+    a, b = read_image(original), read_image(starless)
+    if a.data.shape != b.data.shape:
+        raise ValueError(
+            f"{starless}: starless is {_describe(b)}, its original {original} is {_describe(a)}"
+        )
+    if a.is_linear != b.is_linear:
+        raise ValueError(
+            f"{starless}: starless is {_sample_kind(b)}, its original {original} is "
+            f"{_sample_kind(a)}: one is linear, the other stretched; give both sides the "
+            "same way (both linear, or both stretched)"
+        )
+    x, y = a.data, b.data
+    if a.is_linear:
+        x, norm = normalize_linear(x)  # read_image refused a constant or non-finite frame
+        median = float(np.median(y))
+        if not norm.offset <= median <= norm.offset + norm.scale:  # else clipped to black
+            raise ValueError(
+                f"{starless}: starless median {median:g} lies outside its original "
+                f"{original}'s range {norm.offset:g}..{norm.offset + norm.scale:g}: not the "
+                "same units (e.g. a FITS in ADU, a TIFF scaled to [0, 1])"
+            )
+        y = np.clip((y - norm.offset) / norm.scale, 0, 1).astype(np.float32)
+        p = fit_auto_stretch(x)
+        x, y = apply_stretch(x, p), apply_stretch(y, p)
+    return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)
+
+
+def _describe(image: ImageData) -> str:
+    """``RGB 64x60 px``: an image's channels and size, as :func:`read_pair` names them."""
+    channels, height, width = image.data.shape
+    return f"{'mono' if channels == 1 else 'RGB'} {width}x{height} px"
+
+
+def _sample_kind(image: ImageData) -> str:
+    """How :func:`read_pair` names an image's samples: format, sample type and whether
+    they are read as linear, e.g. ``tiff float32, linear``."""
+    return f"{image.format} {image.dtype}, {'linear' if image.is_linear else 'stretched'}"
 
 
 def augment(
@@ -595,25 +638,64 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> TrainState:
     return state
 
 
-def lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to ``lr_min`` over the steps (or the time budget)."""
+def lr_at(
+    step: int, cfg: TrainConfig, elapsed_s: float = 0.0, budget_s: float | None = None
+) -> float:
+    """Linear warm-up, then cosine decay to ``lr_min`` over the steps, or with a time
+    budget over ``budget_s`` seconds of training loop (``elapsed_s`` of them gone): what
+    the loop has left of ``cfg.time_limit_s`` once the pool is built (default: all of it).
+    """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     if cfg.time_limit_s > 0:
-        t = min(1.0, elapsed_s / cfg.time_limit_s)
+        budget = cfg.time_limit_s if budget_s is None else budget_s
+        t = min(1.0, elapsed_s / budget) if budget > 0 else 1.0
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
 
 
+# The random streams drawn anew at every step (the last word of :func:`step_seed`):
+# each batch's file-pair crops and real/synthetic split, its augmentation, and the same
+# two for the discriminator warm-up's batches.
+PAIR_STREAM, AUGMENT_STREAM, WARMUP_PAIR_STREAM, WARMUP_AUGMENT_STREAM = 1, 2, 3, 4
+
+
+def step_seed(seed: int, step: int, stream: int) -> np.random.SeedSequence:
+    """The seed of step ``step``'s draws from one random stream (``*_STREAM``): a function
+    of the run's seed and the step alone, so a run resumed from a checkpoint draws at each
+    step what the uninterrupted run drew there. Three words, the last nonzero: never the
+    stream of the pool's one- and two-word seeds (``cfg.seed + step``,
+    :meth:`PairPool.task_seed`), whatever the step."""
+    return np.random.SeedSequence([int(seed), int(step), int(stream)])
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A torch generator seeded from :func:`step_seed` (for :func:`augment`)."""
+    word = int(step_seed(seed, step, stream).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(word)
+
+
 def batches(
-    cfg: TrainConfig, file_pairs: list[Pair], pool: PairPool | None, widths: bool = False
+    cfg: TrainConfig,
+    file_pairs: list[Pair],
+    pool: PairPool | None,
+    widths: bool = False,
+    start: int = 0,
+    stream: int = PAIR_STREAM,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """Endless (original, starless, masks, star half-widths) batches: file-pair crops
     (whose masks are unknown, all zero) and synthetic crops at ``cfg.real_ratio``. The
-    widths are measured (:func:`star_widths`) only with ``widths``, else NaN."""
-    rng = np.random.default_rng(cfg.seed + 1)
+    widths are measured (:func:`star_widths`) only with ``widths``, else NaN.
+
+    The k-th batch is step ``start + k``'s: its file-pair crops and its real/synthetic
+    split come from ``step_seed(cfg.seed, start + k, stream)``, so a resumed run (``start``
+    its checkpoint's step) draws the file-pair crops of the uninterrupted run. Synthetic
+    crops come from the pool, which a resumed run rebuilds (it is not checkpointed)."""
+    step = start
     n_real = 0
     while True:
+        rng = np.random.default_rng(step_seed(cfg.seed, step, stream))
+        step += 1
         if file_pairs and pool is not None:
             n_real = int(rng.binomial(cfg.batch_size, cfg.real_ratio))
         elif file_pairs:
@@ -654,6 +736,9 @@ def train(
 ) -> TrainState:
     """Train until ``cfg.steps`` (or ``cfg.time_limit_s``); checkpoints to ``run_dir``.
 
+    ``cfg.time_limit_s`` is the budget of this whole call: the loop trains for what
+    building the synthetic pool (and the discriminator warm-up) left of it.
+
     The checkpoint is ``run_dir/checkpoint.safetensors``; training runs on
     ``cfg.device`` (checkpoints are device-independent, so a run started on a
     GPU resumes on a CPU and back).
@@ -664,6 +749,8 @@ def train(
     ``on_log`` gets a record every ``log_every`` steps and at the run's last step;
     ``on_showcase`` a (3, S, 3*S) original|output|truth strip at each checkpoint.
     """
+    t_begin = time.perf_counter()
+    deadline = t_begin + cfg.time_limit_s if cfg.time_limit_s > 0 else math.inf
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -710,7 +797,17 @@ def train(
     )
     try:
         saved = _loop(
-            cfg, state, device, ckpt, file_pairs, pool, anchor, on_log, on_showcase, should_stop
+            cfg,
+            state,
+            device,
+            ckpt,
+            file_pairs,
+            pool,
+            anchor,
+            on_log,
+            on_showcase,
+            should_stop,
+            deadline,
         )
     finally:
         if pool is not None:
@@ -746,17 +843,20 @@ def _loop(
     on_log: Callable[[dict[str, float]], None] | None,
     on_showcase: Callable[[int, np.ndarray], None] | None,
     should_stop: Callable[[], bool] | None,
+    deadline: float = math.inf,
 ) -> int:
-    """Train until ``cfg.steps``, the time budget or ``should_stop``; returns the step of
-    the last checkpoint it wrote (-1: none)."""
-    gen = torch.Generator().manual_seed(cfg.seed + state.step)
+    """Train until ``cfg.steps``, the ``deadline`` (a ``time.perf_counter()`` time: the
+    end of the run's time budget) or ``should_stop``; returns the step of the last
+    checkpoint it wrote (-1: none). Each step's random draws (file-pair crops,
+    augmentation) are seeded by the step (:func:`step_seed`): a run of file pairs alone
+    resumed from a checkpoint trains exactly as the uninterrupted run did."""
     saved = -1
     g, d = state.generator, state.discriminator
     g.train()
     d.train()
     gan_on = cfg.w_gan > 0 or cfg.w_percep > 0
     cond = g.config.width_cond
-    data = batches(cfg, file_pairs, pool, widths=cond)
+    data = batches(cfg, file_pairs, pool, widths=cond, start=state.step)
     acc: dict[str, torch.Tensor] = {}
     n_acc = 0
     fresh = 0
@@ -787,18 +887,29 @@ def _loop(
         acc, n_acc, fresh, t0 = {}, 0, 0, time.perf_counter()
 
     if gan_on and cfg.d_warmup_steps > 0 and state.step < cfg.steps:
-        _warm_discriminator(cfg, state, device, data, pool, gen, should_stop)
+        warm = batches(cfg, file_pairs, pool, widths=cond, start=1, stream=WARMUP_PAIR_STREAM)
+        _warm_discriminator(cfg, state, device, warm, pool, should_stop, deadline)
     t_start = t0 = time.perf_counter()
+    budget = deadline - t_start  # the loop's share of the time budget (inf: none)
+    if cfg.time_limit_s > 0 and state.step < cfg.steps:
+        log.log(
+            logging.INFO if budget > 0 else logging.WARNING,
+            "%.0f s of the %.0f s time budget left to train (the rest went to building "
+            "the synthetic pool and the discriminator warm-up)",
+            max(0.0, budget),
+            cfg.time_limit_s,
+        )
     while state.step < cfg.steps:
         elapsed = time.perf_counter() - t_start
         if should_stop is not None and should_stop():
             break
-        if cfg.time_limit_s > 0 and elapsed >= cfg.time_limit_s:
+        if elapsed >= budget:
             log.info("time budget of %.0f s spent at step %d", cfg.time_limit_s, state.step)
             break
+        gen = step_generator(cfg.seed, state.step, AUGMENT_STREAM)
         x, y, masks, hwhm = _next_batch(data, device, gen, cfg.augment_scale, cond)
         keep, dense = masks[:, :1], masks[:, 1:2]
-        lr = lr_at(state.step, cfg, elapsed)
+        lr = lr_at(state.step, cfg, elapsed, budget)
         for opt in (state.opt_g, state.opt_d):
             for group in opt.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
@@ -961,12 +1072,14 @@ def _warm_discriminator(
     device: torch.device,
     data: Iterator[tuple[torch.Tensor, ...]],
     pool: PairPool | None,
-    gen: torch.Generator,
     should_stop: Callable[[], bool] | None,
+    deadline: float = math.inf,
 ) -> None:
     """``cfg.d_warmup_steps`` discriminator updates against the frozen generator, at the
-    rate ``cfg.d_warmup_lr``; the generator, its moving average and the step stay as
-    they are."""
+    rate ``cfg.d_warmup_lr``, stopped early by ``should_stop`` or the time budget's
+    ``deadline``; the generator, its moving average and the step stay as they are.
+    ``data``: batches of the warm-up's own stream (``WARMUP_PAIR_STREAM``), so the
+    training steps draw the same crops with or without a warm-up."""
     g = state.generator
     for group in state.opt_d.param_groups:
         group["lr"] = cfg.d_warmup_lr
@@ -976,6 +1089,10 @@ def _warm_discriminator(
         if should_stop is not None and should_stop():
             log.info("discriminator warm-up stopped after %d steps", i - 1)
             return
+        if time.perf_counter() >= deadline:
+            log.info("time budget spent in the discriminator warm-up, after %d steps", i - 1)
+            return
+        gen = step_generator(cfg.seed, i, WARMUP_AUGMENT_STREAM)
         x, y, _, hwhm = _next_batch(data, device, gen, cfg.augment_scale, g.config.width_cond)
         with torch.no_grad():
             out = g(x, hwhm)
@@ -1001,11 +1118,19 @@ def kept_weights_path(run_dir: Path, step: int) -> Path:
     return run_dir / f"weights-{step:09d}.safetensors"
 
 
-def export_generator(state: TrainState, path: Path, version: str, extra: dict[str, str]) -> str:
-    """Write the generator alone as the shippable weights file; returns its sha256.
-    Its parameters only: the model's train/eval mode is left as it is (mid-run exports
-    of ``keep_every`` go on training it)."""
-    model = state.release
+def release_generator(
+    state: TrainState, extra: dict[str, str]
+) -> tuple[StarNetUNet, dict[str, str]]:
+    """What a run releases (``--export``, ``--ship``, kept weights): ``state.release``, the
+    moving average when one is kept, and ``extra`` with the metadata marker saying so."""
     if state.ema is not None:
         extra = {**extra, "weights": "moving average of the generator (ema)"}
+    return state.release, extra
+
+
+def export_generator(state: TrainState, path: Path, version: str, extra: dict[str, str]) -> str:
+    """Write the generator alone as the shippable weights file (:func:`release_generator`);
+    returns its sha256. Its parameters only: the model's train/eval mode is left as it is
+    (mid-run exports of ``keep_every`` go on training it)."""
+    model, extra = release_generator(state, extra)
     return save_weights(model, path, version=version, extra=extra)

@@ -159,6 +159,50 @@ def test_ctrl_c_stops_saves_and_exports(
     assert signal.getsignal(signal.SIGINT) is before, "the handler is put back"
 
 
+def test_ship_with_ema_ships_the_moving_average_as_export_does(
+    tmp_path: Path,
+    tiny: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--ship with --ema makes the generator's moving average the packaged model, marked
+    as such, as --export writes it (it shipped the raw generator)."""
+    import torch
+
+    import starnet_core.model as model_module
+    from starnet_core.checkpoint import load_generator_from_checkpoint
+    from starnet_core.model import load_weights
+
+    pkg = tmp_path / "pkg"  # --ship writes here, not into the installed package
+    monkeypatch.setattr(model_module, "WEIGHTS_DIR", pkg)
+    monkeypatch.setattr(model_module, "MANIFEST", pkg / "manifest.json")
+    logs, out = tmp_path / "logs", tmp_path / "w.safetensors"
+    args = ["train", *BASE, "--logs", str(logs), "--steps", "3", "--new", "--ema", "0.9"]
+    assert main([*args, "--ship", "--version", "9.9.9", "--export", str(out)]) == 0
+    printed = capsys.readouterr().out
+    shipped, info = load_weights(pkg / "starnet-9.9.9.safetensors")
+    exported, exported_info = load_weights(out)
+    ckpt = logs / "checkpoint.safetensors"
+    ema, _ = load_generator_from_checkpoint(ckpt, ema=True)
+    raw, _ = load_generator_from_checkpoint(ckpt, ema=False)
+
+    def flat(m: torch.nn.Module) -> torch.Tensor:
+        return torch.cat([p.flatten() for p in m.parameters()])
+
+    assert torch.equal(flat(shipped), flat(ema)) and torch.equal(flat(exported), flat(ema))
+    assert not torch.equal(flat(shipped), flat(raw))
+    assert info.metadata["weights"] == exported_info.metadata["weights"]
+    assert "moving average" in info.metadata["weights"]
+    assert info.metadata["train_steps"] == "3"
+    assert "as the default model 9.9.9 (the generator's moving average)" in printed
+    # without --ema the generator itself ships, unmarked
+    plain = ["train", *BASE, "--logs", str(tmp_path / "plain"), "--steps", "1", "--new"]
+    assert main([*plain, "--ship", "--version", "9.9.8"]) == 0
+    shipped, info = load_weights(pkg / "starnet-9.9.8.safetensors")
+    raw, _ = load_generator_from_checkpoint(tmp_path / "plain" / "checkpoint.safetensors")
+    assert torch.equal(flat(shipped), flat(raw)) and "weights" not in info.metadata
+
+
 def test_second_ctrl_c_aborts_at_once(
     tmp_path: Path,
     tiny: Callable[..., None],

@@ -1,4 +1,6 @@
-"""Training loop: runs, logs the star metrics, checkpoints and resumes exactly."""
+"""Training loop: runs, logs the star metrics, checkpoints and resumes (exactly on file
+pairs alone; a run with synthetic crops rebuilds its pool on a resume, which the
+checkpoint does not hold)."""
 
 from __future__ import annotations
 
@@ -252,8 +254,45 @@ def test_read_pair_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="b.png: no starless partner"):
         read_pair_folder(tmp_path)
     Image.fromarray(img[:10]).save(tmp_path / "starless" / "b.png")
-    with pytest.raises(ValueError, match="differs from its original"):
+    with pytest.raises(
+        ValueError, match=r"b.png: starless is RGB 24x10 px, its original .*b.png is RGB 24x24 px"
+    ):
         read_pair_folder(tmp_path)
+
+
+def test_read_pair_folder_refuses_a_linear_side_with_a_stretched_one(tmp_path: Path) -> None:
+    """A float32 (linear) TIFF original whose starless partner is a 16-bit export of the
+    stretched frame: stretching that partner again as if linear gave a starless side
+    four times as bright as its original's sky. Refused, naming both files and types."""
+    import tifffile
+
+    for sub in ("original", "starless"):
+        (tmp_path / sub).mkdir()
+    rng = np.random.default_rng(0)
+    sky = (0.01 + rng.normal(0, 0.0005, (32, 32))).astype(np.float32)
+    stretched = rng.integers(15000, 17000, (32, 32)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "original" / "a.tif", sky)
+    tifffile.imwrite(tmp_path / "starless" / "a.tif", stretched)
+    with pytest.raises(ValueError) as info:
+        read_pair_folder(tmp_path)
+    message = str(info.value)
+    for part in (
+        f"{tmp_path / 'original' / 'a.tif'} is tiff float32, linear",
+        f"{tmp_path / 'starless' / 'a.tif'}: starless is tiff uint16, stretched",
+    ):
+        assert part in message
+    # the other way round too
+    tifffile.imwrite(tmp_path / "original" / "a.tif", stretched)
+    tifffile.imwrite(tmp_path / "starless" / "a.tif", sky)
+    with pytest.raises(
+        ValueError, match=r"original .*a.tif is tiff uint16, stretched: one is linear"
+    ):
+        read_pair_folder(tmp_path)
+    # both linear (or both stretched) in different sample types: one stretch for both
+    tifffile.imwrite(tmp_path / "starless" / "a.tif", sky.astype(np.float64))
+    tifffile.imwrite(tmp_path / "original" / "a.tif", sky)
+    ((x, y),) = read_pair_folder(tmp_path)
+    np.testing.assert_allclose(x, y, atol=1e-6)
 
 
 def test_worker_pool_fills_and_refreshes_from_other_processes() -> None:
@@ -353,15 +392,127 @@ def test_pool_workers_use_the_runs_mix() -> None:
 
 
 def test_time_budget_stops_and_decays_the_learning_rate(tmp_path: Path) -> None:
+    from starnet_core.train import build_state
+
+    # the budget counts the whole call: file pairs, no synthetic pool to build (a loaded
+    # machine took more than 1.5 s over four crops), and torch warmed up first (a
+    # process's first nets took 11 s there)
+    rng = np.random.default_rng(0)
+    pair = (rng.uniform(0, 1, (3, 40, 40)).astype(np.float32),) * 2
     records: list[dict[str, float]] = []
     cfg = tiny_config(steps=10**9, time_limit_s=1.5, log_every=1, warmup_steps=0)
-    state = train(cfg, tmp_path, on_log=records.append)
+    build_state(cfg)
+    state = train(cfg, tmp_path, on_log=records.append, file_pairs=[pair], synthetic=False)
     assert 1 <= state.step < 10**9
     assert load_checkpoint(tmp_path / "checkpoint.safetensors", cfg).step == state.step
     lrs = [r["lr"] for r in records]
     assert lrs[0] > lrs[-1], "the cosine decay follows the elapsed share of the budget"
     assert lr_at(10, cfg, elapsed_s=0.0) == pytest.approx(cfg.lr)
     assert lr_at(10, cfg, elapsed_s=1.5) == pytest.approx(cfg.lr_min)
+
+
+def test_time_budget_covers_building_the_pool_and_the_warm_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``time_limit_s`` (--minutes) is the budget of the whole train() call: a pool that
+    took 100 s of a 110 s budget leaves the loop 10 s, and the learning rate's cosine
+    spans those 10 s. On a fake clock: 100 s for the pool, 1 s for each step."""
+    import types
+
+    import starnet_core.train as train_module
+
+    clock = {"now": 0.0}
+    fake_time = types.SimpleNamespace(perf_counter=lambda: clock["now"], time=time.time)
+    monkeypatch.setattr(train_module, "time", fake_time)
+    real_init = PairPool.__init__
+
+    def slow_init(self: PairPool, *args: object, **kw: object) -> None:
+        real_init(self, *args, **kw)  # type: ignore[arg-type]
+        clock["now"] += 100.0
+
+    real_metrics = train_module.star_metrics
+
+    def one_second_steps(*args: object, **kw: object) -> dict[str, torch.Tensor]:
+        clock["now"] += 1.0
+        return real_metrics(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PairPool, "__init__", slow_init)
+    monkeypatch.setattr(train_module, "star_metrics", one_second_steps)
+    records: list[dict[str, float]] = []
+    cfg = tiny_config(
+        steps=10**9, time_limit_s=110.0, log_every=1, warmup_steps=0, gan_start_step=10**6
+    )
+    state = train(cfg, tmp_path / "a", on_log=records.append)
+    assert state.step == 10, "the loop gets the 10 s the pool left of the budget"
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] == pytest.approx(cfg.lr)
+    assert lrs[5] == pytest.approx((cfg.lr + cfg.lr_min) / 2), "half way through the 10 s"
+    assert lr_at(5, cfg, elapsed_s=5.0, budget_s=10.0) == pytest.approx(lrs[5])
+    assert lr_at(5, cfg, elapsed_s=0.0, budget_s=-1.0) == pytest.approx(cfg.lr_min)
+
+    # the discriminator warm-up spends the budget too, and stops when it is spent
+    real_d_step = train_module._discriminator_step
+    d_steps = {"n": 0}
+
+    def one_second_d_steps(*args: object) -> dict[str, torch.Tensor]:
+        clock["now"] += 1.0
+        d_steps["n"] += 1
+        return real_d_step(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "_discriminator_step", one_second_d_steps)
+    warm = dataclasses.replace(cfg, d_warmup_steps=20)
+    state = train(warm, tmp_path / "b")
+    assert (d_steps["n"], state.step) == (10, 0)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.safetensors", warm).step == 0
+
+
+def test_resumed_file_pair_run_trains_exactly_as_the_uninterrupted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file-pair run stopped half way (Ctrl-C) and resumed draws the crops the
+    uninterrupted run drew at each step (the sampler used to start over at step 0's on
+    every start), and, the checkpoint holding everything else, ends with the same
+    weights, bit for bit."""
+    import starnet_core.train as train_module
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(3):
+        clean = rng.uniform(0.1, 0.3, (3, 64, 64)).astype(np.float32)
+        orig = clean.copy()
+        orig[:, rng.integers(0, 64, 30), rng.integers(0, 64, 30)] = 1.0
+        pairs.append((orig, clean))
+    seen: list[bytes] = []
+    real_sample = train_module.sample_crops
+
+    def spy(*args: object) -> tuple[np.ndarray, np.ndarray]:
+        crops = real_sample(*args)  # type: ignore[arg-type]
+        seen.append(crops[0].tobytes())
+        return crops
+
+    monkeypatch.setattr(train_module, "sample_crops", spy)
+    cfg = tiny_config(steps=6, checkpoint_every=1000, gan_start_step=1, ema_decay=0.9)
+    straight = train(cfg, tmp_path / "straight", file_pairs=pairs, synthetic=False)
+    straight_crops = list(seen)
+    seen.clear()
+    calls = {"n": 0}
+
+    def stop_after_three() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    first = train(
+        cfg, tmp_path / "resumed", file_pairs=pairs, synthetic=False, should_stop=stop_after_three
+    )
+    assert first.step == 3
+    resumed = train(cfg, tmp_path / "resumed", file_pairs=pairs, synthetic=False)
+    assert resumed.step == 6
+    assert len(straight_crops) == 6 and len(set(straight_crops)) == 6
+    assert seen == straight_crops
+    for name in ("generator", "discriminator", "ema"):
+        assert torch.equal(
+            flat_params(getattr(straight, name)), flat_params(getattr(resumed, name))
+        ), name
 
 
 def test_unknown_device_is_refused(tmp_path: Path) -> None:
