@@ -187,8 +187,19 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         if raw and not Path(raw).expanduser().is_file():  # before Prefect starts
             print(f"starnet retrain: {option} {raw}: no such file", file=sys.stderr)
             return 2
+    if args.steps is not None and args.steps < 1:
+        print(f"starnet retrain: --steps must be at least 1, got {args.steps}", file=sys.stderr)
+        return 2
     from flows.provenance_records import ProvenanceError
     from flows.retraining import retrain
+    from starnet_core.train import read_pair
+
+    if args.original:  # read before it is registered: a bad pair is refused, not recorded
+        try:
+            read_pair(Path(args.original).expanduser(), Path(args.starless).expanduser())
+        except (OSError, ValueError) as e:
+            print(f"starnet retrain: training pair refused: {e}", file=sys.stderr)
+            return 2
 
     try:
         result = retrain(

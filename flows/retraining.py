@@ -20,6 +20,11 @@ more than that, and the median fraction of each synthetic star left in the
 output does not rise by more than ``retrain.max_star_flux_rise`` (PSNR alone
 promoted a candidate that left more of each star: +0.56 dB, flux 0.44 -> 0.48);
 ``always``; ``never`` (register only).
+
+A pair that cannot be trained on (a file missing or changed since it was registered, or
+sides of another size, channel count or kind) is left out with a warning naming its file;
+the evaluation sets are read before the fine-tune, and a candidate that is not registered
+(registered and promoted in one transaction) leaves no weights file behind.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import dataclasses
 import json
 import math
 import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -56,6 +60,9 @@ from flows.settings import (
     tile_options,
 )
 
+Pair = tuple[np.ndarray, np.ndarray]  # (original, starless), stretched (C, H, W) float32
+Scored = tuple[np.ndarray, np.ndarray, Any]  # (original, truth, synthetic scene or None)
+
 
 def train_config(r: RetrainSettings, architecture: dict[str, Any]) -> Any:
     """The :class:`starnet_core.train.TrainConfig` of a fine-tune: short, L1 only.
@@ -63,10 +70,17 @@ def train_config(r: RetrainSettings, architecture: dict[str, Any]) -> Any:
     The adversarial and perceptual terms stay off: the weights file holds no
     discriminator, and a fresh one says nothing useful in a few hundred steps
     (``gan_start_step`` beyond the end also keeps its warm-up steps from running).
+    A ``crop_px`` the model cannot take is a ``ValueError`` naming the setting.
     """
     from starnet_core.model import ModelConfig
     from starnet_core.train import TrainConfig
 
+    model = ModelConfig.from_json(json.dumps(architecture))
+    if r.crop_px % model.multiple:
+        raise ValueError(
+            f"retrain.crop_px: expected a multiple of {model.multiple} px (the model's input "
+            f"size step), got {r.crop_px}"
+        )
     return TrainConfig(
         steps=r.steps,
         batch_size=r.batch_size,
@@ -82,7 +96,7 @@ def train_config(r: RetrainSettings, architecture: dict[str, Any]) -> Any:
         log_every=max(1, r.steps // 20),
         checkpoint_every=r.steps,
         threads=r.threads,
-        model=ModelConfig.from_json(json.dumps(architecture)),
+        model=model,
     )
 
 
@@ -118,48 +132,40 @@ def usable_pairs(pairs: list[TrainingPair]) -> tuple[list[TrainingPair], list[st
     return usable, problems
 
 
-def read_pairs(pairs: list[TrainingPair]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The pairs' images, stretched ``(C, H, W)`` float32, read the way ``starnet train``
-    reads a pair folder (a temporary folder of links to the registered files).
+def read_pairs(pairs: list[TrainingPair]) -> tuple[dict[int, Pair], list[str]]:
+    """The images of each pair that can be trained on, by pair id, and why each other one
+    is left out (naming the user's file): one bad pair never blocks the others.
 
     Each pair's files must still hold their recorded content: a missing or changed file
-    is a ``ValueError`` naming it (never trained as if it were the recorded pair)."""
-    from starnet_core.train import read_pair_folder
+    is left out (never trained as if it were the recorded pair)."""
+    from starnet_core.train import read_pair
 
-    with tempfile.TemporaryDirectory(prefix="starnet-pairs-") as tmp:
-        root = Path(tmp)
-        for side in ("original", "starless"):
-            (root / side).mkdir()
-        links: dict[str, str] = {}
-        for p in pairs:
-            problem = pair_problem(p)
-            if problem is not None:
-                raise ValueError(problem)
-            name = f"{p.id:06d}_{Path(p.original_path).name}"
-            for side, target in (("original", p.original_path), ("starless", p.starless_path)):
-                (root / side / name).symlink_to(target)
-                links[str(root / side / name)] = target
-        try:
-            return read_pair_folder(root)
-        except (OSError, ValueError) as e:  # name the user's files, not the links
-            message = str(e)
-            for link, target in sorted(links.items(), key=lambda kv: -len(kv[0])):
-                message = message.replace(link, target)
-            raise ValueError(message) from e
+    images: dict[int, Pair] = {}
+    problems: list[str] = []
+    for p in pairs:
+        problem = pair_problem(p)
+        if problem is None:
+            try:
+                images[p.id] = read_pair(p.original_path, p.starless_path)
+            except (OSError, ValueError) as e:
+                problem = f"{e} (training pair {p.id})"
+        if problem is not None:
+            problems.append(problem)
+    return images, problems
 
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
 def fine_tune(
-    pairs: list[TrainingPair], parent_weights: str, out_path: str, version: str, r: RetrainSettings
+    file_pairs: list[Pair], parent_weights: str, out_path: str, version: str, r: RetrainSettings
 ) -> dict[str, Any]:
-    """Fine-tune ``parent_weights`` on ``pairs``; writes the candidate to ``out_path``."""
+    """Fine-tune ``parent_weights`` on ``file_pairs`` (:func:`read_pairs`); writes the
+    candidate to ``out_path``."""
     from starnet_core.model import load_weights
     from starnet_core.train import export_generator, train
 
     logger = get_run_logger()
     model, info = load_weights(parent_weights)
     cfg = train_config(r, dataclasses.asdict(info.config))
-    file_pairs = read_pairs(pairs)
     logger.info("fine-tuning %s on %d pair(s), %d steps", info.version, len(file_pairs), cfg.steps)
     progress = cast(UUID, create_progress_artifact(0.0, description=f"fine-tuning {version}"))
     last: dict[str, float] = {}
@@ -180,9 +186,13 @@ def fine_tune(
     return {"weights_sha256": sha, "train": {k: float(v) for k, v in last.items()}}
 
 
-def _scores(
-    model: Any, items: list[tuple[np.ndarray, np.ndarray, Any]], settings: Settings
-) -> dict[str, float]:
+def discard_candidate(out_path: Path) -> None:
+    """Remove what a fine-tune that is not registered left: the weights and its run folder."""
+    out_path.unlink(missing_ok=True)
+    shutil.rmtree(out_path.with_suffix(".run"), ignore_errors=True)
+
+
+def _scores(model: Any, items: list[Scored], settings: Settings) -> dict[str, float]:
     from starnet_core.inference import remove_stars
     from starnet_core.metrics import background_mask, psnr, residual_star_flux
 
@@ -205,30 +215,59 @@ def _scores(
     return scores
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(weights: dict[str, str], settings: Settings) -> dict[str, dict[str, float]]:
-    """Scores of each named weights file on the held-out synthetic scenes (``synthetic_*``)
-    and the validation pairs (``validation_*``, when configured)."""
-    from starnet_core.model import load_weights
-    from starnet_core.synthetic import make_pair
+def validation_pairs(root: Path) -> list[Pair]:
+    """The pairs of ``root`` (``retrain.validation_dir``); a folder without ``original/``
+    and ``starless/``, without a pair, or with a pair that cannot be read is a
+    ``ValueError`` naming the setting and the folder or file."""
     from starnet_core.train import read_pair_folder
+
+    where = "retrain.validation_dir"
+    for side in ("original", "starless"):
+        if not (root / side).is_dir():
+            raise ValueError(f"{where}: {root / side}: no such folder (validation pairs)")
+    try:
+        pairs = read_pair_folder(root)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from e
+    if not pairs:
+        raise ValueError(f"{where}: {root / 'original'}: no validation image")
+    return pairs
+
+
+def held_out(settings: Settings) -> dict[str, list[Scored]]:
+    """What candidate and parent are scored on: the held-out synthetic scenes
+    (``synthetic``, seed ``retrain.eval_seed``) and the validation pairs (``validation``,
+    when ``retrain.validation_dir`` is set). Built before the fine-tune, so a wrong
+    validation folder never costs one."""
+    from starnet_core.synthetic import make_pair
 
     r = settings.retrain
     rng = np.random.default_rng(r.eval_seed)
-    scenes = [make_pair(rng, r.eval_size_px) for _ in range(r.eval_scenes)]
-    synthetic = [(o, c, s) for o, c, s in scenes]
-    validation: list[tuple[np.ndarray, np.ndarray, Any]] = []
+    sets: dict[str, list[Scored]] = {
+        "synthetic": [make_pair(rng, r.eval_size_px) for _ in range(r.eval_scenes)]
+    }
     if r.validation_dir:
-        validation = [(o, c, None) for o, c in read_pair_folder(settings.resolve(r.validation_dir))]
+        pairs = validation_pairs(settings.resolve(r.validation_dir))
+        sets["validation"] = [(o, c, None) for o, c in pairs]
+    return sets
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(
+    weights: dict[str, str], sets: dict[str, list[Scored]], settings: Settings
+) -> dict[str, dict[str, float]]:
+    """Scores of each named weights file on each set of :func:`held_out`, prefixed by the
+    set's name (``synthetic_*``, ``validation_*``)."""
+    from starnet_core.model import load_weights
+
     out: dict[str, dict[str, float]] = {}
     for name, path in weights.items():
         model, _ = load_weights(path)
-        scores = {f"synthetic_{k}": v for k, v in _scores(model, synthetic, settings).items()}
-        if validation:
-            scores |= {
-                f"validation_{k}": v for k, v in _scores(model, validation, settings).items()
-            }
-        out[name] = scores
+        out[name] = {
+            f"{set_name}_{k}": v
+            for set_name, items in sets.items()
+            for k, v in _scores(model, items, settings).items()
+        }
     return out
 
 
@@ -293,6 +332,8 @@ def retrain(
     logger = get_run_logger()
     settings = load_settings(config)
     if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps: expected an integer >= 1, got {steps}")
         settings = dataclasses.replace(
             settings, retrain=dataclasses.replace(settings.retrain, steps=steps)
         )
@@ -310,36 +351,53 @@ def retrain(
         pairs, problems = usable_pairs(registered)
         for problem in problems:
             logger.warning("left out: %s", problem)
-        if not pairs:
-            raise ValueError(
-                f"no training pair to train on: every registered pair's files are missing "
-                f"or changed: {'; '.join(problems)}"
-            )
-        ids = {p.id for p in pairs}
         trained = [m for m in db.list_models() if m.training_pair_ids]
-        if trained and ids <= set(trained[-1].training_pair_ids) and not force:
+        last = set(trained[-1].training_pair_ids) if trained else None
+        if pairs and last is not None and {p.id for p in pairs} <= last and not force:
             logger.info("no pair newer than model %s: nothing to do", trained[-1].version)
             return {"status": "up-to-date", "model": trained[-1].version}
+        file_pairs, unreadable = read_pairs(pairs)  # after the check: reads every image
+        for problem in unreadable:
+            logger.warning("left out: %s", problem)
+        problems += unreadable
+        if not file_pairs:
+            raise ValueError(
+                f"no training pair to train on: every registered pair's files are missing, "
+                f"changed or unreadable: {'; '.join(problems)}"
+            )
+        ids = set(file_pairs)
+        if last is not None and ids <= last and not force:  # the new pairs are left out
+            logger.info("no usable pair newer than model %s: nothing to do", trained[-1].version)
+            return {"status": "up-to-date", "model": trained[-1].version}
+        sets = held_out(settings)
         engine, parent_path = load_run_engine(settings, db)
         version = candidate_version(engine.version, datetime.now(UTC))
         models_dir = settings.resolve("models")
         models_dir.mkdir(parents=True, exist_ok=True)
         out_path = models_dir / f"{version}.safetensors"
-        trained_info = fine_tune(pairs, parent_path, str(out_path), version, settings.retrain)
-        scores = evaluate({"candidate": str(out_path), "parent": parent_path}, settings)
-        promote, why = promotion(settings.retrain, scores["candidate"], scores["parent"])
-        benchmark: dict[str, Any] = {"candidate": scores["candidate"], "parent": scores["parent"]}
-        benchmark |= {"train": trained_info["train"], "decision": why}
-        db.register_model(
-            version,
-            trained_info["weights_sha256"],
-            model_record(engine, str(out_path), recipe=dataclasses.asdict(settings.retrain)),
-            parent=engine.version,
-            benchmark=benchmark,
-            training_pair_ids=sorted(ids),
-        )
-        if promote:
-            db.promote(version)
+        try:
+            trained_info = fine_tune(
+                list(file_pairs.values()), parent_path, str(out_path), version, settings.retrain
+            )
+            scores = evaluate({"candidate": str(out_path), "parent": parent_path}, sets, settings)
+            promote, why = promotion(settings.retrain, scores["candidate"], scores["parent"])
+            benchmark: dict[str, Any] = {
+                "candidate": scores["candidate"],
+                "parent": scores["parent"],
+            }
+            benchmark |= {"train": trained_info["train"], "decision": why}
+            db.register_model(  # one transaction: never a candidate left unpromoted
+                version,
+                trained_info["weights_sha256"],
+                model_record(engine, str(out_path), recipe=dataclasses.asdict(settings.retrain)),
+                parent=engine.version,
+                status="promoted" if promote else None,
+                benchmark=benchmark,
+                training_pair_ids=sorted(ids),
+            )
+        except BaseException:
+            discard_candidate(out_path)  # unregistered: no file in models/ without its row
+            raise
         logger.info("candidate %s %s (%s)", version, "promoted" if promote else "kept", why)
         create_table_artifact(
             table=[
@@ -349,14 +407,14 @@ def retrain(
             ] + [{"figure": "decision", "parent": engine.version,
                   "candidate": f"{version}: {'promoted' if promote else 'candidate'} ({why})"}],
             key="retrain-evaluation",
-            description=f"{version} vs {engine.version} on {len(pairs)} pair(s)",
+            description=f"{version} vs {engine.version} on {len(file_pairs)} pair(s)",
         )  # fmt: skip
         return {
             "status": "promoted" if promote else "candidate",
             "version": version,
             "parent": engine.version,
             "weights": str(out_path),
-            "pairs": len(pairs),
+            "pairs": len(file_pairs),
             "scores": scores,
             "decision": why,
         }

@@ -14,6 +14,7 @@ Environment overrides: ``STARNET_DATA_DIR`` (``data_dir``) and
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -418,6 +419,37 @@ def _check_choices(settings: Settings, where: str) -> None:
             )
 
 
+def _retrain_ranges(r: RetrainSettings) -> list[tuple[str, float, bool, str]]:
+    """Each number of ``retrain`` with whether it is in range and the range, in words."""
+    share = math.isfinite(r.real_ratio) and 0.0 <= r.real_ratio <= 1.0
+    return [
+        ("steps", r.steps, r.steps >= 1, "an integer >= 1"),
+        ("batch_size", r.batch_size, r.batch_size >= 1, "an integer >= 1"),
+        ("crop_px", r.crop_px, r.crop_px >= 1, "an integer >= 1"),
+        ("lr", r.lr, math.isfinite(r.lr) and r.lr > 0, "a number > 0"),
+        ("real_ratio", r.real_ratio, share, "a share in [0, 1]"),
+        ("pool_size", r.pool_size, r.pool_size >= 1, "an integer >= 1"),
+        ("threads", r.threads, r.threads >= 0, "an integer >= 0 (0: torch default)"),
+        ("eval_scenes", r.eval_scenes, r.eval_scenes >= 1, "an integer >= 1"),
+        ("eval_size_px", r.eval_size_px, r.eval_size_px >= 16, "an integer >= 16"),
+        ("eval_seed", r.eval_seed, r.eval_seed >= 0, "an integer >= 0"),
+        ("min_gain_db", r.min_gain_db, math.isfinite(r.min_gain_db) and r.min_gain_db >= 0,
+         "a number >= 0"),
+        ("max_star_flux_rise", r.max_star_flux_rise,
+         math.isfinite(r.max_star_flux_rise) and r.max_star_flux_rise >= 0, "a number >= 0"),
+    ]  # fmt: skip
+
+
+def _check_ranges(settings: Settings, where: str) -> None:
+    """Every number of ``retrain`` is in its range, so a typo is reported with the config file
+    and the key, never after the fine-tune (or never: ``real_ratio: 75`` turned the synthetic
+    crops off, ``steps: 0`` registered a copy of the parent, a negative ``min_gain_db``
+    inverted the promotion test)."""
+    for key, value, ok, expected in _retrain_ranges(settings.retrain):
+        if not ok:
+            raise SettingsError(f"{where}.retrain.{key}: expected {expected}, got {value!r}")
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read settings from ``path`` (or the default lookup) and apply environment overrides."""
     p = Path(path) if path is not None else default_config_path()
@@ -436,6 +468,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
     settings = _build(Settings, raw, where)
     _check_options(settings, where)
     _check_choices(settings, where)
+    _check_ranges(settings, where)
     if os.environ.get("STARNET_DATA_DIR"):
         settings.data_dir = os.environ["STARNET_DATA_DIR"]
     if os.environ.get("STARNET_DATABASE_URL"):
