@@ -230,9 +230,10 @@ class SkyColourOptions:
     coloured nebulae: a grey square per saturated star, greyish discs elsewhere).
     The fill keeps the network's luminance (the channel mean) and takes its chroma
     from the nearest sky, see :func:`starnet_core.masks.fill_sky_colour`. It weighs
-    1 on clipped cores and, elsewhere, ramps from 0 to 1 as the star's share of the
-    pixel's light (``1 - starless / original`` in luminance) goes from
-    ``star_share_low`` to ``star_share_high``.
+    1 on the clipped cores the network took (a clipped core it kept, such as a galaxy's
+    nucleus white after the stretch, keeps its colour) and, elsewhere, ramps from 0 to 1
+    as the star's share of the pixel's light (``1 - starless / original`` in luminance)
+    goes from ``star_share_low`` to ``star_share_high``.
 
     Attributes:
         enabled: False leaves the network's colours as they are.

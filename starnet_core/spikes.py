@@ -57,7 +57,14 @@ from scipy import ndimage
 
 from starnet_core.options import SpikeOptions
 
-__all__ = ["SpikeAngle", "SpikeOptions", "find_spike_angle", "remove_spikes", "spike_arms"]
+__all__ = [
+    "SpikeAngle",
+    "SpikeOptions",
+    "find_spike_angle",
+    "mean_difference",
+    "remove_spikes",
+    "spike_arms",
+]
 
 _HIGH_PASS_DEG = 15  # circular median taken off each star's angular profile
 _ACROSS_PX = (2, 3, 4)  # the sky beside a line: this far on both sides
@@ -104,8 +111,19 @@ class _Stars:
     labels: np.ndarray
 
 
+def mean_difference(original: np.ndarray, starless: np.ndarray) -> np.ndarray:
+    """``(original - starless).mean(axis=0, dtype=float32)``, ``(H, W) float32``, bit for
+    bit, one channel at a time: the whole ``(C, H, W)`` difference is never held (on a
+    large frame it would be a frame of memory more for a plane of result)."""
+    acc = np.subtract(original[0], starless[0]).astype(np.float32, copy=False)
+    for c in range(1, original.shape[0]):
+        acc += np.subtract(original[c], starless[c]).astype(np.float32, copy=False)
+    # as np.mean divides its float32 sum
+    return np.true_divide(acc, np.intp(original.shape[0]), out=acc, casting="unsafe")
+
+
 def _stars(original: np.ndarray, starless: np.ndarray, threshold: float) -> _Stars:
-    layer = (original - starless).mean(axis=0, dtype=np.float32)
+    layer = mean_difference(original, starless)
     mask = layer > threshold
     labels, n = ndimage.label(mask)
     ys, xs = np.nonzero(mask)
@@ -297,18 +315,98 @@ def _paint_arms(
 
 
 def _median3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+    """The elementwise median of three arrays, in a new array (two temporaries, the
+    second reused in place)."""
+    low = np.minimum(a, b)
+    high = np.maximum(a, b)
+    np.minimum(high, c, out=high)
+    return np.maximum(low, high, out=low)
 
 
 def _beside(get: Callable[[int, int], np.ndarray], ux: float, uy: float) -> np.ndarray:
     """The sky beside a line along u: on each side the median of the samples 2, 3 and
     4 px away across it (one neighbour or noise spike per side does not move it), the
-    two sides averaged (a gradient across the line cancels)."""
-    sides = [
-        _median3(*(get(*o) for o in _offsets(-uy, ux, tuple(sign * d for d in _ACROSS_PX))))
-        for sign in (1, -1)
-    ]
-    return 0.5 * (sides[0] + sides[1])
+    two sides averaged (a gradient across the line cancels). ``get(dy, dx)`` gives the
+    float32 samples at that offset: a whole shifted plane, or the pixels of an arm."""
+    near = _median3(*(get(*o) for o in _offsets(-uy, ux, _ACROSS_PX)))
+    far = _median3(*(get(*o) for o in _offsets(-uy, ux, tuple(-d for d in _ACROSS_PX))))
+    near += far
+    near *= 0.5
+    return near
+
+
+def _line_excess(channel: _Shifts, ux: float, uy: float) -> np.ndarray:
+    """``(H, W) float32``: a channel minus its sky beside the line along u
+    (:func:`_beside`), averaged over +-``_ALONG_PX`` along the line (step 2 of the
+    module docstring)."""
+    beside = _beside(channel.get, ux, uy)
+    np.subtract(channel.get(0, 0), beside, out=beside)
+    excess = _Shifts(beside, channel.pad)
+    del beside  # only the padded copy is read from here on
+    steps = _offsets(ux, uy, range(-_ALONG_PX, _ALONG_PX + 1))
+    total = np.zeros(channel.shape, np.float32)
+    for o in steps:
+        total += excess.get(*o)
+    total /= len(steps)
+    return total
+
+
+def _candidates(
+    starless: np.ndarray, units: list[tuple[float, float]], options: SpikeOptions
+) -> list[np.ndarray]:
+    """Per direction ``(ux, uy)`` of ``units`` (two, at right angles), the ``(H, W)
+    bool`` spike candidates of step 2 of the module docstring.
+
+    A channel at a time (a chromatic arm breaks into coloured segments, so a pixel is
+    a candidate if any channel says so): only that channel's two line excesses are
+    held, never all channels of both directions (on a large frame that was several
+    frames of memory)."""
+    H, W = starless.shape[1:]
+    pad = max(_ACROSS_PX[-1], _ALONG_PX) + 1
+    cands = [np.zeros((H, W), bool) for _ in units]
+    for plane in starless:
+        channel = _Shifts(plane.astype(np.float32, copy=False), pad)
+        along = [_line_excess(channel, ux, uy) for ux, uy in units]
+        del channel
+        for i, cand in enumerate(cands):
+            sample = along[i][::_SPREAD_STRIDE, ::_SPREAD_STRIDE]
+            med = np.median(sample, keepdims=True)
+            spread = 1.4826 * np.median(np.abs(sample - med), keepdims=True)
+            hit = along[i] > options.detect_sigma * spread
+            other = np.maximum(along[1 - i], 0.0)
+            other *= options.line_ratio
+            hit &= along[i] > other
+            del other
+            cand |= hit
+        del along, hit  # before the next channel's are made
+    return cands
+
+
+def _lowered(starless: np.ndarray, taken: list[tuple[float, float, np.ndarray]]) -> np.ndarray:
+    """``starless`` as float32 with each channel lowered to its sky beside the line
+    (:func:`_beside`) on each direction's arms (``(ux, uy, arms)`` of :func:`_arms`;
+    where both directions take a pixel, the lower). The sky is read on the arms'
+    pixels only (clamped to the frame, as the padded planes are), not on whole
+    planes."""
+    floor = starless.astype(np.float32, copy=True)
+    for ux, uy, arms in taken:
+        ys, xs = np.nonzero(arms)
+        for c, plane in enumerate(starless):
+            sky = _beside(_samples(plane, ys, xs), ux, uy)
+            floor[c, ys, xs] = np.minimum(floor[c, ys, xs], sky)
+    return floor
+
+
+def _samples(plane: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """``get(dy, dx)``: ``plane`` (as float32) at ``(ys + dy, xs + dx)``, clamped to the
+    frame: what :class:`_Shifts` gives on those pixels."""
+    H, W = plane.shape
+
+    def get(dy: int, dx: int) -> np.ndarray:
+        yy, xx = np.clip(ys + dy, 0, H - 1), np.clip(xs + dx, 0, W - 1)
+        return plane[yy, xx].astype(np.float32, copy=False)
+
+    return get
 
 
 def spike_arms(
@@ -321,47 +419,31 @@ def spike_arms(
     with each channel lowered to its sky beside the line (:func:`_beside`) under
     ``mask`` (where both directions take a pixel, the lower), unchanged elsewhere."""
     _check(original, starless)
-    return _arms(starless, _stars(original, starless, options.star_threshold), angle_deg, options)
+    stars = _stars(original, starless, options.star_threshold)
+    mask, taken = _arms(starless, stars, angle_deg, options)
+    return mask, _lowered(starless, taken)
 
 
 def _arms(
     starless: np.ndarray, stars: _Stars, angle_deg: float, options: SpikeOptions
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, list[tuple[float, float, np.ndarray]]]:
+    """``(mask, taken)``: the ``(H, W) bool`` union of the arms, and per direction that
+    has any, ``(ux, uy, arms)`` for :func:`_lowered`."""
     H, W = starless.shape[1:]
     mask = np.zeros((H, W), bool)
-    floor = starless.astype(np.float32, copy=True)
+    taken: list[tuple[float, float, np.ndarray]] = []
     if stars.cy.size == 0:
-        return mask, floor
+        return mask, taken
     cy, cx, radius = _origins(stars)
     core = stars.layer > options.core_threshold  # the stars' own pixels, left alone
-    pad = max(_ACROSS_PX[-1], _ALONG_PX) + 1
-    channels = [_Shifts(c.astype(np.float32), pad) for c in starless]
-    directions = []
-    for a in (angle_deg, angle_deg + 90.0):
-        ux, uy = float(np.cos(np.deg2rad(a))), float(np.sin(np.deg2rad(a)))
-        steps = _offsets(ux, uy, range(-_ALONG_PX, _ALONG_PX + 1))
-        beside: list[np.ndarray] = []
-        per_channel: list[np.ndarray] = []
-        for ch in channels:  # per channel: a chromatic arm breaks into coloured segments
-            beside.append(_beside(ch.get, ux, uy))
-            ex = _Shifts(ch.get(0, 0) - beside[-1], pad)
-            total = np.zeros((H, W), np.float32)
-            for o in steps:
-                total += ex.get(*o)
-            per_channel.append(total / len(steps))
-        directions.append((ux, uy, np.stack(beside), np.stack(per_channel)))
-    for i, (ux, uy, sky, along) in enumerate(directions):
-        other = directions[1 - i][3]
-        sample = along[:, ::_SPREAD_STRIDE, ::_SPREAD_STRIDE]
-        med = np.median(sample, axis=(1, 2), keepdims=True)
-        spread = 1.4826 * np.median(np.abs(sample - med), axis=(1, 2), keepdims=True)
-        cand = np.any(
-            (along > options.detect_sigma * spread)
-            & (along > options.line_ratio * np.maximum(other, 0.0)),
-            axis=0,
-        )
+    units = [
+        (float(np.cos(np.deg2rad(a))), float(np.sin(np.deg2rad(a))))
+        for a in (angle_deg, angle_deg + 90.0)
+    ]
+    for (ux, uy), cand in zip(units, _candidates(starless, units, options), strict=True):
         line = ndimage.binary_dilation(cand | stars.mask, np.ones((3, 3), bool))
         length = _arm_lengths(line, cy, cx, ux, uy, options.gap_px)
+        del line
         keep = length > radius + options.min_arm_px
         if not keep.any():
             continue
@@ -369,9 +451,9 @@ def _arms(
         arms &= ndimage.binary_dilation(cand) & ~core
         if not arms.any():
             continue
-        floor[:, arms] = np.minimum(floor[:, arms], sky[:, arms])
+        taken.append((ux, uy, arms))
         mask |= arms
-    return mask, floor
+    return mask, taken
 
 
 def remove_spikes(
@@ -399,8 +481,7 @@ def remove_spikes(
         )
     if found.score < options.min_score:
         return starless
-    mask, floor = _arms(starless, stars, found.angle_deg, options)
+    mask, taken = _arms(starless, stars, found.angle_deg, options)
     if figures is not None:
         figures["spike_lowered_fraction"] = float(mask.mean())
-    # floor is starless lowered on the arms and starless itself elsewhere
-    return floor if mask.any() else starless
+    return _lowered(starless, taken) if mask.any() else starless

@@ -348,6 +348,41 @@ def test_fill_sky_colour_leaves_what_it_cannot_or_should_not_touch() -> None:
     assert not np.allclose(done[:, core], protected[:, core])
 
 
+def test_fill_sky_colour_leaves_a_bright_core_the_network_kept() -> None:
+    # a galaxy nucleus as bright as a burnt-out star (every channel >= clip_level after
+    # the stretch) but coloured, which the network keeps, beside a clipped white star it
+    # took out: only the star takes the sky's colour, the nucleus keeps its own (the
+    # step used to give every clipped core the nearest sky's chroma)
+    from starnet_core.masks import fill_sky_colour
+    from starnet_core.options import SkyColourOptions
+
+    original, truth, grey = _clipped_star_on_magenta(size=96)
+    yy, xx = np.mgrid[0:96, 0:96]
+    at_nucleus = np.hypot(yy - 80, xx - 12)  # 48 px from the star
+    nucleus = np.exp(-(at_nucleus**2) / (2 * 5.0**2)).astype(np.float32)
+    orange = np.array([1.3, 1.05, 0.98], np.float32)[:, None, None]  # white-hot, orange
+    galaxy = np.clip(truth + orange * nucleus, 0, 1).astype(np.float32)
+    original = np.maximum(original, galaxy)
+    # the network keeps the nucleus (near identity: 99 %) and fills the star in grey
+    kept = np.where(at_nucleus < 16, 0.99 * galaxy, grey).astype(np.float32)
+    core = (original >= 0.95).all(0)
+    on_nucleus = core & (at_nucleus < 10)
+    on_star = core & (np.hypot(yy - 48, xx - 48) < 12)
+    assert on_nucleus.sum() > 20 and on_star.sum() > 50
+    # the nucleus is coloured, not white: its chroma is far from the magenta sky's
+    chroma = kept[:, on_nucleus] - kept[:, on_nucleus].mean(0)
+    assert np.abs(chroma).max() > 0.02
+    for options in (SkyColourOptions(), SkyColourOptions(star_share_low=1.0)):
+        out = fill_sky_colour(original, kept, options)
+        # the nucleus and everything around it is the network's output, bit for bit
+        around = at_nucleus < 16
+        assert np.array_equal(out[:, around], kept[:, around])
+        # the star the network took still gets the sky's colour
+        before = np.abs(kept[:, on_star] - truth[:, on_star]).mean()
+        after = np.abs(out[:, on_star] - truth[:, on_star]).mean()
+        assert before > 0.1 and after < 0.01
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
