@@ -531,3 +531,15 @@ def test_tiff_orientation_tag_applied(tmp_path: Path) -> None:
     img = read_image(src)
     np.testing.assert_array_equal(img.data[0], np.rot90(samples, k=1) / np.float32(65535))
     assert "TIFF orientation 8 applied" in img.notes
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd"])
+def test_compressed_tiffs_are_read(tmp_path: Path, compression: str) -> None:
+    """Most 16-bit exports (PixInsight, Siril, Photoshop) are LZW- or deflate-compressed:
+    without imagecodecs tifffile refused them ("requires the 'imagecodecs' package")."""
+    samples = _ints("uint16", (H, W, 3))
+    src = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(src, samples, photometric="rgb", compression=compression)
+    image = read_image(src)
+    np.testing.assert_array_equal(image.data, np.moveaxis(samples.astype(np.float32) / 65535, 2, 0))
+    assert (image.format, image.dtype) == ("tiff", "uint16")
