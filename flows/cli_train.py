@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import signal
 import sys
@@ -124,7 +125,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--synthetic", action="store_true", help="train on generated star fields")
     p.add_argument(
-        "--data", default="train", help="folder with original/ and starless/ (default ./train)"
+        "--data",
+        help="folder with original/ and starless/ (default ./train, which --synthetic "
+        "does without)",
     )
     p.add_argument(
         "--logs", default="logs", help="logs, showcase images, checkpoint (default ./logs)"
@@ -472,6 +475,41 @@ def _trim_log(log_file: Path, step: int) -> int:
     return len(lines) - len(kept)
 
 
+def _folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written in ``folder`` once its missing folders are made (a
+    file in the way, a folder not writable); None when they can. Makes nothing."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def _check_out_file(option: str, path: Path) -> None:
+    """Refuse, before any work, an output file that cannot be written: ``ValueError``
+    naming ``option`` and ``path``. Its missing folders are made when it is written."""
+    problem = "it is a folder" if path.is_dir() else _folder_problem(path.parent)
+    if problem:
+        raise ValueError(f"{option} {path}: {problem}")
+
+
+def _check_data(data: str | None) -> Path:
+    """The pair folder; ``ValueError`` naming it when given (--data) but it is missing or
+    lacks original/ or starless/ (the default ./train may be missing: --synthetic)."""
+    if data is None:
+        return Path("train")
+    folder = Path(data)
+    if not folder.is_dir():
+        raise ValueError(f"--data {folder}: no such folder")
+    missing = [f"{sub}/" for sub in ("original", "starless") if not (folder / sub).is_dir()]
+    if missing:
+        raise ValueError(f"--data {folder}: no {' or '.join(missing)} folder in it")
+    return folder
+
+
 def _ask_new(ckpt: Path) -> bool:
     """Whether the user confirms that --new discards ``ckpt``; no answer (stdin closed,
     Ctrl-C) is a no."""
@@ -504,6 +542,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _config(args)
         select_device(cfg.device)
         check_glow_cap(cfg.glow_cap_sigma, "--glow-cap")
+        data = _check_data(args.data)
+        # the outputs: refused now, not after the whole run
+        if problem := _folder_problem(logs):
+            raise ValueError(f"--logs {logs}: {problem}")
+        if args.export:
+            _check_out_file("--export", Path(args.export))
     except ValueError as e:
         print(f"starnet train: {e}", file=sys.stderr)
         return 2
@@ -520,7 +564,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
             return 2
     pairs = []
-    data = Path(args.data)
     if (data / "original").is_dir():
         try:
             pairs = read_pair_folder(data)
@@ -654,6 +697,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         kind = " (the generator's moving average)" if state.ema is not None else ""
         print(f"shipped {path} as the default model {args.version}{kind}")
     if args.export:
+        Path(args.export).parent.mkdir(parents=True, exist_ok=True)
         digest = export_generator(
             state, Path(args.export), args.version, {"train_steps": str(state.step)}
         )
@@ -728,6 +772,8 @@ def cmd_soup(args: argparse.Namespace) -> int:
         print(f"starnet soup: {args.out}: would overwrite one of its inputs", file=sys.stderr)
         return 2
     try:
+        if args.out:
+            _check_out_file("--out", Path(args.out))
         loaded = [load_any(m) for m in args.models]
         soup = average_generators([m for m, _ in loaded], args.mix, names=args.models)
     except ValueError as e:
@@ -740,6 +786,7 @@ def cmd_soup(args: argparse.Namespace) -> int:
         path = ship_weights(soup, args.version, extra)
         print(f"shipped {path} as the default model {args.version} ({recipe})")
     else:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         digest = save_weights(soup, Path(args.out), version=args.version, extra=extra)
         print(f"weights {args.out} sha256 {digest} ({recipe})")
     return 0

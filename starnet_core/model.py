@@ -24,15 +24,18 @@ version in the metadata; loading never unpickles anything.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -301,15 +304,34 @@ def sha256_of(path: str | Path) -> str:
 def save_weights(
     model: StarNetUNet, path: str | Path, *, version: str, extra: dict[str, str] | None = None
 ) -> str:
-    """Write the generator as safetensors (config + version in metadata); returns sha256."""
+    """Write the generator as safetensors (config + version in metadata); returns sha256.
+
+    Raises ``OSError`` naming ``path`` when it cannot be written (its folder missing or
+    not writable, a folder in its place); the temporary file is never left behind.
+    """
     path = Path(path)
     meta = {"format": WEIGHTS_FORMAT, "config": model.config.to_json(), "version": version}
     meta.update(extra or {})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.chmod(0o644)  # a model file is for every user of the installation to read
-    tmp.replace(path)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.chmod(0o644)  # a model file is for every user of the installation to read
+        tmp.replace(path)
+    except BaseException as e:  # Ctrl-C included: no partial temporary file stays
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if not isinstance(e, OSError | SafetensorError):
+            raise
+        # safetensors reports I/O failures as its own error type ("... (os error 2) at
+        # path <its own temporary file>"), the rename names the temporary file: both
+        # become an OSError naming the weights file
+        code = e.errno if isinstance(e, OSError) else None
+        if code is None and (found := re.search(r"\(os error (\d+)\)", str(e))):
+            code = int(found.group(1))
+        if code is None:
+            raise OSError(f"{path}: cannot write the weights: {e}") from e
+        raise OSError(code, os.strerror(code), str(path)) from e
     return sha256_of(path)
 
 

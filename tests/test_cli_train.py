@@ -296,3 +296,110 @@ def test_plot_creates_the_out_folder_and_skips_a_torn_line(
     assert main(["plot", "--logs", str(logs), "--out", str(tmp_path / "p.xyz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "p.xyz" in err[1] and "not supported" in err[1]
+
+
+def test_unwritable_outputs_are_refused_before_training(
+    tmp_path: Path,
+    tiny: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--export and --logs that cannot be written are one-line errors before any
+    training (it was a SafetensorError traceback after the whole run)."""
+    monkeypatch.chdir(tmp_path)
+    logs = tmp_path / "logs"
+    args = ["train", *BASE, "--logs", str(logs), "--steps", "1", "--new"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real_access = os.access  # root writes anywhere: the folder says it is read-only
+
+    def access(path: Any, mode: int, **kw: Any) -> bool:
+        return Path(path) != read_only and real_access(path, mode, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    for option, path, reason in (
+        ("--export", a_file / "dir" / "w.safetensors", "not a folder"),
+        ("--export", read_only / "w.safetensors", "not writable"),
+        ("--export", taken, "is a folder"),
+        ("--logs", read_only, "not writable"),
+        ("--logs", read_only / "logs", "not writable"),
+    ):
+        assert main([*args, option, str(path)]) == 2, option
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{option} {path}: " in err and reason in err
+        assert not logs.exists(), "refused before the run starts"
+    assert list(read_only.iterdir()) == [] and list(taken.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "ro", "taken"]
+    # a missing folder is made, as --logs's is
+    out = tmp_path / "new" / "dir" / "w.safetensors"
+    assert main([*args, "--export", str(out)]) == 0
+    assert out.is_file()
+
+
+def test_save_weights_failure_is_an_oserror_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import starnet_core.model as model_module
+
+    model = StarNetUNet(TINY)
+    missing = tmp_path / "missing" / "w.safetensors"
+    with pytest.raises(OSError, match="No such file") as caught:
+        save_weights(model, missing, version="0.0.1")
+    assert caught.value.filename == str(missing)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(OSError) as caught:
+        save_weights(model, folder, version="0.0.1")
+    assert caught.value.filename == str(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"], "no temporary file"
+
+    def torn(tensors: Any, filename: str, metadata: Any = None) -> None:
+        Path(filename).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(model_module, "save_file", torn)
+        with pytest.raises(KeyboardInterrupt):
+            save_weights(model, tmp_path / "w.safetensors", version="0.0.1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
+    # `starnet soup --out` refuses such a path before averaging, in one line
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_weights(model, a, version="0.0.1")
+    save_weights(model, b, version="0.0.1")
+    blocked = tmp_path / "a.safetensors" / "x.safetensors"
+    assert main(["soup", str(a), str(b), "--out", str(blocked)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--out {blocked}: " in err
+    assert main(["soup", str(a), str(b), "--out", str(folder)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    out = tmp_path / "new" / "soup.safetensors"
+    assert main(["soup", str(a), str(b), "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+def test_a_given_data_folder_must_hold_pairs(
+    tmp_path: Path,
+    tiny: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--data that is missing (a typo) or lacks original/ and starless/ is an error, even
+    with --synthetic (it trained on generated crops alone); the default ./train may be
+    missing."""
+    monkeypatch.chdir(tmp_path)
+    logs = tmp_path / "logs"
+    args = ["train", *BASE, "--logs", str(logs), "--steps", "1", "--new"]
+    half = tmp_path / "half"
+    (half / "original").mkdir(parents=True)
+    for data, reason in (("typo/", "no such folder"), (str(half), "no starless/ folder")):
+        assert main([*args, "--data", data]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--data {Path(data)}: {reason}" in err
+        assert not logs.exists()
+    assert main([a for a in args if a != "--synthetic"] + ["--data", "typo"]) == 2
+    assert "--data typo: no such folder" in capsys.readouterr().err
+    assert main(args) == 0, "no ./train: --synthetic alone"
