@@ -144,18 +144,36 @@ def _run_details(run: Run, indent: str = "  ") -> list[str]:
     return [indent + line for line in lines]
 
 
+def _frame_name(run: Run) -> str:
+    return run.frame_path.rsplit("/", 1)[-1]
+
+
+def _reason(run: Run) -> str:
+    """The first line of a run's error without the input's path in front (``"<path>: "``,
+    the FRAME column names it): the reason, not the start of a long absolute path."""
+    line = run.error.splitlines()[0] if run.error else ""
+    if line.startswith(f"{run.frame_path}: "):
+        return line[len(run.frame_path) + 2 :]
+    # the same file named another way (relative, through a link): its name ends the head
+    head, sep, reason = line.partition(": ")
+    name = _frame_name(run)
+    if sep and (head == name or head.endswith((f"/{name}", f"\\{name}"))):
+        return reason
+    return line
+
+
 def _runs_table(runs: Sequence[Run]) -> str:
     rows = [
         (
             _when(r.started_at),
             r.status,
             r.model_version,
-            r.frame_path.rsplit("/", 1)[-1],
+            _frame_name(r),
             "-" if r.duration_s is None else f"{r.duration_s:.1f}",
             r.attempts,
             r.host,
             r.run_key[:12],
-            (r.error or "").splitlines()[0][:50] if r.error else "",
+            _reason(r)[:50],
         )
         for r in runs
     ]

@@ -212,18 +212,21 @@ class PrefectSettings:
     thumbnail_px: int = 120  # height of the run's preview artifact: ~7 KB in Prefect's DB per frame
 
 
+def image_patterns() -> list[str]:
+    """A glob for every file name ``starnet_core.imageio`` reads by its extension
+    (:func:`starnet_core.imageio.readable_suffixes`), so the two never drift."""
+    from starnet_core.imageio import readable_suffixes
+
+    return [f"*{suffix}" for suffix in readable_suffixes()]
+
+
 @dataclass
 class WatchSettings:
     """The folder watcher (``starnet watch``)."""
 
     stable_s: float = 2.0  # a file counts once its size and mtime stayed put this long
     poll_s: float = 0.5
-    patterns: list[str] = field(
-        default_factory=lambda: [
-            "*.fits", "*.fit", "*.fts", "*.fits.gz", "*.fz",
-            "*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg",
-        ]
-    )  # fmt: skip
+    patterns: list[str] = field(default_factory=image_patterns)  # what imageio reads
     retrain_after_pairs: int = 1  # local mode: run retrain after this many new training pairs
 
 
@@ -419,35 +422,88 @@ def _check_choices(settings: Settings, where: str) -> None:
             )
 
 
-def _retrain_ranges(r: RetrainSettings) -> list[tuple[str, float, bool, str]]:
-    """Each number of ``retrain`` with whether it is in range and the range, in words."""
-    share = math.isfinite(r.real_ratio) and 0.0 <= r.real_ratio <= 1.0
-    return [
-        ("steps", r.steps, r.steps >= 1, "an integer >= 1"),
-        ("batch_size", r.batch_size, r.batch_size >= 1, "an integer >= 1"),
-        ("crop_px", r.crop_px, r.crop_px >= 1, "an integer >= 1"),
-        ("lr", r.lr, math.isfinite(r.lr) and r.lr > 0, "a number > 0"),
-        ("real_ratio", r.real_ratio, share, "a share in [0, 1]"),
-        ("pool_size", r.pool_size, r.pool_size >= 1, "an integer >= 1"),
-        ("threads", r.threads, r.threads >= 0, "an integer >= 0 (0: torch default)"),
-        ("eval_scenes", r.eval_scenes, r.eval_scenes >= 1, "an integer >= 1"),
-        ("eval_size_px", r.eval_size_px, r.eval_size_px >= 16, "an integer >= 16"),
-        ("eval_seed", r.eval_seed, r.eval_seed >= 0, "an integer >= 0"),
-        ("min_gain_db", r.min_gain_db, math.isfinite(r.min_gain_db) and r.min_gain_db >= 0,
-         "a number >= 0"),
-        ("max_star_flux_rise", r.max_star_flux_rise,
-         math.isfinite(r.max_star_flux_rise) and r.max_star_flux_rise >= 0, "a number >= 0"),
-    ]  # fmt: skip
+def _finite(value: float) -> bool:
+    return isinstance(value, int) or math.isfinite(value)  # an int too big for a float is finite
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The valid values of one numeric setting: finite, from ``low`` to ``high`` (None: no
+    bound), each bound included unless it is ``open``; ``words`` replaces the range's own
+    words where they need a note."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    words: str | None = None
+
+    def holds(self, value: float) -> bool:
+        if not _finite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, integer: bool) -> str:
+        if self.words:
+            return self.words
+        noun = "an integer" if integer else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{noun} in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
+        return f"{noun} {'<' if self.high_open else '<='} {self.high:g}"
+
+
+# The range of every number that no option class of starnet_core checks when it is built
+# (``_check_options`` reports theirs), taken from the code that uses it: a typo is reported
+# with the config file and the key, never by every frame (``enhance.strength: -5``), as a
+# traceback (NaN in the run's parameters), after a whole fine-tune (``real_ratio: 75`` turned
+# the synthetic crops off, ``steps: 0`` registered a copy of the parent, a negative
+# ``min_gain_db`` inverted the promotion test) or never (a NaN timeout).
+_RANGES: dict[str, _Range] = {
+    # starnet_core.stretch.fit_auto_stretch (StretchOptions checks only the mode)
+    "stretch.shadows_clip_mad": _Range(high=0.0),
+    "stretch.target_background": _Range(0.0, 1.0, low_open=True, high_open=True),
+    "validation.max_nonfinite_fraction": _Range(0.0, 1.0),  # starnet_core.imageio.read_image
+    "enhance.strength": _Range(0.0),  # starnet_core.masks.enhance
+    "database.busy_timeout_s": _Range(0.0),  # flows.db_engine (SQLite's lock wait)
+    "database.stale_run_s": _Range(0.0, low_open=True),  # ProvenanceDB(stale_after_s)
+    "prefect.gpu_slots": _Range(1),  # ensure_concurrency_limit
+    "prefect.serve_limit": _Range(1),
+    "prefect.max_attempts": _Range(1),  # 0: every frame exhausted before its first try
+    "prefect.thumbnail_px": _Range(1),
+    "watch.stable_s": _Range(0.0),  # CompletionTracker
+    "watch.poll_s": _Range(0.0, low_open=True),  # FolderWatcher
+    "watch.retrain_after_pairs": _Range(1),
+    "retrain.steps": _Range(1),
+    "retrain.batch_size": _Range(1),
+    "retrain.crop_px": _Range(1),
+    "retrain.lr": _Range(0.0, low_open=True),
+    "retrain.real_ratio": _Range(0.0, 1.0, words="a share in [0, 1]"),
+    "retrain.pool_size": _Range(1),
+    "retrain.threads": _Range(0, words="an integer >= 0 (0: torch default)"),
+    "retrain.eval_scenes": _Range(1),
+    "retrain.eval_size_px": _Range(16),
+    "retrain.eval_seed": _Range(0),
+    "retrain.min_gain_db": _Range(0.0),
+    "retrain.max_star_flux_rise": _Range(0.0),
+}
 
 
 def _check_ranges(settings: Settings, where: str) -> None:
-    """Every number of ``retrain`` is in its range, so a typo is reported with the config file
-    and the key, never after the fine-tune (or never: ``real_ratio: 75`` turned the synthetic
-    crops off, ``steps: 0`` registered a copy of the parent, a negative ``min_gain_db``
-    inverted the promotion test)."""
-    for key, value, ok, expected in _retrain_ranges(settings.retrain):
-        if not ok:
-            raise SettingsError(f"{where}.retrain.{key}: expected {expected}, got {value!r}")
+    """Every number of ``_RANGES`` is finite and in its range."""
+    for key, allowed in _RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(settings, section), name)
+        if not allowed.holds(value):
+            finite = "" if _finite(value) else " (numbers must be finite)"
+            raise SettingsError(
+                f"{where}.{key}: expected {allowed.describe(isinstance(value, int))}, "
+                f"got {value!r}{finite}"
+            )
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

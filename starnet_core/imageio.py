@@ -66,6 +66,18 @@ _EXTENSION_FORMATS = {
     ".jpeg": "jpeg",
 }
 NAN_POLICIES = ("error", "zero", "median")
+
+
+def readable_suffixes() -> tuple[str, ...]:
+    """Every file-name ending :func:`read_image` reads by its extension, lower case: each
+    FITS extension, plain and in each compression wrapper it opens (``.fits.bz2``,
+    ``.fit.gz``, ...), then TIFF, PNG and JPEG. What the watcher's default patterns and
+    the training pair folders take, so they never drift from what can be read."""
+    fits = [*FITS_EXTENSIONS]
+    wrapped = [f"{ext}{w}" for ext in FITS_EXTENSIONS for w in _COMPRESSION_WRAPPERS]
+    return (*fits, *wrapped, *_EXTENSION_FORMATS)
+
+
 _PILLOW_CONVERT = {
     "P": "RGB",
     "PA": "RGB",

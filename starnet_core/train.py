@@ -339,18 +339,18 @@ def sample_crops(pairs: list[Pair], n: int, crop_px: int, rng: np.random.Generat
     return np.stack(xs), np.stack(ys)
 
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".fits", ".fit", ".fts", ".fits.gz")
-
-
 def read_pair_folder(root: Path) -> list[Pair]:
     """Pairs from ``root/original/X`` and ``root/starless/X`` (identical names), stretched
     (C,H,W), each read by :func:`read_pair`. Raises ``ValueError`` naming the file for a
     missing partner and for what :func:`read_pair` refuses."""
+    from starnet_core.imageio import readable_suffixes
+
     orig_dir, clean_dir = root / "original", root / "starless"
+    suffixes = readable_suffixes()
     names = sorted(
         p.name
         for p in orig_dir.iterdir()
-        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.startswith(".")
+        if p.is_file() and p.name.lower().endswith(suffixes) and not p.name.startswith(".")
     )
     pairs: list[Pair] = []
     for name in names:

@@ -120,3 +120,61 @@ def test_a_database_that_cannot_be_used_is_one_line_naming_it(
     monkeypatch.setenv("STARNET_DATA_DIR", str(blocker / "data"))
     assert cli.main(["runs"]) == 1
     assert str(blocker) in capsys.readouterr().err
+
+
+def test_runs_table_shows_the_reason_a_run_failed_not_its_input_path() -> None:
+    """`starnet runs --status failed`: the ERROR column's 50 characters are the reason; the
+    input's path in front of it (the FRAME column's) is left out, however it was written."""
+    from datetime import UTC, datetime
+
+    from flows.cli_db import _runs_table
+    from flows.provenance_records import Run
+
+    frame = "/srv/observatory/archive/2024/incoming/night-0412/M42_Ha_300s_0001.fits"
+    reason = "FITS file has no image data (checked every HDU)"
+    now = datetime(2024, 4, 12, tzinfo=UTC)
+
+    def run(error: str) -> Run:
+        return Run(
+            "ab" * 32, "failed", "cd" * 32, frame, "0.1.0", "ef" * 32, {}, "01" * 32, "dev",
+            "host", "cpu", None, 1, error, {}, now, now, now, 1.0,
+        )  # fmt: skip
+
+    for error in (
+        f"{frame}: {reason}\nTraceback ...",  # as recorded (frame_error)
+        f"incoming/night-0412/M42_Ha_300s_0001.fits: {reason}",  # as given on the command line
+    ):
+        rows = _runs_table([run(error)]).splitlines()
+        assert rows[1].endswith(reason), rows[1]
+        assert "/srv/" not in rows[1]
+    # a reason that does not start with the input's path is shown as it is
+    other = "no end recorded: attempt 3 of 3, started 2024-04-12 00:00:00 UTC, was given up"
+    assert _runs_table([run(other)]).splitlines()[1].endswith(other[:50].rstrip())
+
+
+def test_test_mode_on_an_image_no_larger_than_the_patch_writes_one_panel(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`starnet test` picks distinct patches only: a 40 px image and 256 px patches has one
+    (it wrote four identical panels), a 41 x 40 px one with 40 px patches has two."""
+    import numpy as np
+    from astropy.io import fits
+    from prefect_fixtures import save_tiny_model
+
+    from flows.cli_transform import _pick_patches
+
+    lum = np.random.default_rng(0).random((1, 40, 40), dtype=np.float32)
+    assert _pick_patches(lum, 4, 40) == [(0, 0)]
+    taller = np.random.default_rng(1).random((3, 41, 40), dtype=np.float32)
+    assert sorted(_pick_patches(taller, 4, 40)) == [(0, 0), (1, 0)]
+    corners = _pick_patches(np.random.default_rng(2).random((1, 48, 48), np.float32), 9, 40)
+    assert len(corners) == len(set(corners)) == 9  # random ones are distinct too
+    weights = tmp_path / "tiny.safetensors"
+    save_tiny_model(weights, "tiny-a")
+    src = tmp_path / "small.fits"
+    fits.PrimaryHDU(lum[0] * 1000 + 100).writeto(src)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STARNET_DATA_DIR", str(tmp_path / "data"))
+    assert cli.main(["test", str(src), "--weights", str(weights), "--device", "cpu"]) == 0
+    assert [p.name for p in (tmp_path / "test").iterdir()] == ["small_patch0_0_0.png"]
+    assert "only 1 distinct 40 px patch(es) fit in the image" in capsys.readouterr().out

@@ -127,3 +127,99 @@ def test_bad_choices_name_the_config_file_key_and_choices(
     p.write_text(text)
     with pytest.raises(SettingsError, match=match):
         load_settings(p)
+
+
+def test_the_shipped_config_loads() -> None:
+    assert load_settings(REPO / "config.yaml") == Settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (
+            "enhance:\n  strength: .nan\n",
+            r"c.yaml.enhance.strength: expected a number >= 0, got nan",
+        ),
+        ("enhance:\n  strength: .inf\n", r"enhance.strength: expected a number >= 0, got inf \("),
+        (
+            "enhance:\n  strength: -5\n",
+            r"c.yaml.enhance.strength: expected a number >= 0, got -5.0",
+        ),
+        (
+            "stretch:\n  target_background: .nan\n",
+            r"c.yaml.stretch.target_background: expected a number in \(0, 1\), got nan",
+        ),
+        ("stretch:\n  target_background: 1\n", r"stretch.target_background: expected a number in"),
+        (
+            "stretch:\n  shadows_clip_mad: .nan\n",
+            r"c.yaml.stretch.shadows_clip_mad: expected a number <= 0, got nan",
+        ),
+        ("stretch:\n  shadows_clip_mad: -.inf\n", r"stretch.shadows_clip_mad: .* got -inf"),
+        ("stretch:\n  shadows_clip_mad: 2\n", r"stretch.shadows_clip_mad: .* got 2.0"),
+        (
+            "validation:\n  max_nonfinite_fraction: 5\n",
+            r"c.yaml.validation.max_nonfinite_fraction: expected a number in \[0, 1\], got 5.0",
+        ),
+        ("database:\n  busy_timeout_s: .nan\n", r"c.yaml.database.busy_timeout_s: .* got nan"),
+        ("database:\n  stale_run_s: 0\n", r"c.yaml.database.stale_run_s: expected a number > 0"),
+        ("prefect:\n  max_attempts: 0\n", r"c.yaml.prefect.max_attempts: expected an integer >= 1"),
+        ("prefect:\n  gpu_slots: 0\n", r"c.yaml.prefect.gpu_slots: expected an integer >= 1"),
+        ("watch:\n  poll_s: 0\n", r"c.yaml.watch.poll_s: expected a number > 0, got 0.0"),
+        ("watch:\n  stable_s: -1\n", r"c.yaml.watch.stable_s: expected a number >= 0"),
+        ("retrain:\n  lr: .nan\n", r"c.yaml.retrain.lr: expected a number > 0, got nan"),
+    ],
+)
+def test_bad_numbers_name_the_config_file_and_key(tmp_path: Path, text: str, match: str) -> None:
+    # caught when the file is read: never a traceback (NaN in the run's parameters is not
+    # JSON), a failure of every frame naming neither file nor key, or a silent NaN timeout
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(SettingsError, match=match):
+        load_settings(p)
+
+
+def _numbers() -> list[tuple[str, str, type]]:
+    """(section, key, type) of every int or float setting."""
+    out = []
+    for section in dataclasses.fields(Settings):
+        cls = section.default_factory  # type: ignore[misc]
+        if not dataclasses.is_dataclass(cls):
+            continue
+        for f in dataclasses.fields(cls):
+            if f.type in ("int", "float", int, float):
+                out.append((section.name, f.name, float if f.type in ("float", float) else int))
+    return out
+
+
+@pytest.mark.parametrize(("section", "key", "kind"), _numbers())
+def test_every_number_is_checked_when_the_file_is_read(
+    tmp_path: Path, section: str, key: str, kind: type
+) -> None:
+    # whether the core's option classes check it or the settings' own table: no number
+    # that is not finite, and none far out of its range, gets past the loader
+    p = tmp_path / "c.yaml"
+    for bad in (".nan", ".inf", "-.inf") if kind is float else ("-1000000",):
+        p.write_text(f"{section}:\n  {key}: {bad}\n")
+        with pytest.raises(SettingsError) as e:
+            load_settings(p)
+        assert f"c.yaml.{section}" in str(e.value) and key in str(e.value), (bad, str(e.value))
+
+
+def test_default_patterns_take_every_file_name_imageio_reads() -> None:
+    # `watch` and `run FOLDER` skip what the patterns miss: every input the README lists
+    from flows.watcher import matches
+    from starnet_core.imageio import ImageError, _detect_format
+
+    patterns = Settings().watch.patterns
+    bases = (".fits", ".fit", ".fts", ".fz", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".xisf")
+    for base in bases:
+        for wrapper in ("", ".gz", ".bz2", ".xz", ".zip"):
+            for name in (f"M42{base}{wrapper}", f"M42{base}{wrapper}".upper()):
+                try:
+                    _detect_format(Path("/nonexistent") / name)  # by the name alone
+                    readable = True
+                except ImageError:
+                    readable = False
+                assert matches(Path(name), patterns) == readable, name
+    for name in ("M42.fits.bz2", "M42.fit.gz", "M42.fts.gz", "M42.fits.gz", "M42.fz"):
+        assert matches(Path(name), patterns), name
