@@ -5,7 +5,9 @@
 ``image_stars.tif`` / ``image_enhanced.tif`` with ``--stars`` / ``--enhance``.
 Every run is recorded in the provenance DB unless ``--no-db``; an input the DB
 has already is processed again as a new attempt of its run, and its new outputs
-are the recorded ones.
+are the recorded ones. An existing file is replaced only when it is the input's
+own output (recorded, or stamped by starnet with the input's sha256) or with
+``--overwrite``: the user's own ``image_starless.tif`` is never lost by accident.
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ Remove the stars from each INPUT (FITS, TIFF, PNG, JPEG) and write, next to it
 Linear data (FITS, float TIFF) is auto-stretched for the network and the
 starless result returned to linear; 8/16-bit images are used as they are.
 Outputs keep the input's format and bit depth; <stem>_preview is always JPEG.
-An input whose outputs would overwrite those of another input (e.fits and
-e.fits.gz, or M42.fits and M42.tif, into one folder) fails before anything of
-it is written: rename it or use --out. The exit code is non-zero if any input
-failed or was not processed (another run of it in progress); the others are
-still processed.
+An existing file is replaced only when it is this input's own output (recorded
+in the provenance DB, or stamped by starnet with this input's sha256 in its
+header / metadata, as a --no-db run leaves it); any other file (your own
+M42_starless.tif, another input's outputs) fails that input before anything of
+it is written: use --overwrite to replace such files, --out to write elsewhere,
+or move them away. Even with --overwrite, an input never overwrites the
+command's inputs or the outputs another input of the same command wrote (e.fits
+and e.fits.gz, or M42.fits and M42.tif, into one folder): rename it or use
+--out. A frame's outputs are written all or none. The exit code is non-zero if
+any input failed or was not processed (another run of it in progress); the
+others are still processed.
 
 examples:
   starnet transform M42.tif
@@ -56,6 +64,12 @@ def register(sub: Any) -> None:
     p.add_argument("--enhance", action="store_true", help="also write <stem>_enhanced")
     p.add_argument("--preview", action="store_true", help="also write <stem>_preview.jpg")
     p.add_argument("--no-db", action="store_true", help="do not record in the provenance DB")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing files at the output names even when they are not this "
+        "input's own outputs (never the command's inputs)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transform)
 
@@ -222,7 +236,9 @@ def cmd_transform(args: argparse.Namespace) -> int:
         # promote` of it gives the pipeline something to run
         db.register_model(engine.version, engine.weights_sha256, model_record(engine))
     failures = 0
-    guard = OutputGuard()  # no input of this command overwrites another input or its outputs
+    # no input of this command overwrites another input or its outputs, nor (unless
+    # --overwrite) a file that is not its own output, e.g. the user's hand-made starless
+    guard = OutputGuard("any" if args.overwrite else "own")
     guard.protect_inputs(args.inputs)
     for name in args.inputs:
         bar = ProgressBar(Path(name).name, enabled=not args.quiet)
@@ -246,10 +262,15 @@ def cmd_transform(args: argparse.Namespace) -> int:
 def _pick_patches(stretched: np.ndarray, count: int, size_px: int) -> list[tuple[int, int]]:
     """Top-left corners of ``count`` patches: around the brightest pixel, then the busiest
     patch (the most fine detail, i.e. stars: mean |luminance - its 5 px box mean|, on a
-    grid of half-patch steps), then random ones (seeded: a rerun shows the same)."""
+    grid of half-patch steps), then random ones (seeded: a rerun shows the same).
+
+    The corners are distinct, so fewer than ``count`` when fewer patches fit: an image
+    no larger than the patch has one, and four identical panels would only say the same
+    thing four times (and take four times as long)."""
     _, h, w = stretched.shape
     lum = stretched.mean(0)
     size_px = min(size_px, h, w)
+    count = min(count, (h - size_px + 1) * (w - size_px + 1))
     corners: list[tuple[int, int]] = []
 
     def clamp(y: int, x: int) -> tuple[int, int]:
@@ -274,10 +295,10 @@ def _pick_patches(stretched: np.ndarray, count: int, size_px: int) -> list[tuple
             busy = [float(detail[gy : gy + size_px, gx : gx + size_px].mean()) for gy, gx in grid]
             corners.append(grid[int(np.argmax(busy))])
     rng = np.random.default_rng(0)
-    while len(corners) < count:
-        corners.append(
-            (int(rng.integers(0, h - size_px + 1)), int(rng.integers(0, w - size_px + 1)))
-        )
+    while len(corners) < count:  # ends: count is at most the number of distinct corners
+        corner = (int(rng.integers(0, h - size_px + 1)), int(rng.integers(0, w - size_px + 1)))
+        if corner not in corners:
+            corners.append(corner)
     return corners[:count]
 
 
@@ -318,7 +339,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.input).name.split(".")[0]
     size = min(args.patch, data.shape[1], data.shape[2])
-    for i, (y, x) in enumerate(_pick_patches(data, args.patches, size)):
+    corners = _pick_patches(data, args.patches, size)
+    if len(corners) < args.patches:
+        print(f"{args.input}: only {len(corners)} distinct {size} px patch(es) fit in the image")
+    for i, (y, x) in enumerate(corners):
         patch = np.ascontiguousarray(data[:, y : y + size, x : x + size])
         products = process_array(
             engine.model,

@@ -23,35 +23,52 @@ frame whose output names are taken by a different input (``e.fits`` and
 two nights' ``M42.fits`` in one flat folder) fails with both files named, before
 anything of it is written. The flows keep a frame's sub-folder of ``incoming/``
 under the output folder (:func:`output_folder`), so the last case does not arise
-there.
+there. ``starnet transform`` also refuses to replace a file that is not the
+input's own output (the user's ``M42_starless.png``) unless told to
+(``--overwrite``): its own means recorded in the DB, written earlier in the same
+command, or stamped by starnet with the input's sha256 (:func:`stamped_input`).
+
+A frame's outputs are written all or none (:func:`_write_products`): each to a
+temporary file beside it, then all renamed into place; a failure leaves the
+files that were there as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import json
 import logging
+import os
 import socket
+import stat
+import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
+import tifffile
 import torch
+from astropy.io import fits
 
 from flows.provenance import ProvenanceDB, default_code_version
 from flows.provenance_records import (
     HeaderFacts,
     OutputKind,
     ProvenanceRecord,
+    is_sha256,
     make_run_key,
     param_hash,
     sha256_file,
 )
 from flows.settings import Settings, pipeline_options
 from starnet_core.imageio import (
+    FITS_EXTENSIONS,
     ImageData,
     ImageError,
     output_path,
@@ -67,6 +84,8 @@ log = logging.getLogger(__name__)
 
 # FITS/TIFF outputs carry the data; PNG/JPEG inputs give PNG/JPEG outputs.
 OUTPUT_KINDS = ("starless", "mask", "stars", "enhanced")
+# write_image's FITS cards are ``HIERARCH STARNET <KEY>`` (the other formats: JSON "cards")
+_STAMP_PREFIX = "STARNET "
 
 
 @dataclass(frozen=True)
@@ -325,19 +344,118 @@ def planned_outputs(path: str | Path, settings: Settings, target: Path) -> dict[
     return paths
 
 
+Replace = Literal["own", "unrecorded", "any"]
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """Whose an existing file is, and how that is known: ``run`` (written earlier in this
+    command / flow run), ``output`` or ``input`` (the provenance DB records the file's
+    content as that input's output, or as that input itself), ``training`` (the DB
+    records it as a file of a training pair: ``path`` and ``sha256`` are the file's own),
+    ``stamp`` (the starnet provenance inside the file names that input's sha256)."""
+
+    path: str
+    sha256: str
+    how: Literal["run", "output", "input", "training", "stamp"]
+
+    def owned_by(self, sha256: str) -> bool:
+        """Whether the file is an output of the input content ``sha256``."""
+        return self.how in ("run", "output", "stamp") and self.sha256 == sha256
+
+
+def stamped_input(path: str | Path) -> tuple[str, str] | None:
+    """The input ``(path, sha256)`` that the starnet output ``path`` says it was made from,
+    or None when it carries no starnet provenance (or cannot be read as an image).
+
+    Every output is stamped by :func:`starnet_core.imageio.write_image` with the run's
+    :meth:`ProvenanceRecord.to_header_cards` (``INSHA``: the input's sha256) and
+    :meth:`~ProvenanceRecord.to_history` (the input's whole path): ``HIERARCH STARNET``
+    cards and HISTORY in FITS, the same as JSON in a TIFF's ImageDescription, a PNG text
+    chunk or a JPEG comment. Only the headers are read (no pixels), so this is cheap. It
+    proves where the file came from, not that nobody edited its pixels since: a tool
+    that keeps the metadata when it saves over the file keeps the stamp too.
+    """
+    p = Path(path)
+    try:
+        if p.suffix.lower() in FITS_EXTENSIONS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a user's odd FITS is no stamp, not a warning
+                header = fits.getheader(p, 0)
+            sha = header.get(f"HIERARCH {_STAMP_PREFIX}INSHA")
+            card = header.get(f"HIERARCH {_STAMP_PREFIX}INPUT")
+            history = [str(line) for line in header.get("HISTORY", [])]
+        else:
+            if p.suffix.lower() in (".tif", ".tiff"):
+                with tifffile.TiffFile(p) as tif:
+                    text: Any = tif.pages.first.description
+            else:  # PNG text chunk or JPEG comment, both read by Image.open (no pixels)
+                from PIL import Image
+
+                with Image.open(p) as im:
+                    text = im.info.get("starnet") or im.info.get("comment")
+            if isinstance(text, bytes):
+                text = text.decode("ascii")
+            stamp = json.loads(text)["starnet"]
+            sha, card = stamp["cards"].get("INSHA"), stamp["cards"].get("INPUT")
+            history = [str(line) for line in stamp.get("history", [])]
+    except Exception:  # whatever a file holds that cannot be read as a stamp, it has none
+        return None
+    if not isinstance(sha, str) or not is_sha256(sha):
+        return None
+    source = _history_input(history, sha) or (card if isinstance(card, str) else None)
+    return (source or "an unknown input", sha)
+
+
+def _history_input(history: Sequence[str], sha256: str) -> str | None:
+    """The input's path from the provenance HISTORY lines: ``input <path>`` in fixed-width
+    pieces up to the ``insha <sha256>`` line (the ``INPUT`` card keeps only the end of a
+    long path), escapes turned back into the characters they stand for."""
+    try:
+        start = next(i for i, line in enumerate(history) if line.startswith("input "))
+        end = history.index(f"insha {sha256}", start)
+    except (StopIteration, ValueError):
+        return None
+    text = "".join(history[start:end])[len("input ") :]
+    if "\\" in text:  # ascii_text's escapes of non-ASCII characters
+        with contextlib.suppress(UnicodeError):
+            text = text.encode("ascii").decode("unicode_escape")
+    return text or None
+
+
 class OutputGuard:
-    """Keeps a frame from overwriting the outputs of a different input.
+    """Keeps a frame from overwriting a file that is not its own.
 
     Output names come from the input's name, so different inputs can map to the same
     files (``e.fits`` and ``e.fits.gz``; ``M42.fits`` and ``M42.tif``, which share
-    ``M42_preview.jpg``; two ``M42.fits`` from different folders into one ``--out``).
-    The rule: a frame may write a file only when it is new, already its own, or
-    unknown. Its own means written earlier in this command / flow run for the same
-    input content (the guard remembers), or, where a provenance DB is used, recorded
-    as an output (or input) of the same input sha256 — so a frame re-processed with
-    another model or settings overwrites its own outputs. Otherwise the frame fails,
-    naming both files, before any of its outputs is written. A file the DB knows
-    nothing about (``--no-db`` outputs, the user's own) is overwritten, as StarNet did.
+    ``M42_preview.jpg``; two ``M42.fits`` from different folders into one ``--out``),
+    and a user's own file may sit where an output goes (a hand-made ``M42_starless.png``
+    next to ``M42.png``). A frame may replace an existing file only when it is its own:
+    written earlier in this command / flow run for the same input content (the guard
+    remembers), recorded in the provenance DB as an output of the same input sha256 (so
+    a frame re-processed with another model or settings overwrites its own outputs), or,
+    when the DB does not know the file's content (``--no-db``, another DB), stamped by
+    starnet as made from the same input sha256 (:func:`stamped_input`; so ``starnet
+    transform --no-db x.fits`` run twice needs nothing more).
+
+    ``replace`` says what else may be replaced:
+
+    - ``"own"`` (``starnet transform``): nothing else. A file that is a different
+      input's output (recorded or stamped), a recorded input, a training pair's file or
+      unknown (none of these: the user's own) fails the frame, naming it and the fix
+      (``--overwrite``, ``--out`` or moving it), before any of the frame's outputs is
+      written.
+    - ``"unrecorded"`` (the default: the flows): also a file that is neither recorded nor
+      stamped. The flows write under ``output_dir``, a folder of starnet's own, where such
+      a file is starnet's output from before its DB or stamps (or a copy of one); a
+      different input's outputs, a recorded input and a training pair's file (a
+      hand-made starless) are still refused.
+    - ``"any"`` (``starnet transform --overwrite``): every file that existed before,
+      whoever's it is. Never, even so, one of the command's inputs (unless it is this
+      input's own output: ``*.tif`` run again) nor a file this command or flow run wrote
+      for a different input (``e.fits`` and ``e.fits.gz`` would leave one's outputs with
+      the other's names): the user asked to replace what was there, not to have the
+      inputs overwrite each other.
 
     One guard lives as long as one command or flow run; it is not shared between runs
     (the DB is what they share). Limit: the DB learns a run's outputs when it finishes,
@@ -346,54 +464,106 @@ class OutputGuard:
     folder (``e.fits`` and ``e.fits.gz``) dispatched to two workers at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, replace: Replace = "unrecorded") -> None:
+        self.replace: Replace = replace
         self._owners: dict[Path, tuple[str, str]] = {}  # output -> (input path, sha256)
         self._inputs: set[Path] = set()
 
     def protect_inputs(self, paths: Sequence[str | Path]) -> None:
         """The inputs of the command (``starnet transform a.tif a_mask.tif``): none of them
-        is overwritten by another's outputs, unless the DB records the file as that
-        other input's own output (``*.tif`` run again takes in last run's outputs)."""
+        is overwritten by another's outputs, unless it is that other input's own output,
+        recorded or stamped (``*.tif`` run again takes in last run's outputs)."""
         self._inputs |= {Path(p).expanduser().resolve() for p in paths}
 
     def reserve(
         self, paths: dict[str, Path], path: str, sha256: str, db: ProvenanceDB | None
     ) -> None:
         """Check every file of ``paths`` for the input ``path`` (content ``sha256``), then
-        remember them as its own; raises :class:`ImageError` naming both inputs."""
+        remember them as its own; raises :class:`ImageError` naming the input and the file."""
         resolved = [Path(out).expanduser().resolve() for out in paths.values()]
         for out in resolved:
-            owner = self._owners.get(out)
-            recorded_output = False
-            if owner is None and db is not None and out.is_file():
-                try:
-                    history = db.history(out)  # hashes the file
-                except OSError as e:
-                    raise ImageError(
-                        out,
-                        f"an output of {path} is here and cannot be read to check whose "
-                        f"it is ({e.strerror or e}); move it away or use --out",
-                    ) from e
-                if history.frame is not None:
-                    owner = (history.frame.path, history.frame.sha256)
-                    recorded_output = history.role == "output"
-            own = owner is not None and owner[1] == sha256
-            if out in self._inputs and not (own and recorded_output):
-                raise ImageError(
-                    path,
-                    f"its output {out} would overwrite an input of this command; rename one "
-                    "of them or use --out",
-                )
-            if owner is not None and owner[1] != sha256:
-                other = owner[0] if owner[0] != path else f"{owner[0]} as it was before"
-                raise ImageError(
-                    path,
-                    f"its outputs would overwrite those of {other} (sha256 "
-                    f"{owner[1][:12]}): {out} is that input's output; rename it, move "
-                    "the old outputs away or use --out",
-                )
+            self._check(out, path, sha256, db)
         for out in resolved:
             self._owners[out] = (path, sha256)
+
+    def _check(self, out: Path, path: str, sha256: str, db: ProvenanceDB | None) -> None:
+        """Raise unless the input ``path`` (``sha256``) may write ``out`` (see the class)."""
+        mine = self._owners.get(out)
+        owner = _Owner(*mine, "run") if mine is not None else None
+        if owner is None and out.is_file():
+            owner = _recorded_owner(out, path, sha256, db) or _stamp_owner(out)
+        own = owner is not None and owner.owned_by(sha256)
+        if out in self._inputs and not (own and owner is not None and owner.how != "run"):
+            raise ImageError(
+                path,
+                f"its output {out} would overwrite an input of this command; rename one "
+                "of them or use --out",
+            )
+        if own or (owner is not None and owner.how != "run" and self.replace == "any"):
+            return
+        hint = "use --overwrite to replace it, --out to write elsewhere, or move it away"
+        if owner is None:
+            if out.is_file() and self.replace == "own":
+                raise ImageError(
+                    path,
+                    f"its output {out} exists and is not this input's output (neither the "
+                    "provenance DB nor a starnet stamp in the file says so); " + hint,
+                )
+            return  # new (or not a file: the write says why it cannot replace it)
+        if owner.how == "run" or self.replace != "own":  # no --overwrite to offer
+            hint = "rename it, move the old outputs away or use --out"
+        raise ImageError(path, f"{_whose(out, path, sha256, owner)}; {hint}")
+
+
+def _whose(out: Path, path: str, sha256: str, owner: _Owner) -> str:
+    """What ``out``, the file ``owner`` has, is to the input ``path`` (``sha256``): which
+    input's output, which input itself, or a training pair's file."""
+    digest = f"sha256 {owner.sha256[:12]}"
+    if owner.how == "training":
+        return f"its output {out} is a file of a training pair in the provenance DB ({digest})"
+    other = owner.path
+    if owner.path == path and owner.sha256 != sha256:
+        other = f"{owner.path} as it was before"
+    if owner.how == "input":
+        itself = Path(owner.path).expanduser().resolve() == out
+        what = "that input itself" if itself else "a copy of that input"
+        return (
+            f"its outputs would overwrite {other} ({digest}, recorded as an input): {out} is {what}"
+        )
+    how = {"run": "written in this run", "output": "recorded", "stamp": "stamped"}
+    return (
+        f"its outputs would overwrite those of {other} ({digest}): {out} is that input's "
+        f"output ({how[owner.how]})"
+    )
+
+
+def _recorded_owner(out: Path, path: str, sha256: str, db: ProvenanceDB | None) -> _Owner | None:
+    """Whose the existing file ``out`` is by the provenance DB, if it knows, for the input
+    ``path`` (``sha256``). By content; a file at a path recorded for a different input
+    whose content is not the recorded one still counts as that input's (as it did), but
+    one recorded for this input no longer proves it is this input's own (edited since?):
+    the stamp or the user decides."""
+    if db is None:
+        return None
+    try:
+        history = db.history(out)  # hashes the file
+    except OSError as e:
+        raise ImageError(
+            out,
+            f"an output of {path} is here and cannot be read to check whose "
+            f"it is ({e.strerror or e}); move it away or use --out",
+        ) from e
+    if history.role == "training" and history.sha256 is not None:
+        return _Owner(str(out), history.sha256, "training")
+    if history.frame is None or (history.note is not None and history.frame.sha256 == sha256):
+        return None
+    how: Literal["output", "input"] = "output" if history.role == "output" else "input"
+    return _Owner(history.frame.path, history.frame.sha256, how)
+
+
+def _stamp_owner(out: Path) -> _Owner | None:
+    stamp = stamped_input(out)
+    return None if stamp is None else _Owner(*stamp, "stamp")
 
 
 def _jpeg(strip: np.ndarray, quality: int = 80) -> bytes:
@@ -411,20 +581,128 @@ def _write_products(
     record: ProvenanceRecord,
     paths: dict[str, Path],
 ) -> dict[str, str]:
+    """Write every output of the frame, all or none.
+
+    Each is written (by :func:`write_image`, atomically) to a hidden temporary file beside
+    it, and only when all are there are they renamed into place (:func:`_commit`). A
+    failure on the way (a full disk, a file that cannot be replaced) deletes the
+    temporaries and puts back what the renamed ones replaced, so the folder holds the
+    frame's old outputs or its new ones, never half of each: the DB, which records a
+    failed frame without outputs, stays true to the folder.
+    """
     arrays = {
         "starless": products.starless,
         "mask": products.mask,
         "stars": products.stars,
         "enhanced": products.enhanced,
     }
+    for out in paths.values():  # as write_image checks it, but before anything is written
+        if _same_file(out, img.source):
+            raise ImageError(out, "refusing to overwrite the input image")
     cards = record.to_header_cards()
     history = record.to_history()
-    written: dict[str, str] = {}
-    for kind, out in paths.items():
-        data = preview_strip(products, max_px=512) if kind == "preview" else arrays[kind]
-        write_image(out, data, like=img, header_cards=cards | {"KIND": kind}, history=history)
-        written[kind] = str(out)
-    return written
+    staged: list[tuple[Path, Path]] = []  # (temporary, output)
+    try:
+        for kind, out in paths.items():
+            data = preview_strip(products, max_px=512) if kind == "preview" else arrays[kind]
+            tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:12]}{_TMP_MARK}{out.suffix}")
+            staged.append((tmp, out))
+            try:
+                write_image(
+                    tmp, data, like=img, header_cards=cards | {"KIND": kind}, history=history
+                )
+            except ImageError as e:  # name the output, not its temporary
+                raise ImageError(out, e.reason) from e
+        _commit(staged)
+    finally:
+        for tmp, _ in staged:  # none left after a commit; after a failure, every one
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    return {kind: str(out) for kind, out in paths.items()}
+
+
+_TMP_MARK = ".starnet-tmp"  # in the name of an output's temporary, before its extension
+
+
+def _same_file(out: Path, source: Path) -> bool:
+    """Whether the output ``out`` is the input ``source`` (by path, or a link to it)."""
+    if out.resolve() == source.resolve():
+        return True
+    try:
+        return out.exists() and os.path.samefile(out, source)
+    except OSError:
+        return False
+
+
+def _commit(staged: Sequence[tuple[Path, Path]]) -> None:
+    """Rename each temporary onto its output, all or none.
+
+    Before an existing output is replaced, a hard link to it is kept (a rename where the
+    file system has no hard links, e.g. FAT on a USB disk) so that a later failure can
+    put it back; the links are removed once all are in place. A rename that fails (the
+    file is immutable, the name is a folder) undoes the ones before it, in reverse, and
+    raises :class:`ImageError` naming that output.
+    """
+    done: list[tuple[Path, Path | None]] = []  # (output, the file it replaced, kept aside)
+    try:
+        for tmp, out in staged:
+            kept = None
+            try:
+                kept = _keep_aside(out)
+                os.replace(tmp, out)
+            except OSError as e:
+                if kept is not None:  # a link beside the old file, or the old file renamed
+                    with contextlib.suppress(OSError):
+                        if os.path.lexists(out):
+                            kept.unlink()
+                        else:
+                            os.replace(kept, out)
+                raise ImageError(out, f"cannot write: {e.strerror or e}") from e
+            done.append((out, kept))
+    except BaseException:
+        for out, kept in reversed(done):
+            with contextlib.suppress(OSError):
+                if kept is None:
+                    out.unlink()
+                else:
+                    os.replace(kept, out)
+        raise
+    for out, kept in done:
+        if kept is not None:
+            try:
+                kept.unlink()
+            except OSError as e:  # the new outputs are in place: only a hidden file is left
+                log.warning("%s: cannot remove %s: %s", out, kept, e.strerror or e)
+    _sync_folders({out.parent for _, out in staged})
+
+
+def _keep_aside(out: Path) -> Path | None:
+    """A hidden second name for the existing file ``out`` (None: nothing there to keep, or
+    a folder, which the rename onto it then refuses)."""
+    try:
+        if stat.S_ISDIR(os.lstat(out).st_mode):
+            return None
+    except FileNotFoundError:
+        return None
+    kept = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.starnet-old")
+    try:
+        os.link(out, kept, follow_symlinks=False)
+    except OSError:
+        os.rename(out, kept)
+    return kept
+
+
+def _sync_folders(folders: set[Path]) -> None:
+    """Make the renames durable (a crash after the DB records the outputs keeps them)."""
+    if os.name != "posix":
+        return
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _make_folder(target: Path) -> None:
@@ -460,6 +738,10 @@ def compute_outputs(
         nan_policy=settings.validation.nan_policy,
         max_nonfinite_fraction=settings.validation.max_nonfinite_fraction,
     )
+    target = Path(out_dir) if out_dir is not None else p.parent
+    paths = planned_outputs(img.source, settings, target)
+    # before the minutes of computing: a frame whose outputs may not be written fails now
+    (guard or OutputGuard()).reserve(paths, claim.path, claim.sha256, db)
     products = process_array(
         engine.model,
         img.data,
@@ -473,9 +755,6 @@ def compute_outputs(
         params=claim.record.params | products.provenance_params(),
         timings=dict(products.timings_s),
     )
-    target = Path(out_dir) if out_dir is not None else p.parent
-    paths = planned_outputs(img.source, settings, target)
-    (guard or OutputGuard()).reserve(paths, claim.path, claim.sha256, db)
     _make_folder(target)
     outputs = _write_products(img, products, record, paths)
     figures: dict[str, float | str] = dict(products.figures)
