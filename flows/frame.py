@@ -74,6 +74,7 @@ from starnet_core.imageio import (
     output_path,
     read_fits_header,
     read_image,
+    same_file,
     write_image,
 )
 from starnet_core.model import load_model
@@ -597,7 +598,7 @@ def _write_products(
         "enhanced": products.enhanced,
     }
     for out in paths.values():  # as write_image checks it, but before anything is written
-        if _same_file(out, img.source):
+        if same_file(out, img.source):
             raise ImageError(out, "refusing to overwrite the input image")
     cards = record.to_header_cards()
     history = record.to_history()
@@ -622,16 +623,6 @@ def _write_products(
 
 
 _TMP_MARK = ".starnet-tmp"  # in the name of an output's temporary, before its extension
-
-
-def _same_file(out: Path, source: Path) -> bool:
-    """Whether the output ``out`` is the input ``source`` (by path, or a link to it)."""
-    if out.resolve() == source.resolve():
-        return True
-    try:
-        return out.exists() and os.path.samefile(out, source)
-    except OSError:
-        return False
 
 
 def _commit(staged: Sequence[tuple[Path, Path]]) -> None:

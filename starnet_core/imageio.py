@@ -574,7 +574,7 @@ def write_image(
     out = Path(path)
     fmt = _detect_write_format(out)
     arr = _check_output_array(data)
-    if _same_file(out, like.source):
+    if same_file(out, like.source):
         raise ImageError(out, "refusing to overwrite the input image")
     cards = _check_cards(header_cards or {})
     history = _check_history(history)
@@ -640,7 +640,8 @@ def _check_output_array(data: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def _same_file(out: Path, source: Path) -> bool:
+def same_file(out: Path, source: Path) -> bool:
+    """Whether the output ``out`` is the input ``source`` (by path, or a link to it)."""
     if out.resolve() == source.resolve():
         return True
     try:
