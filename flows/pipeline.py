@@ -2,9 +2,11 @@
 
 The work is in :mod:`flows.frame` (claim, compute, finish: the same code as
 ``starnet transform``); the tasks here are thin adapters around it and pass
-paths and small records only. Each frame's compute holds one slot of the
-global concurrency limit ``prefect.gpu_limit_name`` (created at start when
-missing), so flow runs on one machine never fight over its GPU. The model is
+paths and small records only. Each frame's compute holds one slot of the GPU
+limit ``prefect.gpu_limit_name`` (:func:`gpu_slot`), so flow runs on one
+machine never fight over its GPU: with a Prefect API server, its global
+concurrency limit (created at start when missing); in local (ephemeral) mode,
+lock files that the OS frees when their process dies. The model is
 loaded once per flow run: batch frames with :func:`process_folder` where the
 per-run start (a served run is a fresh process that imports torch) matters.
 
@@ -20,12 +22,20 @@ deployment or a worker on another machine reads the same settings.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import fcntl
 import io
 import logging
+import os
 import re
+import signal
 import socket
-from collections.abc import Sequence
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -39,7 +49,6 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -112,6 +121,300 @@ def gpu_limit(settings: Settings) -> str:
     """The GPU limit's name; ``{host}`` in ``prefect.gpu_limit_name`` becomes this machine's
     name, so that with workers on several machines each GPU has its own limit."""
     return settings.prefect.gpu_limit_name.format(host=socket.gethostname().split(".")[0])
+
+
+# ---- the GPU slot ---------------------------------------------------------------------------
+
+SLOT_LEASE_S = 300.0  # server mode: a dead holder's slot comes back when its lease expires
+SLOT_WAIT_INFO_S = 1.0  # a wait for a slot longer than this is logged (INFO) ...
+SLOT_WAIT_WARN_S = 60.0  # ... and this long a WARNING says who may hold it,
+SLOT_WAIT_REPEAT_S = 300.0  # repeated this often while the wait lasts
+SLOT_POLL_S = 0.2  # local mode: how often the first waiter tries the slot files
+
+
+def api_server_configured() -> bool:
+    """Whether the flows talk to a Prefect API server (``PREFECT_API_URL`` set: the test of
+    Prefect's own ``get_client``) rather than to the temporary one that Prefect starts in
+    this process when none is set (ephemeral mode, ``PREFECT_HOME``'s SQLite DB).
+
+    It decides how a slot is held (:func:`concurrency_slot`): Prefect keeps each slot's
+    lease in the server process's memory, and only a real server runs the service that
+    gives back the slots of expired leases (the repossessor; the ephemeral server runs no
+    services). A local process that dies holding a slot (SIGKILL, or SIGTERM to its process
+    group, which also ends its ephemeral server before the slot is released) left the
+    limit's ``active_slots`` taken in the DB for good: every later local run waited forever.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+def ensure_slot_limit(name: str, slots: int) -> None:
+    """Make the limit ``name`` usable by :func:`concurrency_slot`: with an API server, create
+    Prefect's global concurrency limit when missing (:func:`ensure_concurrency_limit`); in
+    local mode there is nothing to create (lock files appear on first use)."""
+    if slots < 1:
+        raise ValueError(f"slots: expected >= 1 for concurrency limit {name!r}, got {slots!r}")
+    if api_server_configured():
+        ensure_concurrency_limit(name, slots)
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except PermissionError:  # another user's file: flock needs no write access, only the note
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _holder_note(what: str) -> str:
+    """Who holds a slot, for the warnings of those waiting for it."""
+    command = " ".join(sys.argv)[:200] or "python"
+    run_id = flow_run.id
+    return (
+        f"pid {os.getpid()} on {socket.gethostname()} ({command}) since "
+        f"{datetime.now():%Y-%m-%d %H:%M:%S}: {what}" + (f", flow run {run_id}" if run_id else "")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSlots:
+    """``slots`` slots of the limit ``name`` as lock files ``<name>.<i>.lock`` in ``folder``.
+
+    A slot is an exclusive ``flock`` on one of the files. The kernel drops it when its
+    process ends, however it ends (SIGKILL, a signal to the process group, a crash), so a
+    slot cannot leak, which Prefect's limit does in local mode (see
+    :func:`api_server_configured`). Every process that uses the same folder and limit name
+    shares the slots, whatever its ``PREFECT_HOME``; two processes configured with different
+    slot counts for one name each use their own count of files.
+
+    A waiter first takes ``<name>.queue.lock`` (a blocking ``flock``) and only then polls the
+    slot files, so a process that gives a slot back and asks again at once (the next frame
+    of a batch) queues behind the processes already waiting instead of starving them. The
+    holder writes who it is into its slot file (waiters' warnings quote it) and empties the
+    file before it lets go. Local file systems (``flock`` over NFS is emulated, best effort).
+    """
+
+    folder: Path
+    name: str
+    slots: int
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"slots: expected >= 1 for limit {self.name!r}, got {self.slots!r}")
+
+    def path(self, which: str) -> Path:
+        """The lock file ``which`` (a slot's index, or ``queue``)."""
+        return self.folder / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', self.name)}.{which}.lock"
+
+    def acquire(self, note: str, poll_s: float = SLOT_POLL_S) -> int:
+        """Wait for a free slot and take it; returns the descriptor to :meth:`release`. A
+        signal whose handler raises (Ctrl-C, Prefect's SIGTERM handler) ends the wait."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        queue = _open_lock(self.path("queue"))
+        try:
+            fcntl.flock(queue, fcntl.LOCK_EX)
+            while True:
+                for i in range(self.slots):
+                    fd = _open_lock(self.path(str(i)))
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        os.close(fd)
+                        continue
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    with contextlib.suppress(OSError):  # a read-only descriptor: no note
+                        os.ftruncate(fd, 0)
+                        os.pwrite(fd, note.encode("utf-8", "replace"), 0)
+                    return fd
+                time.sleep(poll_s)
+        finally:
+            os.close(queue)  # releases the queue lock
+
+    @staticmethod
+    def release(fd: int) -> None:
+        """Give the slot of ``fd`` back. ``LOCK_UN`` before closing: a child forked meanwhile
+        (and holding a copy of the descriptor) must not keep the slot."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def holders(self) -> list[str]:
+        """The notes of the slots taken now (a slot taken a moment ago may have none yet)."""
+        notes = []
+        for i in range(self.slots):
+            try:
+                fd = os.open(self.path(str(i)), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    note = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                    notes.append(note or "a process that has not written its note yet")
+                else:
+                    fcntl.flock(fd, fcntl.LOCK_UN)  # free
+            finally:
+                os.close(fd)
+        return notes
+
+    def describe_holders(self) -> str:
+        """For a waiter's warning: how many slots are taken and by whom."""
+        where = f"lock files {self.path('*')}"
+        notes = self.holders()
+        if not notes:
+            return f"its {self.slots} slot(s) ({where}) just came free; other waiters go first"
+        return f"{len(notes)} of {self.slots} slot(s) ({where}) held by: " + "; ".join(notes)
+
+
+def _prefect_holders(name: str) -> str:
+    """For a waiter's warning in server mode: the limit's state, and what to do about it."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        taken = f"{limit.active_slots} of {limit.limit} slot(s) taken"
+    except Exception as e:  # the warning must not fail: say why the state is unknown
+        taken = f"slots unknown ({type(e).__name__}: {e})"
+    return (
+        f"Prefect global concurrency limit {name!r}: {taken} by other flow runs (see "
+        f"`prefect gcl inspect {name}`). A holder that died gives its slot back when its "
+        f"lease expires (about {SLOT_LEASE_S / 60:.0f} min, the server's repossessor); "
+        f"if no run holds it, free it with `prefect gcl update {name} --active-slots 0`"
+    )
+
+
+class _SlotWait:
+    """Says, from a helper thread, that ``what`` waits for a slot of ``limit``: INFO after
+    ``info_after_s``; after ``warn_after_s`` (then every ``repeat_s``) a WARNING with how long
+    and ``holders()`` (who may hold the slots); INFO again once the slot is taken. The
+    acquire blocks and cannot log by itself, and a silent wait looks like a hang: a leaked
+    slot once stalled every later local run for good without a word."""
+
+    def __init__(
+        self,
+        limit: str,
+        what: str,
+        kind: str,
+        holders: Callable[[], str],
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        *,
+        info_after_s: float = SLOT_WAIT_INFO_S,
+        warn_after_s: float = SLOT_WAIT_WARN_S,
+        repeat_s: float = SLOT_WAIT_REPEAT_S,
+    ) -> None:
+        self.limit, self.what, self.kind, self.holders, self.logger = (
+            limit, what, kind, holders, logger,
+        )  # fmt: skip
+        self.info_after_s, self.warn_after_s, self.repeat_s = info_after_s, warn_after_s, repeat_s
+        self._done = threading.Event()
+        self._said = False
+        self._t0 = 0.0
+        self._thread = threading.Thread(target=self._report, name=f"wait {limit}", daemon=True)
+
+    def __enter__(self) -> _SlotWait:
+        self._t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=1.0)
+        if self._said and exc_type is None:
+            waited = time.monotonic() - self._t0
+            self.logger.info("%s: got a slot of %r after %.1f s", self.what, self.limit, waited)
+
+    def _report(self) -> None:
+        if self._done.wait(self.info_after_s):
+            return
+        self._said = True
+        self.logger.info("%s: waiting for a slot of %r (%s)", self.what, self.limit, self.kind)
+        due = self.warn_after_s
+        while not self._done.wait(max(0.0, due - (time.monotonic() - self._t0))):
+            try:
+                held = self.holders()
+            except Exception as e:  # the warning itself must not fail
+                held = f"cannot tell who holds it ({type(e).__name__}: {e})"
+            if self._done.is_set():
+                return
+            self.logger.warning(
+                "%s: still waiting for a slot of %r after %.0f s; %s",
+                self.what, self.limit, time.monotonic() - self._t0, held,
+            )  # fmt: skip
+            due += self.repeat_s
+
+
+@contextlib.contextmanager
+def concurrency_slot(
+    settings: Settings,
+    name: str,
+    slots: int,
+    what: str,
+    *,
+    warn_after_s: float = SLOT_WAIT_WARN_S,
+) -> Iterator[None]:
+    """Hold one slot of the limit ``name`` (``slots`` slots) for the block; ``what`` (e.g.
+    ``frame /data/incoming/a.fits``) names the holder in logs and notes.
+
+    With an API server (:func:`api_server_configured`): Prefect's global concurrency limit
+    ``name`` (strict: made by :func:`ensure_slot_limit`), shared by every machine on that
+    server; a dead holder's slot comes back when its lease expires. In local mode: lock
+    files in ``<data_dir>/locks`` (:class:`FileSlots`), which the OS frees when their
+    process dies; Prefect's limit would leak there. Either way the wait is logged
+    (:class:`_SlotWait`).
+    """
+    logger = _logger()
+    if api_server_configured():
+        from prefect.concurrency.sync import concurrency
+
+        slot = concurrency(name, occupy=1, strict=True, lease_duration=SLOT_LEASE_S)
+        wait = _SlotWait(
+            name, what, "Prefect global concurrency limit", lambda: _prefect_holders(name),
+            logger, warn_after_s=warn_after_s,
+        )  # fmt: skip
+        entered = False
+        try:
+            with wait:
+                slot.__enter__()
+                entered = True
+            yield
+        except BaseException as e:
+            if entered:
+                try:
+                    slot.__exit__(type(e), e, e.__traceback__)
+                except Exception as gone:  # the API is gone: the original error matters
+                    logger.warning(
+                        "%s: could not give back the slot of %r (%s: %s); the server frees "
+                        "it when its lease expires", what, name, type(gone).__name__, gone,
+                    )  # fmt: skip
+            raise
+        slot.__exit__(None, None, None)
+        return
+    files = FileSlots(settings.resolve("locks").resolve(), name, slots)
+    wait = _SlotWait(
+        name, what, f"{slots} slot(s), local lock files in {files.folder}",
+        files.describe_holders, logger, warn_after_s=warn_after_s,
+    )  # fmt: skip
+    fd = -1
+    try:
+        with wait:
+            fd = files.acquire(_holder_note(what))
+        yield
+    finally:
+        if fd >= 0:
+            files.release(fd)
+
+
+def gpu_slot(settings: Settings, what: str = "a frame") -> contextlib.AbstractContextManager[None]:
+    """One slot of this machine's GPU limit (:func:`gpu_limit`, ``prefect.gpu_slots`` slots)
+    for the block (:func:`concurrency_slot`): every use of the GPU by the flows takes it."""
+    return concurrency_slot(settings, gpu_limit(settings), settings.prefect.gpu_slots, what)
 
 
 def load_run_engine(settings: Settings, db: ProvenanceDB) -> tuple[Engine, str]:
@@ -251,7 +554,7 @@ def run_frame(
         return FrameResult(claim.path, status, claim.run_key, error=claim.reason)
     target = str(output_folder(path, out_dir, settings.resolve(settings.incoming_dir)))
     try:
-        with concurrency(gpu_limit(settings), occupy=1, strict=True):
+        with gpu_slot(settings, f"frame {path}"):
             db.start_run(claim.run_key)  # running from now: the wait for the slot is over
             outputs = compute_task(path, settings, engine, claim, target, db, guard)
     except Exception as e:  # bad input, out of memory, ...: record it, go on with the next frame
@@ -264,8 +567,11 @@ def run_frame(
             description=f"{Path(path).name}: failed",
         )
         return FrameResult(claim.path, "failed", claim.run_key, error=message)
-    except BaseException as e:  # crash or cancel: the run is failed, then re-raised
-        finish_frame(db, claim, None, f"{path}: interrupted: {type(e).__name__}: {e}")
+    except BaseException as e:  # crash, cancel or stop signal: the run is failed, then re-raised
+        try:
+            finish_frame(db, claim, None, f"{path}: interrupted: {_interruption(e)}")
+        except Exception:  # e.g. the DB is locked: the interrupt must still reach the caller
+            _logger().exception("%s: could not record the interrupted run", path)
         raise
     finish_task(db, claim, outputs, None)
     publish_frame_artifacts(claim, outputs, settings.prefect.thumbnail_px)
@@ -273,6 +579,17 @@ def run_frame(
         claim.path, "succeeded", claim.run_key, outputs.outputs, outputs.timings_s,
         outputs.figures,
     )  # fmt: skip
+
+
+def _interruption(e: BaseException) -> str:
+    """``Type: message`` of what interrupted a frame; Prefect's TerminationSignal has no
+    message, only its signal number."""
+    detail = str(e)
+    signum = getattr(e, "signal", None)
+    if not detail and isinstance(signum, int):
+        with contextlib.suppress(ValueError):
+            detail = signal.Signals(signum).name
+    return f"{type(e).__name__}: {detail}" if detail else type(e).__name__
 
 
 def artifact_key(prefix: str, path: str, sha256: str) -> str:
@@ -339,7 +656,7 @@ def publish_frame_artifacts(claim: FrameClaim, outputs: FrameOutputs, thumbnail_
 def _frames(
     paths: Sequence[str], settings: Settings, out_dir: str | None, max_attempts: int | None
 ) -> list[FrameResult]:
-    ensure_concurrency_limit(gpu_limit(settings), settings.prefect.gpu_slots)
+    ensure_slot_limit(gpu_limit(settings), settings.prefect.gpu_slots)
     db = ProvenanceDB.from_settings(settings)
     engine, _ = load_run_engine(settings, db)
     target = out_dir or str(settings.resolve(settings.output_dir))
@@ -422,7 +739,7 @@ def nightly_rerun(
     ("input moved, deleted or replaced"), so it stops being picked after max_attempts."""
     logger = get_run_logger()
     settings = load_settings(config)
-    ensure_concurrency_limit(gpu_limit(settings), settings.prefect.gpu_slots)
+    ensure_slot_limit(gpu_limit(settings), settings.prefect.gpu_slots)
     db = ProvenanceDB.from_settings(settings)
     engine, _ = load_run_engine(settings, db)
     max_attempts = settings.prefect.max_attempts

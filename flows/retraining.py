@@ -46,11 +46,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from flows.frame import model_record
-from flows.pipeline import ensure_concurrency_limit, load_run_engine
+from flows.pipeline import concurrency_slot, ensure_slot_limit, load_run_engine
 from flows.provenance import ProvenanceDB, TrainingPair, sha256_file
 from flows.settings import (
     PROMOTE_POLICIES,
@@ -338,8 +337,8 @@ def retrain(
             settings, retrain=dataclasses.replace(settings.retrain, steps=steps)
         )
     name = settings.prefect.retrain_limit_name
-    ensure_concurrency_limit(name, 1)
-    with concurrency(name, occupy=1, strict=True):
+    ensure_slot_limit(name, 1)
+    with concurrency_slot(settings, name, 1, "retrain"):  # never leaks in local mode
         db = ProvenanceDB.from_settings(settings)
         if original and starless:
             db.add_training_pair(original, starless)

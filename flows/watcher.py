@@ -21,18 +21,33 @@ event ``starnet.training.pair.added`` (the retrain deployment's trigger).
 What a ready frame or pair sets off is up to the caller (``on_frames``,
 ``on_pair``): :func:`flows.cli_pipeline.cmd_watch` runs the flows in-process
 or submits deployment runs.
+
+Stopping (:meth:`Watcher.run` in the main thread): SIGINT or SIGTERM stops the
+loop; while frames are being handed on (in local mode: processed by a flow in
+this process) it also interrupts them at once, so the frame in progress is
+recorded interrupted, as with Ctrl-C. ``systemctl stop``, ``timeout`` and
+Ctrl-C signal the whole process group, which ends Prefect's temporary API
+server too: the flow then cannot report its crash and Prefect's client retries
+for minutes, so a watcher still running ``stop_grace_s`` after the signal exits
+at once (the frame is recorded by then; slots are lock files the OS frees).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
+import os
 import queue
+import signal
+import socket
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -43,6 +58,55 @@ log = logging.getLogger("starnet.watch")
 
 PAIR_EVENT = "starnet.training.pair.added"
 PAIR_RESOURCE_PREFIX = "starnet.training.pair."
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopSignal(BaseException):
+    """Raised in the main thread by SIGINT/SIGTERM while the watcher hands frames or a pair
+    on, so that the flow running them in this process stops at once (the frame in progress
+    is recorded interrupted). A BaseException, like KeyboardInterrupt: no ``except
+    Exception`` may take it for a failed frame or a dispatch to retry."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _termination_types() -> tuple[type[BaseException], ...]:
+    """The exceptions a stop signal raises: ours, Ctrl-C's, and Prefect's SIGTERM handler's
+    (installed while a flow runs in the main thread)."""
+    try:
+        from prefect.exceptions import TerminationSignal
+    except ImportError:  # prefect is optional for the watcher itself
+        return (StopSignal, KeyboardInterrupt)
+    return (StopSignal, KeyboardInterrupt, TerminationSignal)
+
+
+def raised_by_stop_signal(error: BaseException) -> bool:
+    """Whether ``error`` is, or was raised while handling, a stop signal's exception: a
+    flow whose API went down with the process group replaces Prefect's TerminationSignal
+    with the ConnectError of reporting the crash."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, _termination_types()):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _stop_ephemeral_api() -> None:
+    """Best effort, before a forced exit: end Prefect's temporary API server (a child
+    process started by the first flow; Prefect stops it at exit, which a forced exit skips).
+    When the signal went to the whole process group it is gone already."""
+    module = sys.modules.get("prefect.server.api.server")
+    if module is None:  # never imported: no temporary server was started
+        return
+    with contextlib.suppress(Exception):
+        process = module.SubprocessASGIServer().server_process  # the one get_client starts
+        if process is not None and process.poll() is None:
+            process.terminate()
 
 
 def matches(path: Path, patterns: Iterable[str]) -> bool:
@@ -141,6 +205,7 @@ class Watcher:
     stable_s: float = 2.0
     poll_s: float = 0.5
     retry_s: float = 30.0  # after a failed dispatch
+    stop_grace_s: float = 5.0  # after SIGINT/SIGTERM: then exit (run() in the main thread)
     exclude: tuple[Path, ...] = ()
     clock: Callable[[], float] = time.monotonic
     dispatched: set[str] = field(default_factory=set)  # sha256 handed on by this watcher
@@ -158,6 +223,11 @@ class Watcher:
         self.frame_digest: dict[Path, str] = {}  # frames of the batch being dispatched
         self.retry_at: dict[Path, float] = {}
         self.pairs_unannounced: set[int] = set()  # new pairs whose on_pair has not succeeded
+        self.stop_signal: int | None = None  # the first SIGINT/SIGTERM run() received
+        self._stop: threading.Event | None = None  # run()'s
+        self._handing_on = False  # inside on_frames / on_pair: a stop signal interrupts them
+        self._interrupted = False  # the stop signal's exception was raised (once is enough)
+        self._signal_lock = threading.RLock()  # a 2nd handler may interrupt the 1st
 
     # ---- classification --------------------------------------------------------------
 
@@ -224,8 +294,15 @@ class Watcher:
         if frames:
             log.info("dispatching %d frame(s): %s", len(frames), ", ".join(p.name for p in frames))
             try:
-                self.on_frames(frames)
-            except Exception:  # API down, flow crashed: try these again later
+                with self._handing_on_context():
+                    self.on_frames(frames)
+            except Exception as e:  # API down, flow crashed: try these again later
+                if self._stopping(e):  # not while stopping: its own API may be gone with it
+                    log.warning(
+                        "dispatch of %s ended by the stop (%s: %s); the next start picks "
+                        "them up", ", ".join(str(p) for p in frames), type(e).__name__, e,
+                    )  # fmt: skip
+                    return []
                 log.exception(
                     "dispatch of %s failed; retrying in %g s",
                     ", ".join(str(p) for p in frames), self.retry_s,
@@ -280,19 +357,33 @@ class Watcher:
         if is_new:
             self.pairs_unannounced.add(pair.id)
         if self.on_pair is not None:
-            self.on_pair(pair, is_new)
+            with self._handing_on_context():
+                self.on_pair(pair, is_new)
         self.pairs_unannounced.discard(pair.id)
 
     # ---- the loop --------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Watch until ``stop`` is set. A failing dispatch is logged and the loop goes on."""
+        """Watch until ``stop`` is set. A failing dispatch is logged and the loop goes on.
+
+        In the main thread, SIGINT and SIGTERM set ``stop`` while it runs (the handlers
+        before are restored after): see :meth:`_stop_on_signals`.
+        """
+        self._stop = stop
         observer = Observer()
         handler = _Post(self.inbox)
         for folder in self._folders():
             folder.mkdir(parents=True, exist_ok=True)
             observer.schedule(handler, str(folder), recursive=True)
         observer.start()
+        try:
+            with self._stop_on_signals(stop):
+                self._loop(stop)
+        finally:
+            observer.stop()
+            observer.join(timeout=5)
+
+    def _loop(self, stop: threading.Event) -> None:
         try:
             self.scan()
             log.info("watching %s", ", ".join(str(f) for f in self._folders()))
@@ -302,9 +393,129 @@ class Watcher:
                 except Exception:  # e.g. the DB is unreachable: the watcher outlives it
                     log.exception("watch step failed; the watcher goes on")
                 stop.wait(self.poll_s)
+        except _termination_types() as e:  # a stop signal interrupted a dispatch
+            stop.set()
+            signum = self.stop_signal or getattr(e, "signum", None) or getattr(e, "signal", 0)
+            by = signal.Signals(signum).name if signum else type(e).__name__
+            log.info(
+                "stopped by %s while handing frames on; a frame in progress was recorded "
+                "interrupted, the rest are picked up at the next start", by,
+            )  # fmt: skip
+
+    # ---- stopping --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _handing_on_context(self) -> Iterator[None]:
+        self._handing_on = True
+        try:
+            yield
         finally:
-            observer.stop()
-            observer.join(timeout=5)
+            self._handing_on = False
+
+    def _stopping(self, error: BaseException) -> bool:
+        """Whether a failed dispatch is the stop's doing: ``stop`` set, or ``error`` raised
+        while a stop signal's exception was being handled (the signal may have reached
+        Prefect's handler only). Sets ``stop`` then, so the loop ends."""
+        stopping = self._stop is not None and self._stop.is_set()
+        if not stopping and raised_by_stop_signal(error):
+            stopping = True
+            if self._stop is not None:
+                self._stop.set()
+        return stopping
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self, stop: threading.Event) -> Iterator[None]:
+        """SIGINT/SIGTERM set ``stop`` (only in the main thread: elsewhere, do nothing).
+
+        While frames or a pair are handed on, the first one also raises :class:`StopSignal`
+        there: the flow running in this process is interrupted and its frame recorded
+        interrupted. A flow installs Prefect's own SIGTERM handler while it runs (it raises
+        TerminationSignal, and sets nothing of ours), so a wakeup fd lets a helper thread
+        see every stop signal whichever Python handler takes it. ``stop_grace_s`` after
+        the first one, a process still alive exits (:meth:`_exit_now`): with the signal
+        sent to the process group, Prefect's temporary API died with it, and the flow's
+        crash report and Prefect's exit hooks retry against it for minutes.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)  # set_wakeup_fd wants it; a full buffer only drops bytes
+        before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        old_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        watcher = threading.Thread(
+            target=self._watch_signals, args=(reader,), name="stop-signals", daemon=True
+        )
+        watcher.start()
+        try:
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, self._on_signal)
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+            if signal.set_wakeup_fd(old_fd) != writer.fileno():  # someone else's meanwhile
+                signal.set_wakeup_fd(old_fd)
+            writer.close()  # the helper reads EOF and ends
+            watcher.join(timeout=1.0)
+            reader.close()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signalled(signum, by_helper=False)
+        if self._handing_on and not self._interrupted:
+            self._interrupted = True
+            raise StopSignal(signum)
+
+    def _watch_signals(self, reader: socket.socket) -> None:
+        while True:
+            try:
+                data = reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum in STOP_SIGNALS:
+                    self._signalled(signum, by_helper=True)
+
+    def _signalled(self, signum: int, by_helper: bool) -> None:
+        """Note a stop signal (seen by our handler, or by the helper thread reading the
+        wakeup fd); the first one is logged and arms the forced exit."""
+        with self._signal_lock:
+            first = self.stop_signal is None
+            if first:
+                self.stop_signal = signum
+            if by_helper and signal.getsignal(signum) != self._on_signal:
+                self._interrupted = True  # another handler (Prefect's) raised in our stead
+        if self._stop is not None:
+            self._stop.set()
+        if not first:
+            return
+        name = signal.Signals(signum).name
+        busy = " and interrupting the frames in progress" if self._handing_on else ""
+        log.info("%s: stopping%s (exit within %g s)", name, busy, self.stop_grace_s)
+        threading.Thread(
+            target=self._exit_now, args=(signum,), name="stop-grace", daemon=True
+        ).start()
+
+    def _exit_now(self, signum: int) -> None:
+        """After ``stop_grace_s``: end a process that is still running, as if the signal
+        had killed it (exit status 128 + signal). What is left to do is reporting to an API
+        that is gone; the frame was recorded interrupted before, and the GPU slot is a lock
+        that the OS gives back."""
+        time.sleep(self.stop_grace_s)
+        log.error(
+            "still running %g s after %s (Prefect's temporary API ended with the process "
+            "group?): exiting now", self.stop_grace_s, signal.Signals(signum).name,
+        )  # fmt: skip
+        _stop_ephemeral_api()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        for h in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                h.flush()
+        os._exit(128 + signum)
 
     def _folders(self) -> list[Path]:
         folders = [self.incoming]
