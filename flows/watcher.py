@@ -53,6 +53,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from flows.provenance import ProvenanceDB, TrainingPair, sha256_file
+from flows.settings import image_patterns
 
 log = logging.getLogger("starnet.watch")
 
@@ -201,7 +202,8 @@ class Watcher:
     on_frames: Callable[[list[Path]], None]
     on_pair: Callable[[TrainingPair, bool], None] | None = None
     training: Path | None = None
-    patterns: tuple[str, ...] = ("*.fits", "*.fit", "*.fts", "*.fits.gz", "*.fz", "*.tif", "*.tiff")
+    # every file name imageio reads (the settings pass watch.patterns, whose default it is)
+    patterns: tuple[str, ...] = field(default_factory=lambda: tuple(image_patterns()))
     stable_s: float = 2.0
     poll_s: float = 0.5
     retry_s: float = 30.0  # after a failed dispatch

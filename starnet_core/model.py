@@ -301,6 +301,36 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def write_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str], mode: int | None = None
+) -> None:
+    """Write ``tensors`` to ``path`` as safetensors through a temporary file beside it, renamed
+    into place (a reader never sees half a file; ``mode``: its permissions).
+
+    Raises ``OSError`` naming ``path`` when it cannot be written (its folder missing or
+    not writable, a folder in its place); the temporary file is never left behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        if mode is not None:
+            tmp.chmod(mode)
+        tmp.replace(path)
+    except BaseException as e:  # Ctrl-C included: no partial temporary file stays
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if not isinstance(e, OSError | SafetensorError):
+            raise
+        # safetensors reports I/O failures as its own error type ("... (os error 2) at
+        # path <its own temporary file>"), the rename names the temporary file: both
+        # become an OSError naming the file
+        code = e.errno if isinstance(e, OSError) else None
+        if code is None and (found := re.search(r"\(os error (\d+)\)", str(e))):
+            code = int(found.group(1))
+        if code is None:
+            raise OSError(f"{path}: cannot write: {e}") from e
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
 def save_weights(
     model: StarNetUNet, path: str | Path, *, version: str, extra: dict[str, str] | None = None
 ) -> str:
@@ -313,25 +343,8 @@ def save_weights(
     meta = {"format": WEIGHTS_FORMAT, "config": model.config.to_json(), "version": version}
     meta.update(extra or {})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.chmod(0o644)  # a model file is for every user of the installation to read
-        tmp.replace(path)
-    except BaseException as e:  # Ctrl-C included: no partial temporary file stays
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if not isinstance(e, OSError | SafetensorError):
-            raise
-        # safetensors reports I/O failures as its own error type ("... (os error 2) at
-        # path <its own temporary file>"), the rename names the temporary file: both
-        # become an OSError naming the weights file
-        code = e.errno if isinstance(e, OSError) else None
-        if code is None and (found := re.search(r"\(os error (\d+)\)", str(e))):
-            code = int(found.group(1))
-        if code is None:
-            raise OSError(f"{path}: cannot write the weights: {e}") from e
-        raise OSError(code, os.strerror(code), str(path)) from e
+    # a model file is for every user of the installation to read
+    write_safetensors(tensors, path, meta, mode=0o644)
     return sha256_of(path)
 
 

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from starnet_core.checkpoint import EMA_PREFIX, checkpoint_metadata
@@ -60,6 +60,7 @@ from starnet_core.model import (
     StarNetUNet,
     film_weights,
     save_weights,
+    write_safetensors,
 )
 from starnet_core.synthetic import (
     DEFAULT_GLOW_CAP,
@@ -606,9 +607,7 @@ def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
         "train_config": cfg.to_json(),
         "model_config": state.generator.config.to_json(),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    write_safetensors(tensors, path, meta)  # OSError naming it, no temporary left
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig) -> TrainState:

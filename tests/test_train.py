@@ -1063,3 +1063,18 @@ def test_worker_pool_is_collected_every_step(
         with_workers.close()
     in_process = PairPool(size=2, crop_px=32, seed=1)
     assert [s for s in range(1, 101) if in_process.refresh_due(s, 50)] == [50, 100]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_oserror_naming_it(tmp_path: Path) -> None:
+    """safetensors' own error type (a traceback from ``starnet train``, which turns OSErrors
+    into one line) becomes an OSError naming the checkpoint; no temporary file stays."""
+    from starnet_core.train import save_checkpoint
+
+    cfg = tiny_config(steps=1)
+    state = train(cfg, tmp_path / "run")
+    (tmp_path / "afile").write_text("not a folder")
+    target = tmp_path / "afile" / "checkpoint.safetensors"
+    with pytest.raises(OSError) as info:
+        save_checkpoint(state, cfg, target)
+    assert info.value.filename == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "run"]
