@@ -257,8 +257,8 @@ def on_frames(paths):
         def bridge(signum, frame):
             raise RuntimeError("terminated")
         signal.signal(signal.SIGTERM, bridge)
-    print("dispatching", flush=True)
-    try:
+    try:  # "dispatching" inside it: a signal right after the parent reads it is caught here
+        print("dispatching", flush=True)
         for _ in range(1200):
             time.sleep(0.05)  # a frame being processed
     except BaseException as e:
