@@ -269,8 +269,10 @@ def on_frames(paths):
 
 db = ProvenanceDB("sqlite:///" + str(root / "provenance.db"))
 db.ensure_schema()
+# a clean stop must not race the forced exit on a loaded machine: a long grace where the
+# flow ends by itself ("python"), a short one where it hangs
 w = Watcher(incoming=root / "incoming", db=db, on_frames=on_frames, stable_s=0.0,
-            poll_s=0.05, stop_grace_s=3.0)
+            poll_s=0.05, stop_grace_s=30.0 if mode == "python" else 3.0)
 w.run(threading.Event())
 print("returned", flush=True)
 """
@@ -307,7 +309,7 @@ def test_watcher_stops_within_seconds_on_a_signal(
     rc = child.wait(timeout=30)
     took = time.monotonic() - t0
     print(f"{mode} {sig.name}: exit {rc} after {took:.1f} s")
-    assert rc == code and took < 10
+    assert rc == code and took < (25 if mode == "python" else 15)
     assert (tmp_path / "seen.txt").read_text() == seen
     rest = child.stdout.read()
     assert ("returned" in rest) == (code == 0)
