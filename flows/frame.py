@@ -38,13 +38,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import logging
 import os
 import socket
 import stat
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,9 +50,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
-import tifffile
 import torch
-from astropy.io import fits
 
 from flows.provenance import ProvenanceDB, default_code_version
 from flows.provenance_records import (
@@ -68,12 +64,12 @@ from flows.provenance_records import (
 )
 from flows.settings import Settings, pipeline_options
 from starnet_core.imageio import (
-    FITS_EXTENSIONS,
     ImageData,
     ImageError,
     output_path,
     read_fits_header,
     read_image,
+    read_stamp,
     same_file,
     write_image,
 )
@@ -85,8 +81,6 @@ log = logging.getLogger(__name__)
 
 # FITS/TIFF outputs carry the data; PNG/JPEG inputs give PNG/JPEG outputs.
 OUTPUT_KINDS = ("starless", "mask", "stars", "enhanced")
-# write_image's FITS cards are ``HIERARCH STARNET <KEY>`` (the other formats: JSON "cards")
-_STAMP_PREFIX = "STARNET "
 
 
 @dataclass(frozen=True)
@@ -377,31 +371,11 @@ def stamped_input(path: str | Path) -> tuple[str, str] | None:
     proves where the file came from, not that nobody edited its pixels since: a tool
     that keeps the metadata when it saves over the file keeps the stamp too.
     """
-    p = Path(path)
-    try:
-        if p.suffix.lower() in FITS_EXTENSIONS:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a user's odd FITS is no stamp, not a warning
-                header = fits.getheader(p, 0)
-            sha = header.get(f"HIERARCH {_STAMP_PREFIX}INSHA")
-            card = header.get(f"HIERARCH {_STAMP_PREFIX}INPUT")
-            history = [str(line) for line in header.get("HISTORY", [])]
-        else:
-            if p.suffix.lower() in (".tif", ".tiff"):
-                with tifffile.TiffFile(p) as tif:
-                    text: Any = tif.pages.first.description
-            else:  # PNG text chunk or JPEG comment, both read by Image.open (no pixels)
-                from PIL import Image
-
-                with Image.open(p) as im:
-                    text = im.info.get("starnet") or im.info.get("comment")
-            if isinstance(text, bytes):
-                text = text.decode("ascii")
-            stamp = json.loads(text)["starnet"]
-            sha, card = stamp["cards"].get("INSHA"), stamp["cards"].get("INPUT")
-            history = [str(line) for line in stamp.get("history", [])]
-    except Exception:  # whatever a file holds that cannot be read as a stamp, it has none
+    stamp = read_stamp(path)
+    if stamp is None:
         return None
+    cards, history = stamp
+    sha, card = cards.get("INSHA"), cards.get("INPUT")
     if not isinstance(sha, str) or not is_sha256(sha):
         return None
     source = _history_input(history, sha) or (card if isinstance(card, str) else None)

@@ -46,7 +46,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import tifffile
@@ -617,6 +617,38 @@ def write_image(
         _atomic_write(out, writer)
     except (OSError, fits.VerifyError) as e:
         raise ImageError(out, f"cannot write: {getattr(e, 'strerror', None) or e}") from e
+
+
+def read_stamp(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[str]] | None:
+    """The provenance :func:`write_image` stamped into ``path``: its ``header_cards`` (by
+    their own names) and ``history`` lines, from FITS ``HIERARCH STARNET`` cards and
+    HISTORY, a TIFF's ImageDescription, a PNG text chunk or a JPEG comment. Headers only,
+    no pixels. None when the file carries no stamp or cannot be read as one."""
+    p = Path(path)
+    try:
+        fmt = _detect_format(p)
+        if fmt == "fits":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a user's odd FITS is no stamp, not a warning
+                header = fits.getheader(p, 0)
+            cards = {
+                c.keyword[len(_STARNET_PREFIX) :]: c.value
+                for c in header.cards
+                if c.keyword.startswith(_STARNET_PREFIX)
+            }
+            return cards, [str(line) for line in header.get("HISTORY", [])]
+        if fmt == "tiff":
+            with tifffile.TiffFile(p) as tif:
+                text: Any = tif.pages.first.description
+        else:  # PNG text chunk or JPEG comment, both read by Image.open (no pixels)
+            with Image.open(p) as im:
+                text = im.info.get("starnet") or im.info.get("comment")
+        if isinstance(text, bytes):
+            text = text.decode("ascii")
+        stamp = json.loads(text)["starnet"]
+        return dict(stamp["cards"]), [str(line) for line in stamp.get("history", [])]
+    except Exception:  # whatever a file holds that cannot be read as a stamp, it has none
+        return None
 
 
 def _detect_write_format(out: Path) -> str:
