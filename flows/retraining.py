@@ -25,10 +25,16 @@ A pair that cannot be trained on (a file missing or changed since it was registe
 sides of another size, channel count or kind) is left out with a warning naming its file;
 the evaluation sets are read before the fine-tune, and a candidate that is not registered
 (registered and promoted in one transaction) leaves no weights file behind.
+
+The fine-tune and its evaluation run on ``retrain.device`` (by default the frames' own
+``inference.device``). On a GPU they hold one slot of the frames' GPU limit
+(:func:`flows.pipeline.gpu_slot`), so a fine-tune never shares a GPU with a frame; set
+``retrain.device: cpu`` to leave the GPU to the frames while the model trains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -49,21 +55,29 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from flows.frame import model_record
-from flows.pipeline import concurrency_slot, ensure_slot_limit, load_run_engine
+from flows.pipeline import (
+    concurrency_slot,
+    ensure_slot_limit,
+    gpu_limit,
+    gpu_slot,
+    load_run_engine,
+)
 from flows.provenance import ProvenanceDB, TrainingPair, sha256_file
 from flows.settings import (
     PROMOTE_POLICIES,
     RetrainSettings,
     Settings,
     load_settings,
+    retrain_device,
     tile_options,
 )
+from starnet_core.tiling import select_device
 
 Pair = tuple[np.ndarray, np.ndarray]  # (original, starless), stretched (C, H, W) float32
 Scored = tuple[np.ndarray, np.ndarray, Any]  # (original, truth, synthetic scene or None)
 
 
-def train_config(r: RetrainSettings, architecture: dict[str, Any]) -> Any:
+def train_config(r: RetrainSettings, architecture: dict[str, Any], device: str = "cpu") -> Any:
     """The :class:`starnet_core.train.TrainConfig` of a fine-tune: short, L1 only.
 
     The adversarial and perceptual terms stay off: the weights file holds no
@@ -95,6 +109,7 @@ def train_config(r: RetrainSettings, architecture: dict[str, Any]) -> Any:
         log_every=max(1, r.steps // 20),
         checkpoint_every=r.steps,
         threads=r.threads,
+        device=device,
         model=model,
     )
 
@@ -155,17 +170,25 @@ def read_pairs(pairs: list[TrainingPair]) -> tuple[dict[int, Pair], list[str]]:
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
 def fine_tune(
-    file_pairs: list[Pair], parent_weights: str, out_path: str, version: str, r: RetrainSettings
+    file_pairs: list[Pair],
+    parent_weights: str,
+    out_path: str,
+    version: str,
+    r: RetrainSettings,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Fine-tune ``parent_weights`` on ``file_pairs`` (:func:`read_pairs`); writes the
-    candidate to ``out_path``."""
+    """Fine-tune ``parent_weights`` on ``file_pairs`` (:func:`read_pairs`) on ``device``;
+    writes the candidate to ``out_path``."""
     from starnet_core.model import load_weights
     from starnet_core.train import export_generator, train
 
     logger = get_run_logger()
     model, info = load_weights(parent_weights)
-    cfg = train_config(r, dataclasses.asdict(info.config))
-    logger.info("fine-tuning %s on %d pair(s), %d steps", info.version, len(file_pairs), cfg.steps)
+    cfg = train_config(r, dataclasses.asdict(info.config), device)
+    logger.info(
+        "fine-tuning %s on %d pair(s), %d steps on %s",
+        info.version, len(file_pairs), cfg.steps, device,
+    )  # fmt: skip
     progress = cast(UUID, create_progress_artifact(0.0, description=f"fine-tuning {version}"))
     last: dict[str, float] = {}
 
@@ -336,6 +359,12 @@ def retrain(
         settings = dataclasses.replace(
             settings, retrain=dataclasses.replace(settings.retrain, steps=steps)
         )
+    device = retrain_device(settings)
+    try:
+        on_gpu = select_device(device).type != "cpu"
+    except ValueError as e:  # an absent device: at once, not after reading every pair
+        where = "retrain" if settings.retrain.device else "inference"
+        raise ValueError(f"{where}.device: {e}") from e
     name = settings.prefect.retrain_limit_name
     ensure_slot_limit(name, 1)
     with concurrency_slot(settings, name, 1, "retrain"):  # never leaks in local mode
@@ -369,16 +398,26 @@ def retrain(
             logger.info("no usable pair newer than model %s: nothing to do", trained[-1].version)
             return {"status": "up-to-date", "model": trained[-1].version}
         sets = held_out(settings)
+        run_settings = dataclasses.replace(
+            settings, inference=dataclasses.replace(settings.inference, device=device)
+        )
         engine, parent_path = load_run_engine(settings, db)
         version = candidate_version(engine.version, datetime.now(UTC))
         models_dir = settings.resolve("models")
         models_dir.mkdir(parents=True, exist_ok=True)
         out_path = models_dir / f"{version}.safetensors"
+        if on_gpu:
+            ensure_slot_limit(gpu_limit(settings), settings.prefect.gpu_slots)
+        slot = gpu_slot(settings, "retrain") if on_gpu else contextlib.nullcontext()
         try:
-            trained_info = fine_tune(
-                list(file_pairs.values()), parent_path, str(out_path), version, settings.retrain
-            )
-            scores = evaluate({"candidate": str(out_path), "parent": parent_path}, sets, settings)
+            with slot:  # the frames' GPU slot: never a fine-tune beside a frame on one GPU
+                trained_info = fine_tune(
+                    list(file_pairs.values()), parent_path, str(out_path), version,
+                    settings.retrain, device,
+                )  # fmt: skip
+                scores = evaluate(
+                    {"candidate": str(out_path), "parent": parent_path}, sets, run_settings
+                )
             promote, why = promotion(settings.retrain, scores["candidate"], scores["parent"])
             benchmark: dict[str, Any] = {
                 "candidate": scores["candidate"],

@@ -241,6 +241,9 @@ class RetrainSettings:
     real_ratio: float = 0.75  # share of each batch cut from training pairs (rest synthetic)
     pool_size: int = 64  # synthetic crops held in memory
     threads: int = 1  # torch CPU threads (0: torch default)
+    # where the fine-tune and its evaluation run: None follows inference.device (a GPU when
+    # the frames use one; the run then holds the GPU slot); "cpu" leaves the GPU to the frames
+    device: str | None = None
     eval_scenes: int = 8  # held-out synthetic scenes
     eval_size_px: int = 128
     eval_seed: int = 90210  # never a training seed
@@ -337,6 +340,12 @@ def default_config_path() -> Path | None:
         return Path(env)
     local = Path("config.yaml")
     return local if local.exists() else None
+
+
+def retrain_device(settings: Settings) -> str:
+    """The device of the retrain flow's fine-tune and evaluation: ``retrain.device``, or
+    ``inference.device`` when that is not set."""
+    return settings.retrain.device or settings.inference.device
 
 
 def tile_options(settings: Settings) -> TileOptions:

@@ -235,3 +235,95 @@ def test_a_crop_the_model_cannot_take_names_the_setting() -> None:
     assert train_config(RetrainSettings(crop_px=96), architecture).crop_px == 96
     with pytest.raises(ValueError, match="retrain.crop_px: expected a multiple of 8 px"):
         train_config(RetrainSettings(crop_px=100), architecture)
+
+
+# ---- device and the GPU slot -------------------------------------------------------------
+
+
+def _recording_gpu_slot(
+    monkeypatch: pytest.MonkeyPatch, env: PipelineEnv, seen: list[tuple[str, Any]]
+) -> None:
+    """``flows.retraining.gpu_slot`` still takes the real slot (local lock files) and
+    records who holds it and which candidate files exist when it is taken and given back."""
+    import contextlib
+
+    import flows.pipeline as pipeline
+    import flows.retraining as retraining
+
+    monkeypatch.setattr(pipeline, "api_server_configured", lambda: False)  # lock files
+
+    @contextlib.contextmanager
+    def recording(settings: Settings, what: str = "a frame") -> Any:
+        with pipeline.gpu_slot(settings, what):
+            files = pipeline.FileSlots(
+                settings.resolve("locks").resolve(), pipeline.gpu_limit(settings), 1
+            )
+            seen.append(("taken", (files.holders(), _candidate_files(env))))
+            yield
+            seen.append(("given back", _candidate_files(env)))
+
+    monkeypatch.setattr(retraining, "gpu_slot", recording)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_fine_tune_on_a_gpu_holds_the_frames_gpu_slot(
+    pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import flows.retraining as retraining
+    from flows.retraining import retrain
+
+    env = pipeline_env
+    write_fits(env.training / "original" / "p.fits", seed=1)
+    write_fits(env.training / "starless" / "p.fits", seed=2)
+    seen: list[tuple[str, Any]] = []
+    _recording_gpu_slot(monkeypatch, env, seen)
+    devices: list[str] = []
+
+    def a_gpu(name: str) -> torch.device:  # this machine as one with a GPU; trains on its CPU
+        devices.append(name)
+        return torch.device("cuda")
+
+    monkeypatch.setattr(retraining, "select_device", a_gpu)
+    result = retrain(config=env.config, steps=1)
+    assert devices == [env.settings.inference.device]  # retrain.device unset: the frames'
+    assert [what for what, _ in seen] == ["taken", "given back"]
+    holders, files_then = seen[0][1]
+    assert len(holders) == 1 and "retrain" in holders[0]
+    assert files_then == []  # taken before the fine-tune ...
+    assert seen[1][1] == [Path(result["weights"]).name]  # ... given back after it
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_fine_tune_on_the_cpu_leaves_the_gpu_slot_to_the_frames(
+    pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.retraining import retrain
+
+    env = pipeline_env
+    write_fits(env.training / "original" / "p.fits", seed=1)
+    write_fits(env.training / "starless" / "p.fits", seed=2)
+    seen: list[tuple[str, Any]] = []
+    _recording_gpu_slot(monkeypatch, env, seen)
+    result = retrain(config=_config(env, device="cpu"), steps=1)
+    assert result["status"] in ("promoted", "candidate") and seen == []
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_absent_retrain_device_is_refused_before_any_work(pipeline_env: PipelineEnv) -> None:
+    from flows.retraining import retrain
+
+    env = pipeline_env
+    write_fits(env.training / "original" / "p.fits", seed=1)
+    write_fits(env.training / "starless" / "p.fits", seed=2)
+    with pytest.raises(ValueError, match=r"retrain.device: device='cuda:99'"):
+        retrain(config=_config(env, device="cuda:99"), steps=1)
+    assert _candidate_files(env) == []
+    assert ProvenanceDB.from_settings(env.settings).list_training_pairs() == []
+
+
+def test_the_fine_tune_trains_on_the_device_it_is_given() -> None:
+    architecture = {"widths": [8, 16, 32], "blocks": [1, 1, 1]}
+    assert train_config(RetrainSettings(), architecture).device == "cpu"
+    assert train_config(RetrainSettings(), architecture, "cuda:1").device == "cuda:1"
