@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -385,9 +384,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
         training=Path(args.training) if args.training else None,
         out_dir=args.out,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     print(f"starnet watch: {watcher.incoming} ({mode} mode); Ctrl-C stops")
-    watcher.run(stop)
+    watcher.run(threading.Event())  # its own SIGINT/SIGTERM handlers set it while it runs
     return 0
