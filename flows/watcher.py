@@ -4,7 +4,11 @@ A file counts only once it is complete: its size and mtime stayed the same for
 ``watch.stable_s`` and it can be opened. Uploaders that write ``x.fits.part``
 and rename it are seen through ``on_moved`` (the ``.part`` name itself matches
 no pattern). Files that arrived while the watcher was down are found by a scan
-at start (watchdog reports only changes).
+at start (watchdog reports only changes). Events and the scan name a file alike:
+by its path under ``incoming`` (a symlink dropped there is a frame like a file,
+named by the link; the flow resolves it when it registers the frame). Files in
+hidden and system folders under ``incoming`` (trash, sync versions, NAS
+thumbnails: :func:`skipped_part`) are no frames.
 
 Frames are deduplicated by content: a file whose sha256 already has a
 succeeded run in the provenance DB, or that this watcher dispatched already,
@@ -115,6 +119,36 @@ def matches(path: Path, patterns: Iterable[str]) -> bool:
     hidden names (``.x``, editors' and rsync's temporaries) never match."""
     name = path.name.lower()
     return not name.startswith(".") and any(fnmatch.fnmatch(name, p.lower()) for p in patterns)
+
+
+# Folders (and files) under a watched folder that hold no new frames, though they may hold
+# files with image names: deleted frames in a trash, older versions kept by a sync tool,
+# a NAS's thumbnails and snapshots. These appear where ``incoming`` is a synced folder, a
+# NAS share or a mounted drive.
+SKIP_PREFIXES = (
+    ".",  # hidden: .Trash-1000 (freedesktop trash on a mounted drive), .stversions
+    #       (Syncthing), .sync / .dropbox.cache, QNAP's .@__thumb, rsync's temporaries
+    "@",  # Synology's @eaDir (thumbnails, per folder) and @tmp, QNAP's @Recycle
+)
+SKIP_NAMES = frozenset(
+    {
+        "#recycle",  # Synology's recycle bin at a shared folder's top: deleted frames
+        "#snapshot",  # Synology's snapshots, when visible over SMB: copies of the share
+        "$recycle.bin",  # Windows' recycle bin on a USB drive or card: $R....fits files
+        "system volume information",  # Windows' own folder on a drive
+    }
+)
+
+
+def skipped_part(relative: Path) -> str | None:
+    """The first part (folder or file name) of ``relative``, a path relative to a watched
+    folder, that marks it as no frame of the user's (:data:`SKIP_PREFIXES`,
+    :data:`SKIP_NAMES`, case-insensitive), else None."""
+    for part in relative.parts:
+        name = part.lower()
+        if name.startswith(SKIP_PREFIXES) or name in SKIP_NAMES:
+            return part
+    return None
 
 
 @dataclass
@@ -240,14 +274,39 @@ class Watcher:
         side = path.parent.name
         return side if side in ("original", "starless") else None
 
+    def _under_watch(self, path: Path) -> bool:
+        return path.is_relative_to(self.incoming) or (
+            self.training is not None and path.is_relative_to(self.training)
+        )
+
+    def _normalise(self, path: Path) -> Path:
+        """``path`` as the scan names it: absolute and normalised, the file's own name kept
+        (not resolved: a symlink dropped in ``incoming`` is the frame ``incoming/<link>``,
+        though its target lies elsewhere). A path under no watched folder may still reach
+        one through a symlinked folder (macOS's ``/var`` -> ``/private/var``): its folder
+        is resolved then."""
+        p = Path(os.path.abspath(path.expanduser()))
+        if self._under_watch(p):
+            return p
+        return p.parent.resolve() / p.name
+
     def _wanted(self, path: Path) -> bool:
+        """Whether ``path`` (as :meth:`_normalise` names it) is a frame or a training image
+        to watch: a name of ``patterns``, under ``incoming`` (but not under ``exclude``) or
+        a side of ``training``, in no hidden or system folder there (:func:`skipped_part`)."""
         if not matches(path, self.patterns):
             return False
         if self._pair_side(path) is not None:
-            return True
+            assert self.training is not None
+            return skipped_part(path.relative_to(self.training)) is None
+        if not path.is_relative_to(self.incoming):
+            return False
+        if skipped_part(path.relative_to(self.incoming)) is not None:
+            return False
         if any(path.is_relative_to(e) for e in self.exclude):
             return False
-        return path.is_relative_to(self.incoming)
+        # a link into the output folder: outputs are no frames, whichever name they have
+        return not (self.exclude and any(path.resolve().is_relative_to(e) for e in self.exclude))
 
     # ---- one step --------------------------------------------------------------------
 
@@ -260,8 +319,8 @@ class Watcher:
         for root in roots:
             if not root.is_dir():
                 continue
-            for p in sorted(root.rglob("*")):
-                if p.is_file() and self._wanted(p):
+            for p in sorted(root.rglob("*")):  # named as events name them: not resolved
+                if self._wanted(p) and p.is_file():
                     self.tracker.note(p)
                     n += 1
         log.info("scan: %d file(s) already in %s", n, ", ".join(str(r) for r in roots))
@@ -275,7 +334,7 @@ class Watcher:
                 p = self.inbox.get_nowait()
             except queue.Empty:
                 break
-            p = p.resolve()
+            p = self._normalise(p)
             if self._wanted(p):
                 self.tracker.note(p)
         now = self.clock()
