@@ -26,10 +26,19 @@ Layout decisions:
 - JPEG/PNG EXIF and TIFF Orientation tags (2-8) are applied on read, so the pixels
   (and the outputs, written without the tag) look as viewers show the input.
 - A truncated FITS file is an error, never zero-padded data: a watcher may see
-  a file that is still being copied.
+  a file that is still being copied. Likewise any failure to decode a file's pixel
+  data (a cut-off or damaged ZIP/zstd/LZW/PackBits TIFF strip, a broken PNG/JPEG
+  stream, a damaged tile-compressed FITS) is an ``ImageError`` naming the file.
+- A raw one-shot-colour frame (2-D data whose header has a colour-filter-array
+  pattern, ``BAYERPAT`` or a Bayer ``COLORTYP``) is refused: the network removes
+  stars from images, not from a Bayer mosaic, and would do it poorly and silently.
+  A ``(3, H, W)`` cube that still carries the card is already debayered: read, noted.
+- 16-bit colour PNGs are read and written at 16 bits (imagecodecs; Pillow would
+  give 8), and carry the same provenance text chunk as any PNG output.
 
-Writes are atomic: a hidden ``.<name>.<random>.tmp`` file in the target
-directory, fsynced, then ``os.replace``. The input is never overwritten.
+Writes are atomic: a hidden ``.starnet-<random>.tmp`` file in the target
+directory, fsynced, then ``os.replace``. Its name has a fixed short length, so any
+output name the file system allows can be written. The input is never overwritten.
 """
 
 from __future__ import annotations
@@ -40,14 +49,16 @@ import json
 import logging
 import os
 import re
+import struct
 import uuid
 import warnings
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import imagecodecs
 import numpy as np
 import tifffile
 from astropy.io import fits
@@ -107,6 +118,13 @@ _CARD_KEY = re.compile(r"^[A-Z0-9_\-]+$")
 _STARNET_PREFIX = "STARNET "
 # Library errors that mean "this file cannot be read as an image".
 _READ_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, EOFError, zlib.error)
+# Colour-filter-array (Bayer) cards of raw one-shot-colour frames. BAYERPAT (the pattern,
+# e.g. 'RGGB') is what NINA, SharpCap, ASIAIR, INDI/KStars and Siril write and read;
+# MaxIm DL writes COLORTYP, which may also hold 'RGB' or 0 for other sensors, so only a
+# 2x2 pattern there counts. Offsets (XBAYROFF/YBAYROFF, BAYOFFX/BAYOFFY) come with the
+# pattern and say nothing alone.
+_CFA_PATTERN = re.compile(r"^[RGBCMYW]{4}$")
+_NOT_CFA = ("", "NONE", "MONO")
 
 
 class ImageError(ValueError):
@@ -188,7 +206,7 @@ def read_image(
             data, dtype = _read_pillow(p, notes)
     except ImageError:
         raise
-    except _READ_ERRORS as e:
+    except (*_READ_ERRORS, Image.DecompressionBombError) as e:
         raise ImageError(p, f"cannot read as {fmt.upper()}: {type(e).__name__}: {e}") from e
     data = _validate(p, data, fmt, dtype, nan_policy, max_nonfinite_fraction, notes)
     for note in notes:
@@ -228,6 +246,23 @@ def _detect_format(p: Path) -> str:
     )
 
 
+@contextlib.contextmanager
+def _decoding(p: Path, fmt: str) -> Iterator[None]:
+    """Any failure of a library while it decodes ``p``'s pixel data is the file's fault:
+    an ``ImageError``. Codecs raise their own types (imagecodecs' ``DeflateError``,
+    ``ZstdError``, ``ImcdError``, ``PngError``... are ``RuntimeError``; astropy's
+    tile decompression raises ``CfitsioException``), so none is listed: only an
+    ``ImageError`` (already the file's) and ``MemoryError`` (the machine's) pass."""
+    try:
+        yield
+    except (ImageError, MemoryError):
+        raise
+    except NotImplementedError as e:
+        raise ImageError(p, f"unsupported {fmt} data: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        raise ImageError(p, f"corrupt or incomplete {fmt} data: {type(e).__name__}: {e}") from e
+
+
 def _read_fits(p: Path, notes: list[str]) -> tuple[np.ndarray, str, fits.Header, bool]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -235,8 +270,9 @@ def _read_fits(p: Path, notes: list[str]) -> tuple[np.ndarray, str, fits.Header,
             with fits.open(p, memmap=False) as hdul:
                 hdu = _find_image_hdu(p, hdul)
                 header = _image_header(hdul, hdu, notes)
-                raw = hdu.data
-        except _READ_ERRORS as e:
+                with _decoding(p, "FITS"):
+                    raw = hdu.data
+        except _READ_ERRORS as e:  # an ImageError from _decoding too
             truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
             if truncated:
                 raise ImageError(p, f"truncated FITS file: {truncated[0]}") from e
@@ -254,7 +290,30 @@ def _read_fits(p: Path, notes: list[str]) -> tuple[np.ndarray, str, fits.Header,
         notes.append(f"{dtype} samples scaled by BSCALE/BZERO to physical values")
     data = np.asarray(raw).astype(np.float32)
     data, channels_last = _fits_to_chw(p, data, notes)
+    cfa = _cfa_card(header)
+    if cfa is not None:
+        key, value = cfa
+        if data.shape[0] == 1:
+            raise ImageError(
+                p,
+                f"a raw colour-filter-array (Bayer {value}) frame ({key} = '{value}'): "
+                "debayer it first (e.g. Siril, PixInsight) and remove the stars from the "
+                "colour image; a mosaic read as mono gives poor results. If the frame is "
+                f"not a mosaic, delete its {key} card",
+            )
+        notes.append(f"{key} = '{value}' on 3 colour planes: already debayered, read as RGB")
     return data, dtype, header, channels_last
+
+
+def _cfa_card(header: fits.Header) -> tuple[str, str] | None:
+    """The card (keyword, pattern) saying the data is a colour-filter-array mosaic."""
+    bayerpat = header.get("BAYERPAT")
+    if isinstance(bayerpat, str) and bayerpat.strip().upper() not in _NOT_CFA:
+        return "BAYERPAT", bayerpat.strip()
+    colortyp = header.get("COLORTYP")
+    if isinstance(colortyp, str) and _CFA_PATTERN.match(colortyp.strip().upper()):
+        return "COLORTYP", colortyp.strip()
+    return None
 
 
 def read_fits_header(path: str | os.PathLike[str]) -> fits.Header | None:
@@ -272,7 +331,9 @@ def read_fits_header(path: str | os.PathLike[str]) -> fits.Header | None:
             warnings.simplefilter("ignore")
             with fits.open(p, memmap=False) as hdul:
                 return _image_header(hdul, _find_image_hdu(p, hdul), [])
-    except (ImageError, *_READ_ERRORS):
+    except MemoryError:
+        raise
+    except Exception:  # ImageError, OSError, astropy's VerifyError on a damaged header...
         return None
 
 
@@ -368,7 +429,8 @@ def _read_tiff(p: Path, page: int, notes: list[str]) -> tuple[np.ndarray, str]:
             raise ImageError(p, f"page {page} is not a readable image page")
         if n_pages > 1:
             notes.append(f"page {page} of {n_pages} used")
-        arr = tpage.asarray()
+        with _decoding(p, "TIFF"):
+            arr = tpage.asarray()
         axes = tpage.axes
         orientation_tag = tpage.tags.get(_EXIF_ORIENTATION)
         orientation = orientation_tag.value if orientation_tag is not None else 1
@@ -412,9 +474,11 @@ def _read_tiff(p: Path, page: int, notes: list[str]) -> tuple[np.ndarray, str]:
 
 
 def _read_pillow(p: Path, notes: list[str]) -> tuple[np.ndarray, str]:
+    png16 = _png_16bit_colour(p)
     with Image.open(p) as im:
-        im.load()
         mode, fmt = im.mode, im.format
+        with _decoding(p, fmt or "image"):
+            im.load()
         orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
         n_frames = int(getattr(im, "n_frames", 1))
         if n_frames > 1:
@@ -425,7 +489,11 @@ def _read_pillow(p: Path, notes: list[str]) -> tuple[np.ndarray, str]:
             notes.append("palette colours expanded to RGB")
         if mode in ("CMYK", "YCbCr"):
             notes.append(f"{mode} converted to RGB")
-        if mode == "I" and fmt == "PNG":  # 16-bit grey from older Pillow versions
+        if png16 and fmt == "PNG":  # Pillow reads 16-bit colour at 8 bits
+            with _decoding(p, "PNG"):
+                arr = imagecodecs.png_decode(p.read_bytes())
+            arr = arr[..., 0] if arr.ndim == 3 and arr.shape[2] < 3 else arr[..., :3]
+        elif mode == "I" and fmt == "PNG":  # 16-bit grey from older Pillow versions
             arr = np.asarray(im).astype(np.uint16)
         elif mode in _PILLOW_CONVERT:
             arr = np.asarray(im.convert(_PILLOW_CONVERT[mode]))
@@ -433,15 +501,19 @@ def _read_pillow(p: Path, notes: list[str]) -> tuple[np.ndarray, str]:
             arr = np.asarray(im)
         else:
             raise ImageError(p, f"unsupported {fmt} pixel mode {mode!r}")
-    if fmt == "PNG" and arr.ndim == 3:
-        with p.open("rb") as fh:
-            bit_depth = fh.read(25)[24:25]
-        if bit_depth == b"\x10":
-            notes.append("16-bit colour PNG read at 8 bits per sample (Pillow limitation)")
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("="))
     arr = arr[np.newaxis] if arr.ndim == 2 else np.moveaxis(arr, 2, 0)
     return _scale_integers(p, _apply_orientation(arr, orientation, "EXIF", notes))
+
+
+def _png_16bit_colour(p: Path) -> bool:
+    """Whether ``p`` is a PNG of 16-bit colour (or grey + alpha) samples, which Pillow
+    reads at 8 bits: its IHDR (always the first chunk) has bit depth 16 and colour
+    type 2 (RGB), 4 (grey + alpha) or 6 (RGBA). 16-bit grey (type 0) Pillow reads whole."""
+    with p.open("rb") as fh:
+        head = fh.read(26)
+    return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
 
 
 def _apply_orientation(
@@ -569,7 +641,7 @@ def write_image(
     as ``HIERARCH STARNET <KEY>`` cards and ``history`` as HISTORY. TIFF: ``like``'s
     uint8/uint16 depth (clipped to [0, 1], rounded) or float32, zlib-compressed (level 1)
     when ``compress``, provenance as JSON in ImageDescription. PNG/JPEG: 8-bit (16-bit
-    PNG for 16-bit mono input), provenance in a text chunk / comment.
+    PNG, mono or RGB, for 16-bit input), provenance in a text chunk / comment.
     """
     out = Path(path)
     fmt = _detect_write_format(out)
@@ -601,8 +673,17 @@ def write_image(
                 description=provenance,
             )
 
+    elif fmt == "png" and _sample_dtype(like) == "uint16" and arr.shape[0] == 3:
+        # Pillow writes no 16-bit colour PNG: imagecodecs does, without text chunks
+        encoded = _png_add_text(
+            imagecodecs.png_encode(_to_samples(arr, "uint16")), "starnet", provenance
+        )
+
+        def writer(fh: BinaryIO) -> None:
+            fh.write(encoded)
+
     else:
-        bits16 = fmt == "png" and _sample_dtype(like) == "uint16" and arr.shape[0] == 1
+        bits16 = fmt == "png" and _sample_dtype(like) == "uint16"
         pil = Image.fromarray(_to_samples(arr, "uint16" if bits16 else "uint8"))
 
         def writer(fh: BinaryIO) -> None:
@@ -617,6 +698,18 @@ def write_image(
         _atomic_write(out, writer)
     except (OSError, fits.VerifyError) as e:
         raise ImageError(out, f"cannot write: {getattr(e, 'strerror', None) or e}") from e
+
+
+def _png_add_text(png: bytes | bytearray, key: str, text: str) -> bytes:
+    """``png`` with a ``tEXt`` chunk ``key``: ``text`` (Latin-1) right after its IHDR,
+    before the image data, where ``Image.open`` (and so :func:`read_stamp`) reads it,
+    as Pillow's ``PngInfo.add_text`` writes it."""
+    if png[12:16] != b"IHDR":
+        raise ValueError("not a PNG stream starting with IHDR")
+    end = 8 + 12 + struct.unpack(">I", png[8:12])[0]  # signature, IHDR chunk
+    body = b"tEXt" + key.encode("latin-1") + b"\0" + text.encode("latin-1")
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    return bytes(png[:end]) + chunk + bytes(png[end:])
 
 
 def read_stamp(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[str]] | None:
@@ -760,7 +853,10 @@ def _to_samples(arr: np.ndarray, dtype: str) -> np.ndarray:
 
 def _atomic_write(out: Path, write: Callable[[BinaryIO], None]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # A short fixed-length name: one built from out.name could pass the file system's
+    # 255-byte limit for a long (e.g. CJK, 3 bytes a character) but legal output name.
+    # The writers get a file object: nothing detects the format from this name.
+    tmp = out.with_name(f".starnet-{uuid.uuid4().hex}.tmp")
     # Exclusive create (mode 0o666 minus umask, like any new file), then reopen by name
     # because astropy and tifffile want a plain "wb" file object with a name.
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))

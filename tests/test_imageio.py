@@ -5,9 +5,12 @@ from __future__ import annotations
 import bz2
 import io
 import json
+import os
 import pickle
+import re
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
@@ -543,3 +546,155 @@ def test_compressed_tiffs_are_read(tmp_path: Path, compression: str) -> None:
     image = read_image(src)
     np.testing.assert_array_equal(image.data, np.moveaxis(samples.astype(np.float32) / 65535, 2, 0))
     assert (image.format, image.dtype) == ("tiff", "uint16")
+
+
+# --------------------------------------------------------------------------- damaged files
+
+
+def _damaged_tiff(tmp_path: Path, compression: str, how: str) -> Path:
+    """A TIFF of one ``compression``-ed strip, cut off in the middle of it (a copy that
+    stopped) or with its middle overwritten (a damaged disk or transfer)."""
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, _ints("uint16", (H, W, 3)), photometric="rgb", compression=compression)
+    full = buf.getvalue()
+    with tifffile.TiffFile(io.BytesIO(full)) as tif:
+        offset, count = tif.pages.first.dataoffsets[0], tif.pages.first.databytecounts[0]
+    if how == "cut":
+        damaged = full[: offset + count // 2]
+    else:
+        damaged = full[: offset + 4] + b"\xff" * (count - 8) + full[offset + count - 4 :]
+    path = tmp_path / f"{compression}_{how}.tif"
+    path.write_bytes(damaged)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("compression", "how"),
+    [
+        ("zlib", "cut"),
+        ("zlib", "garbage"),
+        ("zstd", "cut"),
+        ("zstd", "garbage"),
+        ("packbits", "garbage"),
+        ("lzw", "garbage"),
+        ("lzma", "garbage"),
+    ],
+)
+def test_damaged_compressed_tiff_is_an_image_error(
+    tmp_path: Path, compression: str, how: str
+) -> None:
+    """imagecodecs raises its own RuntimeErrors (DeflateError, ZstdError, ImcdError, ...):
+    they escaped read_image, so one bad file stopped a batch or a training pair scan."""
+    path = _damaged_tiff(tmp_path, compression, how)
+    err = _assert_bad(path, "corrupt or incomplete TIFF data")
+    assert isinstance(err.__cause__, Exception)
+
+
+def test_damaged_tile_compressed_fits_is_an_image_error(tmp_path: Path) -> None:
+    """astropy's tile decompression raises a CfitsioException (a plain Exception)."""
+    buf = io.BytesIO()
+    values = _rng().integers(0, 3000, (H, W)).astype(np.int16)
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(values, compression_type="RICE_1")]).writeto(
+        buf
+    )
+    damaged = bytearray(buf.getvalue())
+    with fits.open(io.BytesIO(bytes(damaged)), disable_image_compression=True) as hdul:
+        table = hdul[1].fileinfo()["datLoc"]
+    damaged[table : table + 4] = (1).to_bytes(4, "big")  # the first tile's size: 1 byte
+    path = tmp_path / "damaged.fz"
+    path.write_bytes(bytes(damaged))
+    _assert_bad(path, "corrupt or incomplete FITS data")
+
+
+def test_cut_off_png_and_jpeg_are_image_errors(tmp_path: Path) -> None:
+    samples = _ints("uint16", (H, W, 3))
+    sources = {
+        "rgb16.png": imagecodecs.png_encode(samples),
+        "rgb8.png": imagecodecs.png_encode((samples >> 8).astype(np.uint8)),
+    }
+    jpeg = io.BytesIO()
+    Image.fromarray((samples >> 8).astype(np.uint8)).save(jpeg, format="JPEG")
+    sources["rgb8.jpg"] = jpeg.getvalue()
+    for name, full in sources.items():
+        path = tmp_path / name
+        path.write_bytes(full[: len(full) * 9 // 10])  # cut in the image data
+        _assert_bad(path, "corrupt or incomplete (PNG|JPEG) data")
+
+
+# --------------------------------------------------------------------------- 16-bit colour PNG
+
+
+def _png_ihdr(path: Path) -> tuple[int, int]:
+    """(bit depth, colour type) from a PNG's IHDR."""
+    head = path.read_bytes()[:26]
+    assert head[12:16] == b"IHDR"
+    return head[24], head[25]
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_png_16bit_colour_is_read_and_written_at_16_bits(tmp_path: Path, channels: int) -> None:
+    """Siril / PixInsight 16-bit RGB exports: Pillow read them at 8 bits, and the output
+    was 8-bit too. Alpha (grey + alpha, RGBA) is dropped as for 8-bit PNGs."""
+    samples = _ints("uint16", (H, W, channels))
+    src = tmp_path / "export16.png"
+    src.write_bytes(imagecodecs.png_encode(samples))
+    img = read_image(src)
+    colour = samples[..., :1] if channels == 2 else samples[..., :3]
+    expected = np.moveaxis(colour, 2, 0) / np.float32(65535)
+    np.testing.assert_array_equal(img.data, expected)
+    assert (img.format, img.dtype, img.is_linear) == ("png", "uint16", False)
+    assert "alpha channel dropped" in img.notes or channels == 3
+
+    out = tmp_path / "export16_starless.png"
+    write_image(out, img.data, like=img, header_cards={"MODEL": "v1"}, history=["starnet: x"])
+    assert _png_ihdr(out) == (16, 0 if channels == 2 else 2)
+    written = imagecodecs.png_decode(out.read_bytes())
+    np.testing.assert_array_equal(written, colour[..., 0] if channels == 2 else colour)
+    np.testing.assert_array_equal(read_image(out).data, img.data)
+    # the provenance stamp is in the 16-bit colour PNG as in any other PNG
+    assert imageio.read_stamp(out) == ({"MODEL": "v1"}, ["starnet: x"])
+    with Image.open(out) as im:
+        assert json.loads(im.info["starnet"])["starnet"]["cards"] == {"MODEL": "v1"}
+
+
+def test_png_8bit_colour_output_stays_8_bit(tmp_path: Path) -> None:
+    src = tmp_path / "rgb8.png"
+    Image.fromarray(_ints("uint8", (H, W, 3))).save(src)
+    img = read_image(src)
+    out = tmp_path / "rgb8_out.png"
+    write_image(out, img.data, like=img, header_cards={"K": 1})
+    assert _png_ihdr(out) == (8, 2)
+    np.testing.assert_array_equal(read_image(out).data, img.data)
+    assert imageio.read_stamp(out) == ({"K": 1}, [])
+
+
+# --------------------------------------------------------------------------- long names
+
+
+@pytest.mark.parametrize("ext", [".fits", ".tif", ".png", ".jpg"])
+def test_longest_legal_output_name_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ext: str
+) -> None:
+    """A 255-byte name (85 CJK characters, 3 bytes each in UTF-8) is legal; the temporary
+    written first (``.<name>.<hex>.tmp``) was not: "File name too long" after the work."""
+    if os.pathconf(tmp_path, "PC_NAME_MAX") < 255:
+        pytest.skip("file system allows names shorter than 255 bytes")
+    stem = "オリオン大星雲_" * 11  # 242 bytes
+    name = stem + "x" * (255 - len((stem + ext).encode())) + ext
+    assert len(name.encode()) == 255
+    like = _tiff_like(tmp_path)
+    replaced: list[tuple[Path, Path]] = []
+    real_replace = os.replace
+
+    def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        replaced.append((Path(src), Path(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(imageio.os, "replace", spy)
+    out = tmp_path / name
+    write_image(out, like.data, like=like)
+    assert read_image(out).data.shape == like.data.shape
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.tif", name])
+    ((tmp, dst),) = replaced
+    assert dst == out and tmp.parent == out.parent
+    assert re.fullmatch(r"\.starnet-[0-9a-f]{32}\.tmp", tmp.name)
