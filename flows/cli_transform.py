@@ -30,7 +30,9 @@ Remove the stars from each INPUT (FITS, TIFF, PNG, JPEG) and write, next to it
   <stem>_enhanced<ext>   nebulosity boosted, stars not (with --enhance)
 Linear data (FITS, float TIFF) is auto-stretched for the network and the
 starless result returned to linear; 8/16-bit images are used as they are.
-Outputs keep the input's format and bit depth; <stem>_preview is always JPEG.
+Outputs keep the input's format and bit depth; <stem>_preview is always JPEG
+(a FITS frame shown as FITS viewers show it: row 0 at the bottom, unless
+ROWORDER = 'TOP-DOWN'; the FITS outputs keep the input's row order).
 An existing file is replaced only when it is this input's own output (recorded
 in the provenance DB, or stamped by starnet with this input's sha256 in its
 header / metadata, as a --no-db run leaves it); any other file (your own
@@ -77,7 +79,10 @@ def register(sub: Any) -> None:
         "test",
         help="write showcase panels (original | starless | mask) of a few patches to ./test",
         description="Quick look at what the model does on an image: a few 256 px patches "
-        "(the brightest-star, the busiest and a random one) as side-by-side PNG panels.",
+        "(the brightest-star, the busiest and a random one) as side-by-side PNG panels. "
+        "A FITS frame is shown as FITS viewers show it: row 0 at the bottom (unless its "
+        "header says ROWORDER = 'TOP-DOWN'). A panel's name ends in the 0-based row and "
+        "column of the patch's first pixel (of a FITS frame: its lower-left corner).",
     )
     t.add_argument("input", help="image file")
     t.add_argument("--out", default="test", help="folder for the panels (default ./test)")
@@ -305,6 +310,7 @@ def _pick_patches(stretched: np.ndarray, count: int, size_px: int) -> list[tuple
 def cmd_test(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from flows.frame import rows_bottom_up
     from flows.settings import pipeline_options
     from starnet_core.imageio import ImageError, read_image
     from starnet_core.pipeline import StretchOptions, process_array, stretch_for_network
@@ -340,6 +346,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     stem = Path(args.input).name.split(".")[0]
     size = min(args.patch, data.shape[1], data.shape[2])
     corners = _pick_patches(data, args.patches, size)
+    bottom_up = rows_bottom_up(img)
     if len(corners) < args.patches:
         print(f"{args.input}: only {len(corners)} distinct {size} px patch(es) fit in the image")
     for i, (y, x) in enumerate(corners):
@@ -353,6 +360,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         panels = [patch, products.starless_stretched, products.mask]
         rgb = [np.repeat(a, 3, 0) if a.shape[0] == 1 else a for a in panels]
         strip = np.concatenate(rgb, axis=2).transpose(1, 2, 0)
+        if bottom_up:  # a FITS frame: shown as FITS viewers show it, row 0 at the bottom
+            strip = strip[::-1]
         path = out / f"{stem}_patch{i}_{y}_{x}.png"
         Image.fromarray((np.clip(strip, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
         print(f"wrote {path}")

@@ -30,7 +30,17 @@ command, or stamped by starnet with the input's sha256 (:func:`stamped_input`).
 
 A frame's outputs are written all or none (:func:`_write_products`): each to a
 temporary file beside it, then all renamed into place; a failure leaves the
-files that were there as they were.
+files that were there as they were. The temporaries' names are short and fixed in
+length (``.starnet-<random><ext>``), so any output name the file system allows can be
+written. Before the computing, the output folder is made and a file is created and
+deleted in it (once per folder and command / flow run: :meth:`OutputGuard.writable`),
+so that a folder that is a file, read-only or not allowed fails the frame at once, not
+after minutes of computing.
+
+The preview and the thumbnail show a FITS frame as FITS viewers (ds9, Siril, astropy
+with ``origin="lower"``) do: row 0 at the bottom, unless its header says
+``ROWORDER = 'TOP-DOWN'`` (:func:`rows_bottom_up`). The FITS outputs keep the input's
+row order (and so its WCS).
 """
 
 from __future__ import annotations
@@ -328,6 +338,18 @@ def output_folder(
     return target
 
 
+def rows_bottom_up(img: ImageData) -> bool:
+    """Whether the image's row 0 is its bottom row, as viewers show it: a FITS frame (the
+    FITS convention: pixel (1, 1) lower left), unless its header says ``ROWORDER =
+    'TOP-DOWN'`` (the capture programs that store the sensor's first row first and say
+    so). TIFF, PNG and JPEG store the top row first. For the previews only: the outputs
+    keep the input's row order."""
+    if img.format != "fits":
+        return False
+    order = img.header.get("ROWORDER") if img.header is not None else None
+    return not (isinstance(order, str) and order.strip().upper() == "TOP-DOWN")
+
+
 def planned_outputs(path: str | Path, settings: Settings, target: Path) -> dict[str, Path]:
     """Every output file the frame ``path`` gets in the folder ``target``, by kind."""
     kinds = ["starless", "mask"]
@@ -443,6 +465,16 @@ class OutputGuard:
         self.replace: Replace = replace
         self._owners: dict[Path, tuple[str, str]] = {}  # output -> (input path, sha256)
         self._inputs: set[Path] = set()
+        self._writable: set[Path] = set()  # folders a file was created in (writable())
+
+    def writable(self, folder: Path) -> None:
+        """Make ``folder`` (with its parents) and check that files can be created and
+        deleted in it, before a frame's computing (:func:`_make_folder`); the check is
+        made once per folder for the guard's command / flow run. Raises
+        :class:`ImageError` naming the folder and the reason."""
+        key = Path(folder).expanduser().resolve()
+        _make_folder(folder, probe=key not in self._writable)
+        self._writable.add(key)
 
     def protect_inputs(self, paths: Sequence[str | Path]) -> None:
         """The inputs of the command (``starnet transform a.tif a_mask.tif``): none of them
@@ -576,11 +608,15 @@ def _write_products(
             raise ImageError(out, "refusing to overwrite the input image")
     cards = record.to_header_cards()
     history = record.to_history()
+    bottom_up = rows_bottom_up(img)
     staged: list[tuple[Path, Path]] = []  # (temporary, output)
     try:
         for kind, out in paths.items():
-            data = preview_strip(products, max_px=512) if kind == "preview" else arrays[kind]
-            tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:12]}{_TMP_MARK}{out.suffix}")
+            if kind == "preview":
+                data = preview_strip(products, max_px=512, bottom_up=bottom_up)
+            else:
+                data = arrays[kind]
+            tmp = _hidden_name(out, out.suffix)  # the suffix tells write_image the format
             staged.append((tmp, out))
             try:
                 write_image(
@@ -596,7 +632,14 @@ def _write_products(
     return {kind: str(out) for kind, out in paths.items()}
 
 
-_TMP_MARK = ".starnet-tmp"  # in the name of an output's temporary, before its extension
+_HIDDEN_PREFIX = ".starnet-"  # an output's temporary, and an old output kept aside
+
+
+def _hidden_name(out: Path, suffix: str) -> Path:
+    """A new hidden name beside ``out``, of a short fixed length (``.starnet-`` + 32 hex
+    digits + ``suffix``) whatever the length of ``out``'s name: an output name the
+    file system allows (up to 255 bytes) never fails for its temporary's name."""
+    return out.with_name(f"{_HIDDEN_PREFIX}{uuid.uuid4().hex}{suffix}")
 
 
 def _commit(staged: Sequence[tuple[Path, Path]]) -> None:
@@ -649,7 +692,7 @@ def _keep_aside(out: Path) -> Path | None:
             return None
     except FileNotFoundError:
         return None
-    kept = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.starnet-old")
+    kept = _hidden_name(out, ".old")
     try:
         os.link(out, kept, follow_symlinks=False)
     except OSError:
@@ -670,12 +713,32 @@ def _sync_folders(folders: set[Path]) -> None:
                 os.close(fd)
 
 
-def _make_folder(target: Path) -> None:
+def _make_folder(target: Path, probe: bool = True) -> None:
+    """Make the output folder ``target``; ``probe``: and create (exclusively, a new name)
+    and delete a file in it, as the outputs' writes will. Any failure (``target`` or a
+    parent is a file, the folder is read-only, on a read-only file system, not allowed
+    to this user; or files can be created but not deleted nor renamed, an append-only
+    folder) is an :class:`ImageError` naming the folder and the reason."""
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         reason = "not a folder" if target.exists() else (e.strerror or str(e))
         raise ImageError(target, f"cannot write outputs here: {reason}") from e
+    if not probe:
+        return
+    test = target / f"{_HIDDEN_PREFIX}{uuid.uuid4().hex}.probe"
+    try:
+        os.close(os.open(test, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as e:
+        raise ImageError(target, f"cannot write outputs here: {e.strerror or e}") from e
+    try:
+        test.unlink()
+    except OSError as e:
+        raise ImageError(
+            target,
+            f"cannot write outputs here: a new file cannot be deleted ({e.strerror or e}); "
+            f"{test.name} is left there",
+        ) from e
 
 
 def compute_outputs(
@@ -695,7 +758,8 @@ def compute_outputs(
     Raises :class:`ImageError` on bad input, on outputs that would overwrite those of a
     different input (checked by ``guard``, and against ``db``, before anything is
     written; see :class:`OutputGuard`) and on outputs that cannot be written (the
-    output path and the reason).
+    output path and the reason). The input, the output names and the output folder
+    (:meth:`OutputGuard.writable`) are checked before the computing.
     """
     p = Path(path)
     img = read_image(
@@ -705,8 +769,11 @@ def compute_outputs(
     )
     target = Path(out_dir) if out_dir is not None else p.parent
     paths = planned_outputs(img.source, settings, target)
-    # before the minutes of computing: a frame whose outputs may not be written fails now
-    (guard or OutputGuard()).reserve(paths, claim.path, claim.sha256, db)
+    # before the minutes of computing: a frame whose outputs may not or cannot be written
+    # (another's, the user's; a folder that is a file, read-only) fails now
+    guard = guard or OutputGuard()
+    guard.reserve(paths, claim.path, claim.sha256, db)
+    guard.writable(target)
     products = process_array(
         engine.model,
         img.data,
@@ -720,7 +787,6 @@ def compute_outputs(
         params=claim.record.params | products.provenance_params(),
         timings=dict(products.timings_s),
     )
-    _make_folder(target)
     outputs = _write_products(img, products, record, paths)
     figures: dict[str, float | str] = dict(products.figures)
     figures["model_version"] = engine.version
@@ -730,7 +796,9 @@ def compute_outputs(
         outputs=outputs,
         timings_s=dict(products.timings_s),
         figures=figures,
-        thumbnail_jpeg=_jpeg(preview_strip(products, max_px=160), quality=70),
+        thumbnail_jpeg=_jpeg(
+            preview_strip(products, max_px=160, bottom_up=rows_bottom_up(img)), quality=70
+        ),
     )
 
 

@@ -205,13 +205,22 @@ def process_array(
     )
 
 
-def preview_strip(products: FrameProducts, max_px: int = 256) -> np.ndarray:
-    """(3, h, 3w) float32 thumbnail: original | starless | mask, stretched, for a quick look."""
+def preview_strip(
+    products: FrameProducts, max_px: int = 256, *, bottom_up: bool = False
+) -> np.ndarray:
+    """(3, h, 3w) float32 thumbnail: original | starless | mask, stretched, for a quick look.
+
+    Its row 0 is the top row, as in every picture format. ``bottom_up``: the frame's row
+    0 is its bottom row (a FITS frame, as FITS viewers show it), so the strip is flipped
+    top to bottom to look as the frame does there. The products are not changed.
+    """
     s = products.stretched
     step = max(1, int(np.ceil(max(s.shape[1:]) / max_px)))
 
     def rgb(a: np.ndarray) -> np.ndarray:
         a = a[:, ::step, ::step]
+        if bottom_up:
+            a = a[:, ::-1]
         return np.repeat(a, 3, 0) if a.shape[0] == 1 else a
 
     return np.concatenate(
