@@ -342,7 +342,12 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"FAILED {args.input}: {e}", file=sys.stderr)
         return 1
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file, or a path under one; not allowed
+        reason = "not a folder" if out.exists() else (e.strerror or str(e))
+        print(f"FAILED {out}: cannot write the patches here: {reason}", file=sys.stderr)
+        return 1
     stem = Path(args.input).name.split(".")[0]
     size = min(args.patch, data.shape[1], data.shape[2])
     corners = _pick_patches(data, args.patches, size)
@@ -363,6 +368,10 @@ def cmd_test(args: argparse.Namespace) -> int:
         if bottom_up:  # a FITS frame: shown as FITS viewers show it, row 0 at the bottom
             strip = strip[::-1]
         path = out / f"{stem}_patch{i}_{y}_{x}.png"
-        Image.fromarray((np.clip(strip, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+        try:
+            Image.fromarray((np.clip(strip, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+        except OSError as e:
+            print(f"FAILED {path}: cannot write: {e.strerror or e}", file=sys.stderr)
+            return 1
         print(f"wrote {path}")
     return 0

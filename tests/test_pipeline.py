@@ -353,3 +353,18 @@ def test_transform_switches_off_the_steps_after_the_network(
         assert {**params[1][key], "enabled": True} == params[0][key]
     assert params[0]["inference"]["lattice_px"] == 0
     assert params[1]["inference"] == {**params[0]["inference"], "lattice_px": 4}
+
+
+def test_test_mode_out_that_is_a_file_is_one_line_naming_it(
+    tmp_path: Path, weights: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "field.fits"
+    fits.PrimaryHDU(star_field((1, 80, 90))[0]).writeto(src)
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for out in ("notes.txt", "notes.txt/sub"):
+        args = ("test", str(src), "--weights", str(weights), "--patches", "1", "--out", out)
+        assert run_cli(*args) == 1
+        err = capsys.readouterr().err
+        assert f"FAILED {out}: cannot write the patches here:" in err and "Traceback" not in err
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
