@@ -151,7 +151,10 @@ class ImageData:
     file's sample type (``"uint8"``, ``"uint16"``, ``"int16"``, ``"float32"``, ...).
     ``is_linear`` guesses whether the data is unstretched: FITS and float TIFF yes,
     8/16-bit TIFF/PNG/JPEG no. ``channels_last`` is true only for a FITS cube
-    stored ``(H, W, 3)``.
+    stored ``(H, W, 3)``. ``nonfinite``: ``(C, H, W) bool``, the pixels that were NaN or
+    Inf in the file (no data: a stack's or mosaic's border) and that ``data`` holds
+    replaced by ``nan_policy``; None when there were none. :func:`write_image` puts NaN
+    back there in float outputs.
     """
 
     data: np.ndarray
@@ -162,6 +165,7 @@ class ImageData:
     is_linear: bool
     notes: list[str] = field(default_factory=list)
     channels_last: bool = False
+    nonfinite: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------- reading
@@ -208,11 +212,11 @@ def read_image(
         raise
     except (*_READ_ERRORS, Image.DecompressionBombError) as e:
         raise ImageError(p, f"cannot read as {fmt.upper()}: {type(e).__name__}: {e}") from e
-    data = _validate(p, data, fmt, dtype, nan_policy, max_nonfinite_fraction, notes)
+    data, nonfinite = _validate(p, data, fmt, dtype, nan_policy, max_nonfinite_fraction, notes)
     for note in notes:
         logger.info("%s: %s", p, note)
     is_linear = fmt == "fits" or dtype.startswith("float")
-    return ImageData(data, p, fmt, dtype, header, is_linear, notes, channels_last)
+    return ImageData(data, p, fmt, dtype, header, is_linear, notes, channels_last, nonfinite)
 
 
 def _detect_format(p: Path) -> str:
@@ -561,11 +565,14 @@ def _validate(
     nan_policy: str,
     max_fraction: float,
     notes: list[str],
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``data`` checked, its non-finite pixels replaced by ``nan_policy``; and where they
+    were (``(C, H, W) bool``, None when there were none)."""
     if data.size == 0:
         raise ImageError(p, f"empty image (shape {data.shape})")
     finite = np.isfinite(data)
     n_bad = int(data.size - np.count_nonzero(finite))
+    nonfinite = None
     if n_bad:
         n_nan = int(np.count_nonzero(np.isnan(data)))
         fraction = n_bad / data.size
@@ -585,7 +592,10 @@ def _validate(
             good = finite[c]
             fill = float(np.median(data[c][good])) if nan_policy == "median" and good.any() else 0.0
             data[c][~good] = fill
-        notes.append(f"{n_bad} NaN/Inf value(s) replaced by {nan_policy}")
+        notes.append(
+            f"{n_bad} NaN/Inf value(s) replaced by {nan_policy} (NaN again in float outputs)"
+        )
+        nonfinite = ~finite
     lo, hi = float(data.min()), float(data.max())
     if lo == hi:
         raise ImageError(p, f"constant image: every pixel value is {lo:g}")
@@ -595,7 +605,7 @@ def _validate(
             f"float samples range {lo:g}..{hi:g}: looks like raw ADU, not normalised to [0, 1] "
             "(save linear data as FITS, or scale the TIFF to [0, 1])",
         )
-    return data
+    return data, nonfinite
 
 
 # --------------------------------------------------------------------------- writing
@@ -637,15 +647,21 @@ def write_image(
     """Write ``data`` (``(C, H, W)``, C in {1, 3}, float) atomically to ``path``.
 
     The format comes from ``path``'s extension; ``like`` (the input) gives the bit
-    depth and the FITS header. FITS: float32 with ``like``'s header, ``header_cards``
-    as ``HIERARCH STARNET <KEY>`` cards and ``history`` as HISTORY. TIFF: ``like``'s
-    uint8/uint16 depth (clipped to [0, 1], rounded) or float32, zlib-compressed (level 1)
-    when ``compress``, provenance as JSON in ImageDescription. PNG/JPEG: 8-bit (16-bit
+    depth and the FITS header; where ``like`` had no data (NaN or Inf in its file:
+    ``like.nonfinite``), a float output (FITS, float TIFF) holds NaN. FITS: float32 with
+    ``like``'s header, ``header_cards`` as ``HIERARCH STARNET <KEY>`` cards and
+    ``history`` as HISTORY. TIFF: ``like``'s uint8/uint16 depth (clipped to [0, 1],
+    rounded) or float32, zlib-compressed (level 1) when ``compress``, provenance as JSON
+    in ImageDescription. PNG/JPEG: 8-bit (16-bit
     PNG, mono or RGB, for 16-bit input), provenance in a text chunk / comment.
     """
     out = Path(path)
     fmt = _detect_write_format(out)
     arr = _check_output_array(data)
+    if like.nonfinite is not None and (
+        fmt == "fits" or (fmt == "tiff" and _sample_dtype(like) == "float32")
+    ):  # float samples: NaN can be written
+        arr = _no_data_back(arr, like.nonfinite)
     if same_file(out, like.source):
         raise ImageError(out, "refusing to overwrite the input image")
     cards = _check_cards(header_cards or {})
@@ -754,6 +770,18 @@ def _detect_write_format(out: Path) -> str:
     if ext in _EXTENSION_FORMATS:
         return _EXTENSION_FORMATS[ext]
     raise ImageError(out, f"unknown output format {ext!r}; use .fits, .tif, .png or .jpg")
+
+
+def _no_data_back(arr: np.ndarray, nonfinite: np.ndarray) -> np.ndarray:
+    """A copy of ``arr`` with NaN where the input had no data (``nonfinite``, ``(C, H, W)``;
+    an output with another channel count, e.g. a mono mask of a colour frame, gets NaN
+    where any channel had none). Another image size (not an output of the input): as is."""
+    if arr.shape[1:] != nonfinite.shape[1:]:
+        return arr
+    where = nonfinite if nonfinite.shape[0] == arr.shape[0] else nonfinite.any(axis=0)
+    out = arr.copy()
+    out[np.broadcast_to(where, arr.shape)] = np.nan
+    return out
 
 
 def _check_output_array(data: np.ndarray) -> np.ndarray:

@@ -440,7 +440,8 @@ def test_nonfinite_policies(tmp_path: Path) -> None:
     assert "validation.nan_policy" in err.reason
     zero = read_image(path, nan_policy="zero")
     assert zero.data[0, 0, 0] == 0.0 and zero.data[0, 1, 0] == 0.0
-    assert "4 NaN/Inf value(s) replaced by zero" in zero.notes
+    assert "4 NaN/Inf value(s) replaced by zero (NaN again in float outputs)" in zero.notes
+    assert zero.nonfinite is not None and int(zero.nonfinite.sum()) == 4
     median = read_image(path, nan_policy="median")
     assert median.data[0, 0, 0] == pytest.approx(np.nanmedian(data[np.isfinite(data)]))
     _assert_bad(path, "max_nonfinite_fraction", nan_policy="zero", max_nonfinite_fraction=0.001)

@@ -368,3 +368,34 @@ def test_test_mode_out_that_is_a_file_is_one_line_naming_it(
         err = capsys.readouterr().err
         assert f"FAILED {out}: cannot write the patches here:" in err and "Traceback" not in err
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_no_data_pixels_are_nan_again_in_the_float_outputs(
+    tmp_path: Path, weights: Path, monkeypatch
+) -> None:
+    """A stack's NaN border, repaired for the network (validation.nan_policy), is no data
+    in the outputs too, not invented values a later stacking or mosaic would use."""
+    monkeypatch.chdir(tmp_path)
+    data = star_field((3, 64, 72))
+    data[:, :6, :] = np.nan  # a registration border, on every channel
+    data[1, 30, 40] = np.inf  # one channel's bad pixel
+    fits.PrimaryHDU(data.astype(np.float32)).writeto(tmp_path / "stack.fits")
+    (tmp_path / "c.yaml").write_text(
+        "validation:\n  nan_policy: median\n  max_nonfinite_fraction: 0.2\n"
+    )
+    args = ("--config", "c.yaml", "transform", "stack.fits", "--weights", str(weights))
+    assert run_cli(*args, "--no-db", "--quiet", "--stars", "--preview") == 0
+    bad = ~np.isfinite(data)
+    for kind in ("starless", "stars"):
+        out = fits.getdata(tmp_path / f"stack_{kind}.fits")
+        assert out.shape == data.shape
+        np.testing.assert_array_equal(np.isnan(out), bad)  # NaN exactly where no data was
+    mask = fits.getdata(tmp_path / "stack_mask.fits")
+    np.testing.assert_array_equal(np.isnan(mask).reshape(mask.shape[-2:]), bad.any(axis=0))
+    assert (tmp_path / "stack_preview.jpg").is_file()  # 8-bit: the repaired values
+    tiff = tmp_path / "f.tif"  # a float TIFF keeps its no data too; an integer one cannot
+    tifffile.imwrite(tiff, np.where(bad[0], np.nan, 0.2 + data[0] / 1e5).astype(np.float32))
+    assert run_cli("--config", "c.yaml", "transform", str(tiff), "--weights", str(weights),
+                   "--no-db", "--quiet") == 0  # fmt: skip
+    out = tifffile.imread(tmp_path / "f_starless.tif")
+    np.testing.assert_array_equal(np.isnan(out), bad[0])
