@@ -174,6 +174,10 @@ def process_array(
     if params is not None and norm is not None:
         lin01 = restore_clipped(x01, invert_stretch(starless_s, params), params)
         starless = denormalize_linear(lin01, norm)
+        for c in range(image.shape[0]):  # below the range (a dead pixel, a sentinel): as it was
+            low = image[c] < norm.offset
+            if low.any():
+                starless[c][low] = image[c][low]
         # linear light adds: the star layer is the plain difference, in the input's units
         stars = star_layer(image, starless)
     else:

@@ -23,9 +23,12 @@ round trip through a float32 stretched image is exact to about ``6e-8 / m``
 of the normalised range (1e-5 for a typical m = 0.005).
 
 Linear data in arbitrary units (int16 plates, ADU, 2MASS floats) is first
-mapped to [0, 1] with ``normalize_linear``, which uses the exact minimum and
-maximum of the whole frame (all channels together, so colour balance is kept)
-and is therefore exactly invertible with ``denormalize_linear``.
+mapped to [0, 1] with ``normalize_linear``: one offset and scale for the whole
+frame (all channels together, so colour balance is kept), from the frame's
+range with isolated single-pixel outliers (hot pixels, cosmic-ray hits,
+sentinels) left out, so that one such pixel cannot squeeze the image into a
+sliver of [0, 1]. The few pixels outside that range are clipped to 0 or 1;
+``denormalize_linear`` inverts the map exactly for all the others.
 """
 
 from __future__ import annotations
@@ -46,6 +49,32 @@ MAX_SAMPLES_PER_CHANNEL = 1 << 20  # statistics come from at most ~1 M pixels pe
 _BLOCK_PX = 1 << 18  # float64 scratch per block: 2 MB
 _EPS = 1e-6
 _MIN_RESCALED = 1e-15  # smallest (median - shadows) / (1 - shadows) the auto-stretch fits
+# More than this share of a channel's samples exactly at its minimum is a plateau (a mosaic
+# canvas, a rotated registration's fill, sky-subtracted data clipped at 0) and is left out
+# of the background statistics. As the share nears one half the median sinks onto the
+# plateau and the MAD collapses: the frame goes white. Below a quarter the statistics stay
+# those of the data (exact for noise clipped at 0; a fill canvas moves the median at most
+# 0.43 sigma down), and stretched frames with clipped blacks (make_pair's: up to ~20 %)
+# are left as they were.
+PLATEAU_FRACTION = 0.25
+# normalize_linear's range leaves out a pixel more than OUTLIER_NOISE_SIGMAS noise sigmas
+# above what its 8 neighbours support: their maximum plus OUTLIER_SLOPE times their spread
+# (max - min) beyond OUTLIER_NOISE_SIGMAS sigmas (likewise below). A lone hot pixel's
+# neighbours differ by noise only (8 Gaussian values span 6 sigma about once in 400), so
+# it may exceed its brightest neighbour by 6 sigma at most; a Gaussian noise pixel does
+# that about once in 1e10. An undersampled star's (FWHM 1 px, centred) brightest neighbour
+# holds 15 % of the peak and its faintest 2 %, so its peak, 6.6 times that spread above the
+# brightest neighbour, counts once its flux exceeds ~120 sigma.
+OUTLIER_SLOPE = 16.0
+OUTLIER_NOISE_SIGMAS = 6.0
+# normalize_linear refuses a range float32 cannot hold the data in: the median more than
+# 2**24 noise sigmas above the minimum (float32 [0, 1] keeps less than a step per sigma at
+# the background: the image is gone), or the range more than 1e12 sigmas (the fitted
+# background would near _MIN_RESCALED and the frame go black; one hot pixel 1e12 times
+# the sky is fine: it is left out).
+_MAX_PEDESTAL_SIGMAS = 2.0**24
+_MAX_RANGE_SIGMAS = 1e12
+_NOISE_SAMPLES = 1 << 17  # pixel differences per channel for the noise estimate
 
 
 def _mtf64(m: float | np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -182,6 +211,37 @@ def _sample(channel: np.ndarray) -> np.ndarray:
     return flat[::stride].astype(np.float64)
 
 
+def _background(
+    sample: np.ndarray, channel: np.ndarray | None = None
+) -> tuple[float, float] | None:
+    """Median and noise sigma (1.4826 MAD; mean deviation where the MAD is 0) of
+    ``sample``, float64 values (a ``_sample`` of ``channel``, ``(H, W)``, if given).
+
+    A plateau (more than ``PLATEAU_FRACTION`` of the sample exactly at its minimum) is
+    left out. When nothing is left, ``channel`` is searched for pixels above the plateau
+    (a few stars on a black canvas the sample missed); None when there are none.
+    """
+    floor = sample.min()
+    if np.count_nonzero(sample == floor) > PLATEAU_FRACTION * sample.size:
+        sample = sample[sample > floor]
+        if sample.size == 0 and channel is not None:
+            sample = channel[channel > floor].astype(np.float64)
+            if sample.size == 0:
+                return None
+        logger.debug("plateau at %g left out of the background statistics", floor)
+    med = float(np.median(sample))
+    dev = np.abs(sample - med)
+    sigma = MAD_TO_SIGMA * float(np.median(dev))
+    if sigma == 0.0:
+        sigma = MEAN_DEV_TO_SIGMA * float(dev.mean())
+        logger.debug("MAD is 0, sigma from mean deviation: %g", sigma)
+    return med, sigma
+
+
+def _shadows(med: float, sigma: float, shadows_clip_mad: float) -> float:
+    return min(max(med + shadows_clip_mad * sigma, 0.0), 0.999)
+
+
 def fit_auto_stretch(
     x: np.ndarray,
     *,
@@ -192,19 +252,25 @@ def fit_auto_stretch(
     """Fit the STF auto-stretch to ``x`` (``(C, H, W)`` float in [0, 1]).
 
     Per channel: median and normalised MAD (1.4826 MAD) of a deterministic
-    subsample; ``shadows = clip(median + shadows_clip_mad * MADn, 0, 1)``,
-    ``highlights = 1``, and ``m = mtf(target_background, (median - shadows) / (1 - shadows))``
+    subsample, without the pixels exactly at the channel's minimum when they are more
+    than ``PLATEAU_FRACTION`` of it (a 0-filled canvas, data clipped at 0: with half the
+    frame there, median and MAD are 0 and the frame white);
+    ``shadows = clip(median + shadows_clip_mad * MADn, 0, 1)``, ``highlights = 1``,
+    and ``m = mtf(target_background, (median - shadows) / (1 - shadows))``
     so the stretched median lands exactly on ``target_background``. (PixInsight
     omits the ``/ (1 - shadows)`` rescale; with small shadows the two agree to <1%.)
     ``linked``: shadows and median are averaged over channels, as PixInsight does,
-    and all channels get the same parameters.
+    and all channels get the same parameters. ValueError when every channel is constant
+    (nothing to fit); one constant channel among others is fitted as before (median its
+    value, sigma 0), which keeps it constant.
     """
     arr = _check_chw(x, "x")
     if not shadows_clip_mad <= 0.0:
         raise ValueError(f"shadows_clip_mad must be <= 0, got {shadows_clip_mad!r}")
     if not 0.0 < target_background < 1.0:
         raise ValueError(f"target_background must be in (0, 1), got {target_background!r}")
-    medians, shadows = [], []
+    fits: list[tuple[float, float]] = []
+    constant: list[bool] = []
     for c in range(arr.shape[0]):
         sample = _sample(arr[c])
         lo, hi = float(sample.min()), float(sample.max())
@@ -215,14 +281,16 @@ def fit_auto_stretch(
                 f"x: channel {c} ranges {lo:g}..{hi:g}, expected [0, 1] "
                 "(map linear data with normalize_linear first)"
             )
-        med = float(np.median(sample))
-        dev = np.abs(sample - med)
-        sigma = MAD_TO_SIGMA * float(np.median(dev))
-        if sigma == 0.0:
-            sigma = MEAN_DEV_TO_SIGMA * float(dev.mean())
-            logger.debug("channel %d: MAD is 0, sigma from mean deviation: %g", c, sigma)
-        medians.append(med)
-        shadows.append(min(max(med + shadows_clip_mad * sigma, 0.0), 0.999))
+        fit = _background(sample, arr[c])
+        constant.append(fit is None)
+        fits.append((lo, 0.0) if fit is None else fit)  # constant: shadows at it, stays so
+    if all(constant):
+        raise ValueError(
+            f"x: every channel is constant ({', '.join(f'{m:g}' for m, _ in fits)}): "
+            "no background to fit the stretch to"
+        )
+    medians = [med for med, _ in fits]
+    shadows = [_shadows(med, sigma, shadows_clip_mad) for med, sigma in fits]
     if linked:
         medians = [float(np.mean(medians))] * len(medians)
         shadows = [float(np.mean(shadows))] * len(shadows)
@@ -338,11 +406,142 @@ def _affine(arr: np.ndarray, shift: float, factor: float, post_shift: float) -> 
     return out
 
 
+def _noise_sigma(channel: np.ndarray) -> float:
+    """Pixel noise of one ``(H, W)`` channel: 1.4826 MAD / sqrt(2) of the differences
+    between horizontal neighbours (blind to gradients and nebulae) in about 2**17 of them
+    from rows spread over the frame; exact zeros (flat fill, saturated cores) are left
+    out. 0 when there are none."""
+    height, width = channel.shape
+    step = max(1, -(-height * width // _NOISE_SAMPLES))
+    diff = np.diff(channel[::step].astype(np.float64), axis=1).reshape(-1)
+    diff = diff[diff != 0.0]
+    if diff.size == 0:
+        return 0.0
+    return MAD_TO_SIGMA / math.sqrt(2.0) * float(np.median(np.abs(diff - np.median(diff))))
+
+
+def _pair_bounds(ext: np.ndarray) -> tuple[float, float]:
+    """Over horizontally and vertically adjacent pixel pairs of ``ext`` (``(h, w)``): the
+    largest pair minimum and the smallest pair maximum. Every pair holds a pixel that the
+    robust range keeps at least as far out, so these bound it from inside. ``(-inf, inf)``
+    for a single pixel."""
+    top, bottom = -math.inf, math.inf
+    for a, b in ((ext[:, :-1], ext[:, 1:]), (ext[:-1], ext[1:])):
+        if a.size:
+            top = max(top, float(np.minimum(a, b).max()))
+            bottom = min(bottom, float(np.maximum(a, b).min()))
+    return top, bottom
+
+
+def _counted(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, noise: float, high: bool) -> float:
+    """The most extreme value the pixels ``image[ys, xs]`` (``image``: ``(h, w)``)
+    contribute to the robust range: the pixel's own, or for an outlier its brightest
+    (``high``) / faintest neighbour; ``noise``: ``OUTLIER_NOISE_SIGMAS`` noise sigmas."""
+    height, width = image.shape
+    px = image[ys, xs].astype(np.float64)
+    nb_max = np.full(px.shape, -np.inf)
+    nb_min = np.full(px.shape, np.inf)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == dx == 0:
+                continue
+            y, x = ys + dy, xs + dx
+            inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+            y, x = np.minimum(np.maximum(y, 0), height - 1), np.minimum(np.maximum(x, 0), width - 1)
+            nb = image[y, x].astype(np.float64)
+            np.maximum(nb_max, np.where(inside, nb, -np.inf), out=nb_max)
+            np.minimum(nb_min, np.where(inside, nb, np.inf), out=nb_min)
+    slack = OUTLIER_SLOPE * np.maximum(nb_max - nb_min - noise, 0.0) + noise
+    if high:
+        return float(np.where(px > nb_max + slack, nb_max, px).max())
+    return float(np.where(px < nb_min - slack, nb_min, px).min())
+
+
+def _scan(image: np.ndarray, noise: float, high: bool) -> float:
+    """``_counted`` over every pixel of ``image`` (``(H, W)``) that can matter: those beyond
+    the ``_pair_bounds`` of their row block (with a row of overlap; views only), local
+    extrema, a handful a block."""
+    height, width = image.shape
+    best = -math.inf if high else math.inf
+    for rows in _row_blocks(height, width):
+        first = max(rows.start - 1, 0)
+        ext = image[first : min(rows.stop + 1, height)]
+        block = ext[rows.start - first : rows.stop - first]
+        bound = _pair_bounds(ext)[0 if high else 1]
+        ys, xs = np.nonzero(block > bound if high else block < bound)
+        value = _counted(ext, ys + (rows.start - first), xs, noise, high) if ys.size else bound
+        best = max(best, bound, value) if high else min(best, bound, value)
+    return best
+
+
+def _robust_range(arr: np.ndarray, noise_px: list[float]) -> tuple[float, float]:
+    """``(lo, hi)`` of a ``(C, H, W)`` frame without isolated single-pixel outliers;
+    ``noise_px``: each channel's noise sigma (``_noise_sigma``).
+
+    A pixel more than a slack above its brightest neighbour counts as that neighbour,
+    one more than the slack below its faintest as that one; the slack is
+    ``OUTLIER_NOISE_SIGMAS`` noise sigmas of the channel plus ``OUTLIER_SLOPE`` times the
+    neighbours' spread beyond that. A hot pixel among sky, whose neighbours differ by
+    noise only, stands out; a star's peak, even an undersampled one, sits on a steep
+    neighbourhood and counts. Without such pixels this is the exact minimum and maximum.
+
+    Cost: one pass for each channel's maximum and one for its minimum; only where that
+    pixel stands out, a scan of the channel (``_scan``).
+    """
+    lo, hi = math.inf, -math.inf
+    for c in range(arr.shape[0]):
+        image, noise = arr[c], OUTLIER_NOISE_SIGMAS * noise_px[c]
+        for high, extreme in ((True, np.argmax), (False, np.argmin)):
+            y, x = np.unravel_index(int(extreme(image)), image.shape)
+            value = float(image[y, x])
+            if _counted(image, np.array([y]), np.array([x]), noise, high) != value:
+                value = _scan(image, noise, high)  # it stands out: find what counts
+            hi, lo = (max(hi, value), lo) if high else (hi, min(lo, value))
+    return lo, hi
+
+
+def _first(arr: np.ndarray, where: np.ndarray) -> str:
+    """``value (channel c, row y, column x)`` of the first pixel where ``where`` holds."""
+    c, y, x = (int(i) for i in np.argwhere(where)[0])
+    return f"{float(arr[c, y, x]):g} (channel {c}, row {y}, column {x})"
+
+
+def _check_precision(arr: np.ndarray, lo: float, hi: float, noise_px: list[float]) -> None:
+    """ValueError naming the value when ``lo`` or ``hi`` lies so far from the data that
+    float32 [0, 1] (or the stretch's floor) cannot hold the image between them; the
+    yardstick is the smallest channel noise (the finest detail the data has)."""
+    spread = min((n for n in noise_px if n > 0.0), default=0.0)
+    if not hi - lo > _MAX_PEDESTAL_SIGMAS * spread > 0.0:
+        return  # the usual case, decided without a median
+    stats = _background(np.concatenate([_sample(arr[c]) for c in range(arr.shape[0])]))
+    med = lo if stats is None else stats[0]
+    if med - lo > _MAX_PEDESTAL_SIGMAS * spread:
+        raise ValueError(
+            f"x: value {_first(arr, arr <= lo)} lies {(med - lo) / spread:.3g} times the "
+            f"noise ({spread:g}) below the median ({med:g}): float32 [0, 1] cannot hold "
+            "the image beside it; a fill value or sentinel? replace it first"
+        )
+    if hi - lo > _MAX_RANGE_SIGMAS * spread:
+        raise ValueError(
+            f"x: value {_first(arr, arr >= hi)} lies {(hi - med) / spread:.3g} times the "
+            f"noise ({spread:g}) above the median ({med:g}): the stretch cannot show the "
+            "image beside it; a fill value or sentinel? replace it first"
+        )
+
+
 def normalize_linear(x: np.ndarray) -> tuple[np.ndarray, Normalization]:
-    """Map linear data in any units to [0, 1] with the exact min and max of the frame.
+    """Map linear data in any units to [0, 1] with the frame's range, outliers left out.
 
     ``x``: ``(C, H, W)`` float, finite, not constant. One offset and scale for all
     channels (keeps colour ratios). Returns ``(C, H, W)`` float32 and the map.
+
+    The range is the frame's minimum and maximum with isolated single-pixel outliers
+    (a hot pixel, a cosmic-ray hit, a -1e30 sentinel) left out (``_robust_range``); those
+    few pixels are clipped to 0 or 1. Where no pixel stands out so, the range is the
+    exact minimum and maximum. ValueError, naming the value, when the range is so wide
+    against the data's noise that float32 cannot hold the image (a fill value covering
+    more than single pixels): its median more than 2**24 noise sigmas above the
+    minimum, or the range more than 1e12 noise sigmas.
     """
     arr = _check_chw(x, "x")
     lo, hi = float(arr.min()), float(arr.max())
@@ -350,6 +549,19 @@ def normalize_linear(x: np.ndarray) -> tuple[np.ndarray, Normalization]:
         raise ValueError("x: has non-finite values; repair them before normalising")
     if hi == lo:
         raise ValueError(f"x: constant image (every value {lo:g}), cannot normalise")
+    noise_px = [_noise_sigma(arr[c]) for c in range(arr.shape[0])]
+    robust_lo, robust_hi = _robust_range(arr, noise_px)
+    if robust_lo < robust_hi:  # else nothing but outliers stands out: keep them
+        if (robust_lo, robust_hi) != (lo, hi):
+            logger.debug(
+                "range %g..%g without single-pixel outliers (exact %g..%g)",
+                robust_lo,
+                robust_hi,
+                lo,
+                hi,
+            )
+        lo, hi = robust_lo, robust_hi
+    _check_precision(arr, lo, hi, noise_px)
     n = Normalization(offset=lo, scale=hi - lo)
     return apply_normalization(arr, n), n
 

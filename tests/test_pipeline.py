@@ -399,3 +399,14 @@ def test_no_data_pixels_are_nan_again_in_the_float_outputs(
                    "--no-db", "--quiet") == 0  # fmt: skip
     out = tifffile.imread(tmp_path / "f_starless.tif")
     np.testing.assert_array_equal(np.isnan(out), bad[0])
+
+
+def test_a_lone_dead_pixel_below_the_range_keeps_its_value_in_the_starless() -> None:
+    """The linear range leaves a lone outlier out (starnet_core.stretch.normalize_linear):
+    a dead pixel far below it comes back as it was, not as the range's bottom."""
+    image = star_field((1, 64, 64)).astype(np.float32)
+    image[0, 20, 30] = -5000.0  # a dead pixel, far below the sky of ~1000 ADU
+    products = halved(image, is_linear=True)
+    assert products.starless[0, 20, 30] == -5000.0
+    assert products.stars[0, 20, 30] == 0.0
+    assert float(np.median(products.starless)) > 0.0  # the rest as before: not crushed

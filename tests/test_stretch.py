@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
+from scipy.special import erf
 
+from starnet_core import stretch
 from starnet_core.stretch import (
     Normalization,
     StretchParams,
@@ -81,20 +84,27 @@ def test_fit_puts_background_at_target() -> None:
     p = fit_auto_stretch(x01)
     y = apply_stretch(x01, p)
     assert abs(float(np.median(y)) - 0.25) < 0.01
-    assert 0.0 < p.shadows[0] < float(np.median(x01)) and p.highlights == (1.0,)
+    assert 0.0 <= p.shadows[0] < float(np.median(x01)) and p.highlights == (1.0,)
+    # the cold pixels are single-pixel outliers that normalize_linear clips, so the noise
+    # floor is 0 and -2.8 sigma falls on it; a milder clip lands above it
+    mild = fit_auto_stretch(x01, shadows_clip_mad=-1.5)
+    assert 0.0 < mild.shadows[0] < float(np.median(x01))
     p2 = fit_auto_stretch(x01, target_background=0.15)
     assert abs(float(np.median(apply_stretch(x01, p2))) - 0.15) < 0.01
     assert fit_auto_stretch(x01) == p  # deterministic
 
 
 @pytest.mark.parametrize("hot", [1e8, 1e10, 1e12])
-def test_one_hot_pixel_does_not_leave_the_frame_black(hot: float) -> None:
-    """A flat divided by a dead pixel's ~0 gives one enormous value: the normalised
-    background falls to 1e-8 or below, and the stretch must still put it on target
-    (it used to floor at 1e-6 and hand the network a black frame)."""
+@pytest.mark.parametrize("pixels", [1, 2])
+def test_hot_pixels_do_not_leave_the_frame_black(hot: float, pixels: int) -> None:
+    """A flat divided by a dead pixel's ~0 gives enormous values. One alone is left out
+    of the range; two side by side set it, the normalised background falls to 1e-8 or
+    below, and the stretch must still put it on target (it used to floor at 1e-6 and
+    hand the network a black frame)."""
     frame = _linear_frame()
-    frame[0, 7, 9] = hot
-    x01, _ = normalize_linear(frame)
+    frame[0, 7, 9 : 9 + pixels] = hot
+    x01, n = normalize_linear(frame)
+    assert (n.offset + n.scale == float(np.float32(hot))) == (pixels == 2)
     y = apply_stretch(x01, fit_auto_stretch(x01))
     assert abs(float(np.median(y)) - 0.25) < 0.01
     assert float(np.percentile(y, 99.9)) > 0.5  # the stars still stand out
@@ -185,3 +195,187 @@ def test_restore_clipped_only_below_shadows() -> None:
     starless = np.array([[[0.1, 0.1, 0.2, 0.4]]], np.float32)
     expected = np.array([[[0.05, 0.1, 0.2, 0.4]]], np.float32)
     np.testing.assert_array_equal(restore_clipped(original, starless, p), expected)
+
+
+def _undersampled_field(seed: int = 6, shape: tuple[int, int] = (80, 96)) -> np.ndarray:
+    """Sky + noise + bright stars of FWHM 1 px centred on pixels (a neighbour holds only
+    15 % of the peak): what a single-pixel outlier rule must not mistake for hot pixels."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    frame = 500.0 + rng.normal(0, 10.0, (1, h, w))
+    yy, xx = np.mgrid[0:h, 0:w]
+    scale = np.sqrt(2.0) / 2.3548  # erf's argument for a FWHM of 1 px
+
+    def in_pixel(d: np.ndarray) -> np.ndarray:  # a 1-D Gaussian integrated over each pixel
+        return 0.5 * (erf((d + 0.5) / scale) - erf((d - 0.5) / scale))
+
+    for _ in range(12):
+        y0, x0, flux = rng.integers(2, h - 2), rng.integers(2, w - 2), rng.uniform(2e3, 6e4)
+        frame[0] += flux * in_pixel(yy - y0) * in_pixel(xx - x0)
+    return frame.astype(np.float32)
+
+
+def _reference_range(x: np.ndarray) -> tuple[float, float]:
+    """normalize_linear's outlier rule, written out over every pixel (no shortcuts)."""
+    lo, hi = np.inf, -np.inf
+    for ch in x:
+        a = ch.astype(np.float64)
+        h, w = a.shape
+        up = np.pad(a, 1, constant_values=-np.inf)
+        down = np.pad(a, 1, constant_values=np.inf)
+        nb_max = np.full(a.shape, -np.inf)
+        nb_min = np.full(a.shape, np.inf)
+        for dy in range(3):
+            for dx in range(3):
+                if dy != 1 or dx != 1:
+                    nb_max = np.maximum(nb_max, up[dy : dy + h, dx : dx + w])
+                    nb_min = np.minimum(nb_min, down[dy : dy + h, dx : dx + w])
+        noise = stretch.OUTLIER_NOISE_SIGMAS * stretch._noise_sigma(ch)
+        slack = stretch.OUTLIER_SLOPE * np.maximum(nb_max - nb_min - noise, 0) + noise
+        hi = max(hi, float(np.where(a > nb_max + slack, nb_max, a).max()))
+        lo = min(lo, float(np.where(a < nb_min - slack, nb_min, a).min()))
+    return lo, hi
+
+
+def test_one_hot_pixel_does_not_compress_the_stars() -> None:
+    """A hot pixel / cosmic-ray hit at 1.5x the brightest star used to set the range: the
+    stars reached only 2/3 of it. Now it is clipped, and the map is the clean frame's."""
+    clean = _linear_frame(seed=7, shape=(3, 64, 80))
+    _, n_clean = normalize_linear(clean)
+    for c, y, x in ((0, 20, 30), (2, 0, 0), (1, 63, 41)):  # mid-frame, a corner, an edge
+        frame = clean.copy()
+        frame[c, y, x] = 1.5 * float(clean.max())
+        x01, n = normalize_linear(frame)
+        assert n == n_clean
+        assert (
+            x01[c, y, x] == 1.0
+            and float(np.delete(x01.ravel(), np.ravel_multi_index((c, y, x), x01.shape)).max())
+            == 1.0
+        )  # the brightest star still reaches 1
+
+
+def test_sentinel_pixel_does_not_zero_the_frame() -> None:
+    """One -1e30 (a blank sentinel) used to map every real pixel to 1.0 in float32: a
+    starless frame of zeros. Now it is clipped to 0 and the frame stretches as before."""
+    clean = _linear_frame(seed=8)
+    frame = clean.copy()
+    frame[0, 5, 5] = -1e30
+    x01, n = normalize_linear(frame)
+    x01_clean, n_clean = normalize_linear(clean)
+    assert n == n_clean and x01[0, 5, 5] == 0.0
+    y = apply_stretch(x01, fit_auto_stretch(x01))
+    assert abs(float(np.median(y)) - 0.25) < 0.01
+    assert float(np.percentile(y, 99.9)) > 0.5
+
+
+@pytest.mark.parametrize(("value", "where"), [(-1e30, "below"), (1e30, "above")])
+def test_far_out_block_is_a_clear_error(value: float, where: str) -> None:
+    """A fill value over more than single pixels is part of the range; when float32 [0, 1]
+    cannot hold the image beside it, the error names the value and where it is."""
+    frame = _linear_frame(seed=9)
+    frame[0, 10:12, 20:22] = value
+    named = re.escape(f"value {value:g} (channel 0, row 10, column 20)")
+    with pytest.raises(ValueError, match=f"{named}.* {where} the median"):
+        normalize_linear(frame)
+
+
+def test_frames_without_outliers_keep_the_exact_range() -> None:
+    """No isolated outlier: the map is the exact min and max, as it always was."""
+    frames = [
+        _linear_frame(seed=10, shape=(3, 50, 70)),
+        _undersampled_field(),
+        np.random.default_rng(11).normal(100.0, 3.0, (1, 300, 300)).astype(np.float32),
+        np.random.default_rng(12).uniform(0, 1, (3, 40, 40)).astype(np.float32) ** 6,
+    ]
+    frames[0][frames[0] == 100.0] = 900.0  # _linear_frame's cold pixels are outliers
+    for frame in frames:
+        _, n = normalize_linear(frame)
+        lo, hi = float(frame.min()), float(frame.max())
+        assert (n.offset, n.scale) == (lo, hi - lo)
+
+
+def test_undersampled_stars_keep_their_peaks() -> None:
+    """A FWHM 1 px star's peak stands 6.6 times its neighbours' spread above them: it is
+    structure, not a hot pixel. Their peaks are the range's top, a hot pixel beside is not."""
+    frame = _undersampled_field()
+    frame[0, 3, 90] = 3.0 * float(frame.max())
+    _, n = normalize_linear(frame)
+    assert n.offset + n.scale == float(np.sort(frame.ravel())[-2])
+
+
+def test_robust_range_matches_its_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """normalize_linear looks only at the extremes and at local extrema beyond each row
+    block's pair bounds; it must agree with the rule applied to every pixel."""
+    rng = np.random.default_rng(13)
+    for trial in range(60):
+        c, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 30)), int(rng.integers(2, 30))
+        x = rng.normal(100.0, 5.0, (c, h, w))
+        if trial % 3 == 0:  # a star, sometimes undersampled
+            yy, xx = np.mgrid[0:h, 0:w]
+            r2 = (yy - rng.uniform(0, h)) ** 2 + (xx - rng.uniform(0, w)) ** 2
+            x += rng.uniform(0, 5000) * np.exp(-r2 / (2 * rng.uniform(0.4, 2.0) ** 2))
+        for _ in range(int(rng.integers(0, 6))):
+            value = rng.choice([1e4, -1e4, 300.0, -100.0, 1e9, -1e9])
+            x[rng.integers(c), rng.integers(h), rng.integers(w)] = value
+        x = x.astype(np.float32)
+        monkeypatch.setattr(stretch, "_BLOCK_PX", int(rng.integers(1, 300)))  # many blocks
+        _, n = normalize_linear(x)
+        lo, hi = _reference_range(x)
+        if lo < hi:
+            assert (n.offset, n.offset + n.scale) == (lo, hi)
+
+
+def test_plateau_at_the_minimum_is_left_out() -> None:
+    """60 % of the frame exactly 0 (a mosaic canvas): median and MAD used to be 0, the
+    midtones ~1e-15 and the network's input white. Now the image part gets the stretch
+    it gets alone."""
+    image = normalize_linear(_linear_frame(seed=14))[0]
+    assert np.count_nonzero(image == 0.0) < 0.01 * image.size
+    canvas = np.zeros((1, 96, 320), np.float32)
+    canvas[:, :, :128] = image
+    alone, on_canvas = fit_auto_stretch(image), fit_auto_stretch(canvas)
+    assert on_canvas == alone
+    y = apply_stretch(canvas, on_canvas)[:, :, :128]
+    assert abs(float(np.median(y)) - 0.25) < 0.01 and float(np.mean(y > 0.98)) < 0.1  # stars
+
+
+def test_background_clipped_at_zero_stays_grey() -> None:
+    """Sky-subtracted data clipped at 0 (half the pixels 0): the sky is shown grey, not
+    white (the clipped half black, the rest around the target)."""
+    image = normalize_linear(_linear_frame(seed=15))[0]
+    sub = np.clip(image - np.median(image), 0.0, None).astype(np.float32)
+    assert np.mean(sub == 0.0) >= 0.5
+    y = apply_stretch(sub, fit_auto_stretch(sub))
+    assert abs(float(np.median(y[sub > 0])) - 0.25) < 0.01
+    assert float(np.mean(y > 0.98)) < 0.1  # the stars
+
+
+def test_small_plateau_leaves_the_fit_unchanged() -> None:
+    """Up to PLATEAU_FRACTION of the samples at the minimum (clipped blacks of a stretched
+    frame) the statistics are those of all pixels, bit for bit."""
+    x = normalize_linear(_linear_frame(seed=16))[0]
+    x.reshape(-1)[: int(0.2 * x.size)] = 0.0
+    sample = x.reshape(-1).astype(np.float64)
+    med = float(np.median(sample))
+    sigma = stretch.MAD_TO_SIGMA * float(np.median(np.abs(sample - med)))
+    p = fit_auto_stretch(x)
+    assert p.shadows[0] == min(max(med - 2.8 * sigma, 0.0), 0.999)
+
+
+def test_fit_needs_something_above_the_plateau(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="every channel is constant"):
+        fit_auto_stretch(np.full((3, 8, 8), 0.5, np.float32))
+    # one constant channel among others: fitted as before (shadows at its value)
+    x = np.random.default_rng(17).uniform(0.1, 0.3, (3, 8, 8)).astype(np.float32)
+    x[0] = 1.0
+    p = fit_auto_stretch(x, linked=False)
+    assert p.shadows[0] == 0.999 and np.all(apply_stretch(x, p)[0] == 1.0)
+    # a few stars on a black canvas that the subsample misses are still found
+    monkeypatch.setattr(stretch, "MAX_SAMPLES_PER_CHANNEL", 100)
+    stars = np.zeros((1, 40, 41), np.float32)
+    sampled = stretch._sample(np.arange(stars.size, dtype=np.float32).reshape(40, 41))
+    unsampled = np.setdiff1d(np.arange(stars.size), sampled.astype(int))[::50]
+    stars.reshape(-1)[unsampled] = np.linspace(0.2, 0.9, unsampled.size)
+    assert np.all(stretch._sample(stars[0]) == 0.0) and unsampled.size > 20
+    p = fit_auto_stretch(stars)
+    assert float(np.median(apply_stretch(stars, p)[stars > 0])) == pytest.approx(0.25, abs=0.01)
