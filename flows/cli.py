@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flows.settings import SettingsError, load_settings
+from flows.provenance_records import ProvenanceError
+from flows.settings import Settings, SettingsError, hide_password, load_settings
 
 # module -> the sub-commands it registers (kept true by a test): a module whose
 # third-party packages are missing (a bare GPU box for training has torch but no
@@ -106,14 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout goes to devnull so the interpreter's last flush cannot fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except _IO_ERRORS + _database_errors() as e:
-        # a folder that cannot be made, a database file that is not one, a server down:
-        # one line naming it (--verbose: the whole traceback)
-        if args.verbose:
-            raise
-        print(
-            f"starnet {args.command}: {_one_line(e, args.settings.database_url)}", file=sys.stderr
-        )
+    except _IO_ERRORS + _database_errors() + (ProvenanceError, ModuleNotFoundError) as e:
+        # a folder that cannot be made, a database file that is not one, a server down, a
+        # schema newer than this starnet, the database's driver not installed: one line
+        # naming it (--verbose: the whole traceback)
+        if args.verbose or (isinstance(e, ModuleNotFoundError) and e.name not in DB_DRIVERS):
+            raise  # a package other than a database driver missing: not the database's
+        line = _one_line(e, args.settings.database_url, url_setting(args.settings))
+        print(f"starnet {args.command}: {line}", file=sys.stderr)
         return 1
     return rc
 
@@ -129,14 +130,55 @@ def _database_errors() -> tuple[type[Exception], ...]:
     return (SQLAlchemyError,)
 
 
-def _one_line(e: BaseException, database_url: str) -> str:
-    """An I/O or database error as one line; a database error names the database."""
+# the Python packages SQLAlchemy imports for a database URL's driver -> how to install them
+DB_DRIVERS: dict[str, str] = {
+    "psycopg2": "pip install '.[postgres]' (psycopg2-binary) in starnet's checkout",
+    "psycopg": "pip install 'psycopg[binary]', or use postgresql+psycopg2:// with "
+    "pip install '.[postgres]'",
+    "pg8000": "pip install pg8000, or use postgresql+psycopg2:// with pip install '.[postgres]'",
+}
+
+
+def url_setting(settings: Settings) -> str:
+    """The setting the provenance database's URL came from, for messages."""
+    if os.environ.get("STARNET_DATABASE_URL"):
+        return "STARNET_DATABASE_URL"
+    if settings.database.url:
+        return "database.url"
+    return "database.url (unset: provenance.db in data_dir)"
+
+
+def _shown_url(database_url: str) -> str:
+    """The URL without its password. SQLAlchemy's own masking raises on text it cannot
+    parse as a URL, which must not turn the one-line message into a traceback."""
+    try:
+        from flows.db_engine import safe_url
+
+        return safe_url(database_url)
+    except Exception:
+        return hide_password(database_url)
+
+
+def _one_line(e: BaseException, database_url: str, setting: str = "database.url") -> str:
+    """An I/O or database error as one line; a database error names the database, and one
+    about the database as a whole (its driver, its URL, its schema) the ``setting`` that
+    names it, and the fix."""
     if isinstance(e, OSError):
         return str(e)
-    from flows.db_engine import safe_url
-
+    url = _shown_url(database_url)
+    if isinstance(e, ModuleNotFoundError):
+        return (
+            f"{setting} is {url}, whose driver {e.name} is not installed in this Python "
+            f"({sys.prefix}): {DB_DRIVERS.get(e.name or '', 'install it')}"
+        )
+    if isinstance(e, ProvenanceError):
+        message = str(e).splitlines()[0]
+        # "database URL: schema revision ... is newer ...", "database url ...: unsupported"
+        return f"{setting}: {message}" if message.lower().startswith("database ") else message
+    if type(e).__name__ == "ArgumentError":  # SQLAlchemy cannot read the URL at all
+        return f"{setting} is {url!r}: {str(e).splitlines()[0]}"
     cause = getattr(e, "orig", None) or e  # the driver's own message, without SQL and links
-    return f"provenance database {safe_url(database_url)}: {str(cause).splitlines()[0]}"
+    return f"provenance database {url}: {str(cause).splitlines()[0]}"
 
 
 if __name__ == "__main__":

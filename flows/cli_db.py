@@ -1,4 +1,5 @@
-"""Provenance sub-commands: ``db upgrade``, ``history``, ``runs``, ``model list|promote``.
+"""Provenance sub-commands: ``db upgrade|fail-run``, ``history``, ``runs``,
+``model list|promote``.
 
 ``history FILE`` answers "what made this file?" (and "what became of this input?"):
 it hashes the file, so it still works after the file moved; a path that no longer
@@ -26,6 +27,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = db_sub.add_parser("upgrade", help="create the database or migrate it to the newest schema")
     up.set_defaults(func=cmd_db_upgrade)
+    fail = db_sub.add_parser(
+        "fail-run",
+        help="record a run in progress whose worker is gone as failed (the nightly or the "
+        "next claim then retries it)",
+    )
+    fail.add_argument(
+        "run_key", metavar="RUN", help="its run key, or 6+ of its first digits (starnet runs)"
+    )
+    fail.add_argument("--reason", required=True, help="why, kept in the run's record")
+    fail.add_argument(
+        "--force",
+        action="store_true",
+        help="even when its process is alive on this host (stop that process first)",
+    )
+    fail.set_defaults(func=cmd_db_fail_run)
 
     hist = subparsers.add_parser(
         "history", help="what made this file, or what became of it (by path or sha256)"
@@ -98,11 +114,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     db = _db(args)
-    try:
-        revision = db.ensure_schema()
-    except ProvenanceError as e:
-        return _fail(str(e))
+    revision = db.ensure_schema()  # a newer schema: one line from flows.cli naming the setting
     print(f"provenance database {safe_url(db.url)} is at schema revision {revision}")
+    return 0
+
+
+def cmd_db_fail_run(args: argparse.Namespace) -> int:
+    """``starnet db fail-run RUN --reason TEXT``: a run left ``running`` by a worker that
+    died where nothing can tell (another host, before its first heartbeat) is otherwise
+    taken up again only ``database.stale_run_s`` after its last heartbeat."""
+    try:
+        run = _db(args).fail_run(args.run_key, args.reason, force=args.force)
+    except (ProvenanceError, ValueError) as e:
+        return _fail(str(e))
+    last = run.attempt_log[-1] if run.attempt_log else None
+    attempt = f"attempt {last.attempt} on {last.host}" if last else f"attempt {run.attempts}"
+    print(
+        f"run {run.run_key[:12]} ({_frame_name(run)}, model {run.model_version}): {attempt} "
+        f"recorded failed: {last.error if last else run.error}"
+    )
     return 0
 
 
@@ -190,8 +220,15 @@ def format_history(h: History) -> str:
     if h.note:
         out.append(f"  note: {h.note}")
     if h.produced_by is not None:
-        kind = next((o.kind for o in h.produced_by.outputs if o.sha256 == h.sha256), "output")
-        out.append(f"  is the {kind} output of:")
+        kind: str = ""  # which of its outputs (an earlier one: superseded since)
+        if h.output is not None:
+            kind = h.output.kind
+        else:
+            kind = next((o.kind for o in h.produced_by.outputs if o.sha256 == h.sha256), kind)
+        later = ""
+        if h.output is not None and h.output.superseded_at is not None:
+            later = f" (superseded {_when(h.output.superseded_at)} by a later run of it)"
+        out.append(f"  is the {kind + ' ' if kind else ''}output of{later}:")
         out.extend(_run_details(h.produced_by, indent="    "))
     elif h.frame is not None:
         out.append(f"  is an input: {_frame_line(h.frame)}")
@@ -214,10 +251,7 @@ def format_history(h: History) -> str:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    try:
-        h = _db(args).history(args.file)
-    except ProvenanceError as e:
-        return _fail(str(e))
+    h = _db(args).history(args.file)  # a ProvenanceError is one line from flows.cli
     print(json.dumps(as_json(h), indent=2) if args.json else format_history(h))
     return 0 if h.role != "unknown" else 1
 
@@ -271,7 +305,7 @@ def cmd_model_promote(args: argparse.Namespace) -> int:
     wanted = db.get_model(args.version)
     path = wanted.config.get("weights_path") if wanted is not None else None
     if wanted is not None and not (path and Path(str(path)).is_file()):
-        # the pipeline would warn and quietly run inference.weights instead
+        # the pipeline could not run it (it stops rather than run another model instead)
         where = f"its weights file {path} is not here" if path else "no weights file recorded"
         return _fail(f"model {args.version}: {where}; the pipeline could not run it")
     try:

@@ -42,6 +42,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.types import TypeDecorator
 
 from flows.provenance_records import (
+    Attempt,
     Frame,
     HeaderFacts,
     ModelStatus,
@@ -172,7 +173,12 @@ class ModelVersionRow(Base):
 
 
 class RunRow(Base):
-    """One processing of one frame by one model with one parameter set (``run_key``)."""
+    """One processing of one frame by one model with one parameter set (``run_key``).
+
+    The row describes the run's latest success (status ``succeeded``; its claimant, times,
+    timings, figures and outputs) or, before any success, its latest attempt. Every
+    claim is an attempt (:class:`RunAttemptRow`); an attempt to redo a succeeded run
+    leaves the row as the success recorded it until it succeeds itself."""
 
     __tablename__ = "runs"
     __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
@@ -195,27 +201,77 @@ class RunRow(Base):
     started_at: Mapped[datetime] = mapped_column(index=True)
     finished_at: Mapped[datetime | None]
     duration_s: Mapped[float | None] = mapped_column(Float)
+    # the figures of the frame (spike score, ...) its success computed; JSON data
+    figures: Mapped[dict[str, Any] | None]
 
     frame: Mapped[FrameRow] = relationship(back_populates="runs")
     model_version: Mapped[ModelVersionRow] = relationship()
     outputs: Mapped[list[OutputRow]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="OutputRow.id"
     )
+    tries: Mapped[list[RunAttemptRow]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="RunAttemptRow.id"
+    )
+
+
+class RunAttemptRow(Base):
+    """One claim of a run: who tried it (host, process, boot), when, and how it ended.
+
+    The newest attempt of a run is its current claim: ``running``/``queued`` while a
+    worker holds it. ``pid``, ``pid_start`` (the process's start, clock ticks after boot,
+    ``/proc/<pid>/stat`` field 22), ``pid_ns`` (its pid namespace) and ``boot_id`` (the
+    host's, Linux) say which process on ``host`` claimed it, so that a claim whose
+    process is gone (killed, out of memory, power cut) is taken over at once."""
+
+    __tablename__ = "run_attempts"
+    __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(Text)
+    device: Mapped[str] = mapped_column(String(64))
+    code_version: Mapped[str] = mapped_column(String(64))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    pid_start: Mapped[int | None] = mapped_column(BigInteger)
+    pid_ns: Mapped[int | None] = mapped_column(BigInteger)
+    boot_id: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime | None]  # the last sign of life while it computes
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    run: Mapped[RunRow] = relationship(back_populates="tries")
 
 
 class OutputRow(Base):
+    """A file a run wrote. A later success of the same run (a redo) supersedes the run's
+    outputs (``superseded_at``) without deleting them: a file of the earlier success,
+    in another folder or copied away, keeps its provenance."""
+
     __tablename__ = "outputs"
     __table_args__ = (
         CheckConstraint(_in("kind", OUTPUT_KINDS), name="kind"),
-        UniqueConstraint("run_id", "kind"),
+        # one current output per kind and run, enforced by the database
+        Index(
+            "uq_outputs_current_kind",
+            "run_id",
+            "kind",
+            unique=True,
+            sqlite_where=text("superseded_at IS NULL"),
+            postgresql_where=text("superseded_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(Text, index=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    superseded_at: Mapped[datetime | None]
 
     run: Mapped[RunRow] = relationship(back_populates="outputs")
 
@@ -241,7 +297,10 @@ class TrainingPairRow(Base):
 
 def run_query() -> Any:
     return select(RunRow).options(
-        joinedload(RunRow.frame), joinedload(RunRow.model_version), selectinload(RunRow.outputs)
+        joinedload(RunRow.frame),
+        joinedload(RunRow.model_version),
+        selectinload(RunRow.outputs),
+        selectinload(RunRow.tries),
     )
 
 
@@ -284,6 +343,32 @@ def to_model(row: ModelVersionRow) -> ModelVersion:
     )
 
 
+def to_output(o: OutputRow) -> Output:
+    return Output(
+        kind=cast(OutputKind, o.kind),
+        path=o.path,
+        sha256=o.sha256,
+        size_bytes=o.size_bytes,
+        superseded_at=o.superseded_at,
+    )
+
+
+def to_attempt(a: RunAttemptRow) -> Attempt:
+    return Attempt(
+        attempt=a.attempt,
+        status=cast(RunStatus, a.status),
+        host=a.host,
+        device=a.device,
+        code_version=a.code_version,
+        flow_run_id=a.flow_run_id,
+        pid=a.pid,
+        boot_id=a.boot_id,
+        started_at=a.started_at,
+        finished_at=a.finished_at,
+        error=a.error,
+    )
+
+
 def to_run(row: RunRow) -> Run:
     return Run(
         run_key=row.run_key,
@@ -305,12 +390,10 @@ def to_run(row: RunRow) -> Run:
         started_at=row.started_at,
         finished_at=row.finished_at,
         duration_s=row.duration_s,
-        outputs=tuple(
-            Output(
-                kind=cast(OutputKind, o.kind), path=o.path, sha256=o.sha256, size_bytes=o.size_bytes
-            )
-            for o in row.outputs
-        ),
+        outputs=tuple(to_output(o) for o in row.outputs if o.superseded_at is None),
+        figures=None if row.figures is None else dict(row.figures),
+        earlier_outputs=tuple(to_output(o) for o in row.outputs if o.superseded_at is not None),
+        attempt_log=tuple(to_attempt(a) for a in row.tries),
     )
 
 

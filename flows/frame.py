@@ -818,6 +818,7 @@ def finish_frame(
             timings=outputs.timings_s,
             outputs=[(cast(OutputKind, k), p) for k, p in outputs.outputs.items()],
             attempt=claim.attempt,
+            figures=outputs.figures,
         )
     else:
         db.finish_run(

@@ -12,8 +12,17 @@ per-run start (a served run is a fresh process that imports torch) matters.
 
 Which model: with ``prefect.follow_promoted`` the promoted model of the
 provenance DB (its weights file is recorded by the ``retrain`` flow), else
-``inference.weights``. A DB with no promoted model yet promotes the first
-model it runs, so the nightly rerun has something to compare against.
+``inference.weights``. A promoted model whose weights file is not on this host
+stops the flows (:class:`PromotedModelUnavailableError`) unless
+``inference.weights`` is that same model: never another model's outputs in its
+place, nor a nightly that redoes its frames with an older one. A DB with no
+promoted model yet promotes the first model it runs, so the nightly rerun has
+something to compare against.
+
+A frame's run is kept alive in the DB while it waits for the GPU and computes
+(:class:`Heartbeat`, every ``database.stale_run_s / 4``), so a long frame is not
+taken for a dead one and claimed again; a finish the DB refuses all the same
+(claimed again, failed by hand) fails that frame, not the flow.
 
 Every flow takes ``config`` (a config.yaml path; None: the usual lookup) so a
 deployment or a worker on another machine reads the same settings.
@@ -64,11 +73,12 @@ from flows.frame import (
     compute_outputs,
     finish_frame,
     frame_error,
+    frame_params,
     load_engine,
     model_record,
     output_folder,
 )
-from flows.provenance import ProvenanceDB
+from flows.provenance import ProvenanceDB, ProvenanceError
 from flows.settings import Settings, load_settings
 from starnet_core.imageio import ImageError
 
@@ -417,23 +427,64 @@ def gpu_slot(settings: Settings, what: str = "a frame") -> contextlib.AbstractCo
     return concurrency_slot(settings, gpu_limit(settings), settings.prefect.gpu_slots, what)
 
 
-def load_run_engine(settings: Settings, db: ProvenanceDB) -> tuple[Engine, str]:
-    """The model this run uses (see the module docstring) and its weights file."""
+class PromotedModelUnavailableError(ProvenanceError):
+    """With ``prefect.follow_promoted``, the promoted model cannot be run on this host (its
+    weights file is not here, or none is recorded) and ``inference.weights`` is another
+    model: the run stops (:func:`load_run_engine`), naming the file and the fixes."""
+
+
+def load_run_engine(
+    settings: Settings,
+    db: ProvenanceDB,
+    *,
+    purpose: str = "this run",
+    would: str = "use it",
+) -> tuple[Engine, str]:
+    """The model this run uses (see the module docstring) and its weights file.
+
+    With ``prefect.follow_promoted``, a promoted model whose weights file is not on this
+    host is refused (:class:`PromotedModelUnavailableError`) unless ``inference.weights``
+    is the same model (same sha256): running ``inference.weights`` instead, as this did
+    with a warning, made new frames' outputs with an older model, and the nightly rerun
+    redid every frame the promoted model had made with it. The message says that
+    ``purpose`` stops rather than ``would`` with the other model, and how to fix it.
+    ``prefect.follow_promoted: false`` runs ``inference.weights`` on purpose.
+    """
     promoted = db.promoted_model()
     chosen = settings
+    recorded: str | None = None
+    missing = False  # the promoted model's own file cannot be loaded here
     if settings.prefect.follow_promoted and promoted is not None:
-        path = promoted.config.get("weights_path")
-        if path and Path(path).is_file():
+        recorded = promoted.config.get("weights_path")
+        if recorded and Path(recorded).is_file():
             chosen = dataclasses.replace(
-                settings, inference=dataclasses.replace(settings.inference, weights=path)
+                settings, inference=dataclasses.replace(settings.inference, weights=recorded)
             )
         else:
-            _logger().warning(
-                "promoted model %s has no weights file here (%r); using inference.weights",
-                promoted.version, path,
-            )  # fmt: skip
+            missing = True
     engine = load_engine(chosen)
     path = engine.weights_path
+    if promoted is not None and missing:
+        why = (
+            f"its weights file {recorded} is not on this host ({socket.gethostname()})"
+            if recorded
+            else "no weights file is recorded for it"
+        )
+        if engine.weights_sha256 != promoted.weights_sha256:
+            put = f"put its file at {recorded}" if recorded else "make its weights file available"
+            raise PromotedModelUnavailableError(
+                f"promoted model {promoted.version} ({promoted.weights_sha256[:12]}) cannot "
+                f"run here: {why}, and inference.weights is another model, {engine.version} "
+                f"({engine.weights_sha256[:12]}, {path}); {purpose} stops rather than "
+                f"{would} with {engine.version}. Fix: {put} (data_dir/models, on storage "
+                "every worker mounts), promote a model whose weights are here (starnet model "
+                "list; starnet model promote VERSION), or set prefect.follow_promoted: false "
+                "to run inference.weights on purpose"
+            )
+        _logger().info(
+            "promoted model %s: %s; inference.weights (%s) is the same model",
+            promoted.version, why, path,
+        )  # fmt: skip
     if (
         promoted is not None
         and chosen is not settings
@@ -521,6 +572,67 @@ def finish_task(
 # ---- one frame ------------------------------------------------------------------------------
 
 
+class Heartbeat:
+    """Keeps an owned run from going stale while its frame waits for the GPU and computes.
+
+    A run ``running`` for ``database.stale_run_s`` without a heartbeat is taken to be dead
+    and may be claimed again (another worker, the nightly); a frame that computes longer
+    than that was then computed twice, and its first worker's finish refused. A daemon
+    thread calls ``db.heartbeat`` every ``interval_s`` (the flows: ``stale_run_s / 4``)
+    until the block ends (the run's start and duration stay as they are); when the run's
+    current attempt is no longer this claim's it stops beating, with a warning. A beat
+    that fails (the DB briefly unreachable) is logged and tried again at the next
+    interval; it never fails the frame."""
+
+    def __init__(
+        self,
+        db: ProvenanceDB,
+        claim: FrameClaim,
+        interval_s: float,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        join_s: float = 60.0,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s: expected > 0, got {interval_s!r}")
+        self.db, self.claim, self.interval_s, self.join_s = db, claim, interval_s, join_s
+        self.logger = logger or _logger()
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat {claim.run_key[:12]}", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        # a beat in flight ends before the run is finished (a late beat would be refused,
+        # or mark the finished run running again); a DB that hangs does not hold the frame
+        self._thread.join(timeout=self.join_s)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                lost = self.db.heartbeat(self.claim.run_key, self.claim.attempt)
+                if lost is None:
+                    self.beats += 1
+            except Exception as e:  # the DB unreachable a moment: the next beat may do
+                self.logger.warning(
+                    "%s: heartbeat of run %s failed (%s: %s); trying again in %.0f s",
+                    self.claim.path, self.claim.run_key[:12], type(e).__name__, e,
+                    self.interval_s,
+                )  # fmt: skip
+                continue
+            if lost is not None:
+                self.logger.warning(
+                    "%s: run %s: %s; its heartbeat stops", self.claim.path,
+                    self.claim.run_key[:12], lost,
+                )  # fmt: skip
+                return
+
+
 def run_frame(
     path: str,
     settings: Settings,
@@ -543,6 +655,11 @@ def run_frame(
     nightly rerun): a file moved, deleted or replaced is a failed run, not that frame.
     ``redo``: the run is done again even if it succeeded before (the nightly picks only
     frames whose outputs another model made since: a rolled-back promotion).
+
+    From the claim to the end of the computation a :class:`Heartbeat` keeps the run from
+    going stale. A finish the DB refuses (the run was claimed again by another worker,
+    or failed by hand) is the frame's failed result, saying that its outputs were
+    written (they stay, unrecorded; the result lists them); the next frames go on.
     """
     try:
         claim = claim_task(path, settings, db, engine, max_attempts, expect_sha256, redo)
@@ -553,32 +670,60 @@ def run_frame(
         _logger().info("%s: %s (run %s)", path, claim.reason or status, claim.run_key[:12])
         return FrameResult(claim.path, status, claim.run_key, error=claim.reason)
     target = str(output_folder(path, out_dir, settings.resolve(settings.incoming_dir)))
+    beat_s = settings.database.stale_run_s / 4
     try:
-        with gpu_slot(settings, f"frame {path}"):
-            db.start_run(claim.run_key)  # running from now: the wait for the slot is over
+        # the heartbeat spans the wait for the slot and the computation: the run is
+        # claimed `running` from the claim on, and either may outlast stale_run_s
+        with (
+            Heartbeat(db, claim, beat_s, join_s=settings.database.busy_timeout_s + 5),
+            gpu_slot(settings, f"frame {path}"),
+        ):
+            # running from now: the wait for the slot is over (refused if claimed again since)
+            db.start_run(claim.run_key, attempt=claim.attempt)
             outputs = compute_task(path, settings, engine, claim, target, db, guard)
     except Exception as e:  # bad input, out of memory, ...: record it, go on with the next frame
         message = frame_error(path, e)
-        finish_task(db, claim, None, message)
-        _logger().error("%s", message)
-        create_markdown_artifact(
-            markdown=f"### {Path(path).name}: failed\n\n```\n{message}\n```",
-            key=artifact_key("failed", path, claim.sha256),
-            description=f"{Path(path).name}: failed",
-        )
-        return FrameResult(claim.path, "failed", claim.run_key, error=message)
+        try:
+            finish_task(db, claim, None, message)
+        except ProvenanceError as refused:  # claimed again meanwhile: the frame's failure
+            message += f"; not recorded as this run's failure: {refused}"
+        return _failed(claim, path, message)
     except BaseException as e:  # crash, cancel or stop signal: the run is failed, then re-raised
         try:
             finish_frame(db, claim, None, f"{path}: interrupted: {_interruption(e)}")
         except Exception:  # e.g. the DB is locked: the interrupt must still reach the caller
             _logger().exception("%s: could not record the interrupted run", path)
         raise
-    finish_task(db, claim, outputs, None)
+    try:
+        finish_task(db, claim, outputs, None)
+    except ProvenanceError as e:
+        # the DB refused the end of this attempt (claimed again by another worker or the
+        # nightly, failed by hand): the outputs are written, but they are not this run's
+        # record; the frame fails, the flow goes on with the next frames
+        written = ", ".join(str(p) for p in outputs.outputs.values())
+        message = (
+            f"{path}: outputs written ({written}) but not recorded in the provenance database: {e}"
+        )
+        result = _failed(claim, path, message)
+        return dataclasses.replace(
+            result, outputs=outputs.outputs, timings_s=outputs.timings_s, figures=outputs.figures
+        )
     publish_frame_artifacts(claim, outputs, settings.prefect.thumbnail_px)
     return FrameResult(
         claim.path, "succeeded", claim.run_key, outputs.outputs, outputs.timings_s,
         outputs.figures,
     )  # fmt: skip
+
+
+def _failed(claim: FrameClaim, path: str, message: str) -> FrameResult:
+    """A frame's failed result: logged, and a markdown artifact with the reason."""
+    _logger().error("%s", message)
+    create_markdown_artifact(
+        markdown=f"### {Path(path).name}: failed\n\n```\n{message}\n```",
+        key=artifact_key("failed", path, claim.sha256),
+        description=f"{Path(path).name}: failed",
+    )
+    return FrameResult(claim.path, "failed", claim.run_key, error=message)
 
 
 def _interruption(e: BaseException) -> str:
@@ -658,7 +803,7 @@ def _frames(
 ) -> list[FrameResult]:
     ensure_slot_limit(gpu_limit(settings), settings.prefect.gpu_slots)
     db = ProvenanceDB.from_settings(settings)
-    engine, _ = load_run_engine(settings, db)
+    engine, _ = load_run_engine(settings, db, would="make the frames' outputs")
     target = out_dir or str(settings.resolve(settings.output_dir))
     guard = OutputGuard()
     return [
@@ -741,9 +886,15 @@ def nightly_rerun(
     settings = load_settings(config)
     ensure_slot_limit(gpu_limit(settings), settings.prefect.gpu_slots)
     db = ProvenanceDB.from_settings(settings)
-    engine, _ = load_run_engine(settings, db)
+    # refused when the promoted model cannot run here: another model would redo every
+    # frame the promoted one made (a silent rollback)
+    engine, _ = load_run_engine(
+        settings, db, purpose="the nightly rerun", would="redo the promoted model's frames"
+    )
     max_attempts = settings.prefect.max_attempts
-    frames = db.frames_needing_rerun(engine.version, max_attempts=max_attempts)
+    frames = db.frames_needing_rerun(
+        engine.version, max_attempts=max_attempts, params=frame_params(settings)
+    )  # exhausted: failed that often with these parameters (a changed tile size retries)
     frames = frames[:max_frames] if max_frames is not None else frames
     logger.info("%d frame(s) to rerun with model %s", len(frames), engine.version)
     target = out_dir or str(settings.resolve(settings.output_dir))

@@ -11,10 +11,18 @@ Use from a flow (one short session per call; the engine is cached per URL)::
     try:
         ...                                          # process; write outputs with
         rec = claim.record(timings)                  # rec.to_header_cards(), rec.to_history()
-        db.finish_run(claim.run_key, "succeeded", timings, outputs=[("starless", p), ...])
+        db.finish_run(claim.run_key, "succeeded", timings, outputs=[("starless", p), ...],
+                      figures=figures, attempt=claim.run.attempts)
     except Exception as e:
-        db.finish_run(claim.run_key, "failed", timings, error=f"{type(e).__name__}: {e}")
+        db.finish_run(claim.run_key, "failed", timings, error=f"{type(e).__name__}: {e}",
+                      attempt=claim.run.attempts)
         raise
+
+Every claim is an attempt (``Run.attempt_log``) recorded with the claiming process (pid,
+start time, boot id): a claim whose process on this host is gone is taken over at once;
+one on another host after ``stale_after_s``, or by hand (:meth:`ProvenanceDB.fail_run`).
+A redo of a succeeded run leaves the success (status, times, outputs) as it is until it
+succeeds itself; its outputs then supersede the earlier ones, which stay on record.
 
 The schema is created and migrated (Alembic, ``flows/migrations``) on first use.
 SQLite runs in WAL mode with a busy timeout, and every writing transaction starts
@@ -25,10 +33,14 @@ PostgreSQL the claim relies on the unique ``run_key`` and a row lock.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
+import os
+import re
 import socket
+import subprocess
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -58,16 +70,19 @@ from flows.db_models import (
     FrameRow,
     ModelVersionRow,
     OutputRow,
+    RunAttemptRow,
     RunRow,
     TrainingPairRow,
     run_query,
     to_frame,
     to_model,
+    to_output,
     to_pair,
     to_run,
     utcnow,
 )
 from flows.provenance_records import (
+    Attempt,
     Claim,
     ClaimState,
     Frame,
@@ -94,6 +109,7 @@ if TYPE_CHECKING:
     from flows.settings import Settings
 
 __all__ = [
+    "Attempt",
     "Claim",
     "Frame",
     "HeaderFacts",
@@ -121,17 +137,296 @@ _ERROR_MAX_CHARS = 20_000
 
 
 def default_code_version() -> str:
-    """``starnet <package version>``; flows may append a git revision."""
+    """``starnet <package version>``, and when the package runs from a git checkout
+    ``git <commit>`` with ``+dirty`` when its tracked files differ from that commit,
+    e.g. ``starnet 0.1.0 git 4adb593c1f2e+dirty``. Git runs once per process; without
+    git (or outside a checkout) it is the package version alone."""
     try:
-        return f"starnet {package_version('starnet')}"
+        code = f"starnet {package_version('starnet')}"
     except PackageNotFoundError:
-        return "starnet unknown"
+        code = "starnet unknown"
+    revision = git_revision(_PACKAGE_ROOT)
+    return f"{code} git {revision}" if revision else code
+
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=8)
+def git_revision(root: Path) -> str | None:
+    """The short commit of the git checkout whose top folder is ``root``, with ``+dirty``
+    when a tracked file differs from it; None when ``root`` is no checkout (an installed
+    package) or git is missing or fails. Local only (``git status``), cached per root."""
+    if not (root / ".git").exists():  # a file in a worktree or submodule
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_OPTIONAL_LOCKS="0", LC_ALL="C")  # never write the index: read only
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain=v2", "--branch", "-uno"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("git status in %s: %s", root, e)
+        return None
+    if done.returncode != 0:
+        log.debug("git status in %s: %s", root, done.stderr.strip())
+        return None
+    commit, dirty = None, False
+    for line in done.stdout.splitlines():
+        if line.startswith("# branch.oid "):
+            commit = line.split()[2]
+        elif line and not line.startswith("#"):
+            dirty = True
+    if commit is None or not re.fullmatch(r"[0-9a-f]{7,64}", commit):  # "(initial)": none
+        return None
+    return commit[:12] + ("+dirty" if dirty else "")
+
+
+# ---- which process holds a claim, and whether it is gone ------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Process:
+    pid: int
+    pid_start: int | None  # clock ticks after boot (/proc/<pid>/stat field 22)
+    pid_ns: int | None  # inode of /proc/<pid>/ns/pid
+    boot_id: str | None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+@functools.cache
+def _boot_id() -> str | None:
+    """This host's boot id (Linux), None elsewhere."""
+    text = _read("/proc/sys/kernel/random/boot_id")
+    return (text.strip() or None) if text else None
+
+
+@functools.cache
+def _boot_time() -> float | None:
+    """When this host booted (seconds since the epoch; Linux ``/proc/stat`` btime)."""
+    for line in (_read("/proc/stat") or "").splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    return None
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks after boot) of ``pid`` from ``/proc``; None when
+    there is no such process. Raises OSError when /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
+    return fields[0], int(fields[19])  # fields 3 (state) and 22 (starttime)
+
+
+def _pid_ns(pid: int | str) -> int | None:
+    try:
+        link = os.readlink(f"/proc/{pid}/ns/pid")  # "pid:[4026531836]"
+        return int(link[link.index("[") + 1 : -1])
+    except (OSError, ValueError):
+        return None
+
+
+_this: dict[int, _Process] = {}
+
+
+def _this_process() -> _Process:
+    """This process (cached per pid: a forked child is another process)."""
+    pid = os.getpid()
+    me = _this.get(pid)
+    if me is None:
+        try:
+            stat = _proc_stat(pid) if os.path.isdir("/proc/self") else None
+        except (OSError, ValueError, IndexError):
+            stat = None
+        me = _this[pid] = _Process(pid, stat[1] if stat else None, _pid_ns("self"), _boot_id())
+    return me
+
+
+def _process_gone(attempt: RunAttemptRow) -> str | None:
+    """Why the process that claimed ``attempt`` is certainly gone, or None (alive, or not
+    knowable from here). Judged only on the host that claimed it, and only in the same
+    boot and pid namespace (a container has its own): a host with another boot id
+    rebooted since the claim (a claim made before this boot), a pid that no longer
+    exists, is a zombie, or now belongs to a process started later (reused) is gone."""
+    if attempt.pid is None or attempt.host != socket.gethostname():
+        return None
+    me = _this_process()
+    if attempt.boot_id is not None and me.boot_id is not None and attempt.boot_id != me.boot_id:
+        booted = _boot_time()  # another host of the same name claimed it since?
+        if booted is not None and attempt.started_at.timestamp() < booted:
+            return (
+                f"{attempt.host} restarted since its claim (boot id {attempt.boot_id[:8]}, "
+                f"now {me.boot_id[:8]})"
+            )
+        return None
+    if attempt.boot_id != me.boot_id or attempt.pid_ns != me.pid_ns or os.name != "posix":
+        return None
+    if attempt.pid == me.pid:
+        return None
+    if os.path.isdir("/proc/self"):
+        try:
+            stat = _proc_stat(attempt.pid)
+        except (OSError, ValueError, IndexError):
+            return None
+        if stat is None:
+            return f"its process {attempt.pid} on {attempt.host} is gone"
+        state, start = stat
+        if state in ("Z", "X", "x"):
+            return f"its process {attempt.pid} on {attempt.host} has exited"
+        if attempt.pid_start is not None and start != attempt.pid_start:
+            return f"its process {attempt.pid} on {attempt.host} is gone (the pid was reused)"
+        return None
+    try:
+        os.kill(attempt.pid, 0)  # POSIX: signal 0 only checks that the process exists
+    except ProcessLookupError:
+        return f"its process {attempt.pid} on {attempt.host} is gone"
+    except OSError:  # PermissionError: it exists, under another user
+        return None
+    return None
+
+
+def _process_alive(attempt: RunAttemptRow) -> bool:
+    """Whether the process that claimed ``attempt`` is known to be alive (on this host)."""
+    me = _this_process()
+    return (
+        attempt.pid is not None
+        and attempt.host == socket.gethostname()
+        and attempt.boot_id == me.boot_id
+        and attempt.pid_ns == me.pid_ns
+        and os.name == "posix"
+        and _process_gone(attempt) is None
+    )
+
+
+def _identity(host: str) -> dict[str, Any]:
+    """The claiming process's identity for an attempt on ``host``: this process's when it
+    is this host, else nothing (a claim made on behalf of another host)."""
+    if host != socket.gethostname():
+        return {"pid": None, "pid_start": None, "pid_ns": None, "boot_id": None}
+    me = _this_process()
+    return {"pid": me.pid, "pid_start": me.pid_start, "pid_ns": me.pid_ns, "boot_id": me.boot_id}
+
+
+def _new_attempt(
+    number: int, status: RunStatus, now: datetime, owner: Mapping[str, Any]
+) -> RunAttemptRow:
+    return RunAttemptRow(
+        attempt=number, status=status, started_at=now, **owner, **_identity(owner["host"])
+    )
+
+
+def _last_sign(att: RunAttemptRow) -> datetime:
+    """When the attempt's worker last showed it was alive: its last heartbeat, or its start."""
+    return att.heartbeat_at if att.heartbeat_at is not None else att.started_at
+
+
+def _latest(row: RunRow) -> RunAttemptRow:
+    """The run's current (newest) attempt; a run recorded without one (written before
+    attempts were) gets one from its own columns."""
+    if not row.tries:
+        row.tries.append(
+            RunAttemptRow(
+                attempt=row.attempts,
+                status=row.status,
+                host=row.host,
+                device=row.device,
+                code_version=row.code_version,
+                flow_run_id=row.flow_run_id,
+                started_at=row.started_at,
+                finished_at=row.finished_at,
+                error=row.error,
+            )
+        )
+    return row.tries[-1]
+
+
+def _end_attempt(
+    row: RunRow,
+    att: RunAttemptRow,
+    now: datetime,
+    error: str,
+    timings: dict[str, float] | None = None,
+) -> None:
+    """The attempt ``att`` failed with ``error``; so did the run unless it succeeded before
+    (``timings``: a real end the worker reported, with its duration)."""
+    att.status = "failed"
+    att.finished_at = now
+    att.error = error[:_ERROR_MAX_CHARS]
+    if row.status == "succeeded":
+        return
+    row.status = "failed"
+    row.finished_at = now
+    row.error = att.error
+    if timings is not None:
+        row.timings = timings
+        row.duration_s = (now - att.started_at).total_seconds()
+
+
+def _newest_attempt_id() -> Any:
+    """The id of the newest attempt of the enclosing query's run (a correlated subquery)."""
+    return (
+        select(func.max(RunAttemptRow.id))
+        .where(RunAttemptRow.run_id == RunRow.id)
+        .correlate(RunRow)
+        .scalar_subquery()
+    )
+
+
+def _view(row: RunRow) -> Run:
+    """The run as its current attempt sees it: a succeeded run with a redo going (or
+    failed) shows that attempt's status, claimant, start and error."""
+    run = to_run(row)
+    att = row.tries[-1] if row.tries else None
+    if row.status != "succeeded" or att is None or att.status == "succeeded":
+        return run
+    took = None if att.finished_at is None else (att.finished_at - att.started_at).total_seconds()
+    return dataclasses.replace(
+        run,
+        status=cast(RunStatus, att.status),
+        attempts=att.attempt,
+        host=att.host,
+        device=att.device,
+        code_version=att.code_version,
+        flow_run_id=att.flow_run_id,
+        error=att.error,
+        timings={},
+        started_at=att.started_at,
+        finished_at=att.finished_at,
+        duration_s=took,
+    )
 
 
 def _aware(t: datetime | date) -> datetime:
     if not isinstance(t, datetime):
         return datetime(t.year, t.month, t.day, tzinfo=UTC)
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _fit(row: type[Any], column: str, value: Any) -> Any:
+    """``value`` cut to the length of ``row``'s String column (PostgreSQL refuses longer
+    text, SQLite would keep it): a header's DATE-OBS of more than 32 characters."""
+    length = getattr(row.__table__.c[column].type, "length", None)
+    if isinstance(value, str) and length is not None and len(value) > length:
+        log.debug("%s.%s: %r cut to %d characters", row.__tablename__, column, value, length)
+        return value[:length]
+    return value
 
 
 def _json_data(value: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,7 +577,7 @@ class ProvenanceDB:
             if facts is not None:
                 for k, v in vars(facts).items():
                     if v is not None:
-                        setattr(row, k, v)
+                        setattr(row, k, _fit(FrameRow, k, v))
             s.flush()
             return to_frame(row)
 
@@ -442,14 +737,21 @@ class ProvenanceDB:
         """Claim the run of (frame, weights, params); exactly one caller gets ``owned``.
 
         The frame must be registered; an unknown model version is registered as a
-        candidate. ``status="queued"`` records a submission (a later ``running`` claim
-        takes it over). A failed run, or one stuck longer than ``stale_after_s``, is
+        candidate. Every claim is an attempt of the run (``Run.attempt_log``), recorded
+        with the claiming process (pid, its start, the boot id) when ``host`` is this
+        host. ``status="queued"`` records a submission (a later ``running`` claim takes
+        it over). A failed run, or one stuck longer than ``stale_after_s``, or one whose
+        process on this host is gone (killed, out of memory, the host restarted), is
         claimed again with ``attempts + 1`` unless ``max_attempts`` is reached; a stale
-        run that has had its ``max_attempts`` (a frame that kills its worker) is then
-        marked failed, with an error saying so, and not claimed again. ``redo``: a
-        succeeded run is claimed again too, as its next attempt (a user recomputing a
-        frame on purpose), counting its attempts from 1 again; its new outputs replace the
-        recorded ones when it succeeds, and a failed redo keeps them.
+        or dead run that has had its ``max_attempts`` (a frame that kills its worker) is
+        then marked failed, with an error saying so, and not claimed again.
+
+        ``redo``: a succeeded run is claimed again too (a user recomputing a frame on
+        purpose, the nightly redoing a rolled-back frame), its attempts counted from 1
+        again. The success stays recorded as it was (status, times, outputs) while the
+        redo runs and when it fails or is interrupted (a failed attempt in
+        ``attempt_log``, counted against ``max_attempts``); a redo that succeeds
+        becomes the run's record, its outputs superseding (not deleting) the earlier ones.
         """
         frame_digest = check_sha256("frame_sha256", frame_sha256)
         weights = check_sha256("weights_sha256", weights_sha256)
@@ -460,9 +762,9 @@ class ProvenanceDB:
         key = make_run_key(frame_digest, weights, phash)
         now = utcnow()
         owner = {
-            "code_version": code_version or default_code_version(),
+            "code_version": _fit(RunRow, "code_version", code_version or default_code_version()),
             "host": host or socket.gethostname(),
-            "device": device,
+            "device": _fit(RunRow, "device", device),
             "flow_run_id": flow_run_id,
         }
         with self._session(write=True) as s:
@@ -492,8 +794,10 @@ class ProvenanceDB:
             state: ClaimState = "owned"
             if new_id is None:
                 state = self._take_over(row, status, max_attempts, now, owner, redo)
+            else:
+                row.tries.append(_new_attempt(1, status, now, owner))
             s.flush()
-            return Claim(state=state, run=to_run(row))
+            return Claim(state=state, run=_view(row))
 
     def _take_over(
         self,
@@ -504,55 +808,114 @@ class ProvenanceDB:
         owner: dict[str, Any],
         redo: bool = False,
     ) -> ClaimState:
-        stale = row.started_at < now - timedelta(seconds=self.stale_after_s)
-        if row.status == "succeeded" and not redo:
+        att = _latest(row)
+        redoing = row.status == "succeeded"  # the success stays as it is until a redo succeeds
+        if redoing and not redo:
             return "done"
-        if row.status == "running" and not stale:
+        stale = _last_sign(att) < now - timedelta(seconds=self.stale_after_s)
+        gone = None
+        if att.status == "running" and not stale:
+            gone = _process_gone(att)
+            if gone is None:
+                return "busy"
+        if att.status == "queued" and not stale and status == "queued":
             return "busy"
-        if row.status == "queued" and not stale and status == "queued":
-            return "busy"
-        if max_attempts is not None and row.attempts >= max_attempts:
-            if row.status == "failed":
+        if max_attempts is not None and att.status != "succeeded" and att.attempt >= max_attempts:
+            if att.status == "failed":
                 return "exhausted"
-            if row.status == "running":  # stale: its worker died (OOM kill, crash, power cut)
-                row.status = "failed"
-                row.finished_at = now
-                row.error = (
-                    f"no end recorded: attempt {row.attempts} of {max_attempts}, started "
-                    f"{row.started_at:%Y-%m-%d %H:%M:%S} UTC, was given up after "
-                    f"{self.stale_after_s:.0f} s without a heartbeat (its worker died?)"
+            if att.status == "running":  # stale or gone: its worker died (OOM kill, crash, ...)
+                why = gone or (
+                    f"was given up after {self.stale_after_s:.0f} s without a heartbeat "
+                    "(its worker died?)"
                 )
-                log.warning("run %s: %s", row.run_key[:12], row.error)
+                _end_attempt(
+                    row,
+                    att,
+                    now,
+                    f"no end recorded: attempt {att.attempt} of {max_attempts}, started "
+                    f"{att.started_at:%Y-%m-%d %H:%M:%S} UTC, {why}",
+                )
+                log.warning("run %s: %s", row.run_key[:12], att.error)
                 return "exhausted"
-        if row.status == "succeeded":  # redo: attempts count the tries since a success
-            row.attempts = 1
-        elif row.status != "queued" or stale:  # a queued run starting is the same attempt
-            row.attempts += 1
-        if row.status == "running":
-            log.warning("run %s stale since %s: claimed again", row.run_key[:12], row.started_at)
-        row.status = status
-        row.started_at = now
-        row.finished_at = None
-        row.duration_s = None
-        row.error = None
-        row.timings = {}
-        for k, v in owner.items():
-            setattr(row, k, v)
+        if att.status == "succeeded":  # redo: attempts count the tries since a success
+            number = 1
+        elif att.status == "queued" and not stale:  # a queued run starting is the same attempt
+            number = att.attempt
+        else:
+            number = att.attempt + 1
+        if att.status == "running":
+            why = gone or f"stale since {att.started_at:%Y-%m-%d %H:%M:%S} UTC"
+            log.warning("run %s: %s: claimed again", row.run_key[:12], why)
+            _end_attempt(row, att, now, f"no end recorded: {why}; claimed again")
+        elif att.status == "queued" and stale:
+            _end_attempt(row, att, now, "never started: claimed again")
+        if number == att.attempt and att.status == "queued":
+            att.status = status
+            att.started_at = now
+            for k, v in {**owner, **_identity(owner["host"])}.items():
+                setattr(att, k, v)
+        else:
+            row.tries.append(_new_attempt(number, status, now, owner))
+        if not redoing:
+            row.status = status
+            row.attempts = number
+            row.started_at = now
+            row.finished_at = None
+            row.duration_s = None
+            row.error = None
+            row.timings = {}
+            for k, v in owner.items():
+                setattr(row, k, v)
         return "owned"
 
-    def start_run(self, run_key: str, *, flow_run_id: str | None = None) -> Run:
+    def start_run(
+        self, run_key: str, *, flow_run_id: str | None = None, attempt: int | None = None
+    ) -> Run:
         """Mark an owned run ``running`` now (after a queue or GPU wait); also the heartbeat
-        that keeps a long run from being taken as stale."""
+        that keeps a long run from being taken as stale, and the moment the process that
+        computes it is recorded (when it is on the claiming host).
+
+        ``attempt``: the attempt the caller claimed (``Claim.run.attempts``); when the run
+        was claimed again since, a :class:`ProvenanceError` instead of a beat for the new
+        owner's attempt."""
         with self._session(write=True) as s:
-            row = self._require_run(s, run_key)
-            if row.status in ("succeeded", "failed"):
-                raise ProvenanceError(f"run_key: run {run_key} is already {row.status}")
-            row.status = "running"
-            row.started_at = utcnow()
+            row = self._require_run(s, run_key, lock=True)
+            att = _latest(row)
+            if attempt is not None and att.attempt != attempt:
+                raise ProvenanceError(
+                    f"run_key: run {run_key[:12]} was claimed again (now attempt "
+                    f"{att.attempt} on {att.host}); this worker's attempt {attempt} is over"
+                )
+            if att.status in ("succeeded", "failed"):
+                raise ProvenanceError(f"run_key: run {run_key} is already {att.status}")
+            now = utcnow()
+            att.status = "running"
+            att.started_at = now
+            for k, v in _identity(att.host).items():
+                setattr(att, k, v)
             if flow_run_id is not None:
-                row.flow_run_id = flow_run_id
+                att.flow_run_id = flow_run_id
+            if row.status != "succeeded":
+                row.status = "running"
+                row.started_at = now
+                row.flow_run_id = att.flow_run_id
             s.flush()
-            return to_run(row)
+            return _view(row)
+
+    def heartbeat(self, run_key: str, attempt: int) -> str | None:
+        """A running attempt's sign of life (``heartbeat_at``; its start and duration stay as
+        they are), so that a frame computing longer than ``stale_after_s`` is not taken as
+        dead. Returns None, or why there was no beat: the run was claimed again since
+        (another attempt is current) or its attempt is no longer in progress."""
+        with self._session(write=True) as s:
+            row = self._require_run(s, run_key, lock=True)
+            att = _latest(row)
+            if att.attempt != attempt:
+                return f"claimed again (now attempt {att.attempt} on {att.host})"
+            if att.status not in ("running", "queued"):
+                return f"its attempt {attempt} is {att.status}"
+            att.heartbeat_at = utcnow()
+            return None
 
     def finish_run(
         self,
@@ -562,9 +925,16 @@ class ProvenanceDB:
         error: str | None = None,
         outputs: Sequence[tuple[OutputKind, str | Path]] = (),
         attempt: int | None = None,
+        figures: Mapping[str, Any] | None = None,
     ) -> Run:
-        """Record the end of a run: status, per-stage timings (seconds), error text and the
-        outputs (their sha256 and size are computed here; the files must exist).
+        """Record the end of a run's current attempt: status, per-stage timings (seconds),
+        error text, the outputs (their sha256 and size are computed here; the files must
+        exist) and the frame's ``figures`` (JSON data: spike score, ...; NaN is kept as
+        null). Outputs and figures belong to a success.
+
+        A success becomes the run's record; the outputs of an earlier success are kept,
+        superseded. A failure of a run that succeeded before (a redo) is recorded as its
+        failed attempt and leaves the success as it was.
 
         ``attempt``: the attempt the caller claimed (``Claim.run.attempts``). A worker
         whose run went stale and was claimed again by another gets a
@@ -574,6 +944,8 @@ class ProvenanceDB:
             raise ValueError(f"status: expected 'succeeded' or 'failed', got {status!r}")
         if status == "failed" and not error:
             raise ValueError("error: a failed run needs its error text")
+        if status == "failed" and (outputs or figures):
+            raise ValueError("outputs, figures: a failed run records none")
         facts = []
         kinds = [kind for kind, _ in outputs]
         if len(set(kinds)) != len(kinds):
@@ -586,31 +958,90 @@ class ProvenanceDB:
                 raise ProvenanceError(f"outputs: {kind} file {str(p)!r} does not exist")
             facts.append((kind, str(p), sha256_file(p), p.stat().st_size))
         clean_timings = {str(k): float(v) for k, v in (timings or {}).items()}
+        figures_data = None if figures is None else _json_data(figures)
         with self._session(write=True) as s:
             row = self._require_run(s, run_key, lock=True)
-            if attempt is not None and row.attempts != attempt:
+            att = _latest(row)
+            if attempt is not None and att.attempt != attempt:
                 raise ProvenanceError(
                     f"run_key: run {run_key[:12]} was claimed again (now attempt "
-                    f"{row.attempts} on {row.host}); this worker's attempt {attempt} "
+                    f"{att.attempt} on {att.host}); this worker's attempt {attempt} "
                     "is not recorded"
                 )
-            if row.status not in ("running", "queued"):
-                log.warning("run %s finished again (was %s)", run_key[:12], row.status)
+            if att.status not in ("running", "queued"):
+                if status == "failed" and att.status == "succeeded":
+                    log.warning(
+                        "run %s: a failure reported after its success is not recorded: %s",
+                        run_key[:12],
+                        error,
+                    )
+                    return to_run(row)
+                log.warning("run %s finished again (was %s)", run_key[:12], att.status)
             now = utcnow()
-            row.status = status
-            row.timings = clean_timings
-            row.error = error[:_ERROR_MAX_CHARS] if error else None
+            if status == "failed":
+                _end_attempt(row, att, now, cast(str, error), timings=clean_timings)
+                s.flush()
+                return to_run(row)
+            att.status, att.finished_at, att.error = "succeeded", now, None
+            row.status = "succeeded"
+            row.attempts = att.attempt
+            for k in ("host", "device", "code_version", "flow_run_id", "started_at"):
+                setattr(row, k, getattr(att, k))
             row.finished_at = now
-            row.duration_s = (now - row.started_at).total_seconds()
-            if status == "succeeded":
-                # a failed run keeps what an earlier success recorded (a failed redo):
-                # those files are still there, and still that run's
-                row.outputs.clear()
-                s.flush()  # old outputs go before the new ones take their (run, kind) slots
+            row.duration_s = (now - att.started_at).total_seconds()
+            row.timings = clean_timings
+            row.error = None
+            row.figures = figures_data
+            for out in row.outputs:  # the earlier success's files stay on record
+                if out.superseded_at is None:
+                    out.superseded_at = now
+            s.flush()  # superseded before the new ones take their (run, kind) slots
             for kind, path, digest, size in facts:
                 row.outputs.append(OutputRow(kind=kind, path=path, sha256=digest, size_bytes=size))
             s.flush()
             return to_run(row)
+
+    def fail_run(self, run_key: str, reason: str, *, force: bool = False) -> Run:
+        """Record the attempt in progress of a run as failed by hand (an operator ending a
+        run whose worker died where nothing can tell: another host, no heartbeat yet).
+
+        ``run_key``: the whole key or a unique prefix of at least 6 characters (``starnet
+        runs`` shows 12). A run whose claiming process is alive on this host is refused
+        unless ``force``. A run that succeeded before keeps its success. A worker still
+        alive elsewhere that finishes later records its end over this one."""
+        if not reason or not reason.strip():
+            raise ValueError("reason: say why the run is failed")
+        with self._session(write=True) as s:
+            row = self._find_run(s, run_key)
+            att = _latest(row)
+            if att.status not in ("running", "queued"):
+                raise ProvenanceError(
+                    f"run_key: run {row.run_key[:12]} is not in progress (its attempt "
+                    f"{att.attempt} {att.status})"
+                )
+            if not force and _process_alive(att):
+                raise ProvenanceError(
+                    f"run_key: run {row.run_key[:12]} is in progress: its process {att.pid} "
+                    f"on {att.host} is alive (stop it, or force)"
+                )
+            _end_attempt(row, att, utcnow(), f"failed by hand: {reason.strip()}")
+            log.warning("run %s: %s", row.run_key[:12], att.error)
+            s.flush()
+            return _view(row)
+
+    def _find_run(self, s: Session, run_key: str) -> RunRow:
+        key = run_key.strip().lower()
+        q = run_query().with_for_update(of=RunRow)
+        row = s.scalar(q.where(RunRow.run_key == key))
+        if row is not None:
+            return row
+        if not re.fullmatch(r"[0-9a-f]{6,63}", key):
+            raise ProvenanceError(f"run_key: no run {run_key!r} (give 6 or more hex digits)")
+        rows = s.scalars(q.where(RunRow.run_key.startswith(key)).limit(2)).unique().all()
+        if len(rows) != 1:
+            what = "no run" if not rows else "more than one run"
+            raise ProvenanceError(f"run_key: {what} starts with {key!r}")
+        return rows[0]
 
     def _require_run(self, s: Session, run_key: str, lock: bool = False) -> RunRow:
         q = run_query().where(RunRow.run_key == run_key)
@@ -632,13 +1063,24 @@ class ProvenanceDB:
         limit: int | None = 50,
         frame_sha256: str | None = None,
     ) -> list[Run]:
-        """Runs, newest first, filtered by status, model version, start time, frame."""
+        """Runs, newest first, filtered by status, model version, start time, frame.
+
+        ``status`` ``running``/``queued`` matches a run whose current attempt is (a redo of
+        a succeeded run too, which still shows its success); ``succeeded``/``failed`` the
+        run's recorded status."""
         if status is not None and status not in RUN_STATUSES:
             raise ValueError(f"status: expected one of {RUN_STATUSES}, got {status!r}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit: expected >= 1, got {limit!r}")
         q = run_query().order_by(RunRow.started_at.desc(), RunRow.id.desc())
-        if status is not None:
+        if status in ("running", "queued"):
+            att = aliased(RunAttemptRow)
+            q = q.where(
+                exists().where(
+                    att.run_id == RunRow.id, att.id == _newest_attempt_id(), att.status == status
+                )
+            )
+        elif status is not None:
             q = q.where(RunRow.status == status)
         if model is not None:
             q = q.where(RunRow.model_version.has(ModelVersionRow.version == model))
@@ -651,7 +1093,10 @@ class ProvenanceDB:
             return [to_run(r) for r in s.scalars(q.limit(limit)).unique()]
 
     def frames_needing_rerun(
-        self, promoted_version: str | None = None, max_attempts: int = 3
+        self,
+        promoted_version: str | None = None,
+        max_attempts: int = 3,
+        params: Mapping[str, Any] | None = None,
     ) -> list[Frame]:
         """Frames whose outputs the (promoted) model did not make: their latest succeeded run
         is another model's (or they have none), none of its runs is in progress, and it
@@ -659,8 +1104,17 @@ class ProvenanceDB:
         by a newer one since rolled back (``starnet model promote`` an earlier version),
         and failed frames still worth a retry. Oldest first. A frame whose last allowed
         attempt went stale (its worker died) comes once more: claiming it records that
-        run as failed (``claim_run``), which settles it. The rerun claims with ``redo``:
-        the promoted model's own earlier run of a rolled-back frame is done again."""
+        run as failed (``claim_run``), which settles it; so does one whose worker on this
+        host is gone. The rerun claims with ``redo``: the model's own earlier run of a
+        rolled-back frame is done again.
+
+        "Made by" counts the runs of models ever promoted (a candidate's try is no
+        rollback) and of ``promoted_version`` itself (a model never promoted reruns a
+        frame once). ``params``: the parameter set the rerun will claim with; only its
+        run's failures make a frame exhausted, so a frame that failed ``max_attempts``
+        times with other parameters (out of memory at a larger tile) is tried again with
+        these. None: the failures of any parameter set count."""
+        phash = None if params is None else param_hash(params)
         with self._session() as s:
             if promoted_version is None:
                 promoted_version = s.scalar(
@@ -672,30 +1126,52 @@ class ProvenanceDB:
             model = self._require_model(s, promoted_version, "promoted_version")
             cutoff = utcnow() - timedelta(seconds=self.stale_after_s)
             done, maker = aliased(RunRow), aliased(ModelVersionRow)
-            latest_maker = (  # among models ever promoted: a candidate's try is no rollback
+            latest_maker = (
                 select(done.model_version_id)
                 .join(maker, maker.id == done.model_version_id)
                 .where(
                     done.frame_id == FrameRow.id,
                     done.status == "succeeded",
-                    maker.promoted_at.is_not(None),
+                    or_(maker.promoted_at.is_not(None), maker.id == model.id),
                 )
                 .order_by(done.finished_at.desc(), done.id.desc())
                 .limit(1)
                 .scalar_subquery()
             )
+            att = aliased(RunAttemptRow)
+            active = att.status.in_(("running", "queued")) & (
+                func.coalesce(att.heartbeat_at, att.started_at) >= cutoff
+            )
+            gone = self._gone_attempts(s, cutoff)
+            if gone:
+                active = active & att.id.not_in(gone)
+            exhausted = (att.status == "failed") & (att.attempt >= max_attempts)
+            if phash is not None:
+                exhausted = exhausted & (RunRow.param_hash == phash)
             busy_or_exhausted = exists().where(
                 RunRow.frame_id == FrameRow.id,
                 RunRow.model_version_id == model.id,
-                or_(
-                    RunRow.status.in_(("running", "queued")) & (RunRow.started_at >= cutoff),
-                    (RunRow.status == "failed") & (RunRow.attempts >= max_attempts),
-                ),
+                att.run_id == RunRow.id,
+                att.id == _newest_attempt_id(),
+                or_(active, exhausted),
             )
             # (coalesce: a frame nothing succeeded on has no maker, and NULL = id is NULL)
             settled = or_(func.coalesce(latest_maker, -1) == model.id, busy_or_exhausted)
             rows = s.scalars(select(FrameRow).where(~settled).order_by(FrameRow.first_seen)).all()
             return [to_frame(r) for r in rows]
+
+    def _gone_attempts(self, s: Session, since: datetime) -> list[int]:
+        """Ids of the running attempts (started after ``since``) claimed on this host by a
+        process that is gone."""
+        rows = s.scalars(
+            select(RunAttemptRow).where(
+                RunAttemptRow.status == "running",
+                RunAttemptRow.host == socket.gethostname(),
+                RunAttemptRow.pid.is_not(None),
+                func.coalesce(RunAttemptRow.heartbeat_at, RunAttemptRow.started_at) >= since,
+            )
+        ).all()
+        return [a.id for a in rows if _process_gone(a) is not None]
 
     # ---- lookups ------------------------------------------------------------------------
 
@@ -740,6 +1216,7 @@ class ProvenanceDB:
         with self._session() as s:
             frame = s.scalar(select(FrameRow).where(FrameRow.sha256 == digest))
             produced_by = None
+            output = None
             if frame is None:
                 out = s.scalar(
                     select(OutputRow)
@@ -749,6 +1226,7 @@ class ProvenanceDB:
                 if out is not None:
                     run_row = s.scalar(run_query().where(RunRow.id == out.run_id))
                     produced_by = None if run_row is None else to_run(run_row)
+                    output = to_output(out)
                     frame = run_row.frame if run_row is not None else None
             runs: tuple[Run, ...] = ()
             if frame is not None:
@@ -777,6 +1255,7 @@ class ProvenanceDB:
                 role=role,
                 frame=None if frame is None else to_frame(frame),
                 produced_by=produced_by,
+                output=output,
                 runs=runs,
                 training_pairs=tuple(to_pair(p) for p in pairs),
             )

@@ -255,11 +255,36 @@ class Output:
     path: str
     sha256: str
     size_bytes: int
+    superseded_at: datetime | None = None  # a later success of its run (a redo) wrote anew
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One claim of a run: who tried it, when, and how it ended (``Run.attempt_log``)."""
+
+    attempt: int  # as ``Run.attempts`` counted it: the tries since the last success
+    status: RunStatus
+    host: str
+    device: str
+    code_version: str
+    flow_run_id: str | None
+    pid: int | None  # the claiming process, on ``host`` (None: recorded for another host)
+    boot_id: str | None  # ``host``'s boot id (Linux; None elsewhere)
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
 
 
 @dataclass(frozen=True)
 class Run:
-    """One processing of one frame: everything needed to answer "what made this file?"."""
+    """One processing of one frame: everything needed to answer "what made this file?".
+
+    A succeeded run describes its latest success: a redo that failed or is still going
+    leaves it as it was; ``attempt_log`` (every claim, oldest first) records the redo.
+    ``outputs``: the files of that success; ``earlier_outputs``: those of its earlier
+    successes (superseded, perhaps elsewhere and still there). ``figures``: what the
+    success measured on the frame (spike score, ...).
+    """
 
     run_key: str
     status: RunStatus
@@ -281,6 +306,9 @@ class Run:
     finished_at: datetime | None
     duration_s: float | None
     outputs: tuple[Output, ...] = ()
+    figures: dict[str, Any] | None = None
+    earlier_outputs: tuple[Output, ...] = ()
+    attempt_log: tuple[Attempt, ...] = ()
 
     def provenance(
         self, timings: Mapping[str, float] | None = None, finished_at: datetime | None = None
@@ -350,6 +378,7 @@ class History:
     role: Literal["input", "output", "training", "unknown"]
     frame: Frame | None = None
     produced_by: Run | None = None  # the run that wrote this file, when it is an output
+    output: Output | None = None  # this file among the outputs of ``produced_by`` (its kind)
     runs: tuple[Run, ...] = ()  # every run of the input frame, newest first
     training_pairs: tuple[TrainingPair, ...] = ()
     note: str | None = None  # e.g. the file at a recorded path now holds other content

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -208,7 +209,9 @@ class PrefectSettings:
     max_attempts: int = 3  # a failed frame is retried (nightly) until this many attempts
     submit: str = "auto"  # watcher: auto (deployment if an API URL is set) | local | deployment
     process_deployment: str = "process-frame/starnet-process-frame"
-    follow_promoted: bool = True  # flows use the promoted model from the DB when it has a file
+    # flows run the promoted model from the DB; one whose file is not here stops them (unless
+    # inference.weights is the same model); false: inference.weights, whatever is promoted
+    follow_promoted: bool = True
     thumbnail_px: int = 120  # height of the run's preview artifact: ~7 KB in Prefect's DB per frame
 
 
@@ -515,6 +518,59 @@ def _check_ranges(settings: Settings, where: str) -> None:
             )
 
 
+# database.url: ``dialect[+driver]://...`` as SQLAlchemy reads it, of a backend starnet runs
+_DATABASE_URL = re.compile(r"(?P<dialect>[a-z][a-z0-9_]*)(?:\+(?P<driver>[a-z0-9_]+))?://")
+_DATABASE_EXAMPLES = (
+    "sqlite:////path/to/provenance.db or postgresql+psycopg2://user:password@host:5432/starnet"
+)
+_ASYNC_DRIVERS = ("asyncpg", "aiosqlite", "psycopg_async", "aiomysql", "asyncmy")
+
+
+def hide_password(url: str) -> str:
+    """``url`` with the password of ``user:password@`` shown as ``***``, for messages; works
+    on text that is not a valid URL too (SQLAlchemy's own masking raises on those)."""
+    return re.sub(r"((?:^|://)[^:/@?#\s]*:)[^@/?#\s]*@", r"\1***@", url)
+
+
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with the form of ``url`` as starnet's provenance database, with the
+    fix; None when it has a backend starnet runs (whether it can connect is another
+    matter). Needs no SQLAlchemy: the settings load on a bare GPU box too."""
+    m = _DATABASE_URL.match(url)
+    shown = hide_password(url)
+    if m is None:
+        return f"expected a database URL such as {_DATABASE_EXAMPLES}, got {shown!r}"
+    dialect, driver = m.group("dialect"), m.group("driver")
+    if dialect == "postgres":
+        fixed = hide_password("postgresql+psycopg2://" + url[m.end() :])
+        return (
+            f"{shown!r}: SQLAlchemy does not accept 'postgres://' (libpq's spelling); "
+            f"write {fixed!r}"
+        )
+    if dialect not in ("sqlite", "postgresql"):
+        return f"{shown!r}: unsupported backend {dialect!r}; use {_DATABASE_EXAMPLES}"
+    if driver in _ASYNC_DRIVERS:
+        sync = "postgresql+psycopg2" if dialect == "postgresql" else "sqlite"
+        return (
+            f"{shown!r}: {dialect}+{driver} is an asyncio driver, as in Prefect's server "
+            f"URL; starnet needs {sync}://..."
+        )
+    return None
+
+
+def _check_database_url(settings: Settings, where: str) -> None:
+    """``database.url`` (or ``STARNET_DATABASE_URL``, which overrides it) has a form that
+    starnet can use: ``postgres://`` (libpq's name, which SQLAlchemy refuses), an async
+    driver copied from Prefect's settings, or a typo is reported when the settings load,
+    naming the setting, not as a traceback from the first command that opens the DB."""
+    url = settings.database.url
+    if not url:
+        return
+    problem = database_url_problem(url)
+    if problem is not None:
+        raise SettingsError(f"{where}: {problem}")
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read settings from ``path`` (or the default lookup) and apply environment overrides."""
     p = Path(path) if path is not None else default_config_path()
@@ -538,6 +594,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
         settings.data_dir = os.environ["STARNET_DATA_DIR"]
     if os.environ.get("STARNET_DATABASE_URL"):
         settings.database.url = os.environ["STARNET_DATABASE_URL"]
+        _check_database_url(settings, "STARNET_DATABASE_URL")
+    else:
+        _check_database_url(settings, f"{where}.database.url")
     return settings
 
 

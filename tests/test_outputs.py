@@ -208,7 +208,10 @@ def test_a_moved_frame_the_rerun_would_redo_is_recorded_failed(pipeline_env: Pip
                 frame, env.settings, db, engine, max_attempts=2, expect_sha256=digest, redo=True
             )
         (run,) = db.list_runs()
-        assert (run.status, run.attempts) == ("failed", attempt)
+        assert run.status == "succeeded"  # a failed redo leaves the success as it was
+        last = run.attempt_log[-1]
+        assert (last.status, last.attempt) == ("failed", attempt)
+        assert "input moved, deleted or replaced" in (last.error or "")
     assert db.frames_needing_rerun("tiny-a", max_attempts=2) == []
 
 

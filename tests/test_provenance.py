@@ -36,7 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 W1 = "1" * 64  # weights sha256 of model v1
 W2 = "2" * 64
 PARAMS = {"tile_px": 256, "overlap_px": 32, "passes": 1, "stretch": {"mode": "auto"}}
-TABLES = {"frames", "model_versions", "runs", "outputs", "training_pairs", "model_training_pairs"}
+TABLES = {
+    "frames",
+    "model_versions",
+    "runs",
+    "run_attempts",
+    "outputs",
+    "training_pairs",
+    "model_training_pairs",
+}
 
 
 def _file(path: Path, seed: int, n_bytes: int = 2048) -> Path:
@@ -183,7 +191,8 @@ def test_failed_and_stale_runs_are_claimed_again(
     # the first worker wakes up and finishes: it must not overwrite node2's run
     with pytest.raises(ProvenanceError, match="claimed again"):
         db.finish_run(key, "succeeded", {"remove_stars": 1.0}, attempt=third.run.attempts)
-    assert db.get_run(key).status == "running" and db.get_run(key).host == "node2"
+    now = db.get_run(key)
+    assert now is not None and now.status == "running" and now.host == "node2"
     assert db.finish_run(key, "succeeded", attempt=stolen.run.attempts).status == "succeeded"
     with pytest.raises(ValueError, match="error"):
         db.finish_run(key, "failed")
@@ -223,8 +232,8 @@ def test_a_frame_that_kills_its_worker_gets_max_attempts_then_is_failed(
 def test_redo_claims_a_done_run_as_its_next_attempt(
     provenance_db: ProvenanceDB, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A user recomputing a frame on purpose: the succeeded run becomes its next attempt,
-    and its new outputs replace the recorded ones, without a 'finished again' warning."""
+    """A user recomputing a frame on purpose: the succeeded run gets a next attempt, and
+    its new outputs become the current ones, without a 'finished again' warning."""
     db = provenance_db
     frame = db.register_frame(_file(tmp_path / "a.fits", seed=9))
     key = db.claim_run(frame.sha256, "v1", W1, PARAMS).run_key
@@ -236,14 +245,17 @@ def test_redo_claims_a_done_run_as_its_next_attempt(
     assert db.claim_run(frame.sha256, "v1", W1, PARAMS, redo=True).state == "busy"
     # a failed redo keeps what the success recorded: those files are still there
     failed = db.finish_run(key, "failed", error="CUDA out of memory", attempt=1)
-    assert [o.kind for o in failed.outputs] == ["starless"]
+    assert failed.status == "succeeded" and [o.kind for o in failed.outputs] == ["starless"]
     assert db.history(tmp_path / "o1.fits").produced_by.run_key == key  # type: ignore[union-attr]
-    db.claim_run(frame.sha256, "v1", W1, PARAMS, max_attempts=3)  # the retry: attempt 2
+    assert db.claim_run(frame.sha256, "v1", W1, PARAMS, max_attempts=3).state == "done"
+    retry = db.claim_run(frame.sha256, "v1", W1, PARAMS, max_attempts=3, redo=True)
+    assert retry.owned and retry.run.attempts == 2  # the redo's retry
     new = _file(tmp_path / "o2.fits", seed=11)
     with caplog.at_level("WARNING", logger="flows.provenance"):
         run = db.finish_run(key, "succeeded", outputs=[("starless", new)], attempt=2)
     assert not caplog.records
     assert [o.path for o in run.outputs] == [str(new.resolve())]
+    assert [o.path for o in run.earlier_outputs] == [str((tmp_path / "o1.fits").resolve())]
 
 
 def test_a_candidates_try_is_not_a_rollback_but_a_retired_models_output_is(
