@@ -32,7 +32,8 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     try:
         with (
             temporary_settings({PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}),
-            prefect_test_harness(server_startup_timeout=60),
+            # ~10 s on idle cores; 80 s measured beside a training run and five test runs
+            prefect_test_harness(server_startup_timeout=180),
         ):
             yield
     finally:
