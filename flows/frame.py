@@ -326,15 +326,19 @@ def output_folder(
     (``incoming/n1/M42.fits`` -> ``<out_dir>/n1/M42_starless.fits``), so that frames of
     one name from different nights or cameras never share outputs. A frame outside
     ``incoming`` (or ``incoming`` None) gets ``out_dir`` itself; ``out_dir`` None: the
-    input's own folder."""
-    p = Path(path).expanduser().resolve()
+    input's own folder. A symlink counts where it lies (a link dropped into
+    ``incoming/n1`` gets ``<out_dir>/n1``, wherever its target is); a folder reached
+    through a symlinked folder counts too."""
+    p = Path(os.path.abspath(Path(path).expanduser()))  # normalised, links kept
     if out_dir is None:
         return p.parent
     target = Path(out_dir)
     if incoming is not None:
-        root = Path(incoming).expanduser().resolve()
-        if p.is_relative_to(root):
-            target = target / p.parent.relative_to(root)
+        root = Path(os.path.abspath(Path(incoming).expanduser()))
+        real = root.resolve()
+        for frame, top in ((p, root), (p.parent.resolve() / p.name, real), (p.resolve(), real)):
+            if frame.is_relative_to(top):
+                return target / frame.parent.relative_to(top)
     return target
 
 

@@ -36,6 +36,26 @@ def test_output_folder_keeps_the_sub_path_under_incoming(tmp_path: Path) -> None
     assert output_folder(tmp_path / "d" / "x.fits", None, incoming) == tmp_path / "d"
 
 
+def test_output_folder_of_a_symlinked_frame_is_where_the_link_lies(tmp_path: Path) -> None:
+    incoming, out = tmp_path / "incoming", tmp_path / "out"
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "M42.fits").write_bytes(b"x")
+    (incoming / "n1").mkdir(parents=True)
+    link = incoming / "n1" / "M42.fits"
+    link.symlink_to(store / "M42.fits")  # the watcher takes a link dropped in as a frame
+    assert output_folder(link, out, incoming) == out / "n1"
+    assert output_folder(link, None, incoming) == incoming / "n1"  # beside the link
+    (incoming / "n2").symlink_to(store, target_is_directory=True)  # a linked night folder
+    assert output_folder(incoming / "n2" / "M42.fits", out, incoming) == out / "n2"
+    linked_root = tmp_path / "in-link"
+    linked_root.symlink_to(incoming, target_is_directory=True)  # incoming named by a link
+    assert output_folder(incoming / "n1" / "M42.fits", out, linked_root) == out / "n1"
+    (incoming / "n3").mkdir()
+    (incoming / "n3" / "own.fits").write_bytes(b"y")
+    assert output_folder(incoming / "n3" / "own.fits", out, linked_root) == out / "n3"
+
+
 def test_inputs_of_one_command_never_overwrite_each_others_outputs(
     pipeline_env: PipelineEnv, capsys
 ) -> None:
