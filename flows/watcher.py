@@ -55,6 +55,7 @@ from types import FrameType
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from flows.provenance import ProvenanceDB, TrainingPair, sha256_file
 from flows.settings import image_patterns
@@ -431,18 +432,37 @@ class Watcher:
         before are restored after): see :meth:`_stop_on_signals`.
         """
         self._stop = stop
+        self._observer = self._start_observer()
+        try:
+            with self._stop_on_signals(stop):
+                self._loop(stop)
+        finally:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+
+    def _start_observer(self) -> BaseObserver:
         observer = Observer()
         handler = _Post(self.inbox)
         for folder in self._folders():
             folder.mkdir(parents=True, exist_ok=True)
             observer.schedule(handler, str(folder), recursive=True)
         observer.start()
-        try:
-            with self._stop_on_signals(stop):
-                self._loop(stop)
-        finally:
-            observer.stop()
-            observer.join(timeout=5)
+        return observer
+
+    def _check_observer(self) -> None:
+        """A file-event thread that died (an exception in watchdog's emitter, a watched
+        folder removed and made again) would leave the watcher blind to new files while
+        it looks alive: start a new one and scan for what arrived meanwhile."""
+        if self._observer.is_alive():
+            return
+        log.warning(
+            "the file-event watcher stopped; started again, and %s scanned for what arrived "
+            "meanwhile", ", ".join(str(f) for f in self._folders()),
+        )  # fmt: skip
+        with contextlib.suppress(Exception):
+            self._observer.stop()
+        self._observer = self._start_observer()
+        self.scan()
 
     def _loop(self, stop: threading.Event) -> None:
         try:
@@ -450,6 +470,7 @@ class Watcher:
             log.info("watching %s", ", ".join(str(f) for f in self._folders()))
             while not stop.is_set():
                 try:
+                    self._check_observer()
                     self.step()
                 except Exception:  # e.g. the DB is unreachable: the watcher outlives it
                     log.exception("watch step failed; the watcher goes on")

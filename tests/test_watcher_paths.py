@@ -227,6 +227,9 @@ def test_watchdog_symlink_dropped_in_is_dispatched(
     assert batches == [[link]]
 
 
+# watchdog's inotify emitter warns (RuntimeWarning) when folders are made faster than it
+# adds their watches; the test config makes warnings errors, which killed its thread
+@pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
 def test_watchdog_ignores_trash_versions_and_thumbnails(
     tmp_path: Path, provenance_db: ProvenanceDB
 ) -> None:
@@ -242,3 +245,19 @@ def test_watchdog_ignores_trash_versions_and_thumbnails(
         assert _wait(lambda: frame in [p for b in batches for p in b], timeout_s=10.0)
         time.sleep(1.0)  # the others had their events by now
     assert [p for b in batches for p in b] == [frame], batches
+
+
+def test_a_dead_file_event_thread_is_restarted_and_what_arrived_meanwhile_found(
+    tmp_path: Path, provenance_db: ProvenanceDB
+) -> None:
+    w, batches = _watcher(tmp_path, provenance_db, poll_s=0.05, stable_s=0.3)
+    inc = tmp_path / "incoming"
+    with _running(w):
+        dead = w._observer
+        dead.stop()  # as when an exception in watchdog's emitter ends its thread
+        dead.join(timeout=5)
+        missed = write_fits(inc / "while_blind.fits", seed=31)
+        assert _wait(lambda: w._observer is not dead and w._observer.is_alive(), timeout_s=5.0)
+        assert _wait(lambda: missed in [p for b in batches for p in b], timeout_s=10.0)
+        later = write_fits(inc / "after.fits", seed=32)  # events flow again
+        assert _wait(lambda: later in [p for b in batches for p in b], timeout_s=10.0)
