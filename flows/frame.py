@@ -52,6 +52,7 @@ import logging
 import os
 import socket
 import stat
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import torch
 
-from flows.provenance import ProvenanceDB, default_code_version
+from flows.provenance import ProvenanceDB, ProvenanceError, default_code_version
 from flows.provenance_records import (
     HeaderFacts,
     OutputKind,
@@ -830,6 +831,67 @@ def finish_frame(
         )
 
 
+class Heartbeat:
+    """Keeps an owned run from going stale while its frame waits for the GPU and computes.
+
+    A run ``running`` for ``database.stale_run_s`` without a heartbeat is taken to be dead
+    and may be claimed again (another worker, the nightly); a frame that computes longer
+    than that was then computed twice, and its first worker's finish refused. A daemon
+    thread calls ``db.heartbeat`` every ``interval_s`` (the flows: ``stale_run_s / 4``)
+    until the block ends (the run's start and duration stay as they are); when the run's
+    current attempt is no longer this claim's it stops beating, with a warning. A beat
+    that fails (the DB briefly unreachable) is logged and tried again at the next
+    interval; it never fails the frame."""
+
+    def __init__(
+        self,
+        db: ProvenanceDB,
+        claim: FrameClaim,
+        interval_s: float,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        join_s: float = 60.0,
+    ) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"interval_s: expected > 0, got {interval_s!r}")
+        self.db, self.claim, self.interval_s, self.join_s = db, claim, interval_s, join_s
+        self.logger = logger or log
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat {claim.run_key[:12]}", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        # a beat in flight ends before the run is finished (a late beat would be refused,
+        # or mark the finished run running again); a DB that hangs does not hold the frame
+        self._thread.join(timeout=self.join_s)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                lost = self.db.heartbeat(self.claim.run_key, self.claim.attempt)
+                if lost is None:
+                    self.beats += 1
+            except Exception as e:  # the DB unreachable a moment: the next beat may do
+                self.logger.warning(
+                    "%s: heartbeat of run %s failed (%s: %s); trying again in %.0f s",
+                    self.claim.path, self.claim.run_key[:12], type(e).__name__, e,
+                    self.interval_s,
+                )  # fmt: skip
+                continue
+            if lost is not None:
+                self.logger.warning(
+                    "%s: run %s: %s; its heartbeat stops", self.claim.path,
+                    self.claim.run_key[:12], lost,
+                )  # fmt: skip
+                return
+
+
 def process_file(
     path: str | Path,
     settings: Settings,
@@ -860,10 +922,17 @@ def process_file(
         return FrameResult(claim.path, "skipped", claim.run_key)
     if claim.decision in ("busy", "exhausted"):
         return FrameResult(claim.path, claim.decision, claim.run_key, error=claim.reason)
+    beat = (
+        Heartbeat(db, claim, settings.database.stale_run_s / 4, log)
+        if db is not None
+        else contextlib.nullcontext()
+    )
     try:
-        outputs = compute_outputs(
-            path, settings, engine, claim, out_dir=out_dir, db=db, guard=guard, progress=progress
-        )
+        with beat:  # a long frame keeps its claim (another worker or the nightly waits)
+            outputs = compute_outputs(
+                path, settings, engine, claim, out_dir=out_dir, db=db, guard=guard,
+                progress=progress,
+            )  # fmt: skip
     except Exception as e:  # bad input, out of memory, a crash in this frame's computation
         message = frame_error(path, e)
         if not isinstance(e, ValueError) and not out_of_memory(e):  # unexpected: keep its trace
@@ -873,10 +942,19 @@ def process_file(
     except BaseException as e:  # Ctrl-C, SystemExit: the run is failed, then re-raised
         finish_frame(db, claim, None, f"{path}: interrupted: {type(e).__name__}: {e}")
         raise
-    finish_frame(db, claim, outputs, None)
-    return FrameResult(
+    result = FrameResult(
         claim.path, "succeeded", claim.run_key, outputs.outputs, outputs.timings_s, outputs.figures
     )
+    try:
+        finish_frame(db, claim, outputs, None)
+    except ProvenanceError as e:  # claimed again meanwhile, or failed by hand: not its record
+        written = ", ".join(str(p) for p in outputs.outputs.values())
+        message = (
+            f"{path}: outputs written ({written}) but not recorded in the provenance database: {e}"
+        )
+        log.error("%s", message)
+        return dataclasses.replace(result, status="failed", error=message)
+    return result
 
 
 def out_of_memory(e: BaseException) -> bool:

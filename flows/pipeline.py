@@ -68,6 +68,7 @@ from flows.frame import (
     FrameClaim,
     FrameOutputs,
     FrameResult,
+    Heartbeat,
     OutputGuard,
     claim_frame,
     compute_outputs,
@@ -572,67 +573,6 @@ def finish_task(
 # ---- one frame ------------------------------------------------------------------------------
 
 
-class Heartbeat:
-    """Keeps an owned run from going stale while its frame waits for the GPU and computes.
-
-    A run ``running`` for ``database.stale_run_s`` without a heartbeat is taken to be dead
-    and may be claimed again (another worker, the nightly); a frame that computes longer
-    than that was then computed twice, and its first worker's finish refused. A daemon
-    thread calls ``db.heartbeat`` every ``interval_s`` (the flows: ``stale_run_s / 4``)
-    until the block ends (the run's start and duration stay as they are); when the run's
-    current attempt is no longer this claim's it stops beating, with a warning. A beat
-    that fails (the DB briefly unreachable) is logged and tried again at the next
-    interval; it never fails the frame."""
-
-    def __init__(
-        self,
-        db: ProvenanceDB,
-        claim: FrameClaim,
-        interval_s: float,
-        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
-        join_s: float = 60.0,
-    ) -> None:
-        if not interval_s > 0:
-            raise ValueError(f"interval_s: expected > 0, got {interval_s!r}")
-        self.db, self.claim, self.interval_s, self.join_s = db, claim, interval_s, join_s
-        self.logger = logger or _logger()
-        self.beats = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"heartbeat {claim.run_key[:12]}", daemon=True
-        )
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        # a beat in flight ends before the run is finished (a late beat would be refused,
-        # or mark the finished run running again); a DB that hangs does not hold the frame
-        self._thread.join(timeout=self.join_s)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                lost = self.db.heartbeat(self.claim.run_key, self.claim.attempt)
-                if lost is None:
-                    self.beats += 1
-            except Exception as e:  # the DB unreachable a moment: the next beat may do
-                self.logger.warning(
-                    "%s: heartbeat of run %s failed (%s: %s); trying again in %.0f s",
-                    self.claim.path, self.claim.run_key[:12], type(e).__name__, e,
-                    self.interval_s,
-                )  # fmt: skip
-                continue
-            if lost is not None:
-                self.logger.warning(
-                    "%s: run %s: %s; its heartbeat stops", self.claim.path,
-                    self.claim.run_key[:12], lost,
-                )  # fmt: skip
-                return
-
-
 def run_frame(
     path: str,
     settings: Settings,
@@ -675,7 +615,7 @@ def run_frame(
         # the heartbeat spans the wait for the slot and the computation: the run is
         # claimed `running` from the claim on, and either may outlast stale_run_s
         with (
-            Heartbeat(db, claim, beat_s, join_s=settings.database.busy_timeout_s + 5),
+            Heartbeat(db, claim, beat_s, _logger(), join_s=settings.database.busy_timeout_s + 5),
             gpu_slot(settings, f"frame {path}"),
         ):
             # running from now: the wait for the slot is over (refused if claimed again since)

@@ -155,6 +155,55 @@ def test_a_finish_the_database_refuses_fails_that_frame_not_the_flow(
     assert Path(first["outputs"]["starless"]).is_file()  # written, and said so
 
 
+def test_transform_keeps_a_long_frames_claim_and_a_refused_finish_fails_only_it(
+    pipeline_env: PipelineEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``starnet transform`` (process_file) as the flows: a heartbeat while a frame
+    computes, and a finish the DB refuses is that frame's failure, the next input goes on."""
+    import flows.frame as frame
+    from flows.frame import OutputGuard, load_engine, process_file
+
+    env = pipeline_env
+    settings = load_settings(_config(env, database={"stale_run_s": 2.0}))  # beats every 0.5 s
+    db = ProvenanceDB.from_settings(settings)
+    engine = load_engine(settings)
+    paths = [write_fits(env.incoming / f"{n}.fits", seed=i) for i, n in enumerate("pqr")]
+    real = frame.process_array
+    tries: list[str] = []
+
+    def slow(*args: object, **kwargs: object) -> object:
+        if len(tries) == 0:  # p: longer than stale_run_s; another worker tries to take it
+            time.sleep(3.5)
+            (run,) = db.list_runs(status="running")
+            tries.append(
+                db.claim_run(
+                    run.frame_sha256, run.model_version, run.weights_sha256, run.params,
+                    host="worker-B", max_attempts=3, redo=True,
+                ).state
+            )  # fmt: skip
+        elif len(tries) == 1:  # q: an impatient worker takes it over while it computes
+            (run,) = db.list_runs(status="running")
+            impatient = ProvenanceDB(db.url, stale_after_s=1e-6)
+            tries.append(
+                impatient.claim_run(
+                    run.frame_sha256, run.model_version, run.weights_sha256, run.params,
+                    host="worker-C", max_attempts=3, redo=True,
+                ).state
+            )  # fmt: skip
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(frame, "process_array", slow)
+    guard = OutputGuard("own")
+    results = [process_file(p, settings, engine, db=db, guard=guard) for p in paths]
+    assert tries == ["busy", "owned"]
+    assert [r.status for r in results] == ["succeeded", "failed", "succeeded"]
+    assert "outputs written" in (results[1].error or "") and results[1].outputs
+    runs = {Path(r.frame_path).name: r for r in db.list_runs()}
+    assert runs["p.fits"].status == "succeeded" and (runs["p.fits"].duration_s or 0) >= 3.5
+    assert "claimed again" in (results[1].error or "")
+    assert runs["q.fits"].attempt_log[-1].host == "worker-C"  # the new owner's, untouched
+
+
 # ---- 3. database settings that cannot work ---------------------------------------------------
 
 
