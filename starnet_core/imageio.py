@@ -439,6 +439,7 @@ def _read_tiff(p: Path, page: int, notes: list[str]) -> tuple[np.ndarray, str]:
         orientation_tag = tpage.tags.get(_EXIF_ORIENTATION)
         orientation = orientation_tag.value if orientation_tag is not None else 1
         photometric = tpage.photometric
+        compression = tpage.compression
         n_extra = len(tpage.extrasamples)
         colormap = tpage.colormap
     if "S" in axes:
@@ -450,6 +451,9 @@ def _read_tiff(p: Path, page: int, notes: list[str]) -> tuple[np.ndarray, str]:
     if axes != "SYX":
         raise ImageError(p, f"unsupported TIFF page layout {tpage.axes} (shape {tpage.shape})")
     pm = tifffile.PHOTOMETRIC
+    if photometric == pm.YCBCR and compression == tifffile.COMPRESSION.JPEG:
+        photometric = pm.RGB  # the JPEG decoder gives RGB (a JPEG-compressed TIFF export)
+        notes.append("JPEG-compressed YCbCr decoded to RGB")
     if photometric == pm.PALETTE and colormap is not None:
         arr = colormap[:, arr[0]]
         notes.append("palette colours expanded to RGB")

@@ -699,3 +699,17 @@ def test_longest_legal_output_name_is_written(
     ((tmp, dst),) = replaced
     assert dst == out and tmp.parent == out.parent
     assert re.fullmatch(r"\.starnet-[0-9a-f]{32}\.tmp", tmp.name)
+
+
+def test_jpeg_compressed_tiff_is_read_as_rgb(tmp_path: Path) -> None:
+    """A JPEG-compressed TIFF export stores YCbCr; the decoder gives RGB, which is read."""
+    y, x = np.mgrid[:64, :64]
+    rgb = np.stack([x * 4, y * 4, 255 - x * 2], -1).astype(np.uint8)
+    path = tmp_path / "export.tif"
+    tifffile.imwrite(path, rgb, photometric="rgb", compression="jpeg")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.YCBCR  # as stored
+    img = read_image(path)
+    assert img.data.shape == (3, 64, 64) and img.dtype == "uint8"
+    assert np.abs(img.data - np.moveaxis(rgb, 2, 0) / 255.0).mean() < 0.01  # lossy, close
+    assert "JPEG-compressed YCbCr decoded to RGB" in img.notes
