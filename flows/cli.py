@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flows.provenance_records import ProvenanceError
-from flows.settings import Settings, SettingsError, hide_password, load_settings
+from flows.settings import Settings, SettingsError, load_settings
 
 # module -> the sub-commands it registers (kept true by a test): a module whose
 # third-party packages are missing (a bare GPU box for training has torch but no
@@ -149,14 +149,10 @@ def url_setting(settings: Settings) -> str:
 
 
 def _shown_url(database_url: str) -> str:
-    """The URL without its password. SQLAlchemy's own masking raises on text it cannot
-    parse as a URL, which must not turn the one-line message into a traceback."""
-    try:
-        from flows.db_engine import safe_url
+    """The URL without its password (imported here: SQLAlchemy only when there is an error)."""
+    from flows.db_engine import safe_url
 
-        return safe_url(database_url)
-    except Exception:
-        return hide_password(database_url)
+    return safe_url(database_url)
 
 
 def _one_line(e: BaseException, database_url: str, setting: str = "database.url") -> str:

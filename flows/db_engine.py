@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from flows.provenance_records import ProvenanceError
 
@@ -57,8 +58,14 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def safe_url(url: str) -> str:
-    """The URL with its password hidden, for messages."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL with its password hidden, for messages; text SQLAlchemy cannot read as a URL
+    too (its own masking raises there: a one-line error must not become a traceback)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        from flows.settings import hide_password  # the settings' check, without SQLAlchemy
+
+        return hide_password(url)
 
 
 def get_engine(url: str, busy_timeout_s: float = 30.0) -> Engine:

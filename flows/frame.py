@@ -861,6 +861,19 @@ class Heartbeat:
             target=self._run, name=f"heartbeat {claim.run_key[:12]}", daemon=True
         )
 
+    @classmethod
+    def of(
+        cls,
+        db: ProvenanceDB,
+        claim: FrameClaim,
+        settings: Settings,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> Heartbeat:
+        """The flows' and the CLI's heartbeat: every ``database.stale_run_s / 4``; a beat
+        in flight is waited for as long as the DB's own lock wait, and a little more."""
+        interval_s = settings.database.stale_run_s / 4
+        return cls(db, claim, interval_s, logger, join_s=settings.database.busy_timeout_s + 5)
+
     def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
@@ -922,11 +935,7 @@ def process_file(
         return FrameResult(claim.path, "skipped", claim.run_key)
     if claim.decision in ("busy", "exhausted"):
         return FrameResult(claim.path, claim.decision, claim.run_key, error=claim.reason)
-    beat = (
-        Heartbeat(db, claim, settings.database.stale_run_s / 4, log)
-        if db is not None
-        else contextlib.nullcontext()
-    )
+    beat = Heartbeat.of(db, claim, settings, log) if db is not None else contextlib.nullcontext()
     try:
         with beat:  # a long frame keeps its claim (another worker or the nightly waits)
             outputs = compute_outputs(

@@ -428,6 +428,11 @@ def gpu_slot(settings: Settings, what: str = "a frame") -> contextlib.AbstractCo
     return concurrency_slot(settings, gpu_limit(settings), settings.prefect.gpu_slots, what)
 
 
+def ensure_gpu_limit(settings: Settings) -> None:
+    """Make the GPU limit usable by :func:`gpu_slot` (once per flow run that takes it)."""
+    ensure_slot_limit(gpu_limit(settings), settings.prefect.gpu_slots)
+
+
 class PromotedModelUnavailableError(ProvenanceError):
     """With ``prefect.follow_promoted``, the promoted model cannot be run on this host (its
     weights file is not here, or none is recorded) and ``inference.weights`` is another
@@ -610,12 +615,11 @@ def run_frame(
         _logger().info("%s: %s (run %s)", path, claim.reason or status, claim.run_key[:12])
         return FrameResult(claim.path, status, claim.run_key, error=claim.reason)
     target = str(output_folder(path, out_dir, settings.resolve(settings.incoming_dir)))
-    beat_s = settings.database.stale_run_s / 4
     try:
         # the heartbeat spans the wait for the slot and the computation: the run is
         # claimed `running` from the claim on, and either may outlast stale_run_s
         with (
-            Heartbeat(db, claim, beat_s, _logger(), join_s=settings.database.busy_timeout_s + 5),
+            Heartbeat.of(db, claim, settings, _logger()),
             gpu_slot(settings, f"frame {path}"),
         ):
             # running from now: the wait for the slot is over (refused if claimed again since)
@@ -741,7 +745,7 @@ def publish_frame_artifacts(claim: FrameClaim, outputs: FrameOutputs, thumbnail_
 def _frames(
     paths: Sequence[str], settings: Settings, out_dir: str | None, max_attempts: int | None
 ) -> list[FrameResult]:
-    ensure_slot_limit(gpu_limit(settings), settings.prefect.gpu_slots)
+    ensure_gpu_limit(settings)
     db = ProvenanceDB.from_settings(settings)
     engine, _ = load_run_engine(settings, db, would="make the frames' outputs")
     target = out_dir or str(settings.resolve(settings.output_dir))
@@ -824,7 +828,7 @@ def nightly_rerun(
     ("input moved, deleted or replaced"), so it stops being picked after max_attempts."""
     logger = get_run_logger()
     settings = load_settings(config)
-    ensure_slot_limit(gpu_limit(settings), settings.prefect.gpu_slots)
+    ensure_gpu_limit(settings)
     db = ProvenanceDB.from_settings(settings)
     # refused when the promoted model cannot run here: another model would redo every
     # frame the promoted one made (a silent rollback)

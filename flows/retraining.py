@@ -57,8 +57,8 @@ from prefect.runtime import flow_run
 from flows.frame import model_record
 from flows.pipeline import (
     concurrency_slot,
+    ensure_gpu_limit,
     ensure_slot_limit,
-    gpu_limit,
     gpu_slot,
     load_run_engine,
 )
@@ -407,7 +407,7 @@ def retrain(
         models_dir.mkdir(parents=True, exist_ok=True)
         out_path = models_dir / f"{version}.safetensors"
         if on_gpu:
-            ensure_slot_limit(gpu_limit(settings), settings.prefect.gpu_slots)
+            ensure_gpu_limit(settings)
         slot = gpu_slot(settings, "retrain") if on_gpu else contextlib.nullcontext()
         try:
             with slot:  # the frames' GPU slot: never a fine-tune beside a frame on one GPU
