@@ -540,8 +540,16 @@ def _bayer(image: Array, offset: tuple[int, int]) -> Array:
     ).astype(np.float32)
 
 
+class _DegenerateSceneError(Exception):
+    """A drawn scene no stretch can be fitted to (an original constant in every channel:
+    clipped white or black all over); :func:`make_pair` draws another."""
+
+
 def _stretch_pair(rng: np.random.Generator, orig: Array, clean: Array) -> tuple[Array, Array]:
-    """One stretch, fitted on the original, applied to both (linear [0,1] in, [0,1] out)."""
+    """One stretch, fitted on the original, applied to both (linear [0,1] in, [0,1] out).
+    :class:`_DegenerateSceneError` when the original is constant in every channel."""
+    if all(float(ch.min()) == float(ch.max()) for ch in orig):
+        raise _DegenerateSceneError("the original is constant in every channel")
     kind = rng.choice(["mtf", "mtf", "mtf", "asinh", "gamma"])
     if kind == "mtf":
         p = fit_auto_stretch(
@@ -625,9 +633,12 @@ def make_pair(
     """
     check_glow_cap(glow_cap)
     for _ in range(20):
-        o, c, scene, med = _render_pair(
-            rng, size_px, dense, jpeg, glow_cap, mix, star_noise_in_truth
-        )
+        try:
+            o, c, scene, med = _render_pair(
+                rng, size_px, dense, jpeg, glow_cap, mix, star_noise_in_truth
+            )
+        except _DegenerateSceneError:
+            continue
         if np.isfinite(o).all() and np.isfinite(c).all() and 0.01 < med < 0.75:
             return o, c, scene
     raise RuntimeError("synthetic generator kept producing degenerate scenes")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from starnet_core import synthetic
 from starnet_core.synthetic import (
     MASK_CHANNELS,
     MIXES,
@@ -395,3 +396,19 @@ def test_some_8bit_pairs_are_jpeg_compressed_each_on_its_own() -> None:
             assert abs(float(a.mean() - c.mean())) < 0.01
             assert float(np.corrcoef(a.ravel(), c.ravel())[0, 1]) > 0.9
     assert 1 <= compressed <= 20
+
+
+def test_a_scene_constant_in_every_channel_is_drawn_again_not_raised(monkeypatch) -> None:
+    flat = np.ones((3, 16, 16), np.float32)  # clipped white all over: no stretch fits it
+    with pytest.raises(synthetic._DegenerateSceneError):
+        synthetic._stretch_pair(np.random.default_rng(0), flat, flat)
+    calls = []
+    real = synthetic._stretch_pair
+
+    def first_degenerate(rng, orig, clean):
+        calls.append(1)
+        return real(rng, flat, flat) if len(calls) == 1 else real(rng, orig, clean)
+
+    monkeypatch.setattr(synthetic, "_stretch_pair", first_degenerate)
+    o, c, _ = synthetic.make_pair(np.random.default_rng(3), 32)
+    assert len(calls) == 2 and o.shape == c.shape == (3, 32, 32)
