@@ -8,7 +8,10 @@ Sample values:
 - FITS: physical values (after ``BSCALE``/``BZERO``) as float32, *not*
   rescaled. Linear FITS are normalised later by ``stretch.normalize_linear``.
 - TIFF/PNG/JPEG integers: scaled to ``[0, 1]`` by the dtype's range
-  (uint8 / 255, uint16 / 65535, uint32 / (2**32 - 1)). Floats kept as they are.
+  (uint8 / 255, uint16 / 65535). Floats kept as they are. 32-bit integer TIFFs
+  (DeepSkyStacker's and PixInsight's "32-bit integer" exports) are refused, naming
+  float TIFF, FITS or 16-bit TIFF instead: nothing in the file says whether they hold
+  linear or stretched data, and outputs could not keep their depth.
 
 Layout decisions:
 
@@ -100,7 +103,7 @@ _PILLOW_CONVERT = {
     "YCbCr": "RGB",
 }
 _EXIF_ORIENTATION = 0x0112  # the EXIF and TIFF Orientation tag (274)
-_INT_SCALE = {"uint8": 255.0, "uint16": 65535.0, "uint32": 4294967295.0}
+_INT_SCALE = {"uint8": 255.0, "uint16": 65535.0}
 _BITPIX_DTYPE = {8: "uint8", 16: "int16", 32: "int32", 64: "int64", -32: "float32", -64: "float64"}
 _UNSIGNED_BZERO = {16: ("uint16", 2**15), 32: ("uint32", 2**31), 64: ("uint64", 2**63)}
 # Header keys that describe the stored array, not the image: rebuilt on write. The Z
@@ -558,6 +561,14 @@ def _scale_integers(p: Path, arr: np.ndarray) -> tuple[np.ndarray, str]:
         return (arr.astype(np.float32) / np.float32(_INT_SCALE[dtype])), dtype
     if arr.dtype.kind == "f":
         return arr.astype(np.float32), dtype
+    if arr.dtype.kind in "ui" and arr.dtype.itemsize >= 4:
+        raise ImageError(
+            p,
+            f"{8 * arr.dtype.itemsize}-bit integer samples ({dtype}) are not supported: "
+            "nothing says whether they hold linear or stretched data, and the outputs could "
+            "not keep that depth; save the image as 32-bit float TIFF or FITS (linear "
+            "data) or as 16-bit TIFF (stretched)",
+        )
     raise ImageError(p, f"unsupported sample type {dtype}; use uint8, uint16 or float32")
 
 

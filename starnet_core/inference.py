@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from starnet_core.model import WIDTH_REF_PX
 from starnet_core.options import TileOptions
-from starnet_core.tiling import place_model, run_tiled, select_device
+from starnet_core.tiling import effective_tile, place_model, run_tiled, select_device
 
 __all__ = [
     "TileOptions",
@@ -160,6 +160,17 @@ def network_fn(model: torch.nn.Module, image: np.ndarray) -> Callable[[torch.Ten
     )
 
 
+def _tile_note(tile_px: int, overlap_px: int, multiple: int, frame_hw: tuple[int, ...]) -> str:
+    """The tile size :func:`run_tiled` uses on a frame, as the log says it: the effective
+    side, and why it differs from ``tile_px`` where it does."""
+    tile = effective_tile(tile_px, overlap_px, multiple, frame_hw)
+    if tile < tile_px:
+        return f"tile {tile} px (one tile holds the frame; tile_px {tile_px})"
+    if tile > tile_px:
+        return f"tile {tile} px (tile_px {tile_px} rounded up to a multiple of {multiple} px)"
+    return f"tile {tile} px"
+
+
 def remove_stars(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -199,10 +210,10 @@ def remove_stars(
         hwhm_px=hwhm,
     )
     log.info(
-        "removing stars: %s frame on %s, tile %d px, overlap %d px, %d pass(es)%s%s%s",
+        "removing stars: %s frame on %s, %s, overlap %d px, %d pass(es)%s%s%s",
         "x".join(map(str, image.shape)),
         device,
-        options.tile_px,
+        _tile_note(options.tile_px, options.overlap_px, tile_multiple, image.shape[1:]),
         options.overlap_px,
         options.passes,
         ", 2x upsampled" if options.upsample else "",

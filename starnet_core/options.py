@@ -1,8 +1,8 @@
 """Option classes of the science core: plain validated dataclasses, no torch.
 
 They are the defaults of the config sections ``inference``, ``mask``, ``stretch``,
-``protect``, ``sky_colour``, ``core_fill`` and ``spikes`` (``flows.settings`` takes its defaults
-from here), so importing the settings does not import torch.
+``protect``, ``sky_colour``, ``core_fill``, ``spikes``, ``remnants`` and ``large_stars``
+(``flows.settings`` takes its defaults from here), so importing the settings does not import torch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import numpy as np
 __all__ = [
     "STRETCH_MODES",
     "CoreFillOptions",
+    "LargeStarOptions",
+    "MAX_TILE_PX",
     "MaskOptions",
     "ProtectOptions",
     "RemnantOptions",
@@ -34,13 +36,25 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
+# The largest tile_px: one 8192 px tile of 3 channels is 0.8 GB of float32 input alone,
+# and a network's activations are many times that. Larger values are taken for typos
+# (51200 for 512) and refused before anything runs, not left to run out of memory on the
+# first frame large enough to use them.
+MAX_TILE_PX = 8192
+
+
 def validate_tile_params(tile_px: int, overlap_px: int, batch_size: int) -> None:
     """Raise ``ValueError`` naming the parameter unless the tiling parameters are usable.
 
-    ``tile_px >= 1``, ``batch_size >= 1``, ``overlap_px >= 0`` ints and
+    ``1 <= tile_px <= MAX_TILE_PX``, ``batch_size >= 1``, ``overlap_px >= 0`` ints and
     ``overlap_px < tile_px / 2`` (so the two ramps of a tile never meet).
     """
     check_int("tile_px", tile_px, 1)
+    if tile_px > MAX_TILE_PX:
+        raise ValueError(
+            f"tile_px must be <= {MAX_TILE_PX} px, got {tile_px}: a tile that size "
+            "would not fit in memory"
+        )
     check_int("overlap_px", overlap_px, 0)
     check_int("batch_size", batch_size, 1)
     if 2 * overlap_px >= tile_px:
@@ -448,6 +462,49 @@ class RemnantOptions:
             raise ValueError("sigma_px must be > 0, got 0")
         check_int("dilate_px", self.dilate_px, 0)
         _check_range("feather_px", self.feather_px, 0.0, 20.0)
+
+
+@dataclass(frozen=True)
+class LargeStarOptions:
+    """Stars too large for the network, taken at half resolution (config section
+    ``large_stars``, ``starnet transform --large-stars``; method
+    :mod:`starnet_core.large_stars`).
+
+    The network runs once more on the frame at half resolution; where the
+    full-resolution result kept a large bright blob that the half-resolution one took,
+    and the full-resolution network took a star's halo around it, the blob is taken
+    away, never below the sky around it. Costs a quarter more network time. Off by
+    default: on the real pairs it gains 0.11 dB and it takes the blobs big plate stars
+    leave, but on the development scenes it takes galaxies in dense star fields the
+    network keeps (-0.08 / -0.12 dB; BENCHMARKS.md, "Twenty-fifth session").
+
+    Attributes:
+        enabled: run the half-resolution pass.
+        signal_sigmas: a candidate is where the full-resolution starless stands this many
+            pixel-noise sigmas above the half-resolution one (smoothed, channel mean).
+        min_area_px: ... over at least this many pixels ...
+        core_level: ... holding an input pixel at least this bright (any channel) ...
+        ring_sigmas: ... with the full-resolution star layer's median on a ring 3-6 px
+            around it at least this many pixel-noise sigmas (a star's halo taken).
+        grow_px: the result is not let below the sky interpolated from around the chosen
+            regions grown by this many pixels.
+    """
+
+    enabled: bool = False
+    signal_sigmas: float = 3.0
+    min_area_px: int = 40
+    core_level: float = 0.85
+    ring_sigmas: float = 3.0
+    grow_px: int = 8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"enabled must be a bool, got {self.enabled!r}")
+        _check_range("signal_sigmas", self.signal_sigmas, 0.0, 1000.0)
+        check_int("min_area_px", self.min_area_px, 1)
+        _check_range("core_level", self.core_level, 0.0, 1.0)
+        _check_range("ring_sigmas", self.ring_sigmas, 0.0, 1000.0)
+        check_int("grow_px", self.grow_px, 0)
 
 
 def _check_range(name: str, value: object, low: float, high: float) -> None:

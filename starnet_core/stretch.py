@@ -123,7 +123,8 @@ def _tuple(values: Any, name: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class StretchParams:
-    """Per-channel stretch parameters (linked: all channels equal). JSON-safe via ``to_dict``."""
+    """Per-channel stretch parameters (linked: all channels equal but constant ones). JSON-safe
+    via ``to_dict``."""
 
     shadows: tuple[float, ...]
     midtones: tuple[float, ...]
@@ -259,10 +260,13 @@ def fit_auto_stretch(
     and ``m = mtf(target_background, (median - shadows) / (1 - shadows))``
     so the stretched median lands exactly on ``target_background``. (PixInsight
     omits the ``/ (1 - shadows)`` rescale; with small shadows the two agree to <1%.)
-    ``linked``: shadows and median are averaged over channels, as PixInsight does,
-    and all channels get the same parameters. ValueError when every channel is constant
-    (nothing to fit); one constant channel among others is fitted as before (median its
-    value, sigma 0), which keeps it constant.
+    ``linked``: shadows and median are averaged over the channels, as PixInsight does,
+    and those channels get the same parameters. ValueError when every channel is
+    constant (nothing to fit); a constant channel among others (a flat fill, an empty
+    channel of a bicolour composite) is left out of that mean and keeps its own
+    parameters (median its value, sigma 0: shadows at its value), which keep it
+    constant, linked or not. Averaged in, its value moved the others' black point and
+    median: a flat channel above their sky stretched that sky to black.
     """
     arr = _check_chw(x, "x")
     if not shadows_clip_mad <= 0.0:
@@ -292,8 +296,11 @@ def fit_auto_stretch(
     medians = [med for med, _ in fits]
     shadows = [_shadows(med, sigma, shadows_clip_mad) for med, sigma in fits]
     if linked:
-        medians = [float(np.mean(medians))] * len(medians)
-        shadows = [float(np.mean(shadows))] * len(shadows)
+        fitted = [c for c, flat in enumerate(constant) if not flat]
+        median = float(np.mean([medians[c] for c in fitted]))
+        shadow = float(np.mean([shadows[c] for c in fitted]))
+        for c in fitted:
+            medians[c], shadows[c] = median, shadow
     midtones = []
     for med, s in zip(medians, shadows, strict=True):
         # the floor is far below _EPS: one hot pixel (a flat divided by a dead pixel's ~0)

@@ -12,8 +12,13 @@ How a frame is tiled (per axis, rows and columns alike):
   the pad, it falls back to ``symmetric`` (mirrored, repeated), which is also
   what a 1-pixel frame needs. Padding is never materialised: each tile is
   gathered from the frame through an index map.
-* Tiles of ``tile_px`` (rounded up to ``multiple``) start every
-  ``tile_px - overlap_px`` pixels; the last one is flush with the padded end.
+* Tiles of ``tile_px`` (rounded up to ``multiple``; see :func:`effective_tile`)
+  start every ``tile_px - overlap_px`` pixels; the last one is flush with the padded
+  end. A frame that fits in one tile with its pad gets one tile of just that size
+  (its longer side plus ``2 * overlap_px``, rounded up to ``multiple``), not a whole
+  ``tile_px`` one: time and memory follow the frame, and the result does not depend
+  on ``tile_px`` once the frame fits. Frames that need more than one tile are tiled
+  as before, bit for bit.
 * Each tile's output is weighted by :func:`blend_window` and accumulated into
   an output buffer as batches complete; the result is ``sum(w * out) / sum(w)``,
   which normalises any overlap pattern exactly. The window is an outer product
@@ -42,11 +47,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from starnet_core.options import check_int, validate_tile_params
+from starnet_core.options import MAX_TILE_PX, check_int, validate_tile_params
 
 __all__ = [
+    "MAX_TILE_PX",
     "SeamStats",
     "blend_window",
+    "effective_tile",
     "memory_format_for",
     "place_model",
     "run_tiled",
@@ -304,6 +311,26 @@ def _tiled(
     return out
 
 
+def effective_tile(tile_px: int, overlap_px: int, multiple: int, frame_hw: tuple[int, ...]) -> int:
+    """The tile side :func:`run_tiled` uses for a frame of ``frame_hw = (H, W)`` px.
+
+    ``tile_px`` rounded up to a multiple of ``multiple``, but no larger than one tile
+    that holds the whole frame with its ``overlap_px`` pad on both sides (the longer
+    side plus ``2 * overlap_px``, rounded up to ``multiple``): a frame that fits in one
+    tile costs what it needs, not a whole ``tile_px`` tile. A frame that needs more
+    than one tile of ``tile_px`` gets ``tile_px`` (rounded up) unchanged. ``ValueError``
+    for parameters :func:`run_tiled` refuses, ``tile_px`` above ``MAX_TILE_PX``
+    included.
+    """
+    validate_tile_params(tile_px, overlap_px, 1)  # tile_px above MAX_TILE_PX refused
+    multiple = check_int("multiple", multiple, 1)
+    if len(frame_hw) != 2 or min(frame_hw) < 1:
+        raise ValueError(f"frame_hw must be (H, W) with H, W >= 1, got {frame_hw}")
+    tile = math.ceil(tile_px / multiple) * multiple
+    whole = math.ceil((max(frame_hw) + 2 * overlap_px) / multiple) * multiple
+    return min(tile, whole)
+
+
 def run_tiled(
     fn: TileFn,
     image: np.ndarray,
@@ -324,7 +351,9 @@ def run_tiled(
             and, on CUDA with ``mixed_precision``, under ``torch.autocast`` (bfloat16
             where supported, else float16).
         image: ``(C, H, W) float32``; any ``H, W >= 1`` (smaller than a tile is fine).
-        tile_px: tile side in pixels, rounded up to a multiple of ``multiple``.
+        tile_px: tile side in pixels, rounded up to a multiple of ``multiple``; at most
+            ``MAX_TILE_PX``. A frame that fits in one tile gets a smaller one that just
+            holds it (:func:`effective_tile`).
         overlap_px: overlap between neighbouring tiles and pad around the frame;
             ``0 <= overlap_px < tile_px / 2``.
         batch_size: tiles per call of ``fn``; with the frame, bounds the memory used.
@@ -339,7 +368,7 @@ def run_tiled(
     _check_image(image)
     validate_tile_params(tile_px, overlap_px, batch_size)
     multiple = check_int("multiple", multiple, 1)
-    tile = math.ceil(tile_px / multiple) * multiple
+    tile = effective_tile(tile_px, overlap_px, multiple, image.shape[1:])
     return _tiled(
         fn,
         image,
@@ -418,8 +447,8 @@ def seam_stats(
     if reference not in ("auto", "untiled", "shifted"):
         raise ValueError(f"reference must be auto, untiled or shifted, got {reference!r}")
     dev = _as_device(device)
-    tile = math.ceil(tile_px / multiple) * multiple
     _, H, W = image.shape
+    tile = effective_tile(tile_px, overlap_px, multiple, (H, W))
     if reference == "auto":
         reference = "untiled" if H * W <= UNTILED_MAX_PX else "shifted"
     tiled = _tiled(fn, image, tile, overlap_px, batch_size, dev, mixed_precision, None)

@@ -89,6 +89,25 @@ def test_tiff_planar_rgb_and_float(tmp_path: Path) -> None:
     np.testing.assert_array_equal(again.data, values)
 
 
+@pytest.mark.parametrize("dtype", ["uint32", "int32"])
+@pytest.mark.parametrize("rgb", [False, True])
+def test_tiff_32bit_integers_are_refused_naming_what_to_save(
+    tmp_path: Path, dtype: str, rgb: bool
+) -> None:
+    """32-bit integer TIFFs (DeepSkyStacker's and PixInsight's integer exports) were read
+    as stretched data scaled by 2**32 - 1 (a linear stack reached the network nearly
+    black) and written back as float32: refused, naming the file and the formats to save
+    instead, like int16 TIFF."""
+    samples = _ints(dtype, (H, W, 3) if rgb else (H, W))
+    src = tmp_path / f"stack_{dtype}.tif"
+    tifffile.imwrite(src, samples, photometric="rgb" if rgb else "minisblack")
+    with pytest.raises(ImageError, match=rf"32-bit integer samples \({dtype}\)") as info:
+        read_image(src)
+    assert info.value.path == src
+    assert str(src) in str(info.value)
+    assert "32-bit float TIFF or FITS" in str(info.value) and "16-bit TIFF" in str(info.value)
+
+
 def test_tiff_multipage_and_alpha_notes(tmp_path: Path) -> None:
     pages = _ints("uint16", (3, H, W))
     src = tmp_path / "pages.tif"

@@ -379,3 +379,28 @@ def test_fit_needs_something_above_the_plateau(monkeypatch: pytest.MonkeyPatch) 
     assert np.all(stretch._sample(stars[0]) == 0.0) and unsampled.size > 20
     p = fit_auto_stretch(stars)
     assert float(np.median(apply_stretch(stars, p)[stars > 0])) == pytest.approx(0.25, abs=0.01)
+
+
+@pytest.mark.parametrize("flat_adu", [0.0, 500.0, 5000.0])
+def test_linked_fit_leaves_a_constant_channel_out_of_the_mean(flat_adu: float) -> None:
+    """A constant channel (a flat fill, an empty channel of a bicolour composite) used
+    to be averaged into the linked median and shadows: at 500 ADU among a sky at 1000
+    ADU its shadows sat above the others' background and stretched it to black; at 0 its
+    median pulled theirs up to 0.4. It keeps its own parameters now."""
+    frame = np.concatenate([_linear_frame(seed=s) for s in (18, 19, 20)])  # sky 1000 ADU
+    frame[2] = flat_adu
+    x01, _ = normalize_linear(frame)
+    reference = np.ascontiguousarray(x01[:2])  # the two real channels alone
+    linked = fit_auto_stretch(x01, linked=True)
+    assert linked.shadows[:2] == fit_auto_stretch(reference, linked=True).shadows
+    assert linked.midtones[:2] == fit_auto_stretch(reference, linked=True).midtones
+    y = apply_stretch(x01, linked)
+    for c in range(2):  # the real channels' sky lands near the target, not at 0
+        assert abs(float(np.median(y[c])) - 0.25) < 0.05
+    # the constant channel keeps the parameters it gets unlinked, which keep it constant
+    unlinked = fit_auto_stretch(x01, linked=False)
+    assert (linked.shadows[2], linked.midtones[2]) == (unlinked.shadows[2], unlinked.midtones[2])
+    assert linked.shadows[2] == float(x01[2, 0, 0])
+    assert np.all(y[2] == y[2, 0, 0])
+    back = restore_clipped(x01, invert_stretch(y, linked), linked)
+    np.testing.assert_array_equal(back[2], x01[2])

@@ -521,3 +521,90 @@ def test_network_fn_is_the_per_tile_function_remove_stars_runs() -> None:
     assert frame_star_hwhm(cond, image, upsample=True) == 2 * hwhm
     # tools that tile it themselves can run it
     assert seam_score(network_fn(cond, image), image, tile_px=32, overlap_px=8) >= 0
+
+
+# --------------------------------------------------------------------------- tile size
+
+
+def _recording(net: nn.Module) -> tuple[list[tuple[int, ...]], tiling.TileFn]:
+    seen: list[tuple[int, ...]] = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return net(x)
+
+    return seen, fn
+
+
+@pytest.mark.parametrize("tile_px", [256, 1000, tiling.MAX_TILE_PX])
+def test_a_frame_smaller_than_the_tile_gets_one_tile_that_just_holds_it(tile_px: int) -> None:
+    """A 20 x 30 frame used to be padded up to a whole tile_px tile (at 2048 px the
+    network ran on 4 M pixels for 600): time and memory followed the tile, not the frame.
+    It gets one tile of its longer side plus the overlap on both sides, rounded up to the
+    multiple; the result is what that tile size gave, whatever tile_px."""
+    net = _net()
+    image = _image(3, 20, 30, seed=6)
+    seen, fn = _recording(net)
+    out = run_tiled(fn, image, tile_px=tile_px, overlap_px=8, multiple=8)
+    assert seen == [(1, 3, 48, 48)]  # ceil((30 + 2 * 8) / 8) * 8
+    assert tiling.effective_tile(tile_px, 8, 8, (20, 30)) == 48
+    np.testing.assert_array_equal(out, run_tiled(net, image, tile_px=48, overlap_px=8, multiple=8))
+    # a strip's longer side decides: it still needs more than one tile along it
+    assert tiling.effective_tile(tile_px, 8, 8, (10, 1500)) == min(tile_px, 1520)
+
+
+@pytest.mark.parametrize(
+    ("shape", "tile_px", "overlap_px", "multiple"),
+    [((3, 37, 53), 32, 12, 8), ((3, 40, 100), 60, 10, 8), ((1, 200, 7), 64, 8, 1)],
+)
+def test_frames_needing_more_than_one_tile_are_tiled_as_before(
+    shape: tuple[int, int, int], tile_px: int, overlap_px: int, multiple: int
+) -> None:
+    """Where the frame needs more than one tile the clamp changes nothing, bit for bit:
+    the tiles are tile_px rounded up to the multiple, as they always were."""
+    net = _net(multiple=multiple, channels=shape[0])
+    image = _image(*shape, seed=7)
+    tile = -(-tile_px // multiple) * multiple
+    assert tiling.effective_tile(tile_px, overlap_px, multiple, shape[1:]) == tile
+    before = tiling._tiled(
+        net, image, tile, overlap_px, 2, torch.device("cpu"), mixed_precision=False, progress=None
+    )
+    after = run_tiled(
+        net, image, tile_px=tile_px, overlap_px=overlap_px, batch_size=2, multiple=multiple
+    )
+    np.testing.assert_array_equal(after, before)
+
+
+def test_seam_stats_tiles_a_small_frame_as_run_tiled_does() -> None:
+    net = _net()
+    image = _image(3, 20, 30, seed=8)
+    seen, fn = _recording(AnySize(net))
+    stats = seam_stats(fn, image, tile_px=2048, overlap_px=8, multiple=8, reference="untiled")
+    assert seen[0] == (1, 3, 48, 48)  # the tiled run (then the untiled reference)
+    assert stats.band_max == 0.0  # one tile: no tile borders to compare
+
+
+@pytest.mark.parametrize("call", ["run_tiled", "seam_stats"])
+def test_absurd_tile_sizes_are_refused_before_anything_runs(call: str) -> None:
+    """--tile 51200 would have stacked a (4, 3, 51200, 51200) batch (126 GB)."""
+    seen, fn = _recording(_net())
+    run = run_tiled if call == "run_tiled" else seam_stats
+    with pytest.raises(ValueError, match=rf"tile_px must be <= {tiling.MAX_TILE_PX} px, got"):
+        run(fn, _image(3, 20, 30), tile_px=tiling.MAX_TILE_PX + 1, overlap_px=8)  # type: ignore[operator]
+    assert seen == []
+
+
+def test_the_log_names_the_tile_size_used(caplog: pytest.LogCaptureFixture) -> None:
+    """--tile 5 runs 8 px tiles on a net whose multiple is 8 (32 for the packaged model);
+    the log used to say 'tile 5 px'. A frame that fits in one tile says that too."""
+    net = _net()
+    image = _image(3, 40, 40, seed=9)
+    with caplog.at_level("INFO", logger="starnet_core.inference"):
+        remove_stars(net, image, TileOptions(tile_px=5, overlap_px=2, device="cpu"))
+        remove_stars(net, image, TileOptions(tile_px=1024, overlap_px=8, device="cpu"))
+        remove_stars(net, image, TileOptions(tile_px=32, overlap_px=8, device="cpu"))
+    lines = [r.getMessage() for r in caplog.records if "removing stars" in r.getMessage()]
+    assert len(lines) == 3
+    assert "tile 8 px (tile_px 5 rounded up to a multiple of 8 px)" in lines[0]
+    assert "tile 56 px (one tile holds the frame; tile_px 1024)" in lines[1]
+    assert ", tile 32 px, overlap 8 px" in lines[2]
