@@ -55,16 +55,17 @@ from benchmarks.report import finite_json, render_markdown
 from starnet_core import metrics
 from starnet_core.classical import classical_remove_stars
 from starnet_core.imageio import read_image
-from starnet_core.inference import TileOptions, network_fn, remove_stars
-from starnet_core.masks import finish_starless
+from starnet_core.inference import TileOptions, network_fn
 from starnet_core.model import load_model, macs_per_pixel
 from starnet_core.options import (
     CoreFillOptions,
+    LargeStarOptions,
     ProtectOptions,
     RemnantOptions,
     SkyColourOptions,
     SpikeOptions,
 )
+from starnet_core.pipeline import remove_and_finish
 from starnet_core.synthetic import (
     DEFAULT_GLOW_CAP,
     DEFAULT_MIX,
@@ -366,6 +367,7 @@ def run_benchmark(
     core_fill: CoreFillOptions | None = None,
     spikes: SpikeOptions | None = None,
     remnants: RemnantOptions | None = None,
+    large_stars: LargeStarOptions | None = None,
     cases: list[Case] | None = None,
     glow_cap: float = DEFAULT_GLOW_CAP,
     scene_mix: str = "default",
@@ -385,19 +387,22 @@ def run_benchmark(
     core_fill = core_fill or CoreFillOptions()
     spikes = spikes or SpikeOptions()
     remnants = remnants or RemnantOptions()
+    large_stars = large_stars or LargeStarOptions()
     methods: dict[str, Method] = {"input": lambda x: x, "classical": classical_remove_stars}
     if model is not None:
-        # what users get: the network, then background protection, the sky colour in
-        # clipped cores, the rim fill of burnt-out stars, the spikes step and the
-        # remnants smoothed (pipeline defaults)
-        methods["model"] = lambda x: finish_starless(
+        # what users get: the network (and, when enabled, the large stars at half
+        # resolution), then background protection, the sky colour in clipped cores, the
+        # rim fill of burnt-out stars, the spikes step and the remnants smoothed
+        methods["model"] = lambda x: remove_and_finish(
+            model,
             x,
-            remove_stars(model, x, options),
-            protect,
-            sky_colour,
-            core_fill,
-            spikes,
+            tiles=options,
+            protect=protect,
+            sky_colour=sky_colour,
+            core_fill=core_fill,
+            spikes=spikes,
             remnants=remnants,
+            large_stars=large_stars,
         )
     size = QUICK_SIZE_PX if quick else FULL_SIZE_PX
     if not synthetic:
@@ -559,6 +564,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(remnants.enabled: false)",
     )
     parser.add_argument(
+        "--large-stars",
+        action="store_true",
+        help="also run the network at half resolution for the big stars it leaves as "
+        "blobs (large_stars.enabled: true)",
+    )
+    parser.add_argument(
         "--lattice",
         type=int,
         default=0,
@@ -602,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stem += "_nospikes" if args.no_spikes else ""
     stem += "_noremnants" if args.no_remnants else ""
     stem += f"_lattice{args.lattice}" if args.lattice else ""
+    stem += "_largestars" if args.large_stars else ""
     preview_dir = None if args.no_previews else args.out / "previews"
     if args.ensemble > 1:
         label += f", {args.ensemble}x self-ensemble"
@@ -619,6 +631,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         label += ", star remnants left as the network leaves them"
     if args.lattice:
         label += f", its {args.lattice} px grid pattern taken out"
+    if args.large_stars:
+        label += ", large stars taken at half resolution"
     try:
         results = run_benchmark(
             model,
@@ -638,6 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             core_fill=CoreFillOptions(enabled=not args.no_core_fill),
             spikes=SpikeOptions(enabled=not args.no_spikes),
             remnants=RemnantOptions(enabled=not args.no_remnants),
+            large_stars=LargeStarOptions(enabled=args.large_stars),
             synthetic=not args.real_only,
         )
     except ValueError as e:  # a missing or unreadable real-pairs folder, named

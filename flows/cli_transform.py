@@ -108,6 +108,13 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         help="average the network over N flips of each tile (N x slower, a little cleaner)",
     )
     g.add_argument(
+        "--large-stars",
+        action="store_true",
+        help="run the network again at half resolution and take the big bright stars it "
+        "leaves as blobs (a quarter more time; can take galaxies in dense star fields; "
+        "large_stars.enabled: true)",
+    )
+    g.add_argument(
         "--lattice",
         type=int,
         metavar="PX",
@@ -164,6 +171,8 @@ def _apply_overrides(args: argparse.Namespace) -> None:
             setattr(inf, name, value)
     if getattr(args, "upsample", False):
         inf.upsample = True
+    if getattr(args, "large_stars", False):
+        args.settings.large_stars = dataclasses.replace(args.settings.large_stars, enabled=True)
     if getattr(args, "no_protect", False):
         args.settings.protect = dataclasses.replace(args.settings.protect, enabled=False)
     if getattr(args, "no_sky_colour", False):

@@ -140,11 +140,18 @@ def frame_params(settings: Settings) -> dict[str, Any]:
     """Every setting that changes the outputs (the run's identity hashes these).
 
     The device and the weights path are not here: the weights enter the identity
-    by their sha256, and the device does not change what a run means.
+    by their sha256, and the device does not change what a run means. The
+    ``large_stars`` section is here only when it is enabled: off, it changes nothing,
+    and the runs recorded before it existed keep their identity.
     """
     inference = dataclasses.asdict(settings.inference)
     for key in ("weights", "device"):
         inference.pop(key)
+    optional = (
+        {"large_stars": dataclasses.asdict(settings.large_stars)}
+        if settings.large_stars.enabled
+        else {}
+    )
     return {
         "inference": inference,
         "stretch": dataclasses.asdict(settings.stretch),
@@ -157,6 +164,7 @@ def frame_params(settings: Settings) -> dict[str, Any]:
         "remnants": dataclasses.asdict(settings.remnants),
         "enhance": dataclasses.asdict(settings.enhance),
         "outputs": dataclasses.asdict(settings.outputs),
+        **optional,
     }
 
 

@@ -27,6 +27,7 @@ import yaml
 
 from starnet_core.options import (
     CoreFillOptions,
+    LargeStarOptions,
     MaskOptions,
     ProtectOptions,
     RemnantOptions,
@@ -44,6 +45,7 @@ _SKY_COLOUR = SkyColourOptions()
 _CORE_FILL = CoreFillOptions()
 _SPIKES = SpikeOptions()
 _REMNANTS = RemnantOptions()
+_LARGE_STARS = LargeStarOptions()
 
 
 class SettingsError(ValueError):
@@ -171,6 +173,18 @@ class RemnantSettings:
 
 
 @dataclass
+class LargeStarSettings:
+    """Stars too large for the network, taken at half resolution (see LargeStarOptions)."""
+
+    enabled: bool = _LARGE_STARS.enabled
+    signal_sigmas: float = _LARGE_STARS.signal_sigmas  # full-res above half-res by this
+    min_area_px: int = _LARGE_STARS.min_area_px  # over at least this many px
+    core_level: float = _LARGE_STARS.core_level  # holding an input pixel this bright
+    ring_sigmas: float = _LARGE_STARS.ring_sigmas  # with a star's halo taken around it
+    grow_px: int = _LARGE_STARS.grow_px  # never below the sky from around, grown by this
+
+
+@dataclass
 class EnhanceSettings:
     """Screen-mask-invert nebula enhancement."""
 
@@ -273,6 +287,7 @@ class Settings:
     core_fill: CoreFillSettings = field(default_factory=CoreFillSettings)
     spikes: SpikeSettings = field(default_factory=SpikeSettings)
     remnants: RemnantSettings = field(default_factory=RemnantSettings)
+    large_stars: LargeStarSettings = field(default_factory=LargeStarSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     outputs: OutputSettings = field(default_factory=OutputSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -385,6 +400,10 @@ def remnant_options(settings: Settings) -> RemnantOptions:
     return RemnantOptions(**asdict(settings.remnants))
 
 
+def large_star_options(settings: Settings) -> LargeStarOptions:
+    return LargeStarOptions(**asdict(settings.large_stars))
+
+
 def pipeline_options(settings: Settings) -> dict[str, Any]:
     """Every option group of ``starnet_core.pipeline.process_array``, keyed by its keyword:
     what the pipeline's settings make of one frame, for every entry point that runs it."""
@@ -397,6 +416,7 @@ def pipeline_options(settings: Settings) -> dict[str, Any]:
         "core_fill": core_fill_options(settings),
         "spikes": spike_options(settings),
         "remnants": remnant_options(settings),
+        "large_stars": large_star_options(settings),
     }
 
 
@@ -411,6 +431,7 @@ def _check_options(settings: Settings, where: str) -> None:
         ("core_fill", core_fill_options),
         ("spikes", spike_options),
         ("remnants", remnant_options),
+        ("large_stars", large_star_options),
     ):
         try:
             build(settings)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from starnet_core.inference import remove_stars
+from starnet_core.large_stars import remove_large_stars
 from starnet_core.masks import (
     enhance,
     finish_starless,
@@ -35,6 +36,7 @@ from starnet_core.masks import (
 from starnet_core.options import (
     STRETCH_MODES,
     CoreFillOptions,
+    LargeStarOptions,
     MaskOptions,
     ProtectOptions,
     RemnantOptions,
@@ -65,6 +67,7 @@ DEFAULT_SKY_COLOUR_OPTIONS = SkyColourOptions()
 DEFAULT_CORE_FILL_OPTIONS = CoreFillOptions()
 DEFAULT_SPIKE_OPTIONS = SpikeOptions()
 DEFAULT_REMNANT_OPTIONS = RemnantOptions()
+DEFAULT_LARGE_STAR_OPTIONS = LargeStarOptions()
 # how far outside [0, 1] data that skips the stretch may lie (float rounding, a little
 # resampling overshoot): a quarter of an 8-bit step
 UNIT_RANGE_TOLERANCE = 1e-3
@@ -132,6 +135,35 @@ def stretch_for_network(
     return apply_stretch(x01, params), x01, params, norm
 
 
+def remove_and_finish(
+    model: torch.nn.Module,
+    stretched: np.ndarray,
+    *,
+    tiles: TileOptions = DEFAULT_TILE_OPTIONS,
+    protect: ProtectOptions = DEFAULT_PROTECT_OPTIONS,
+    sky_colour: SkyColourOptions = DEFAULT_SKY_COLOUR_OPTIONS,
+    core_fill: CoreFillOptions = DEFAULT_CORE_FILL_OPTIONS,
+    spikes: SpikeOptions = DEFAULT_SPIKE_OPTIONS,
+    remnants: RemnantOptions = DEFAULT_REMNANT_OPTIONS,
+    large_stars: LargeStarOptions = DEFAULT_LARGE_STAR_OPTIONS,
+    figures: dict[str, float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """The starless image users get for a stretched ``(C, H, W)`` frame in [0, 1]: the
+    network (:func:`remove_stars`), the large stars at half resolution when
+    ``large_stars.enabled``, then the steps after the network
+    (:func:`starnet_core.masks.finish_starless`); what those steps measure goes to
+    ``figures`` when given. :func:`process_array` and the quality benchmark call this."""
+    net = remove_stars(model, stretched, tiles, progress=progress)
+    if large_stars.enabled:
+        net, taken = remove_large_stars(model, stretched, net, tiles, large_stars)
+        if figures is not None:
+            figures["large_stars_taken"] = float(taken)
+    return finish_starless(
+        stretched, net, protect, sky_colour, core_fill, spikes, figures, remnants
+    )
+
+
 def process_array(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -145,6 +177,7 @@ def process_array(
     core_fill: CoreFillOptions = DEFAULT_CORE_FILL_OPTIONS,
     spikes: SpikeOptions = DEFAULT_SPIKE_OPTIONS,
     remnants: RemnantOptions = DEFAULT_REMNANT_OPTIONS,
+    large_stars: LargeStarOptions = DEFAULT_LARGE_STAR_OPTIONS,
     enhance_strength: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> FrameProducts:
@@ -158,15 +191,18 @@ def process_array(
 
     t = time.perf_counter()
     steps: dict[str, float] = {}  # what the steps after the network measured
-    starless_s = finish_starless(
+    starless_s = remove_and_finish(
+        model,
         stretched,
-        remove_stars(model, stretched, tiles, progress=progress),
-        protect,
-        sky_colour,
-        core_fill,
-        spikes,
-        steps,
-        remnants,
+        tiles=tiles,
+        protect=protect,
+        sky_colour=sky_colour,
+        core_fill=core_fill,
+        spikes=spikes,
+        remnants=remnants,
+        large_stars=large_stars,
+        figures=steps,
+        progress=progress,
     )
     timings["remove_stars"] = time.perf_counter() - t
 

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from benchmarks import quality
 from starnet_core import metrics
 from starnet_core.checkpoint import is_checkpoint, load_any, load_generator_from_checkpoint
+from starnet_core.inference import remove_stars
 from starnet_core.model import ModelConfig, StarNetUNet, save_weights
 from starnet_core.synthetic import MIXES, Scene, make_pair
 
@@ -476,7 +477,7 @@ def test_finish_sweep_scores_settings_on_development_scenes(
     # the defaults' row is the benchmark's own scoring of the pipeline's defaults
     cases = finish_sweep.dev_cases("default", finish_sweep.DEV_SEEDS[:2])
     model = _tiny_model()
-    outs = [quality.remove_stars(model, c.original, quality.TileOptions()) for c in cases]
+    outs = [remove_stars(model, c.original, quality.TileOptions()) for c in cases]
     direct = finish_sweep.score(cases, outs, finish_sweep.parse_setting(""))
     assert f"| defaults | {direct['psnr']:.3f} | {direct['bg']:.2f} |" in rows[0]
     with pytest.raises(SystemExit):
