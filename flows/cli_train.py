@@ -1,7 +1,10 @@
 """``starnet train`` / ``starnet plot``: the original StarNet's training modes.
 
 ``starnet train`` resumes: from the run's checkpoint when one exists, else from
-the current weights (``inference.weights`` or the packaged model).
+the current weights (``inference.weights`` or the packaged model). A resumed run
+keeps the settings it was started with (the checkpoint's): only the options given
+again change them, and it says which changed. --device, --threads, --workers,
+--minutes and --d-warmup are this start's alone.
 ``starnet train --new`` starts a fresh model (asks first, or ``--yes``); it is
 unconditioned unless ``--width-cond`` is given (the packaged model is conditioned).
 Pairs come from ``train/original/`` and ``train/starless/`` (identical names)
@@ -207,8 +210,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--film-only",
-        action="store_true",
-        help="train a width-conditioned model's FiLM weights alone, every other weight frozen",
+        action=argparse.BooleanOptionalAction,
+        help="train a width-conditioned model's FiLM weights alone, every other weight frozen "
+        "(--no-film-only: a resumed --film-only run trains them all)",
     )
     p.add_argument(
         "--over-threshold",
@@ -238,9 +242,9 @@ def register(sub: Any) -> None:
     )
     mix.add_argument(
         "--scene-mix",
-        default="default",
-        help="named mix to start from: default, hard or large-galaxies (synthetic.MIXES); "
-        "the options below change single fields of it",
+        help="named mix to start from: default, hard or large-galaxies (synthetic.MIXES; "
+        "default: default, or a resumed run's own); the options below change single fields "
+        "of it",
     )
     for field, (option, kind, text) in _MIX_OPTIONS.items():
         if kind == "RANGE":
@@ -276,7 +280,11 @@ def register(sub: Any) -> None:
         "the generator as weights-<step>.safetensors in --logs, to average with "
         "`starnet soup` (default 0: none)",
     )
-    p.add_argument("--version", default="0.0.0-dev", help="version stored in exported weights")
+    p.add_argument(
+        "--version",
+        help="version stored in the --export and --ship weights (default 0.0.0-dev+<8 hex "
+        "of the weights>, unique to them)",
+    )
     p.add_argument(
         "--ship",
         action="store_true",
@@ -302,15 +310,34 @@ def register(sub: Any) -> None:
     dest = a.add_mutually_exclusive_group(required=True)
     dest.add_argument("--out", help="write the averaged weights here")
     dest.add_argument("--ship", action="store_true", help="make it the packaged default model")
-    a.add_argument("--version", default="0.0.0-dev", help="version stored in the weights")
+    a.add_argument(
+        "--version",
+        help="version stored in the weights (default 0.0.0-dev+<8 hex of the weights>, "
+        "unique to them)",
+    )
     a.set_defaults(func=cmd_soup)
 
 
-def _config(args: argparse.Namespace) -> Any:
+# A --minutes run without --steps: the budget alone ends it.
+_TIME_ONLY_STEPS = 2**62
+# What a resumed run does not take from its checkpoint: the machine it runs on, and what
+# one start does (its time budget, its discriminator warm-up).
+_THIS_START = ("device", "threads", "workers", "time_limit_s", "d_warmup_steps")
+
+
+def _config(args: argparse.Namespace, base: Any = None) -> Any:
+    """The run's TrainConfig: ``base`` (a resumed run: its checkpoint's config, less
+    :data:`_THIS_START`) or the defaults, with the options given on the command line."""
     from starnet_core.synthetic import MIXES
     from starnet_core.train import TrainConfig
 
-    cfg = TrainConfig()
+    defaults = TrainConfig()
+    cfg = dataclasses.replace(base) if base is not None else defaults
+    if base is not None:
+        for name in _THIS_START:
+            setattr(cfg, name, getattr(defaults, name))
+        if cfg.steps == _TIME_ONLY_STEPS and args.minutes is None:
+            cfg.steps = defaults.steps  # a --minutes run's steps: not a target
     for attr, name in (
         ("steps", "steps"),
         ("batch", "batch_size"),
@@ -343,11 +370,17 @@ def _config(args: argparse.Namespace) -> Any:
             setattr(cfg, name, value)
     if args.width_cond:
         cfg.model = dataclasses.replace(cfg.model, width_cond=True)
-    cfg.film_only = bool(args.film_only)
+    if args.film_only is not None:
+        cfg.film_only = bool(args.film_only)
     shifts = {f: getattr(args, f) for f in _MIX_OPTIONS if getattr(args, f) is not None}
-    if args.scene_mix not in MIXES:
-        raise ValueError(f"--scene-mix must be one of {', '.join(MIXES)}, got {args.scene_mix!r}")
-    cfg.mix = MIXES[args.scene_mix]
+    if args.scene_mix is not None:
+        if args.scene_mix not in MIXES:
+            raise ValueError(
+                f"--scene-mix must be one of {', '.join(MIXES)}, got {args.scene_mix!r}"
+            )
+        cfg.mix = MIXES[args.scene_mix]
+    elif base is None:
+        cfg.mix = MIXES["default"]
     if shifts:
         try:
             cfg.mix = dataclasses.replace(cfg.mix, **shifts)
@@ -413,10 +446,31 @@ def _config(args: argparse.Namespace) -> Any:
             raise ValueError(f"--minutes must be positive, got {args.minutes}")
         cfg.time_limit_s = 60.0 * args.minutes
         if args.steps is None:  # the budget alone ends the run
-            cfg.steps = 2**62
+            cfg.steps = _TIME_ONLY_STEPS
     return cfg
 
 
+def _changes(before: Any, after: Any) -> list[str]:
+    """``name old -> new`` for each TrainConfig field (mix fields as ``mix.name``) that
+    differs, the architecture and :data:`_THIS_START` left out."""
+
+    def flat(cfg: Any) -> dict[str, Any]:
+        d = dataclasses.asdict(cfg)
+        d.pop("model", None)
+        out = {k: v for k, v in d.items() if k != "mix" and k not in _THIS_START}
+        out |= {f"mix.{k}": v for k, v in d["mix"].items()}
+        return out
+
+    old, new = flat(before), flat(after)
+
+    def show(v: Any) -> str:
+        return "none" if v == _TIME_ONLY_STEPS else str(list(v) if isinstance(v, tuple) else v)
+
+    return [f"{k} {show(old[k])} -> {show(new[k])}" for k in new if old.get(k) != new[k]]
+
+
+# The names of the generators a run keeps (--keep-every; train.kept_weights_path).
+_KEPT_WEIGHTS = re.compile(r"weights-\d{9}\.safetensors")
 # What a run leaves in --logs besides its checkpoint (which --new discards): set aside
 # when a run starts over. training.png: `starnet plot`'s default output, drawn from the log.
 _RUN_FILES = re.compile(
@@ -527,46 +581,116 @@ def _ask_new(ckpt: Path) -> bool:
     return True
 
 
+def _check_export(path: Path, logs: Path) -> None:
+    """Refuse, before any work, an --export that cannot be written or would replace the
+    run's own checkpoint or one of its kept weights (``ValueError`` naming it)."""
+    _check_out_file("--export", path)
+    target = path.resolve()
+    if target == (logs / "checkpoint.safetensors").resolve():
+        raise ValueError(
+            f"--export {path}: that is the run's checkpoint (it could no longer resume); "
+            "export to another file"
+        )
+    if target.parent == logs.resolve() and _KEPT_WEIGHTS.fullmatch(target.name):
+        raise ValueError(
+            f"--export {path}: that name is the run's own kept weights (--keep-every); "
+            "export to another file"
+        )
+
+
+def _check_ship(version: str | None, trains: bool) -> None:
+    """Refuse, before any work, a --ship that would fail after the run: the package's
+    weights folder not writable, or (when the run trains, so its weights are new) an
+    explicit ``version`` that is packaged already. ``ValueError`` naming --ship."""
+    import starnet_core.model as model_module
+
+    folder = model_module.WEIGHTS_DIR
+    if problem := _folder_problem(folder):
+        raise ValueError(f"--ship: {problem} (the package's weights folder {folder})")
+    if version is None or not trains:  # a generated version is the weights' own
+        return
+    taken = folder / f"starnet-{version}.safetensors"
+    packaged = None
+    if model_module.MANIFEST.exists():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            packaged = model_module.packaged_weights()
+    if taken.exists() or (packaged is not None and packaged[2] == version):
+        where = taken if taken.exists() else packaged[0] if packaged else taken
+        raise ValueError(
+            f"--ship: model version {version} is packaged already ({where}); give the new "
+            "weights a new --version"
+        )
+
+
+def _resume_base(ckpt: Path) -> tuple[int, Any]:
+    """The step of the checkpoint a run resumes and the TrainConfig it was saved with
+    (None: an older checkpoint without one). ``ValueError`` naming the file when it is not
+    a readable training checkpoint."""
+    from starnet_core.checkpoint import checkpoint_metadata
+    from starnet_core.train import TrainConfig
+
+    meta = checkpoint_metadata(ckpt)
+    if "train_config" not in meta:
+        return int(meta["step"]), None
+    try:
+        return int(meta["step"]), TrainConfig.from_json(meta["train_config"])
+    except (ValueError, TypeError) as e:  # not JSON, unknown values
+        raise ValueError(f"{ckpt}: unusable train_config in the metadata ({e})") from e
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from starnet_core.model import load_model, with_width_conditioning
-    from starnet_core.train import export_generator, read_pair_folder, release_generator, train
+    from starnet_core.model import check_version, dev_version, load_model, with_width_conditioning
+    from starnet_core.synthetic import check_glow_cap
+    from starnet_core.tiling import select_device
+    from starnet_core.train import (
+        WorkersLostError,
+        export_generator,
+        read_pair_folder,
+        release_generator,
+        train,
+    )
 
     logs = Path(args.logs)
     ckpt = logs / "checkpoint.safetensors"
-    if args.new and ckpt.exists() and not args.yes and not _ask_new(ckpt):
-        return 1
-    from starnet_core.synthetic import check_glow_cap
-    from starnet_core.tiling import select_device
-
+    resume_step: int | None = None
+    base: Any = None
+    if not args.new and ckpt.exists():
+        try:  # a resumed run starts from the settings it was started with
+            resume_step, base = _resume_base(ckpt)
+        except ValueError as e:  # truncated, corrupt, not a checkpoint: names the file
+            print(f"starnet train: {e}; restore it, or start over with --new", file=sys.stderr)
+            return 2
     try:
-        cfg = _config(args)
+        cfg = _config(args, base)
         select_device(cfg.device)
         check_glow_cap(cfg.glow_cap_sigma, "--glow-cap")
         data = _check_data(args.data)
+        if args.version is not None:
+            try:
+                check_version(args.version)
+            except ValueError as e:
+                raise ValueError(f"--version: {e}") from None
         # the outputs: refused now, not after the whole run
         if problem := _folder_problem(logs):
             raise ValueError(f"--logs {logs}: {problem}")
         if args.export:
-            _check_out_file("--export", Path(args.export))
+            _check_export(Path(args.export), logs)
+        if args.ship:
+            _check_ship(args.version, resume_step is None or resume_step < cfg.steps)
     except ValueError as e:
         print(f"starnet train: {e}", file=sys.stderr)
         return 2
-    resume_step = None
-    if not args.new and ckpt.exists():
-        from starnet_core.checkpoint import checkpoint_step
-
-        try:
-            resume_step = checkpoint_step(ckpt)
-        except ValueError as e:  # truncated, corrupt, not a checkpoint: names the file
-            print(
-                f"starnet train: {e}; restore it, or start over with --new",
-                file=sys.stderr,
-            )
-            return 2
+    if args.new and ckpt.exists() and not args.yes and not _ask_new(ckpt):
+        return 1
     pairs = []
     if (data / "original").is_dir():
-        try:
-            pairs = read_pair_folder(data)
+        validation = args.settings.validation
+        try:  # NaN/Inf as for the frames (validation.nan_policy)
+            pairs = read_pair_folder(
+                data,
+                nan_policy=validation.nan_policy,
+                max_nonfinite_fraction=validation.max_nonfinite_fraction,
+            )
         except ValueError as e:
             print(f"starnet train: {e}", file=sys.stderr)
             return 2
@@ -578,8 +702,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if pairs and args.synthetic and args.real_ratio is None:
-        cfg.real_ratio = 0.5
+    if (
+        pairs
+        and args.synthetic
+        and args.real_ratio is None
+        and (base is None or not cfg.real_ratio)
+    ):
+        cfg.real_ratio = 0.5  # mixing: half of each batch (a resumed mix keeps its share)
+    if resume_step is not None:
+        if base is None:
+            print(
+                f"resuming {ckpt} at step {resume_step}: it holds no training settings (an "
+                "older checkpoint), so the defaults and the options given apply"
+            )
+        else:
+            changed = _changes(base, cfg)
+            print(
+                f"resuming {ckpt} at step {resume_step} with its run's settings"
+                + (f"; changed: {', '.join(changed)}" if changed else "")
+            )
     init = None
     if not args.new and not ckpt.exists():
         try:
@@ -613,7 +754,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     anchor = None
     if cfg.w_anchor > 0:
-        source = args.anchor or args.settings.inference.weights
+        # a resumed run keeps its anchor file (one it recorded by name, not "packaged X")
+        kept = cfg.anchor_weights if base is not None else ""
+        kept = kept if kept and not kept.startswith("packaged ") else None
+        source = args.anchor or kept or args.settings.inference.weights
         try:
             anchor, ainfo = load_model(source)
         except (OSError, ValueError) as e:
@@ -680,6 +824,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         where = f"{ckpt}: " if ckpt.exists() and not str(e).startswith(str(ckpt)) else ""
         print(f"starnet train: {where}{e}", file=sys.stderr)
         return 2
+    except WorkersLostError as e:  # while the synthetic pool was built: no step trained
+        kept = f"{ckpt} is as it was" if ckpt.exists() else "no checkpoint"
+        print(f"starnet train: {e}; {kept}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         kept = f"{ckpt} holds the last checkpoint saved" if ckpt.exists() else "no checkpoint"
         print(f"starnet train: aborted; {kept}", file=sys.stderr)
@@ -687,21 +835,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+    if state.stop_reason:  # e.g. a crop worker killed: the run stopped, its step saved
+        print(
+            f"starnet train: {state.stop_reason}; stopped at step {state.step} with the "
+            f"checkpoint {ckpt} saved (nothing exported or shipped): run it again to resume",
+            file=sys.stderr,
+        )
+        return 1
     print(f"stopped at step {state.step}; checkpoint {ckpt}")
+    # --export and --ship write what a run releases: the moving average when --ema keeps
+    # one, marked so; without --version, a version unique to those weights
+    version = args.version or dev_version(state.release)
+    extra = {"train_steps": str(state.step)}
+    if args.export:
+        Path(args.export).parent.mkdir(parents=True, exist_ok=True)
+        digest = export_generator(state, Path(args.export), version, extra)
+        print(f"weights {args.export} sha256 {digest} version {version}")
     if args.ship:
         from starnet_core.model import ship_weights
 
-        # what --export writes: the moving average when --ema keeps one, marked so
-        model, extra = release_generator(state, {"train_steps": str(state.step)})
-        path = ship_weights(model, args.version, extra)
+        model, marked = release_generator(state, extra)
+        try:
+            path = ship_weights(model, version, marked)
+        except (OSError, ValueError) as e:
+            print(f"starnet train: --ship: {e}", file=sys.stderr)
+            return 1
         kind = " (the generator's moving average)" if state.ema is not None else ""
-        print(f"shipped {path} as the default model {args.version}{kind}")
-    if args.export:
-        Path(args.export).parent.mkdir(parents=True, exist_ok=True)
-        digest = export_generator(
-            state, Path(args.export), args.version, {"train_steps": str(state.step)}
-        )
-        print(f"weights {args.export} sha256 {digest}")
+        print(f"shipped {path} as the default model {version}{kind}")
     return 0
 
 
@@ -741,6 +901,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
         )
         if any(k in r for r in records)
     ]
+    if not keys:
+        print(
+            f"starnet plot: {log_file}: no loss or metric values in the log (not a "
+            "`starnet train` log?)",
+            file=sys.stderr,
+        )
+        return 2
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.2 * len(keys)), sharex=True)
     for ax, k in zip(np.atleast_1d(axes), keys, strict=True):
         pts = [(r["step"], r[k]) for r in records if k in r]
@@ -766,12 +933,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_soup(args: argparse.Namespace) -> int:
     from starnet_core.checkpoint import load_any
-    from starnet_core.model import average_generators, save_weights, ship_weights
+    from starnet_core.model import (
+        average_generators,
+        check_version,
+        dev_version,
+        save_weights,
+        ship_weights,
+    )
 
     if args.out and Path(args.out).resolve() in {Path(m).resolve() for m in args.models}:
         print(f"starnet soup: {args.out}: would overwrite one of its inputs", file=sys.stderr)
         return 2
     try:
+        if args.version is not None:
+            try:
+                check_version(args.version)
+            except ValueError as e:
+                raise ValueError(f"--version: {e}") from None
         if args.out:
             _check_out_file("--out", Path(args.out))
         loaded = [load_any(m) for m in args.models]
@@ -782,11 +960,16 @@ def cmd_soup(args: argparse.Namespace) -> int:
     shares = args.mix or [1.0 / len(loaded)] * len(loaded)
     recipe = "; ".join(f"{w:g} x {label}" for w, (_, label) in zip(shares, loaded, strict=True))
     extra = {"soup": recipe}
+    version = args.version or dev_version(soup)  # unique to these weights
     if args.ship:
-        path = ship_weights(soup, args.version, extra)
-        print(f"shipped {path} as the default model {args.version} ({recipe})")
+        try:
+            path = ship_weights(soup, version, extra)
+        except (OSError, ValueError) as e:  # another model of that version, not writable
+            print(f"starnet soup: --ship: {e}", file=sys.stderr)
+            return 1
+        print(f"shipped {path} as the default model {version} ({recipe})")
     else:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        digest = save_weights(soup, Path(args.out), version=args.version, extra=extra)
-        print(f"weights {args.out} sha256 {digest} ({recipe})")
+        digest = save_weights(soup, Path(args.out), version=version, extra=extra)
+        print(f"weights {args.out} sha256 {digest} version {version} ({recipe})")
     return 0

@@ -67,6 +67,7 @@ from flows.settings import (
     PROMOTE_POLICIES,
     RetrainSettings,
     Settings,
+    ValidationSettings,
     load_settings,
     retrain_device,
     tile_options,
@@ -100,7 +101,7 @@ def train_config(r: RetrainSettings, architecture: dict[str, Any], device: str =
         crop_px=r.crop_px,
         lr=r.lr,
         lr_min=r.lr / 10,
-        warmup_steps=max(1, min(50, r.steps // 10)),
+        warmup_steps=50,  # at most a tenth of the run: train.warmup_length
         pool_size=r.pool_size,
         real_ratio=r.real_ratio,
         w_percep=0.0,
@@ -146,13 +147,18 @@ def usable_pairs(pairs: list[TrainingPair]) -> tuple[list[TrainingPair], list[st
     return usable, problems
 
 
-def read_pairs(pairs: list[TrainingPair]) -> tuple[dict[int, Pair], list[str]]:
+def read_pairs(
+    pairs: list[TrainingPair], validation: ValidationSettings | None = None
+) -> tuple[dict[int, Pair], list[str]]:
     """The images of each pair that can be trained on, by pair id, and why each other one
     is left out (naming the user's file): one bad pair never blocks the others.
 
     Each pair's files must still hold their recorded content: a missing or changed file
-    is left out (never trained as if it were the recorded pair)."""
+    is left out (never trained as if it were the recorded pair). NaN/Inf samples follow
+    ``validation`` (``validation.nan_policy``, as for the frames; default: refused)."""
     from starnet_core.train import read_pair
+
+    v = validation or ValidationSettings()
 
     images: dict[int, Pair] = {}
     problems: list[str] = []
@@ -160,7 +166,12 @@ def read_pairs(pairs: list[TrainingPair]) -> tuple[dict[int, Pair], list[str]]:
         problem = pair_problem(p)
         if problem is None:
             try:
-                images[p.id] = read_pair(p.original_path, p.starless_path)
+                images[p.id] = read_pair(
+                    p.original_path,
+                    p.starless_path,
+                    nan_policy=v.nan_policy,
+                    max_nonfinite_fraction=v.max_nonfinite_fraction,
+                )
             except (OSError, ValueError) as e:
                 problem = f"{e} (training pair {p.id})"
         if problem is not None:
@@ -237,10 +248,11 @@ def _scores(model: Any, items: list[Scored], settings: Settings) -> dict[str, fl
     return scores
 
 
-def validation_pairs(root: Path) -> list[Pair]:
+def validation_pairs(root: Path, validation: ValidationSettings | None = None) -> list[Pair]:
     """The pairs of ``root`` (``retrain.validation_dir``); a folder without ``original/``
     and ``starless/``, without a pair, or with a pair that cannot be read is a
-    ``ValueError`` naming the setting and the folder or file."""
+    ``ValueError`` naming the setting and the folder or file. NaN/Inf samples follow
+    ``validation`` (``validation.nan_policy``; default: refused)."""
     from starnet_core.train import read_pair_folder
 
     where = "retrain.validation_dir"
@@ -248,7 +260,10 @@ def validation_pairs(root: Path) -> list[Pair]:
         if not (root / side).is_dir():
             raise ValueError(f"{where}: {root / side}: no such folder (validation pairs)")
     try:
-        pairs = read_pair_folder(root)
+        v = validation or ValidationSettings()
+        pairs = read_pair_folder(
+            root, nan_policy=v.nan_policy, max_nonfinite_fraction=v.max_nonfinite_fraction
+        )
     except (OSError, ValueError) as e:
         raise ValueError(f"{where}: {e}") from e
     if not pairs:
@@ -269,7 +284,7 @@ def held_out(settings: Settings) -> dict[str, list[Scored]]:
         "synthetic": [make_pair(rng, r.eval_size_px) for _ in range(r.eval_scenes)]
     }
     if r.validation_dir:
-        pairs = validation_pairs(settings.resolve(r.validation_dir))
+        pairs = validation_pairs(settings.resolve(r.validation_dir), settings.validation)
         sets["validation"] = [(o, c, None) for o, c in pairs]
     return sets
 
@@ -384,7 +399,8 @@ def retrain(
         if pairs and last is not None and {p.id for p in pairs} <= last and not force:
             logger.info("no pair newer than model %s: nothing to do", trained[-1].version)
             return {"status": "up-to-date", "model": trained[-1].version}
-        file_pairs, unreadable = read_pairs(pairs)  # after the check: reads every image
+        # after the check: reads every image
+        file_pairs, unreadable = read_pairs(pairs, settings.validation)
         for problem in unreadable:
             logger.warning("left out: %s", problem)
         problems += unreadable

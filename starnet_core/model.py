@@ -479,12 +479,81 @@ def packaged_weights() -> tuple[Path, str, str]:
     return WEIGHTS_DIR / raw["file"], raw["sha256"], raw["version"]
 
 
+# The version of weights written without one (``--export``, ``--ship``, ``soup``, kept
+# weights): :func:`dev_version` makes it unique to the weights, as the provenance DB
+# registers one sha256 per version.
+DEV_VERSION = "0.0.0-dev"
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,63}")
+
+
+def parameters_sha256(model: nn.Module) -> str:
+    """The sha256 of a model's tensors (names, dtypes, shapes and values, in state-dict
+    order): the same for the same weights whatever file metadata they are saved with."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def dev_version(model: nn.Module) -> str:
+    """``0.0.0-dev+<first 8 hex of parameters_sha256>``: a version for unversioned
+    weights (semver build metadata), unique to them, so two of them never clash in the
+    provenance DB's registry (one sha256 per version) or in the weights folder."""
+    return f"{DEV_VERSION}+{parameters_sha256(model)[:8]}"
+
+
+def _holds(path: Path, model: nn.Module) -> bool:
+    """Whether the weights file ``path`` holds ``model``'s weights (tensors compared, not
+    file bytes: safetensors writes its metadata in no fixed order); an unreadable file
+    holds none."""
+    try:
+        other, _ = load_weights(path)
+    except (OSError, ValueError):
+        return False
+    return parameters_sha256(other) == parameters_sha256(model)
+
+
+def check_version(version: str) -> None:
+    """``ValueError`` unless ``version`` is a plain name that fits a weights file name and
+    the registry: 1-64 letters, digits and ``. _ + -``, starting with a letter or digit,
+    no ``..`` (``1.2.0``, ``0.0.0-dev+1a2b3c4d``, ``1.0.0+ft.20250101.000000``)."""
+    if not _VERSION.fullmatch(version) or ".." in version:
+        raise ValueError(
+            f"version {version!r}: expected 1-64 letters, digits and . _ + - (no '/', no "
+            "'..'), starting with a letter or digit, e.g. 1.2.0"
+        )
+
+
 def ship_weights(model: StarNetUNet, version: str, extra: dict[str, str] | None = None) -> Path:
     """Make ``model`` the packaged default: ``weights/starnet-<version>.safetensors`` and
-    the manifest (file, sha256, version) that :func:`load_model` verifies on every load."""
+    the manifest (file, sha256, version) that :func:`load_model` verifies on every load.
+
+    A version is one set of weights: a ``ValueError`` naming the file, and nothing
+    written, when ``starnet-<version>.safetensors`` (or the packaged model, when it has
+    that version) holds other weights. The same weights again leave that file as it is
+    (its sha256 is what a provenance DB registered). An unusable ``version`` is a
+    ``ValueError`` too (:func:`check_version`)."""
+    check_version(version)
     path = WEIGHTS_DIR / f"starnet-{version}.safetensors"
+    packaged = None
+    if MANIFEST.exists():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            packaged = packaged_weights()
+    taken = path if path.exists() else None
+    if taken is None and packaged is not None and packaged[2] == version and packaged[0].exists():
+        taken = packaged[0]
+    if taken is not None and not _holds(taken, model):
+        raise ValueError(
+            f"{taken}: model version {version} is packaged with other weights already; "
+            "ship these under a new --version (or remove that file first)"
+        )
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    digest = save_weights(model, path, version=version, extra=extra)
+    if path.exists():  # these very weights: the file stays as it is
+        digest = sha256_of(path)
+    else:
+        digest = save_weights(model, path, version=version, extra=extra)
     manifest = {"file": path.name, "sha256": digest, "version": version}
     tmp = MANIFEST.with_name(f".{MANIFEST.name}.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

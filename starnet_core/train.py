@@ -42,7 +42,8 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ from starnet_core.model import (
     ModelConfig,
     PatchDiscriminator,
     StarNetUNet,
+    dev_version,
     film_weights,
     save_weights,
     write_safetensors,
@@ -169,6 +171,36 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        """The config :meth:`to_json` wrote (a checkpoint's ``train_config``): keys it does
+        not know are left out, keys it lacks (an older checkpoint) take today's defaults.
+        Raises ``ValueError`` when it is not such a JSON object."""
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError(f"not a training config object: {text[:60]!r}")
+        known = {f.name for f in fields(cls)} - {"mix", "model"}
+        kw: dict[str, Any] = {k: v for k, v in raw.items() if k in known}
+        mix = raw.get("mix")
+        if isinstance(mix, dict):
+            names = {f.name for f in fields(Mix)}
+            shares: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in mix.items() if k in names
+            }
+            kw["mix"] = Mix(**shares)
+        if isinstance(raw.get("model"), dict):
+            kw["model"] = ModelConfig.from_json(json.dumps(raw["model"]))
+        return cls(**kw)
+
+
+class WorkersLostError(RuntimeError):
+    """A synthetic crop worker process died (killed, out of memory): its pool is broken."""
+
+
+_WORKERS_LOST = (
+    "a synthetic crop worker process died (killed, or out of memory?); its pool is broken"
+)
+
 
 class PairPool:
     """In-memory pool of synthetic pairs (N,3,S,S) with their scenes' masks (N,2,S,S:
@@ -222,16 +254,22 @@ class PairPool:
             # spawn, not fork: the parent may already hold CUDA or OpenMP state
             ctx = multiprocessing.get_context("spawn")
             self._executor = ProcessPoolExecutor(
-                workers, mp_context=ctx, initializer=_ignore_sigint
+                workers, mp_context=ctx, initializer=_ignore_stop_signals
             )
             filled = 0
-            futures = [self._submit(min(self.CHUNK, size - i)) for i in range(0, size, self.CHUNK)]
-            for fut in futures:
-                o, c, k, w = fut.result()
-                at = slice(filled, filled + len(o))
-                self.orig[at], self.clean[at], self.masks[at], self.hwhm[at] = o, c, k, w
-                filled += len(o)
-            self._pending = [self._submit(self.CHUNK) for _ in range(2 * workers)]
+            try:
+                futures = [
+                    self._submit(min(self.CHUNK, size - i)) for i in range(0, size, self.CHUNK)
+                ]
+                for fut in futures:
+                    o, c, k, w = fut.result()
+                    at = slice(filled, filled + len(o))
+                    self.orig[at], self.clean[at], self.masks[at], self.hwhm[at] = o, c, k, w
+                    filled += len(o)
+                self._pending = [self._submit(self.CHUNK) for _ in range(2 * workers)]
+            except BrokenProcessPool as e:
+                self.close()
+                raise WorkersLostError(_WORKERS_LOST) from e
         else:
             for i in range(size):
                 self._make(i)
@@ -271,7 +309,8 @@ class PairPool:
         """Replace crops by new ones; returns how many were replaced.
 
         In-process: ``count`` crops made now. With workers: every finished
-        task's crops, and the task is submitted again.
+        task's crops, and the task is submitted again. A worker that died (killed, out
+        of memory) breaks the pool: :class:`WorkersLostError`.
         """
         if self._executor is None:
             for i in self.rng.integers(0, len(self.orig), count):
@@ -279,13 +318,16 @@ class PairPool:
             return count
         done = [f for f in self._pending if f.done()]
         replaced = 0
-        for fut in done:
-            self._pending.remove(fut)
-            o, c, k, w = fut.result()
-            idx = self.rng.integers(0, len(self.orig), len(o))
-            self.orig[idx], self.clean[idx], self.masks[idx], self.hwhm[idx] = o, c, k, w
-            replaced += len(o)
-            self._pending.append(self._submit(self.CHUNK))
+        try:
+            for fut in done:
+                self._pending.remove(fut)
+                o, c, k, w = fut.result()
+                idx = self.rng.integers(0, len(self.orig), len(o))
+                self.orig[idx], self.clean[idx], self.masks[idx], self.hwhm[idx] = o, c, k, w
+                replaced += len(o)
+                self._pending.append(self._submit(self.CHUNK))
+        except BrokenProcessPool as e:
+            raise WorkersLostError(_WORKERS_LOST) from e
         return replaced
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -300,10 +342,13 @@ class PairPool:
             self._executor = None
 
 
-def _ignore_sigint() -> None:
-    """A pool worker's start: Ctrl-C reaches the whole process group, and the training
-    process (which stops at the next step and saves) needs its workers alive until then."""
+def _ignore_stop_signals() -> None:
+    """A pool worker's start: Ctrl-C (SIGINT) and SIGTERM reach the whole process group
+    (systemd's stop, Slurm's scancel, ``kill -TERM -PGID``), and the training process
+    (which stops at the next step, saves, and shuts its pool down) needs its workers
+    alive until then."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def star_widths(images: np.ndarray) -> np.ndarray:
@@ -340,29 +385,57 @@ def sample_crops(pairs: list[Pair], n: int, crop_px: int, rng: np.random.Generat
     return np.stack(xs), np.stack(ys)
 
 
-def read_pair_folder(root: Path) -> list[Pair]:
+def read_pair_folder(
+    root: Path, *, nan_policy: str = "error", max_nonfinite_fraction: float = 0.01
+) -> list[Pair]:
     """Pairs from ``root/original/X`` and ``root/starless/X`` (identical names), stretched
-    (C,H,W), each read by :func:`read_pair`. Raises ``ValueError`` naming the file for a
-    missing partner and for what :func:`read_pair` refuses."""
+    (C,H,W), each read by :func:`read_pair` (``nan_policy``, ``max_nonfinite_fraction``:
+    ``validation.*``, as for the frames). Raises ``ValueError`` naming the file for an
+    original without its starless partner and for what :func:`read_pair` refuses; a
+    starless file without its original is left out with a warning naming it."""
     from starnet_core.imageio import readable_suffixes
 
     orig_dir, clean_dir = root / "original", root / "starless"
     suffixes = readable_suffixes()
-    names = sorted(
-        p.name
-        for p in orig_dir.iterdir()
-        if p.is_file() and p.name.lower().endswith(suffixes) and not p.name.startswith(".")
-    )
+
+    def images(folder: Path) -> list[str]:
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.is_file() and p.name.lower().endswith(suffixes) and not p.name.startswith(".")
+        )
+
+    names = images(orig_dir)
+    alone = sorted(set(images(clean_dir)) - set(names))
+    if alone:
+        shown = ", ".join(str(clean_dir / n) for n in alone[:5])
+        more = f" and {len(alone) - 5} more" if len(alone) > 5 else ""
+        log.warning("%s%s: no original of that name in %s; left out", shown, more, orig_dir)
     pairs: list[Pair] = []
     for name in names:
         partner = clean_dir / name
         if not partner.exists():
             raise ValueError(f"{orig_dir / name}: no starless partner {partner}")
-        pairs.append(read_pair(orig_dir / name, partner))
+        pairs.append(
+            read_pair(
+                orig_dir / name,
+                partner,
+                nan_policy=nan_policy,
+                max_nonfinite_fraction=max_nonfinite_fraction,
+            )
+        )
     return pairs
 
 
-def read_pair(original: str | Path, starless: str | Path) -> Pair:
+def read_pair(
+    original: str | Path,
+    starless: str | Path,
+    *,
+    nan_policy: str = "error",
+    max_nonfinite_fraction: float = 0.01,
+) -> Pair:
     """One (original, hand-made starless) pair, stretched ``(C, H, W)`` float32, each file
     read in the format of its own name (a FITS original may have a TIFF starless): what
     ``starnet train`` reads from a pair folder and the retraining flow from its pairs.
@@ -373,11 +446,16 @@ def read_pair(original: str | Path, starless: str | Path) -> Pair:
     size or channels (mono vs RGB), when one side is linear and the other stretched (a
     float TIFF original with a 16-bit export of the stretched starless frame: its
     starless side would be stretched a second time), and when linear sides are in other
-    units (its target would be clipped to black)."""
+    units (its target would be clipped to black). NaN/Inf samples are handled by
+    ``nan_policy`` and ``max_nonfinite_fraction`` (:func:`~starnet_core.imageio.read_image`;
+    the settings' ``validation.*``)."""
     from starnet_core.imageio import read_image
     from starnet_core.stretch import apply_stretch, fit_auto_stretch, normalize_linear
 
-    a, b = read_image(original), read_image(starless)
+    a, b = (
+        read_image(p, nan_policy=nan_policy, max_nonfinite_fraction=max_nonfinite_fraction)
+        for p in (original, starless)
+    )
     if a.data.shape != b.data.shape:
         raise ValueError(
             f"{starless}: starless is {_describe(b)}, its original {original} is {_describe(a)}"
@@ -547,6 +625,9 @@ class TrainState:
     opt_g: torch.optim.Adam
     opt_d: torch.optim.Adam
     ema: StarNetUNet | None = None  # the generator's moving average (cfg.ema_decay > 0)
+    # why the run stopped before ``cfg.steps`` on an error it survived (its checkpoint
+    # saved): a crop worker lost (:class:`WorkersLostError`); "" otherwise
+    stop_reason: str = ""
 
     @property
     def release(self) -> StarNetUNet:
@@ -618,37 +699,78 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> TrainState:
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{path}: unreadable checkpoint ({e})") from e
-    state = build_state(cfg, StarNetUNet(ModelConfig.from_json(meta["model_config"])))
-    state.generator.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("g.")})
-    state.discriminator.load_state_dict(
-        {k[2:]: v for k, v in tensors.items() if k.startswith("d.")}
-    )
+    try:
+        model = StarNetUNet(ModelConfig.from_json(meta["model_config"]))
+    except (ValueError, TypeError, AttributeError) as e:  # not JSON, not an object, bad values
+        raise ValueError(f"{path}: unusable model_config in the metadata ({e})") from e
+    state = build_state(cfg, model)
+    ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+    for what, net, prefix in (
+        ("generator", state.generator, "g."),
+        ("discriminator", state.discriminator, "d."),
+    ):
+        try:
+            net.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith(prefix)})
+        except RuntimeError as e:  # missing, unexpected or misshapen tensors
+            raise ValueError(
+                f"{path}: its {what} tensors do not match its model_config; restore the "
+                f"file, or start over with --new ({_first_line(e)})"
+            ) from e
     _adam_from_tensors(state.opt_g, state.generator, tensors, "opt_g")
     _adam_from_tensors(state.opt_d, state.discriminator, tensors, "opt_d")
     state.step = int(meta["step"])
-    ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
     if cfg.ema_decay > 0:
         # a checkpoint from a run without the average starts it at its generator
         state.ema = _new_ema(state.generator)
         if ema:
-            state.ema.load_state_dict(ema)
+            try:
+                state.ema.load_state_dict(ema)
+            except RuntimeError as e:
+                raise ValueError(
+                    f"{path}: its moving-average tensors do not match its model_config; "
+                    f"restore the file, or start over with --new ({_first_line(e)})"
+                ) from e
     elif ema:
-        log.info("%s: its moving average is dropped (ema_decay 0)", path)
+        log.warning(
+            "%s: its moving average of the generator is dropped (ema_decay 0: --ema 0)", path
+        )
     return state
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message up to its first line break (torch's load errors list every
+    tensor)."""
+    text = str(e).strip()
+    first = text.split("\n", 1)[0]
+    return first + (" ..." if first != text else "")
+
+
+def warmup_length(steps: int, warmup: int) -> int:
+    """The warm-up steps of a run of ``steps``: ``warmup``, but at most a tenth of the run
+    (at least 1), so a short run (a fine-tune of a few hundred steps) still reaches its
+    cosine decay. What :func:`lr_at` uses, for the CLI and the retrain flow alike."""
+    return min(warmup, max(1, steps // 10)) if warmup > 0 else 0
 
 
 def lr_at(
     step: int, cfg: TrainConfig, elapsed_s: float = 0.0, budget_s: float | None = None
 ) -> float:
-    """Linear warm-up, then cosine decay to ``lr_min`` over the steps, or with a time
-    budget over ``budget_s`` seconds of training loop (``elapsed_s`` of them gone): what
-    the loop has left of ``cfg.time_limit_s`` once the pool is built (default: all of it).
+    """Linear warm-up (:func:`warmup_length`), then cosine decay to ``lr_min`` over the
+    steps, or with a time budget over ``budget_s`` seconds of training loop (``elapsed_s``
+    of them gone): what the loop has left of ``cfg.time_limit_s`` once the pool is built
+    (default: all of it). With a time budget the warm-up also ends once a tenth of the
+    budget is spent, so a run that makes few steps still decays.
     """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    warm = warmup_length(cfg.steps, cfg.warmup_steps)
+    budget = cfg.time_limit_s if budget_s is None else budget_s
+    if step < warm:
+        ramp = (step + 1) / warm
+        if cfg.time_limit_s > 0:
+            ramp = max(ramp, elapsed_s / (0.1 * budget)) if budget > 0 else 1.0
+        if ramp < 1.0:
+            return cfg.lr * ramp
+    t = min(1.0, max(0, step - warm) / max(1, cfg.steps - warm))
     if cfg.time_limit_s > 0:
-        budget = cfg.time_limit_s if budget_s is None else budget_s
         t = min(1.0, elapsed_s / budget) if budget > 0 else 1.0
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * t))
 
@@ -757,7 +879,8 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels
     ckpt = run_dir / "checkpoint.safetensors"
-    if resume and ckpt.exists():
+    resumed = resume and ckpt.exists()
+    if resumed:
         state = load_checkpoint(ckpt, cfg)
         log.info("resumed from %s at step %d", ckpt, state.step)
         if cfg.time_limit_s > 0:
@@ -780,6 +903,7 @@ def train(
     file_pairs = file_pairs or []
     if not synthetic and not file_pairs:
         raise ValueError("nothing to train on: synthetic=False and no file pairs given")
+    start = state.step
     todo = state.step < cfg.steps  # a finished run (e.g. only exporting) needs no data
     pool = (
         PairPool(
@@ -811,7 +935,9 @@ def train(
     finally:
         if pool is not None:
             pool.close()
-    if saved != state.step:  # the loop's last checkpoint is not this step's
+    # the loop's last checkpoint is not this step's; a resumed run that trained no step
+    # leaves its checkpoint as it was (a finished run resumed to export it)
+    if saved != state.step and not (resumed and state.step == start):
         save_checkpoint(state, cfg, ckpt)
     return state
 
@@ -887,7 +1013,11 @@ def _loop(
 
     if gan_on and cfg.d_warmup_steps > 0 and state.step < cfg.steps:
         warm = batches(cfg, file_pairs, pool, widths=cond, start=1, stream=WARMUP_PAIR_STREAM)
-        _warm_discriminator(cfg, state, device, warm, pool, should_stop, deadline)
+        try:
+            _warm_discriminator(cfg, state, device, warm, pool, should_stop, deadline)
+        except WorkersLostError as e:
+            state.stop_reason = str(e)
+            log.error("%s: the discriminator warm-up stops", e)
     t_start = t0 = time.perf_counter()
     budget = deadline - t_start  # the loop's share of the time budget (inf: none)
     if cfg.time_limit_s > 0 and state.step < cfg.steps:
@@ -898,7 +1028,7 @@ def _loop(
             max(0.0, budget),
             cfg.time_limit_s,
         )
-    while state.step < cfg.steps:
+    while state.step < cfg.steps and not state.stop_reason:
         elapsed = time.perf_counter() - t_start
         if should_stop is not None and should_stop():
             break
@@ -952,7 +1082,11 @@ def _loop(
         n_acc += 1
         state.step += 1
         if pool is not None and pool.refresh_due(state.step, cfg.refresh_every):
-            fresh += pool.refresh(cfg.refresh_count)
+            try:
+                fresh += pool.refresh(cfg.refresh_count)
+            except WorkersLostError as e:  # this step counts; the run stops after it
+                state.stop_reason = str(e)
+                log.error("%s: stopping at step %d", e, state.step)
         if state.step % cfg.log_every == 0:
             log_steps()
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
@@ -962,7 +1096,7 @@ def _loop(
                 export_generator(
                     state,
                     kept_weights_path(ckpt.parent, state.step),
-                    "0.0.0-dev",
+                    None,  # a version of its own: dev_version
                     {"train_steps": str(state.step)},
                 )
             if on_showcase is not None:
@@ -1127,9 +1261,15 @@ def release_generator(
     return state.release, extra
 
 
-def export_generator(state: TrainState, path: Path, version: str, extra: dict[str, str]) -> str:
+def export_generator(
+    state: TrainState, path: Path, version: str | None, extra: dict[str, str]
+) -> str:
     """Write the generator alone as the shippable weights file (:func:`release_generator`);
-    returns its sha256. Its parameters only: the model's train/eval mode is left as it is
-    (mid-run exports of ``keep_every`` go on training it)."""
+    returns its sha256. ``version`` None: one unique to these weights,
+    :func:`~starnet_core.model.dev_version` (``0.0.0-dev+<8 hex>``). Its parameters only:
+    the model's train/eval mode is left as it is (mid-run exports of ``keep_every`` go on
+    training it)."""
     model, extra = release_generator(state, extra)
-    return save_weights(model, path, version=version, extra=extra)
+    return save_weights(
+        model, path, version=dev_version(model) if version is None else version, extra=extra
+    )

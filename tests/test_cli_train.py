@@ -31,8 +31,8 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     settings: dict[str, Any] = {"log_every": 1, "checkpoint_every": 4}
     real = cli_train._config
 
-    def config(args: Any) -> Any:
-        cfg = real(args)
+    def config(args: Any, base: Any = None) -> Any:
+        cfg = real(args, base)
         cfg.model, cfg.threads, cfg.gan_start_step = TINY, 1, 10**6
         for k, v in settings.items():
             setattr(cfg, k, v)
