@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flows.db_models import RUN_STATUSES
+from flows.db_models import ATTEMPT_STATUSES
 from flows.provenance import ProvenanceDB, ProvenanceError, as_json, safe_url
 from flows.provenance_records import Frame, History, ModelVersion, Run
 
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     hist.set_defaults(func=cmd_history)
 
     runs = subparsers.add_parser("runs", help="list processing runs, newest first")
-    runs.add_argument("--status", choices=RUN_STATUSES)
+    runs.add_argument("--status", choices=ATTEMPT_STATUSES)
     runs.add_argument("--model", metavar="VERSION", help="only runs of this model version")
     runs.add_argument(
         "--since", metavar="DATE", type=parse_since, help="YYYY-MM-DD or ISO time (UTC)"

@@ -15,11 +15,14 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from flows.provenance_records import TrainingPair
 from flows.settings import SUBMIT_MODES, Settings
 from flows.watcher import Watcher, emit_pair_event, matches
+
+if TYPE_CHECKING:
+    from flows.provenance import ProvenanceDB
 
 log = logging.getLogger("starnet.pipeline")
 
@@ -195,7 +198,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     if args.original:  # read before it is registered: a bad pair is refused, not recorded
         try:
-            read_pair(Path(args.original).expanduser(), Path(args.starless).expanduser())
+            read_pair(
+                Path(args.original).expanduser(),
+                Path(args.starless).expanduser(),
+                nan_policy=args.settings.validation.nan_policy,  # as the flow reads it
+                max_nonfinite_fraction=args.settings.validation.max_nonfinite_fraction,
+            )
         except (OSError, ValueError) as e:
             print(f"starnet retrain: training pair refused: {e}", file=sys.stderr)
             return 2
@@ -257,12 +265,25 @@ def build_deployments(settings: Settings, config: str | None) -> list[Any]:
     ]
 
 
+def end_gone_runs(db: ProvenanceDB, who: str) -> None:
+    """End the runs left ``running`` by a process of this host that is gone (a ``starnet
+    serve`` stopped with its flow runs, a killed worker): at a start, nothing of this
+    host's earlier processes is still computing them."""
+    for run in db.end_gone_runs():
+        log.warning(
+            "%s: run %s (%s) left running: %s", who, run.run_key[:12],
+            Path(run.frame_path).name, run.error,
+        )  # fmt: skip
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from prefect import serve
 
     from flows.pipeline import ensure_concurrency_limit, gpu_limit
+    from flows.provenance import ProvenanceDB
 
     settings = args.settings
+    end_gone_runs(ProvenanceDB.from_settings(settings), "starnet serve")
     p = settings.prefect
     ensure_concurrency_limit(gpu_limit(settings), p.gpu_slots)
     ensure_concurrency_limit(p.retrain_limit_name, 1)
@@ -327,6 +348,7 @@ def build_watcher(
     that triggers the retrain deployment."""
     from flows.provenance import ProvenanceDB
 
+    incoming_given, training_given = incoming is not None, training is not None
     incoming = incoming or settings.resolve(settings.incoming_dir)
     training = training or settings.resolve(settings.training_dir)
     target = out_dir or str(settings.resolve(settings.output_dir))
@@ -370,6 +392,8 @@ def build_watcher(
         stable_s=settings.watch.stable_s,
         poll_s=settings.watch.poll_s,
         exclude=(Path(target),),
+        incoming_setting="starnet watch INCOMING" if incoming_given else "incoming_dir",
+        training_setting="starnet watch --training" if training_given else "training_dir",
     )
 
 
@@ -384,6 +408,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         training=Path(args.training) if args.training else None,
         out_dir=args.out,
     )
+    end_gone_runs(watcher.db, "starnet watch")
     print(f"starnet watch: {watcher.incoming} ({mode} mode); Ctrl-C stops")
     watcher.run(threading.Event())  # its own SIGINT/SIGTERM handlers set it while it runs
     return 0

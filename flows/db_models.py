@@ -56,6 +56,9 @@ from flows.provenance_records import (
 
 MODEL_STATUSES = ("candidate", "promoted", "retired")
 RUN_STATUSES = ("queued", "running", "succeeded", "failed")
+# an attempt may also be "interrupted" (stopped from outside: not counted toward
+# max_attempts); its run is recorded "failed" and shown "interrupted" (to_run)
+ATTEMPT_STATUSES = (*RUN_STATUSES, "interrupted")
 OUTPUT_KINDS = ("starless", "stars", "mask", "enhanced", "preview")
 
 NAMING_CONVENTION = {
@@ -224,7 +227,7 @@ class RunAttemptRow(Base):
     process is gone (killed, out of memory, power cut) is taken over at once."""
 
     __tablename__ = "run_attempts"
-    __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
+    __table_args__ = (CheckConstraint(_in("status", ATTEMPT_STATUSES), name="status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
@@ -369,10 +372,18 @@ def to_attempt(a: RunAttemptRow) -> Attempt:
     )
 
 
+def run_status(row: RunRow) -> RunStatus:
+    """The run's status as shown: ``interrupted`` for a run recorded ``failed`` whose
+    newest attempt was interrupted (it is taken up again, that attempt not counted)."""
+    if row.status == "failed" and row.tries and row.tries[-1].status == "interrupted":
+        return "interrupted"
+    return cast(RunStatus, row.status)
+
+
 def to_run(row: RunRow) -> Run:
     return Run(
         run_key=row.run_key,
-        status=cast(RunStatus, row.status),
+        status=run_status(row),
         frame_sha256=row.frame.sha256,
         frame_path=row.frame.path,
         model_version=row.model_version.version,

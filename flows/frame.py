@@ -295,8 +295,9 @@ def _claim_run(
         )
     elif claim.state == "exhausted":
         reason = (
-            f"{path}: its run {run.run_key[:12]} failed {run.attempts} time(s), the most "
-            f"allowed (max_attempts {max_attempts}); last error: {run.error}"
+            f"{path}: its run {run.run_key[:12]} failed {max_attempts} time(s), the most "
+            f"allowed (max_attempts; interruptions not counted, {run.attempts} attempt(s) "
+            f"in all); last error: {run.error}"
         )
     decision = {"owned": "process", "done": "skip"}.get(claim.state, claim.state)
     return FrameClaim(str(path), digest, decision, claim.record(), run.attempts, reason)
@@ -820,9 +821,18 @@ def finish_frame(
     claim: FrameClaim,
     outputs: FrameOutputs | None,
     error: str | None,
+    *,
+    interrupted: bool = False,
 ) -> None:
-    """Record the end of an owned run (nothing to do without a DB)."""
+    """Record the end of an owned run (nothing to do without a DB). ``interrupted``: the
+    frame was stopped from outside (a stop signal, Ctrl-C), not failed by itself: taken up
+    again at the next start and not counted toward ``prefect.max_attempts``."""
     if db is None or claim.decision != "process":
+        return
+    if interrupted:
+        db.finish_run(
+            claim.run_key, "interrupted", error=error or "interrupted", attempt=claim.attempt
+        )
         return
     if outputs is not None and error is None:
         db.finish_run(
@@ -927,7 +937,7 @@ def process_file(
 ) -> FrameResult:
     """Claim, compute and finish one frame; bad input gives a failed result, not an exception,
     and so does any other error in its computation (out of memory: :func:`frame_error`).
-    Only KeyboardInterrupt and SystemExit propagate, the run recorded failed first.
+    Only KeyboardInterrupt and SystemExit propagate, the run recorded interrupted first.
 
     ``skip_done=False`` (the CLI) recomputes a frame the DB already has as a new attempt
     of its run (``redo``), so the new outputs are the recorded ones. A
@@ -956,8 +966,10 @@ def process_file(
             log.error("%s", message, exc_info=e)
         finish_frame(db, claim, None, message)
         return FrameResult(claim.path, "failed", claim.run_key, error=message)
-    except BaseException as e:  # Ctrl-C, SystemExit: the run is failed, then re-raised
-        finish_frame(db, claim, None, f"{path}: interrupted: {type(e).__name__}: {e}")
+    except BaseException as e:  # Ctrl-C, SystemExit: the run is interrupted, then re-raised
+        finish_frame(
+            db, claim, None, f"{path}: interrupted: {type(e).__name__}: {e}", interrupted=True
+        )
         raise
     result = FrameResult(
         claim.path, "succeeded", claim.run_key, outputs.outputs, outputs.timings_s, outputs.figures

@@ -632,9 +632,11 @@ def run_frame(
         except ProvenanceError as refused:  # claimed again meanwhile: the frame's failure
             message += f"; not recorded as this run's failure: {refused}"
         return _failed(claim, path, message)
-    except BaseException as e:  # crash, cancel or stop signal: the run is failed, then re-raised
-        try:
-            finish_frame(db, claim, None, f"{path}: interrupted: {_interruption(e)}")
+    except BaseException as e:  # cancel or stop signal: the run is interrupted, then re-raised
+        try:  # interrupted: taken up again, not counted toward max_attempts
+            finish_frame(
+                db, claim, None, f"{path}: interrupted: {_interruption(e)}", interrupted=True
+            )
         except Exception:  # e.g. the DB is locked: the interrupt must still reach the caller
             _logger().exception("%s: could not record the interrupted run", path)
         raise
@@ -836,6 +838,8 @@ def nightly_rerun(
         settings, db, purpose="the nightly rerun", would="redo the promoted model's frames"
     )
     max_attempts = settings.prefect.max_attempts
+    for run in db.end_gone_runs():  # left `running` by a worker on this host that is gone
+        logger.warning("run %s (%s): %s", run.run_key[:12], Path(run.frame_path).name, run.error)
     frames = db.frames_needing_rerun(
         engine.version, max_attempts=max_attempts, params=frame_params(settings)
     )  # exhausted: failed that often with these parameters (a changed tile size retries)

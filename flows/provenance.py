@@ -49,7 +49,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from sqlalchemy import exists, func, or_, select, text
+from sqlalchemy import case, exists, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -64,9 +64,9 @@ from flows.db_engine import (
     safe_url,
 )
 from flows.db_models import (
+    ATTEMPT_STATUSES,
     MODEL_STATUSES,
     OUTPUT_KINDS,
-    RUN_STATUSES,
     FrameRow,
     ModelVersionRow,
     OutputRow,
@@ -134,6 +134,10 @@ log = logging.getLogger(__name__)
 
 _PG_MIGRATION_LOCK = 0x57A2_0E7  # pg_advisory_xact_lock key: one migrator at a time
 _ERROR_MAX_CHARS = 20_000
+# interrupted attempts (a stop signal, the host restarting) are not counted toward
+# max_attempts, up to this many since the run's last success: a frame whose every attempt
+# is interrupted (something stops its worker each time) is still not tried forever
+FREE_INTERRUPTIONS = 10
 
 
 def default_code_version() -> str:
@@ -315,6 +319,32 @@ def _process_alive(attempt: RunAttemptRow) -> bool:
     )
 
 
+def _rebooted(attempt: RunAttemptRow) -> bool:
+    """Whether the claim ``attempt`` was made on this host before its last boot (the
+    attempt's process is gone because the host restarted: a power cut, a reboot), not
+    killed in this boot (out of memory, SIGKILL, a crash of its own)."""
+    me = _this_process()
+    return (
+        attempt.host == socket.gethostname()
+        and attempt.boot_id is not None
+        and me.boot_id is not None
+        and attempt.boot_id != me.boot_id
+    )
+
+
+def _counted(row: RunRow) -> int:
+    """How many of the run's attempts since its last success count toward ``max_attempts``:
+    the newest attempt's number less its interrupted attempts (at most
+    ``FREE_INTERRUPTIONS`` of them)."""
+    att = _latest(row)
+    interrupted = 0
+    for t in reversed(row.tries):
+        if t.status == "succeeded":
+            break
+        interrupted += t.status == "interrupted"
+    return att.attempt - min(interrupted, FREE_INTERRUPTIONS)
+
+
 def _identity(host: str) -> dict[str, Any]:
     """The claiming process's identity for an attempt on ``host``: this process's when it
     is this host, else nothing (a claim made on behalf of another host)."""
@@ -363,10 +393,13 @@ def _end_attempt(
     now: datetime,
     error: str,
     timings: dict[str, float] | None = None,
+    status: Literal["failed", "interrupted"] = "failed",
 ) -> None:
-    """The attempt ``att`` failed with ``error``; so did the run unless it succeeded before
-    (``timings``: a real end the worker reported, with its duration)."""
-    att.status = "failed"
+    """The attempt ``att`` failed (or was ``interrupted``) with ``error``; the run is then
+    ``failed`` unless it succeeded before (``timings``: a real end the worker reported,
+    with its duration). An interrupted attempt's run is recorded ``failed`` and shown
+    ``interrupted`` (:func:`flows.db_models.run_status`)."""
+    att.status = status
     att.finished_at = now
     att.error = error[:_ERROR_MAX_CHARS]
     if row.status == "succeeded":
@@ -379,6 +412,25 @@ def _end_attempt(
         row.duration_s = (now - att.started_at).total_seconds()
 
 
+def _free_interruptions() -> Any:
+    """The number of the enclosing query's run's interrupted attempts since its last
+    success, at most ``FREE_INTERRUPTIONS`` (a correlated subquery; :func:`_counted`)."""
+    ok, it = aliased(RunAttemptRow), aliased(RunAttemptRow)
+    last_success = (
+        select(func.coalesce(func.max(ok.id), 0))
+        .where(ok.run_id == RunRow.id, ok.status == "succeeded")
+        .correlate(RunRow)
+        .scalar_subquery()
+    )
+    n = (
+        select(func.count(it.id))
+        .where(it.run_id == RunRow.id, it.status == "interrupted", it.id > last_success)
+        .correlate(RunRow)
+        .scalar_subquery()
+    )
+    return case((n > FREE_INTERRUPTIONS, FREE_INTERRUPTIONS), else_=n)
+
+
 def _newest_attempt_id() -> Any:
     """The id of the newest attempt of the enclosing query's run (a correlated subquery)."""
     return (
@@ -387,6 +439,12 @@ def _newest_attempt_id() -> Any:
         .correlate(RunRow)
         .scalar_subquery()
     )
+
+
+def _newest_of(run_id: Any) -> Any:
+    """The id of the newest attempt of the run ``run_id`` (a correlated subquery)."""
+    newer = aliased(RunAttemptRow)
+    return select(func.max(newer.id)).where(newer.run_id == run_id).scalar_subquery()
 
 
 def _view(row: RunRow) -> Run:
@@ -746,6 +804,12 @@ class ProvenanceDB:
         or dead run that has had its ``max_attempts`` (a frame that kills its worker) is
         then marked failed, with an error saying so, and not claimed again.
 
+        Interrupted attempts (``finish_run(..., "interrupted")``: a stop signal; a claim
+        whose host restarted since; a submission never started) are claimed again like
+        failed ones but not counted toward ``max_attempts`` (up to ``FREE_INTERRUPTIONS``
+        since the last success). A worker that died in this boot (killed, out of memory)
+        or went stale is counted: it may be the frame that kills it.
+
         ``redo``: a succeeded run is claimed again too (a user recomputing a frame on
         purpose, the nightly redoing a rolled-back frame), its attempts counted from 1
         again. The success stays recorded as it was (status, times, outputs) while the
@@ -820,35 +884,48 @@ class ProvenanceDB:
                 return "busy"
         if att.status == "queued" and not stale and status == "queued":
             return "busy"
-        if max_attempts is not None and att.status != "succeeded" and att.attempt >= max_attempts:
-            if att.status == "failed":
-                return "exhausted"
-            if att.status == "running":  # stale or gone: its worker died (OOM kill, crash, ...)
+        dead = att.status == "running"  # stale or gone: its worker died without an end
+        started = f"{att.started_at:%Y-%m-%d %H:%M:%S} UTC"
+        if dead:
+            # gone because the host restarted (power cut, reboot): interrupted, not counted;
+            # gone in this boot (OOM kill, SIGKILL, a crash) or stale: a failure, counted, so
+            # a frame that kills its worker every time ends after max_attempts
+            _end_attempt(
+                row, att, now, "no end recorded", status="interrupted" if gone and _rebooted(att)
+                else "failed",
+            )  # fmt: skip
+        elif att.status == "queued" and stale:  # a submission nothing ran: not the frame's fault
+            _end_attempt(row, att, now, "never started: claimed again", status="interrupted")
+        if (
+            max_attempts is not None
+            and att.status in ("failed", "interrupted")
+            and _counted(row) >= max_attempts
+        ):
+            if dead:
                 why = gone or (
                     f"was given up after {self.stale_after_s:.0f} s without a heartbeat "
                     "(its worker died?)"
                 )
-                _end_attempt(
-                    row,
-                    att,
-                    now,
+                att.error = (
                     f"no end recorded: attempt {att.attempt} of {max_attempts}, started "
-                    f"{att.started_at:%Y-%m-%d %H:%M:%S} UTC, {why}",
+                    f"{started}, {why}"
                 )
+                if row.status != "succeeded":
+                    row.error = att.error
                 log.warning("run %s: %s", row.run_key[:12], att.error)
-                return "exhausted"
+            return "exhausted"
         if att.status == "succeeded":  # redo: attempts count the tries since a success
             number = 1
-        elif att.status == "queued" and not stale:  # a queued run starting is the same attempt
+        elif att.status == "queued":  # a queued run starting is the same attempt
             number = att.attempt
         else:
             number = att.attempt + 1
-        if att.status == "running":
-            why = gone or f"stale since {att.started_at:%Y-%m-%d %H:%M:%S} UTC"
+        if dead:
+            why = gone or f"stale since {started}"
             log.warning("run %s: %s: claimed again", row.run_key[:12], why)
-            _end_attempt(row, att, now, f"no end recorded: {why}; claimed again")
-        elif att.status == "queued" and stale:
-            _end_attempt(row, att, now, "never started: claimed again")
+            att.error = f"no end recorded: {why}; claimed again"
+            if row.status != "succeeded":
+                row.error = att.error
         if number == att.attempt and att.status == "queued":
             att.status = status
             att.started_at = now
@@ -886,7 +963,7 @@ class ProvenanceDB:
                     f"run_key: run {run_key[:12]} was claimed again (now attempt "
                     f"{att.attempt} on {att.host}); this worker's attempt {attempt} is over"
                 )
-            if att.status in ("succeeded", "failed"):
+            if att.status in ("succeeded", "failed", "interrupted"):
                 raise ProvenanceError(f"run_key: run {run_key} is already {att.status}")
             now = utcnow()
             att.status = "running"
@@ -927,10 +1004,11 @@ class ProvenanceDB:
         attempt: int | None = None,
         figures: Mapping[str, Any] | None = None,
     ) -> Run:
-        """Record the end of a run's current attempt: status, per-stage timings (seconds),
-        error text, the outputs (their sha256 and size are computed here; the files must
-        exist) and the frame's ``figures`` (JSON data: spike score, ...; NaN is kept as
-        null). Outputs and figures belong to a success.
+        """Record the end of a run's current attempt: status (``interrupted``: stopped
+        from outside, by a stop signal; not counted toward ``max_attempts``), per-stage
+        timings (seconds), error text, the outputs (their sha256 and size are computed
+        here; the files must exist) and the frame's ``figures`` (JSON data: spike score,
+        ...; NaN is kept as null). Outputs and figures belong to a success.
 
         A success becomes the run's record; the outputs of an earlier success are kept,
         superseded. A failure of a run that succeeded before (a redo) is recorded as its
@@ -940,12 +1018,14 @@ class ProvenanceDB:
         whose run went stale and was claimed again by another gets a
         :class:`ProvenanceError` instead of overwriting the new owner's record.
         """
-        if status not in ("succeeded", "failed"):
-            raise ValueError(f"status: expected 'succeeded' or 'failed', got {status!r}")
-        if status == "failed" and not error:
-            raise ValueError("error: a failed run needs its error text")
-        if status == "failed" and (outputs or figures):
-            raise ValueError("outputs, figures: a failed run records none")
+        if status not in ("succeeded", "failed", "interrupted"):
+            raise ValueError(
+                f"status: expected 'succeeded', 'failed' or 'interrupted', got {status!r}"
+            )
+        if status != "succeeded" and not error:
+            raise ValueError(f"error: a {status} run needs its error text")
+        if status != "succeeded" and (outputs or figures):
+            raise ValueError(f"outputs, figures: a {status} run records none")
         facts = []
         kinds = [kind for kind, _ in outputs]
         if len(set(kinds)) != len(kinds):
@@ -969,7 +1049,7 @@ class ProvenanceDB:
                     "is not recorded"
                 )
             if att.status not in ("running", "queued"):
-                if status == "failed" and att.status == "succeeded":
+                if status != "succeeded" and att.status == "succeeded":
                     log.warning(
                         "run %s: a failure reported after its success is not recorded: %s",
                         run_key[:12],
@@ -978,8 +1058,11 @@ class ProvenanceDB:
                     return to_run(row)
                 log.warning("run %s finished again (was %s)", run_key[:12], att.status)
             now = utcnow()
-            if status == "failed":
-                _end_attempt(row, att, now, cast(str, error), timings=clean_timings)
+            if status != "succeeded":
+                _end_attempt(
+                    row, att, now, cast(str, error), timings=clean_timings,
+                    status=cast(Literal["failed", "interrupted"], status),
+                )  # fmt: skip
                 s.flush()
                 return to_run(row)
             att.status, att.finished_at, att.error = "succeeded", now, None
@@ -1067,9 +1150,10 @@ class ProvenanceDB:
 
         ``status`` ``running``/``queued`` matches a run whose current attempt is (a redo of
         a succeeded run too, which still shows its success); ``succeeded``/``failed`` the
-        run's recorded status."""
-        if status is not None and status not in RUN_STATUSES:
-            raise ValueError(f"status: expected one of {RUN_STATUSES}, got {status!r}")
+        run's recorded status; ``interrupted`` a run recorded ``failed`` whose current
+        attempt was interrupted (``failed`` leaves those out)."""
+        if status is not None and status not in ATTEMPT_STATUSES:
+            raise ValueError(f"status: expected one of {ATTEMPT_STATUSES}, got {status!r}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit: expected >= 1, got {limit!r}")
         q = run_query().order_by(RunRow.started_at.desc(), RunRow.id.desc())
@@ -1080,6 +1164,13 @@ class ProvenanceDB:
                     att.run_id == RunRow.id, att.id == _newest_attempt_id(), att.status == status
                 )
             )
+        elif status in ("failed", "interrupted"):
+            att = aliased(RunAttemptRow)
+            interrupted = exists().where(
+                att.run_id == RunRow.id, att.id == _newest_attempt_id(), att.status == "interrupted"
+            )
+            q = q.where(RunRow.status == "failed", interrupted if status == "interrupted"
+                        else ~interrupted)  # fmt: skip
         elif status is not None:
             q = q.where(RunRow.status == status)
         if model is not None:
@@ -1145,7 +1236,9 @@ class ProvenanceDB:
             gone = self._gone_attempts(s, cutoff)
             if gone:
                 active = active & att.id.not_in(gone)
-            exhausted = (att.status == "failed") & (att.attempt >= max_attempts)
+            exhausted = att.status.in_(("failed", "interrupted")) & (
+                att.attempt - _free_interruptions() >= max_attempts
+            )  # as _counted: interrupted attempts since the last success are not counted
             if phash is not None:
                 exhausted = exhausted & (RunRow.param_hash == phash)
             busy_or_exhausted = exists().where(
@@ -1159,6 +1252,43 @@ class ProvenanceDB:
             settled = or_(func.coalesce(latest_maker, -1) == model.id, busy_or_exhausted)
             rows = s.scalars(select(FrameRow).where(~settled).order_by(FrameRow.first_seen)).all()
             return [to_frame(r) for r in rows]
+
+    def end_gone_runs(self) -> list[Run]:
+        """End the runs in progress whose claiming process on this host is gone (a
+        ``starnet serve`` or worker stopped with its flow runs, a process killed), of any
+        age: otherwise such a run stays ``running`` until its frame is claimed again,
+        which may never happen (another model promoted since). Recorded as a claim
+        takeover records them: ``failed`` (counted) when the process died in this boot,
+        ``interrupted`` when the host restarted since. Returns the runs ended. The
+        watcher, ``starnet serve`` and the nightly call this when they start."""
+        ended = []
+        with self._session(write=True) as s:
+            ids = s.scalars(
+                select(RunAttemptRow.run_id).where(
+                    RunAttemptRow.status == "running",
+                    RunAttemptRow.host == socket.gethostname(),
+                    RunAttemptRow.pid.is_not(None),
+                    RunAttemptRow.id == _newest_of(RunAttemptRow.run_id),
+                )
+            ).all()
+            if not ids:
+                return []
+            rows = s.scalars(
+                run_query().where(RunRow.id.in_(ids)).with_for_update(of=RunRow)
+            ).unique()
+            for row in rows:
+                att = _latest(row)
+                gone = None if att.status != "running" else _process_gone(att)
+                if gone is None:
+                    continue
+                status: Literal["failed", "interrupted"] = (
+                    "interrupted" if _rebooted(att) else "failed"
+                )
+                _end_attempt(row, att, utcnow(), f"no end recorded: {gone}", status=status)
+                log.warning("run %s: %s", row.run_key[:12], att.error)
+                ended.append(_view(row))
+            s.flush()
+        return ended
 
     def _gone_attempts(self, s: Session, since: datetime) -> list[int]:
         """Ids of the running attempts (started after ``since``) claimed on this host by a

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 ModelStatus = Literal["candidate", "promoted", "retired"]
-RunStatus = Literal["queued", "running", "succeeded", "failed"]
+# "interrupted": an attempt stopped from outside (a stop signal, the host restarting, a
+# submission never started); it is not counted toward ``max_attempts``
+RunStatus = Literal["queued", "running", "succeeded", "failed", "interrupted"]
 OutputKind = Literal["starless", "stars", "mask", "enhanced", "preview"]
 ClaimState = Literal["owned", "done", "busy", "exhausted"]
 

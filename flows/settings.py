@@ -592,6 +592,87 @@ def _check_database_url(settings: Settings, where: str) -> None:
         raise SettingsError(f"{where}: {problem}")
 
 
+# cron fields: (name, low, high, names for 1.. or 0..)
+_CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
+                      "nov", "dec")),
+    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)  # fmt: skip
+_CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+def cron_problem(cron: str) -> str | None:
+    """What is wrong with a 5-field cron string (as Prefect's Cron schedule takes it), or
+    None. Plain Python: the settings load without Prefect. Prefect's extensions (``L``,
+    ``W``, ``#``) are left to Prefect; its unsupported random/hashed ``R``/``H`` are not."""
+    fields = cron.split()
+    if len(fields) == 1 and fields[0].lower() in _CRON_ALIASES:
+        return None
+    if len(fields) != 5:
+        return (
+            f"expected 5 fields (minute hour day-of-month month day-of-week) or one of "
+            f"{', '.join(_CRON_ALIASES)}, got {len(fields)} in {cron!r}"
+        )
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for part in text.lower().split(","):
+            if any(c in part for c in "lw#?"):
+                continue  # Prefect's extensions: its own check
+            if part in ("r", "h") or part.startswith(("r(", "h(")):
+                return f"{name} {part!r}: random/hashed expressions are not supported"
+            span, _, step = part.partition("/")
+            if step and not (step.isdigit() and int(step) > 0):
+                return f"{name} {part!r}: the step must be a positive integer"
+            if span == "*":
+                continue
+            for bound in span.split("-", 1):
+                value = names.index(bound) + (low if name == "month" else 0) if (
+                    bound in names
+                ) else (int(bound) if bound.isdigit() else None)  # fmt: skip
+                if value is None or not low <= value <= high:
+                    return f"{name} {part!r}: expected {low}-{high}{' or a name' if names else ''}"
+    return None
+
+
+def _check_prefect(settings: Settings, where: str) -> None:
+    """The ``prefect.*`` strings the flows and ``starnet serve`` use later: a bad one is a
+    one-line SettingsError naming the file and key now, not a traceback in serve, in every
+    flow run or per dispatched frame. Needs neither Prefect nor torch."""
+    p = settings.prefect
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(p.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"{where}.prefect.timezone: expected an IANA time zone such as UTC or "
+            f"Europe/Berlin, got {p.timezone!r}"
+        ) from None
+    problem = cron_problem(p.nightly_cron)
+    if problem is not None:
+        raise SettingsError(f"{where}.prefect.nightly_cron: {problem}")
+    for key in ("gpu_limit_name", "retrain_limit_name"):
+        template = getattr(p, key)
+        try:
+            name = template.format(host="h")
+        except (KeyError, IndexError, ValueError, AttributeError) as e:
+            raise SettingsError(
+                f"{where}.prefect.{key}: {template!r} is not a name template: only {{host}} "
+                f"may be filled in (this machine's name); {type(e).__name__}: {e}"
+            ) from None
+        if not name.strip():
+            raise SettingsError(f"{where}.prefect.{key}: expected a limit name, got {template!r}")
+    flow_name, slash, deployment = p.process_deployment.partition("/")
+    if not slash or not flow_name.strip() or not deployment.strip() or "/" in deployment:
+        raise SettingsError(
+            f"{where}.prefect.process_deployment: expected 'flow-name/deployment-name' "
+            f"(as `prefect deployment ls` shows it, e.g. "
+            f"'process-frame/starnet-process-frame'), got {p.process_deployment!r}"
+        )
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read settings from ``path`` (or the default lookup) and apply environment overrides."""
     p = Path(path) if path is not None else default_config_path()
@@ -611,6 +692,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
     _check_options(settings, where)
     _check_choices(settings, where)
     _check_ranges(settings, where)
+    _check_prefect(settings, where)
     if os.environ.get("STARNET_DATA_DIR"):
         settings.data_dir = os.environ["STARNET_DATA_DIR"]
     if os.environ.get("STARNET_DATABASE_URL"):

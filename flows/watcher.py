@@ -244,6 +244,9 @@ class Watcher:
     retry_s: float = 30.0  # after a failed dispatch
     stop_grace_s: float = 5.0  # after SIGINT/SIGTERM: then exit (run() in the main thread)
     exclude: tuple[Path, ...] = ()
+    # what the messages call ``incoming`` and ``training`` (the settings they came from)
+    incoming_setting: str = "incoming"
+    training_setting: str = "training"
     clock: Callable[[], float] = time.monotonic
     dispatched: set[str] = field(default_factory=set)  # sha256 handed on by this watcher
     inbox: queue.SimpleQueue[Path] = field(default_factory=queue.SimpleQueue)
@@ -443,8 +446,8 @@ class Watcher:
     def _start_observer(self) -> BaseObserver:
         observer = Observer()
         handler = _Post(self.inbox)
+        self._make_folders()
         for folder in self._folders():
-            folder.mkdir(parents=True, exist_ok=True)
             observer.schedule(handler, str(folder), recursive=True)
         observer.start()
         return observer
@@ -598,6 +601,31 @@ class Watcher:
             with contextlib.suppress(Exception):
                 h.flush()
         os._exit(128 + signum)
+
+    def _make_folders(self) -> None:
+        """Make the watched folders that are missing, but only in a folder that exists: a
+        watcher started before its NAS share is mounted (or given a mistyped path) must
+        not watch a local folder the mount then hides, where uploads never arrive. A
+        missing parent, or a file in a folder's place, is an OSError naming the setting."""
+        roots = [(self.incoming, self.incoming_setting, [self.incoming])]
+        if self.training is not None:
+            sides = [self.training / "original", self.training / "starless"]
+            roots.append((self.training, self.training_setting, sides))
+        for root, setting, folders in roots:
+            if not root.is_dir():
+                if root.exists():
+                    raise NotADirectoryError(f"{setting}: {root} is not a folder")
+                if not root.parent.is_dir():
+                    raise FileNotFoundError(
+                        f"{setting}: {root} does not exist, nor the folder {root.parent} it "
+                        "would be made in (a share not mounted yet, or a mistyped path?)"
+                    )
+                root.mkdir(exist_ok=True)
+                log.info("%s: made %s", setting, root)
+            for folder in folders:
+                if folder.exists() and not folder.is_dir():
+                    raise NotADirectoryError(f"{setting}: {folder} is not a folder")
+                folder.mkdir(exist_ok=True)
 
     def _folders(self) -> list[Path]:
         folders = [self.incoming]

@@ -323,5 +323,5 @@ def test_an_interrupted_frame_is_recorded_and_stops_the_command(
     with pytest.raises(signal):
         transform(env, str(first), str(second))
     (run,) = ProvenanceDB.from_settings(env.settings).list_runs()
-    assert run.status == "failed" and f"interrupted: {signal.__name__}" in (run.error or "")
+    assert run.status == "interrupted" and f"interrupted: {signal.__name__}" in (run.error or "")
     assert Path(run.frame_path).name == "a.fits"
