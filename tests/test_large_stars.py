@@ -122,7 +122,10 @@ def test_remove_large_stars_runs_the_network_at_half_resolution_only_when_enable
 def test_process_array_reports_how_many_it_took() -> None:
     image, _, _ = _scene()
     products = process_array(
-        Half(), image, is_linear=False, tiles=TileOptions(tile_px=256, overlap_px=16),
+        Half(),
+        image,
+        is_linear=False,
+        tiles=TileOptions(tile_px=256, overlap_px=16),
         large_stars=ON,
     )
     assert "large_stars_taken" in products.figures
