@@ -445,8 +445,9 @@ def _config(args: argparse.Namespace, base: Any = None) -> Any:
         if not args.minutes > 0:
             raise ValueError(f"--minutes must be positive, got {args.minutes}")
         cfg.time_limit_s = 60.0 * args.minutes
-        if args.steps is None:  # the budget alone ends the run
-            cfg.steps = _TIME_ONLY_STEPS
+        if args.steps is None and (base is None or base.steps == _TIME_ONLY_STEPS):
+            cfg.steps = _TIME_ONLY_STEPS  # the budget alone ends the run (a resumed run
+            # with a step target keeps it: whichever comes first ends this start)
     return cfg
 
 
@@ -702,13 +703,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if (
-        pairs
-        and args.synthetic
-        and args.real_ratio is None
-        and (base is None or not cfg.real_ratio)
-    ):
-        cfg.real_ratio = 0.5  # mixing: half of each batch (a resumed mix keeps its share)
+    if pairs and args.synthetic and args.real_ratio is None:
+        if base is None:
+            cfg.real_ratio = 0.5  # mixing: half of each batch (a resumed mix keeps its share)
+        elif not cfg.real_ratio:
+            print(
+                f"{len(pairs)} training pairs found, but this run was started with "
+                "real_ratio 0 and keeps it: give --real-ratio to mix them in"
+            )
     if resume_step is not None:
         if base is None:
             print(

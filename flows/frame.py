@@ -63,7 +63,12 @@ from typing import Any, Literal, cast
 import numpy as np
 import torch
 
-from flows.provenance import ProvenanceDB, ProvenanceError, default_code_version
+from flows.provenance import (
+    FREE_INTERRUPTIONS,
+    ProvenanceDB,
+    ProvenanceError,
+    default_code_version,
+)
 from flows.provenance_records import (
     HeaderFacts,
     OutputKind,
@@ -295,9 +300,9 @@ def _claim_run(
         )
     elif claim.state == "exhausted":
         reason = (
-            f"{path}: its run {run.run_key[:12]} failed {max_attempts} time(s), the most "
-            f"allowed (max_attempts; interruptions not counted, {run.attempts} attempt(s) "
-            f"in all); last error: {run.error}"
+            f"{path}: its run {run.run_key[:12]} reached prefect.max_attempts "
+            f"({max_attempts} counted attempts, {run.attempts} in all: interrupted ones do not "
+            f"count, beyond {FREE_INTERRUPTIONS} they do); last error: {run.error}"
         )
     decision = {"owned": "process", "done": "skip"}.get(claim.state, claim.state)
     return FrameClaim(str(path), digest, decision, claim.record(), run.attempts, reason)

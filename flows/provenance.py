@@ -877,11 +877,10 @@ class ProvenanceDB:
         if redoing and not redo:
             return "done"
         stale = _last_sign(att) < now - timedelta(seconds=self.stale_after_s)
-        gone = None
-        if att.status == "running" and not stale:
-            gone = _process_gone(att)
-            if gone is None:
-                return "busy"
+        # a stale claim is asked too: one from before a reboot is interrupted, not counted
+        gone = _process_gone(att) if att.status == "running" else None
+        if att.status == "running" and not stale and gone is None:
+            return "busy"
         if att.status == "queued" and not stale and status == "queued":
             return "busy"
         dead = att.status == "running"  # stale or gone: its worker died without an end
@@ -907,8 +906,8 @@ class ProvenanceDB:
                     "(its worker died?)"
                 )
                 att.error = (
-                    f"no end recorded: attempt {att.attempt} of {max_attempts}, started "
-                    f"{started}, {why}"
+                    f"no end recorded: counted attempt {_counted(row)} of {max_attempts} "
+                    f"({att.attempt} in all), started {started}, {why}"
                 )
                 if row.status != "succeeded":
                     row.error = att.error

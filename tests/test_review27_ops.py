@@ -328,3 +328,31 @@ def test_the_serve_unit_exists_and_the_data_mount_is_required() -> None:
     assert "starnet-serve.service" in readme
     # section 2 names the commands by their full path (sudo resets PATH)
     assert not re.search(r"(?m)(?:;|bash -c '|^\s*)\s*(starnet serve|prefect server start)", readme)
+
+
+def test_a_stale_claim_from_before_a_reboot_is_interrupted_on_a_direct_claim_too(
+    provenance_db: ProvenanceDB, tmp_path: Path
+) -> None:
+    """A power cut longer than stale_run_s, then `starnet transform` on the frame before
+    any service started: the claim from before the reboot is interrupted, not counted, as
+    end_gone_runs records it (review 2: a stale claim never reached the reboot check)."""
+    from datetime import UTC, datetime
+
+    from flows.db_models import RunAttemptRow
+
+    db = provenance_db
+    booted = provenance._boot_time()
+    assert booted is not None
+    sha = _frame(db, tmp_path / "c.fits", seed=6)
+    impatient = ProvenanceDB(db.url, stale_after_s=1.0)
+    first = impatient.claim_run(sha, "v1", W1, PARAMS, max_attempts=1)
+    with Session(db.engine) as s, s.begin():
+        s.execute(
+            update(RunAttemptRow)
+            .where(RunAttemptRow.run_id == s.scalar(_run_id(first.run_key)))
+            .values(boot_id="0" * 36, started_at=datetime.fromtimestamp(booted - 86400, UTC))
+        )
+    again = impatient.claim_run(sha, "v1", W1, PARAMS, max_attempts=1)
+    assert again.owned and again.run.attempts == 2
+    assert again.run.attempt_log[0].status == "interrupted"
+    assert "restarted since its claim" in (again.run.attempt_log[0].error or "")

@@ -6,6 +6,7 @@ own files are never export targets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from astropy.io import fits
 
 import flows.cli_train as cli_train
 import starnet_core.model as model_module
@@ -137,6 +139,28 @@ def test_resume_keeps_the_checkpoints_settings_and_says_what_changed(
     assert cfg["mix"]["dense_share"] == MIXES["default"].dense_share
 
 
+def test_a_real_ratio_of_0_given_at_the_start_is_kept_on_resume(
+    tmp_path: Path, tiny: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 2: `--real-ratio 0` at the start (synthetic only, pairs present) became 0.5
+    on resume; a resumed run keeps it and says how to mix the pairs in."""
+    data = tmp_path / "train"
+    rng = np.random.default_rng(0)
+    sky = rng.normal(100.0, 2.0, (64, 64)).astype(np.float32)
+    stars = sky.copy()
+    stars[10, 10] += 500
+    for side, image in (("original", stars), ("starless", sky)):
+        (data / side).mkdir(parents=True)
+        fits.PrimaryHDU(image).writeto(data / side / "m.fits")
+    logs = tmp_path / "logs"
+    run = ["train", *QUICK, "--data", str(data), "--crop", "32", "--logs", str(logs)]
+    assert main([*run, "--new", "--yes", "--steps", "2", "--real-ratio", "0"]) == 0
+    capsys.readouterr()
+    assert main([*run, "--steps", "3"]) == 0
+    assert "keeps it: give --real-ratio" in capsys.readouterr().out
+    assert saved_config(logs / "checkpoint.safetensors")["real_ratio"] == 0.0
+
+
 def test_a_resumed_config_takes_this_starts_machine_and_budget_from_the_command_line() -> None:
     base = TrainConfig(
         steps=2**62, time_limit_s=600.0, device="cuda", workers=8, threads=3, d_warmup_steps=50,
@@ -151,6 +175,10 @@ def test_a_resumed_config_takes_this_starts_machine_and_budget_from_the_command_
     assert cfg.mix == MIXES["hard"] and cfg.model == TINY
     cfg = cli_train._config(parse(["train", "--minutes", "2", "--no-film-only"]), base)
     assert (cfg.steps, cfg.time_limit_s, cfg.film_only) == (2**62, 120.0, False)
+    # a run with a step target, resumed with --minutes: the target stays (review 2)
+    stepped = dataclasses.replace(base, steps=5000)
+    cfg = cli_train._config(parse(["train", "--minutes", "30"]), stepped)
+    assert (cfg.steps, cfg.time_limit_s) == (5000, 1800.0)
     # the checkpoint's JSON gives the same config back (tuples, mix and model included)
     again = TrainConfig.from_json(base.to_json())
     assert again == base and isinstance(again.mix.spike_amp, tuple)
