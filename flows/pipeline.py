@@ -77,6 +77,7 @@ from flows.frame import (
     frame_params,
     load_engine,
     model_record,
+    out_of_memory,
     output_folder,
 )
 from flows.provenance import ProvenanceDB, ProvenanceError
@@ -558,10 +559,18 @@ def compute_task(
     out_dir: str,
     db: ProvenanceDB,
     guard: OutputGuard,
-) -> FrameOutputs:
+) -> FrameOutputs | State:
     """Read, stretch, remove stars, write the outputs (atomically, provenance in headers;
-    never over another input's outputs)."""
-    return compute_outputs(path, settings, engine, claim, out_dir=out_dir, db=db, guard=guard)
+    never over another input's outputs). A bad input, an output that cannot be written or
+    running out of memory is the task's Failed state, holding the exception (the
+    operator's log gets its one-line reason, not a traceback of a known failure); any
+    other error is raised, with its traceback."""
+    try:
+        return compute_outputs(path, settings, engine, claim, out_dir=out_dir, db=db, guard=guard)
+    except Exception as e:
+        if not isinstance(e, ValueError) and not out_of_memory(e):
+            raise
+        return Failed(message=frame_error(path, e), data=e)
 
 
 @task(
@@ -625,6 +634,13 @@ def run_frame(
             # running from now: the wait for the slot is over (refused if claimed again since)
             db.start_run(claim.run_key, attempt=claim.attempt)
             outputs = compute_task(path, settings, engine, claim, target, db, guard)
+            if isinstance(outputs, State):  # a known failure, returned as the task's state
+                failure = outputs.result(raise_on_failure=False)
+                raise (
+                    failure
+                    if isinstance(failure, Exception)
+                    else RuntimeError(outputs.message or "the compute task failed")
+                )
     except Exception as e:  # bad input, out of memory, ...: record it, go on with the next frame
         message = frame_error(path, e)
         try:

@@ -161,7 +161,11 @@ def test_process_frame_outputs_db_rows_artifacts_and_skip(pipeline_env: Pipeline
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_bad_frame_is_a_failed_run_not_a_crash(pipeline_env: PipelineEnv) -> None:
+def test_bad_frame_is_a_failed_run_not_a_crash(
+    pipeline_env: PipelineEnv, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """...and a known failure (bad input) is logged as its one-line reason, not with a
+    traceback (an operator's watcher log had 40 lines per bad frame)."""
     from flows.pipeline import FramesFailedError, process_folder
 
     env = pipeline_env
@@ -178,6 +182,9 @@ def test_bad_frame_is_a_failed_run_not_a_crash(pipeline_env: PipelineEnv) -> Non
     db = ProvenanceDB.from_settings(env.settings)
     failed = db.list_runs(status="failed")
     assert len(failed) == 1 and "broken.fits" in (failed[0].error or "")
+    out, err = capfd.readouterr()
+    logged = out + err + caplog.text
+    assert "cannot read as FITS" in logged and "Traceback" not in logged
 
 
 @pytest.mark.usefixtures("prefect_harness")
