@@ -8,7 +8,8 @@
 #   deploy/gpu_finetunes.sh gc="--lr 8e-5 --lr-min 8e-6"        # how 0.10.0's run was made
 #
 # Environment (defaults in brackets): OUT [./gpu_out], WORK [/tmp/starnet-gpu], MIN
-# training minutes per run [6.8], POOL crops [1200], WORKERS crop processes per run [4],
+# minutes per run, building the crop pool included [7.9: 0.10.0's 6.8 minutes of
+# training plus its 63-65 s pool build on the H200], POOL crops [1200], WORKERS crop processes per run [4],
 # BATCH [16], THREADS torch CPU threads per run [1], DEV [cuda], STOP_AT seconds after
 # the start at which runs still going get SIGTERM and stop at their next step [530],
 # PY [python3]. Runs from a checkout: needs torch, numpy, scipy, Pillow, safetensors and
@@ -18,7 +19,7 @@ if [ $# -eq 0 ] || [[ "$1" != *=* ]]; then
   echo "usage: $0 NAME=\"OPTIONS\" [NAME=\"OPTIONS\" ...]" >&2; exit 2
 fi
 T0=$(date +%s)
-DEV=${DEV:-cuda}; MIN=${MIN:-6.8}; POOL=${POOL:-1200}; WORKERS=${WORKERS:-4}
+DEV=${DEV:-cuda}; MIN=${MIN:-7.9}; POOL=${POOL:-1200}; WORKERS=${WORKERS:-4}
 BATCH=${BATCH:-16}; STOP_AT=${STOP_AT:-530}; THREADS=${THREADS:-1}
 OUT=${OUT:-./gpu_out}; W=${WORK:-/tmp/starnet-gpu}; PY=${PY:-python3}
 mkdir -p "$OUT"; rm -rf "$W"; mkdir -p "$W"
