@@ -390,6 +390,7 @@ def build_watcher(
         training=training,
         patterns=tuple(settings.watch.patterns),
         stable_s=settings.watch.stable_s,
+        incomplete_wait_s=settings.watch.incomplete_wait_s,
         poll_s=settings.watch.poll_s,
         exclude=(Path(target),),
         incoming_setting="starnet watch INCOMING" if incoming_given else "incoming_dir",

@@ -242,6 +242,9 @@ class WatchSettings:
     """The folder watcher (``starnet watch``)."""
 
     stable_s: float = 2.0  # a file counts once its size and mtime stayed put this long
+    # ... and a FITS file shorter than its headers say (a copy stalled) waits for the rest
+    # up to this long after its last change, then is handed on (and fails as truncated)
+    incomplete_wait_s: float = 600.0
     poll_s: float = 0.5
     patterns: list[str] = field(default_factory=image_patterns)  # what imageio reads
     retrain_after_pairs: int = 1  # local mode: run retrain after this many new training pairs
@@ -509,6 +512,7 @@ _RANGES: dict[str, _Range] = {
     "prefect.max_attempts": _Range(1),  # 0: every frame exhausted before its first try
     "prefect.thumbnail_px": _Range(1),
     "watch.stable_s": _Range(0.0),  # CompletionTracker
+    "watch.incomplete_wait_s": _Range(0.0),  # CompletionTracker
     "watch.poll_s": _Range(0.0, low_open=True),  # FolderWatcher
     "watch.retrain_after_pairs": _Range(1),
     "retrain.steps": _Range(1),

@@ -160,17 +160,30 @@ class _Seen:
 
 
 class CompletionTracker:
-    """Decides when a file is complete: same size and mtime for ``stable_s``, readable.
+    """Decides when a file is complete: same size and mtime for ``stable_s``, readable,
+    and, for an uncompressed FITS file, as long as its headers say
+    (:func:`starnet_core.imageio.fits_shortfall`): a copy that stalled for longer than
+    ``stable_s`` waits for the rest, up to ``incomplete_wait_s`` after its last change,
+    then is handed on anyway (it fails as truncated, naming the file).
 
     Not thread-safe: the watcher loop owns it; watchdog threads only post paths.
     """
 
-    def __init__(self, stable_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stable_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        incomplete_wait_s: float = 600.0,
+    ) -> None:
         if stable_s < 0:
             raise ValueError(f"stable_s: expected >= 0, got {stable_s!r}")
+        if incomplete_wait_s < 0:
+            raise ValueError(f"incomplete_wait_s: expected >= 0, got {incomplete_wait_s!r}")
         self.stable_s = stable_s
+        self.incomplete_wait_s = incomplete_wait_s
         self.clock = clock
         self.pending: dict[Path, _Seen | None] = {}
+        self.short: dict[Path, int] = {}  # files found short, and by how much (logged once)
 
     def note(self, path: Path) -> None:
         """``path`` changed (or was found): watch it until it is stable."""
@@ -194,9 +207,36 @@ class CompletionTracker:
             assert seen is not None
             if st.st_size == 0 or now - seen.since < self.stable_s or not _readable(path):
                 continue
+            if self._still_arriving(path, now - seen.since):
+                continue
             del self.pending[path]
+            self.short.pop(path, None)
             done.append(path)
         return sorted(done)
+
+    def _still_arriving(self, path: Path, unchanged_s: float) -> bool:
+        """Whether ``path`` is a FITS file shorter than its headers say that may still
+        grow: unchanged for less than ``incomplete_wait_s``."""
+        from starnet_core.imageio import fits_shortfall  # astropy & co. only when watching
+
+        missing = fits_shortfall(path)
+        if not missing:
+            return False
+        if unchanged_s < self.incomplete_wait_s:
+            if self.short.get(path) != missing:
+                log.info(
+                    "%s: %d bytes shorter than its FITS headers say: waiting for the rest "
+                    "(up to watch.incomplete_wait_s = %g s after its last change)",
+                    path, missing, self.incomplete_wait_s,
+                )  # fmt: skip
+                self.short[path] = missing
+            return True
+        log.warning(
+            "%s: still %d bytes shorter than its FITS headers say after %g s without a "
+            "change (watch.incomplete_wait_s): processed as it is",
+            path, missing, unchanged_s,
+        )  # fmt: skip
+        return False
 
 
 def _readable(path: Path) -> bool:
@@ -240,6 +280,7 @@ class Watcher:
     # every file name imageio reads (the settings pass watch.patterns, whose default it is)
     patterns: tuple[str, ...] = field(default_factory=lambda: tuple(image_patterns()))
     stable_s: float = 2.0
+    incomplete_wait_s: float = 600.0  # a FITS file shorter than its headers: CompletionTracker
     poll_s: float = 0.5
     retry_s: float = 30.0  # after a failed dispatch
     stop_grace_s: float = 5.0  # after SIGINT/SIGTERM: then exit (run() in the main thread)
@@ -258,7 +299,7 @@ class Watcher:
         if self.training is not None:
             self.training = self.training.expanduser().resolve()
         self.exclude = tuple(p.expanduser().resolve() for p in self.exclude)
-        self.tracker = CompletionTracker(self.stable_s, self.clock)
+        self.tracker = CompletionTracker(self.stable_s, self.clock, self.incomplete_wait_s)
         self.training_done: set[Path] = set()
         self.frame_digest: dict[Path, str] = {}  # frames of the batch being dispatched
         self.retry_at: dict[Path, float] = {}

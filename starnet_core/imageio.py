@@ -222,6 +222,66 @@ def read_image(
     return ImageData(data, p, fmt, dtype, header, is_linear, notes, channels_last, nonfinite)
 
 
+_FITS_BLOCK = 2880  # bytes: FITS headers and data come in blocks of this size
+_FITS_CARD = 80
+
+
+def fits_shortfall(path: str | os.PathLike[str]) -> int | None:
+    """How many bytes an uncompressed FITS file lacks of what its headers declare (0: all
+    there), or None when that cannot be told from the file (not a plain FITS file by its
+    name and first card: ``.gz``, ``.bz2``, another format; a header that does not parse).
+
+    Walks the HDUs' headers (2880-byte blocks up to the END card) and skips each one's
+    declared data (``|BITPIX| / 8 * GCOUNT * (PCOUNT + NAXIS1 * ... * NAXISn)``, padded to
+    whole blocks; ``.fz`` files are FITS too). A file cut in a header or in its data is
+    short: a copy into ``incoming/`` still under way, or stalled. Reads the headers only.
+    """
+    p = Path(path)
+    name = p.name.lower()
+    if p.suffix.lower() not in FITS_EXTENSIONS or name.endswith(_COMPRESSION_WRAPPERS):
+        return None
+    try:
+        size = p.stat().st_size
+        with p.open("rb") as fh:
+            if fh.read(9) != b"SIMPLE  =":
+                return None
+            offset = 0
+            while offset < size:
+                cards: dict[str, str] = {}
+                end = False
+                while not end:
+                    fh.seek(offset)
+                    block = fh.read(_FITS_BLOCK)
+                    if len(block) < _FITS_BLOCK:
+                        return _FITS_BLOCK - len(block)  # cut inside a header
+                    offset += _FITS_BLOCK
+                    for i in range(0, _FITS_BLOCK, _FITS_CARD):
+                        card = block[i : i + _FITS_CARD].decode("ascii", "replace")
+                        key = card[:8].strip()
+                        if key == "END":
+                            end = True
+                            break
+                        if card[8:10] == "= ":
+                            cards[key] = card[10:].split("/", 1)[0].strip()
+                bits = abs(int(cards["BITPIX"]))
+                naxis = int(cards["NAXIS"])
+                count = 0
+                if naxis > 0:
+                    count = 1
+                    for k in range(1, naxis + 1):
+                        count *= int(cards[f"NAXIS{k}"])
+                count = int(cards.get("GCOUNT", "1")) * (int(cards.get("PCOUNT", "0")) + count)
+                data = bits // 8 * count
+                if offset + data > size:
+                    return offset + data - size  # cut inside the data
+                # the next HDU after the padded data (some writers leave the last one's
+                # padding out: the data is all there, so that file is complete)
+                offset += -(-data // _FITS_BLOCK) * _FITS_BLOCK
+    except (OSError, KeyError, ValueError):
+        return None
+    return 0
+
+
 def _detect_format(p: Path) -> str:
     name = p.name.lower()
     for wrapper in _COMPRESSION_WRAPPERS:

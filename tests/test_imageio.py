@@ -732,3 +732,30 @@ def test_jpeg_compressed_tiff_is_read_as_rgb(tmp_path: Path) -> None:
     assert img.data.shape == (3, 64, 64) and img.dtype == "uint8"
     assert np.abs(img.data - np.moveaxis(rgb, 2, 0) / 255.0).mean() < 0.01  # lossy, close
     assert "JPEG-compressed YCbCr decoded to RGB" in img.notes
+
+
+def test_fits_shortfall_tells_a_cut_fits_file_from_a_whole_one(tmp_path: Path) -> None:
+    from starnet_core.imageio import fits_shortfall
+
+    whole = tmp_path / "a.fits"
+    fits.PrimaryHDU(np.zeros((100, 120), np.float32)).writeto(whole)
+    data = whole.read_bytes()
+    assert fits_shortfall(whole) == 0
+    cut = tmp_path / "cut.fits"
+    for n, missing in ((100, 2780), (2880, 48000), (5000, 45880)):
+        cut.write_bytes(data[:n])
+        assert fits_shortfall(cut) == missing
+    cut.write_bytes(data[: 2880 + 100 * 120 * 4])  # only the last block's padding left out
+    assert fits_shortfall(cut) == 0
+    mef = tmp_path / "m.fits"
+    table = fits.BinTableHDU.from_columns([fits.Column("a", "E", array=np.arange(10.0))])
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((3, 50, 60), np.int16)), table]).writeto(
+        mef
+    )
+    cut.write_bytes(mef.read_bytes()[: 2880 * 2 + 10])  # inside the extension's data
+    assert fits_shortfall(cut) == 17990
+    gz = tmp_path / "a.fits.gz"
+    gz.write_bytes(b"\x1f\x8b" + b"x" * 10)
+    other = tmp_path / "b.fits"
+    other.write_bytes(b"not a FITS file at all")
+    assert fits_shortfall(gz) is None and fits_shortfall(other) is None

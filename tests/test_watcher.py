@@ -51,6 +51,51 @@ def test_tracker_waits_for_stable_size_and_mtime(tmp_path: Path) -> None:
     assert tracker.ready() == []  # reported once
 
 
+def test_tracker_waits_for_a_fits_file_shorter_than_its_headers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copy that stalls for longer than stable_s: the FITS file's headers say how long
+    it will be, so it waits for the rest (up to incomplete_wait_s after its last change)
+    instead of failing as truncated and counting a failed attempt."""
+    import numpy as np
+    from astropy.io import fits
+
+    clock = Clock()
+    tracker = CompletionTracker(stable_s=2.0, clock=clock, incomplete_wait_s=60.0)
+    whole = tmp_path / "whole.fits"
+    fits.PrimaryHDU(np.zeros((40, 50), np.float32)).writeto(whole)
+    data = whole.read_bytes()
+    f = tmp_path / "M42.fits"
+    f.write_bytes(data[:5000])  # the copy stalls here
+    tracker.note(f)
+    tracker.ready()
+    clock.t = 10.0
+    with caplog.at_level("INFO", logger="starnet.watch"):
+        assert tracker.ready() == []  # stable, but short: waiting
+    assert "shorter than its FITS headers say" in caplog.text
+    f.write_bytes(data)  # the copy completes
+    clock.t = 11.0
+    assert tracker.ready() == []  # changed: stable_s again
+    clock.t = 13.5
+    assert tracker.ready() == [f]
+    # a copy that never completes is handed on after incomplete_wait_s
+    g = tmp_path / "stuck.fits"
+    g.write_bytes(data[:5000])
+    tracker.note(g)
+    tracker.ready()
+    clock.t = 13.5 + 59.0
+    assert tracker.ready() == []
+    clock.t = 13.5 + 61.0
+    assert tracker.ready() == [g]
+    # other formats, and compressed FITS, are judged by size and mtime alone
+    tif = tmp_path / "a.tif"
+    tif.write_bytes(b"II*\x00" + b"x" * 100)
+    tracker.note(tif)
+    tracker.ready()
+    clock.t += 2.5
+    assert tracker.ready() == [tif]
+
+
 def test_tracker_skips_empty_and_vanished_files(tmp_path: Path) -> None:
     clock = Clock()
     tracker = CompletionTracker(stable_s=0.0, clock=clock)
