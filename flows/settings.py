@@ -677,6 +677,18 @@ def _check_prefect(settings: Settings, where: str) -> None:
         )
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (1-based line and column) and what, without the
+    parser's quoted snippet of the file."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(e).split())
+    context = getattr(e, "context", None)
+    what = f"{problem} ({context})" if context else problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read settings from ``path`` (or the default lookup) and apply environment overrides."""
     p = Path(path) if path is not None else default_config_path()
@@ -689,7 +701,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise SettingsError(f"{p}: not valid YAML: {e}") from e
+            raise SettingsError(f"{p}: not valid YAML: {_yaml_problem(e)}") from e
         raw = loaded or {}
     where = str(p) if p else "<defaults>"
     settings = _build(Settings, raw, where)

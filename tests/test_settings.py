@@ -52,6 +52,15 @@ def test_bad_values_are_clear(tmp_path: Path, text: str, match: str) -> None:
         load_settings(p)
 
 
+def test_bad_yaml_is_one_line_with_line_and_column(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("watch:\n  stable_s: 2\n  poll_s: [1\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(p)
+    message = str(err.value)
+    assert "\n" not in message and f"{p}: not valid YAML: line 4, column 1: expected" in message
+
+
 def test_missing_file_is_clear(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="cannot read config file"):
         load_settings(tmp_path / "nope.yaml")
