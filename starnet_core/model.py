@@ -301,11 +301,22 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries on POSIX) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_safetensors(
     tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str], mode: int | None = None
 ) -> None:
-    """Write ``tensors`` to ``path`` as safetensors through a temporary file beside it, renamed
-    into place (a reader never sees half a file; ``mode``: its permissions).
+    """Write ``tensors`` to ``path`` as safetensors through a temporary file beside it,
+    fsynced, renamed into place, and the folder fsynced (a reader never sees half a file,
+    and a power cut after the rename does not leave an empty one; ``mode``: its
+    permissions).
 
     Raises ``OSError`` naming ``path`` when it cannot be written (its folder missing or
     not writable, a folder in its place); the temporary file is never left behind."""
@@ -314,7 +325,10 @@ def write_safetensors(
         save_file(tensors, str(tmp), metadata=meta)
         if mode is not None:
             tmp.chmod(mode)
+        _fsync(tmp)
         tmp.replace(path)
+        if os.name == "posix":
+            _fsync(path.parent)
     except BaseException as e:  # Ctrl-C included: no partial temporary file stays
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

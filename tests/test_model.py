@@ -261,3 +261,26 @@ def test_old_weights_metadata_reads_as_unconditioned() -> None:
     raw = json.loads(TINY.to_json())
     del raw["width_cond"]
     assert ModelConfig.from_json(json.dumps(raw)) == TINY
+
+
+def test_weights_and_checkpoints_are_fsynced_before_and_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut after the rename must not leave an empty checkpoint (the rename can
+    reach the disk before the data): the file is fsynced, then its folder."""
+    import os
+
+    from starnet_core import model as model_module
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(model_module.os, "fsync", fsync)
+    path = tmp_path / "w.safetensors"
+    model_module.write_safetensors({"a": torch.zeros(3)}, path, {"k": "v"})
+    assert synced == [str(tmp_path / ".w.safetensors.tmp"), str(tmp_path)]
+    assert path.exists() and not (tmp_path / ".w.safetensors.tmp").exists()
