@@ -34,6 +34,7 @@ network takes some galaxies in dense star fields that the full-resolution one ke
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -135,13 +136,15 @@ def remove_large_stars(
     starless: np.ndarray,
     tiles: TileOptions,
     options: LargeStarOptions,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """:func:`take_large_stars` with the network's half-resolution output for ``image``
     (one pass, same tiles, ensemble and device as ``tiles``; no upsampling, no grid
-    pattern step). ``starless`` unchanged, and 0, when ``options.enabled`` is False or the
-    frame is too small (a side under 64 px)."""
+    pattern step; ``progress`` as :func:`remove_stars` takes it). ``starless`` unchanged,
+    and 0, when ``options.enabled`` is False or the frame is too small (a side under
+    64 px)."""
     if not options.enabled or min(image.shape[1:]) < _MIN_SIDE_PX:
         return starless, 0
     half_tiles = dataclasses.replace(tiles, passes=1, upsample=False, lattice_px=0)
-    half = remove_stars(model, half_size(image), half_tiles)
+    half = remove_stars(model, half_size(image), half_tiles, progress=progress)
     return take_large_stars(image, starless, to_full_size(half, image.shape[1:]), options)

@@ -154,9 +154,27 @@ def remove_and_finish(
     ``large_stars.enabled``, then the steps after the network
     (:func:`starnet_core.masks.finish_starless`); what those steps measure goes to
     ``figures`` when given. :func:`process_array` and the quality benchmark call this."""
-    net = remove_stars(model, stretched, tiles, progress=progress)
-    if large_stars.enabled:
-        net, taken = remove_large_stars(model, stretched, net, tiles, large_stars)
+    if not large_stars.enabled:
+        net = remove_stars(model, stretched, tiles, progress=progress)
+    else:
+        # one progress count for both passes: the half-resolution one as a quarter more
+        # tiles (a quarter of the pixels), so the bar does not sit at its end meanwhile
+        seen = [0, 0, 0]  # the full pass's total, the quarter added, the half pass ended
+
+        def full(done: int, total: int) -> None:
+            seen[:2] = [total, -(-total // 4)]
+            if progress is not None:
+                progress(done, total + seen[1])
+
+        def half(done: int, total: int) -> None:
+            seen[2] = int(done >= total)
+            if progress is not None:
+                progress(seen[0] + seen[1] * done // max(total, 1), seen[0] + seen[1])
+
+        net = remove_stars(model, stretched, tiles, progress=full)
+        net, taken = remove_large_stars(model, stretched, net, tiles, large_stars, progress=half)
+        if progress is not None and seen[0] and not seen[2]:  # skipped: a small frame
+            progress(seen[0] + seen[1], seen[0] + seen[1])
         if figures is not None:
             figures["large_stars_taken"] = float(taken)
     return finish_starless(

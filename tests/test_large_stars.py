@@ -174,3 +174,29 @@ def test_transform_large_stars_switch_reaches_the_pipeline_and_provenance(
         params.append(json.loads(capsys.readouterr().out)["produced_by"]["params"])
     assert "large_stars" not in params[0]
     assert params[1]["large_stars"] == {**vars(Settings().large_stars), "enabled": True}
+
+
+def test_one_progress_count_covers_both_passes() -> None:
+    """The bar does not sit at its end during the half-resolution pass: that pass counts
+    as a quarter more tiles, and the count ends once, at its total."""
+    image, _, _ = _scene()
+    tiles = TileOptions(tile_px=64, overlap_px=8)
+    for frame in (image, image[:, :60, :60]):  # with the half pass, and too small for it
+        calls: list[tuple[int, int]] = []
+        process_array(
+            Half(), frame, is_linear=False, tiles=tiles, large_stars=ON,
+            progress=lambda d, t, calls=calls: calls.append((d, t)),
+        )  # fmt: skip
+        done = [d for d, _ in calls]
+        totals = {t for _, t in calls}
+        assert len(totals) == 1 and done == sorted(done) and calls[-1][0] == calls[-1][1]
+        assert [d for d, t in calls].count(calls[-1][1]) == 1  # ended once
+        plain: list[tuple[int, int]] = []
+        process_array(
+            Half(), frame, is_linear=False, tiles=tiles,
+            progress=lambda d, t, plain=plain: plain.append((d, t)),
+        )  # fmt: skip
+        n = plain[-1][1]  # the full pass's tiles
+        assert calls[-1][1] == n + -(-n // 4)
+        after = [d for d, _ in calls[calls.index((n, n + -(-n // 4))) + 1 :]]
+        assert after and all(d > n for d in after)  # then the half pass (or its end)
