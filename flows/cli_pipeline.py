@@ -9,6 +9,7 @@ serve`` serves the deployments and ``starnet watch`` submits runs to them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -276,18 +277,99 @@ def end_gone_runs(db: ProvenanceDB, who: str) -> None:
         )  # fmt: skip
 
 
+# After a stop signal, how long `starnet serve` gives its flow runs to record their frames
+# interrupted before Prefect's runner stops (and kills what is left).
+SERVE_STOP_GRACE_S = 20.0
+
+
+def _exited(pid: int) -> bool:
+    """Whether the process ``pid`` has ended (gone, or a zombie not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return state in ("Z", "X", "x")
+
+
+def _child_pids() -> list[int]:
+    """This process's child processes (Linux: ``/proc/self/task/*/children``); none
+    where that cannot be read."""
+    pids: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with (
+                contextlib.suppress(OSError, ValueError),
+                open(f"/proc/self/task/{task}/children", encoding="ascii") as fh,
+            ):
+                pids.update(int(x) for x in fh.read().split())
+    return sorted(pids)
+
+
+def stop_flow_runs(pids: list[int], grace_s: float) -> list[int]:
+    """SIGTERM to each flow-run process, then wait up to ``grace_s`` for them to end (each
+    records its frame ``interrupted`` on the way out); returns the ones still running."""
+    import signal
+    import time
+
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    left = [pid for pid in pids if not _exited(pid)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = [pid for pid in left if not _exited(pid)]
+    return left
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from prefect import serve
+    import asyncio
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
 
     from flows.pipeline import ensure_concurrency_limit, gpu_limit
     from flows.provenance import ProvenanceDB
+
+    class StarnetRunner(Runner):
+        """Prefect's runner, but a stop signal first lets the flow runs end: Prefect's own
+        handler stops at once and kills them, so their frames stayed ``running`` in the
+        provenance DB until a later start ended them as failures."""
+
+        def handle_sigterm(self, *a: Any, **kw: Any) -> None:
+            pids = _child_pids()  # the flow runs (its only child processes)
+            if pids:
+                log.info("stop signal: %d flow run(s) to stop first", len(pids))
+                left = stop_flow_runs(pids, SERVE_STOP_GRACE_S)
+                if left:
+                    log.warning("flow run process(es) %s still running: stopped", left)
+            super().handle_sigterm(*a, **kw)
 
     settings = args.settings
     end_gone_runs(ProvenanceDB.from_settings(settings), "starnet serve")
     p = settings.prefect
     ensure_concurrency_limit(gpu_limit(settings), p.gpu_slots)
     ensure_concurrency_limit(p.retrain_limit_name, 1)
-    serve(*build_deployments(settings, args.config), limit=p.serve_limit)
+    # prefect.serve(), with this runner
+    runner = StarnetRunner(pause_on_shutdown=True, limit=p.serve_limit)
+    deployments = build_deployments(settings, args.config)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    print(
+        "starnet serve: " + ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+        + " (Ctrl-C stops)"
+    )  # fmt: skip
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal) as e:
+        log.info("%s: stopped", type(e).__name__)
     return 0
 
 

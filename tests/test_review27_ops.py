@@ -356,3 +356,45 @@ def test_a_stale_claim_from_before_a_reboot_is_interrupted_on_a_direct_claim_too
     assert again.owned and again.run.attempts == 2
     assert again.run.attempt_log[0].status == "interrupted"
     assert "restarted since its claim" in (again.run.attempt_log[0].error or "")
+
+
+def test_serve_stops_its_flow_runs_first_so_they_record_their_frames(tmp_path: Path) -> None:
+    """Prefect's runner stopped on SIGTERM at once and killed its flow runs, so a frame
+    stayed `running`; starnet serve's runner first sends each child SIGTERM and waits (up
+    to a grace) for it to end. Measured end to end with a Prefect server: the frame is then
+    recorded `interrupted: TerminationSignal: SIGTERM` (BENCHMARKS / note)."""
+    from flows.cli_pipeline import _child_pids, stop_flow_runs
+
+    marker = tmp_path / "recorded"
+    polite = (
+        "import signal, sys, time, pathlib\n"
+        "def bye(*a):\n"
+        f"    time.sleep(0.3); pathlib.Path({str(marker)!r}).write_text('interrupted')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    stubborn = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n"
+    )
+    kids = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for code in (polite, stubborn)
+    ]
+    try:
+        for kid in kids:
+            assert kid.stdout is not None and kid.stdout.readline().strip() == "ready"
+        pids = _child_pids()
+        assert {k.pid for k in kids} <= set(pids)
+        t0 = time.monotonic()
+        left = stop_flow_runs([k.pid for k in kids], grace_s=3.0)
+        assert left == [kids[1].pid] and 2.5 < time.monotonic() - t0 < 10
+        assert marker.read_text() == "interrupted"  # the polite one had time to record
+    finally:
+        for kid in kids:
+            kid.kill()
+            kid.wait()
+            if kid.stdout is not None:
+                kid.stdout.close()
