@@ -284,10 +284,11 @@ SERVE_STOP_GRACE_S = 20.0
 
 def _exited(pid: int) -> bool:
     """Whether the process ``pid`` has ended (gone, or a zombie not reaped yet)."""
+    from flows.provenance import proc_stat
+
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        stat = proc_stat(pid)
+    except (OSError, ValueError, IndexError):  # /proc cannot tell: ask the kernel
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -295,7 +296,7 @@ def _exited(pid: int) -> bool:
         except PermissionError:
             return False
         return False
-    return state in ("Z", "X", "x")
+    return stat is None or stat[0] in ("Z", "X", "x")
 
 
 def _child_pids() -> list[int]:

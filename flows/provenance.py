@@ -227,7 +227,7 @@ def _boot_time() -> float | None:
     return None
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
+def proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, start time in clock ticks after boot) of ``pid`` from ``/proc``; None when
     there is no such process. Raises OSError when /proc cannot tell."""
     try:
@@ -256,7 +256,7 @@ def _this_process() -> _Process:
     me = _this.get(pid)
     if me is None:
         try:
-            stat = _proc_stat(pid) if os.path.isdir("/proc/self") else None
+            stat = proc_stat(pid) if os.path.isdir("/proc/self") else None
         except (OSError, ValueError, IndexError):
             stat = None
         me = _this[pid] = _Process(pid, stat[1] if stat else None, _pid_ns("self"), _boot_id())
@@ -286,7 +286,7 @@ def _process_gone(attempt: RunAttemptRow) -> str | None:
         return None
     if os.path.isdir("/proc/self"):
         try:
-            stat = _proc_stat(attempt.pid)
+            stat = proc_stat(attempt.pid)
         except (OSError, ValueError, IndexError):
             return None
         if stat is None:

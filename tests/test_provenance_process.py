@@ -127,7 +127,7 @@ def test_a_reused_pid_or_a_restarted_host_is_no_claim(
     frame = db.register_frame(_file(tmp_path / "a.fits", seed=3))
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        start = provenance._proc_stat(sleeper.pid)[1]  # type: ignore[index]
+        start = provenance.proc_stat(sleeper.pid)[1]  # type: ignore[index]
         db.claim_run(frame.sha256, "v1", W1, PARAMS)
         _set_attempt(db, pid=sleeper.pid, pid_start=start)  # the sleeper holds it
         assert db.claim_run(frame.sha256, "v1", W1, PARAMS).state == "busy"

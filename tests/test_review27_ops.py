@@ -142,18 +142,26 @@ def test_a_dead_worker_counts_unless_the_host_restarted(
 
     patient = ProvenanceDB(db.url, stale_after_s=datetime.now(UTC).timestamp() - booted + 3600)
     first = patient.claim_run(other, "v1", W1, PARAMS, max_attempts=1)
-    from flows.db_models import RunAttemptRow
-
-    with Session(db.engine) as s, s.begin():  # claimed before this boot: the host restarted
-        s.execute(
-            update(RunAttemptRow)
-            .where(RunAttemptRow.run_id == s.scalar(_run_id(first.run_key)))
-            .values(boot_id="0" * 36, started_at=datetime.fromtimestamp(booted - 60, UTC))
-        )
+    _claimed_before_this_boot(db, first.run_key, booted - 60)  # the host restarted
     again = patient.claim_run(other, "v1", W1, PARAMS, max_attempts=1)
     assert again.owned and again.run.attempts == 2
     assert again.run.attempt_log[0].status == "interrupted"
     assert "restarted since its claim" in (again.run.attempt_log[0].error or "")
+
+
+def _claimed_before_this_boot(db: ProvenanceDB, run_key: str, started: float) -> None:
+    """The run's attempts as a claim made in an earlier boot of this host, at ``started``
+    (a POSIX time before this boot)."""
+    from datetime import UTC, datetime
+
+    from flows.db_models import RunAttemptRow
+
+    with Session(db.engine) as s, s.begin():
+        s.execute(
+            update(RunAttemptRow)
+            .where(RunAttemptRow.run_id == s.scalar(_run_id(run_key)))
+            .values(boot_id="0" * 36, started_at=datetime.fromtimestamp(started, UTC))
+        )
 
 
 def _run_id(run_key: str) -> Any:
@@ -336,22 +344,13 @@ def test_a_stale_claim_from_before_a_reboot_is_interrupted_on_a_direct_claim_too
     """A power cut longer than stale_run_s, then `starnet transform` on the frame before
     any service started: the claim from before the reboot is interrupted, not counted, as
     end_gone_runs records it (review 2: a stale claim never reached the reboot check)."""
-    from datetime import UTC, datetime
-
-    from flows.db_models import RunAttemptRow
-
     db = provenance_db
     booted = provenance._boot_time()
     assert booted is not None
     sha = _frame(db, tmp_path / "c.fits", seed=6)
     impatient = ProvenanceDB(db.url, stale_after_s=1.0)
     first = impatient.claim_run(sha, "v1", W1, PARAMS, max_attempts=1)
-    with Session(db.engine) as s, s.begin():
-        s.execute(
-            update(RunAttemptRow)
-            .where(RunAttemptRow.run_id == s.scalar(_run_id(first.run_key)))
-            .values(boot_id="0" * 36, started_at=datetime.fromtimestamp(booted - 86400, UTC))
-        )
+    _claimed_before_this_boot(db, first.run_key, booted - 86400)
     again = impatient.claim_run(sha, "v1", W1, PARAMS, max_attempts=1)
     assert again.owned and again.run.attempts == 2
     assert again.run.attempt_log[0].status == "interrupted"
